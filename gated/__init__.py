@@ -1,0 +1,16 @@
+"""gated: gating mechanisms for neural networks, built around Gu et al., "Improving the Gating
+Mechanism of Recurrent Neural Networks" (ICML 2020)."""
+
+from gated import gates, init
+from gated.cells import GRUCell, LSTMCell, MGUCell
+from gated.cores import CORES
+from gated.diagnostics import gate_activations
+from gated.recurrent import GRU, LSTM, MGU
+from gated.variants import VARIANTS, Variant, get_variant
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LSTM", "GRU", "MGU", "LSTMCell", "GRUCell", "MGUCell",
+    "VARIANTS", "CORES", "Variant", "get_variant", "gate_activations", "gates", "init",
+]

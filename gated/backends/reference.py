@@ -1,0 +1,55 @@
+"""Reference backend: a plain Python loop over time steps. The oracle for every fast path.
+
+Glossary: T time, B batch, I input features, H hidden_size, G gate rows (``layout.rows``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from gated.cores import Layout
+
+
+def run_layer(
+    x: Tensor,
+    state: tuple[Tensor, ...],
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Tensor | None,
+    b_hh: Tensor | None,
+    forget_bias: Tensor | None,
+    layout: Layout,
+    mask: Tensor | None = None,
+    record: list | None = None,
+) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """Run one layer in one direction over a time-major sequence.
+
+    Args:
+        x: ``(T, B, I)`` input (already reversed for a backward direction).
+        state: initial states, each ``(B, H)``; ``state[0]`` is ``h``.
+        mask: optional ``(T, B, 1)`` bool, False past each sequence's end: the state is held and
+            the output is zero there (PackedSequence semantics).
+        record: if a list, each step's gates ``(f, r, master_f, keep)`` are appended to it.
+
+    Returns:
+        ``(out, state)``: ``out`` is ``(T, B, H)``, ``state`` the final states.
+    """
+    step = layout.core.step
+    gi_all = F.linear(x, w_ih, b_ih)  # (T, B, G): the input projection, hoisted out of the loop
+    outs = []
+    # unbind, not gi_all[t]: each indexed slice's backward would write a full (T, B, G) zero tensor
+    for t, gi in enumerate(gi_all.unbind(0)):
+        gh = F.linear(state[0], w_hh, b_hh)  # (B, G)
+        new, gates = step(gi, gh, state, forget_bias, layout)
+        if mask is not None:
+            m = mask[t]
+            new = tuple(torch.where(m, n, s) for n, s in zip(new, state))
+            outs.append(new[0] * m)
+        else:
+            outs.append(new[0])
+        if record is not None:
+            record.append(gates)
+        state = new
+    return torch.stack(outs), state

@@ -1,0 +1,182 @@
+"""Recurrent cores (LSTM, GRU, MGU) as pointwise step functions over torch's weight layout.
+
+Glossary: B batch, H hidden_size, G rows of the gate pre-activations (``layout.rows``),
+m master units (``ceil(H / chunk_size)``).
+
+A step receives the input projection ``gi = x W_ih^T + b_ih`` and the recurrent projection
+``gh = h W_hh^T + b_hh`` separately (the GRU's reset gate acts on ``gh`` alone, as in torch) and
+does only pointwise work. The matmuls and the time loop live in a backend.
+
+Block order is torch's, so ``load_state_dict`` moves weights between torch.nn and gated:
+
+- LSTM ``(i, f, g, o)``; in refine variants the ``i`` block holds the refine gate (input tied to
+  ``1 - g``);
+- GRU ``(r, z, n)`` with ``z`` the keep gate, ``h' = z h + (1 - z) n``; refine appends a block;
+- MGU ``(f, n)`` with ``f`` the keep gate, ``h' = f h + (1 - f) n`` and the candidate's reset
+  ``1 - f``: Zhou et al. 2016 written with ``f = 1 - f_zhou``, so the keep gate sits where the
+  paper's gates act; refine appends a block.
+
+Master variants append two blocks of ``m`` rows (master forget, master input) to any core.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from gated.gates import master_gates, refine_gate
+from gated.variants import Variant, get_variant
+
+__all__ = ["Core", "Layout", "CORES", "get_core", "make_layout"]
+
+
+@dataclass(frozen=True)
+class Core:
+    """A recurrent core: its torch block order, which block is the keep gate, and its step."""
+
+    name: str
+    blocks: tuple[str, ...]
+    keep: int  # index of the keep (forget / update) gate block
+    write: int | None  # index of an untied write (input) gate block; None: tied to 1 - keep
+    num_states: int  # 2 for (h, c), 1 for h
+    step: Callable  # (gi, gh, state, forget_bias, layout) -> (state, gates)
+    variants: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where each gate lives in the ``(G, ·)`` weights of one layer, for a core and variant."""
+
+    core: Core
+    variant: Variant
+    hidden_size: int
+    chunk_size: int
+    rows: int
+    keep: slice
+    write: slice | None  # untied write gate (LSTM input gate)
+    refine: slice | None
+    master: tuple[slice, slice] | None  # (master forget, master input), m rows each
+
+    def block(self, name: str) -> slice:
+        k, H = self.core.blocks.index(name), self.hidden_size
+        return slice(k * H, (k + 1) * H)
+
+    @property
+    def master_size(self) -> int:
+        return math.ceil(self.hidden_size / self.chunk_size)
+
+
+def make_layout(core: Core | str, variant: Variant | str, hidden_size: int, chunk_size: int = 4) -> Layout:
+    """Compute the row layout of ``core`` under ``variant`` (one place for every module and init)."""
+    core, variant = get_core(core), get_variant(variant)
+    if variant.name not in core.variants:
+        raise ValueError(
+            f"variant {variant.name!r} does not exist for core {core.name!r}; "
+            f"choose one of {', '.join(repr(v) for v in core.variants)}"
+        )
+    H = hidden_size
+    rows = len(core.blocks) * H
+    blk = lambda k: slice(k * H, (k + 1) * H)  # noqa: E731
+    write = blk(core.write) if core.write is not None else None
+    refine = master = None
+    if variant.auxiliary == "refine":
+        if write is not None:  # LSTM: the input gate's rows hold the refine gate
+            refine, write = write, None
+        else:
+            refine, rows = slice(rows, rows + H), rows + H
+    elif variant.auxiliary == "master":
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        m = math.ceil(H / chunk_size)
+        master, rows = (slice(rows, rows + m), slice(rows + m, rows + 2 * m)), rows + 2 * m
+    return Layout(core, variant, H, chunk_size, rows, blk(core.keep), write, refine, master)
+
+
+def _upsample(x: Tensor, layout: Layout) -> Tensor:
+    # (B, m) -> (B, H): each master unit covers chunk_size consecutive units (ON-LSTM)
+    return x.repeat_interleave(layout.chunk_size, dim=-1)[..., : layout.hidden_size]
+
+
+def keep_write(pre: Tensor, fb: Tensor | None, L: Layout):
+    """Keep gate ``k`` and write gate ``w`` of the update ``s' = k s + w cand`` for any variant.
+
+    Args:
+        pre: summed pre-activations ``gi + gh``, ``(B, G)``.
+        fb: the shared forget bias ``b_f`` ``(H,)`` of refine variants, else ``None``.
+
+    Returns:
+        ``(keep, write, f, r, master_f)``: ``f`` is the primary gate (the fine-grained sigmoid
+        gate in master variants), ``r`` the refine gate and ``master_f`` the upsampled master
+        forget gate, ``None`` where the variant has no such gate.
+    """
+    v = L.variant
+    f_pre = pre[:, L.keep]
+    if v.auxiliary == "master":
+        f = torch.sigmoid(f_pre)
+        w = torch.sigmoid(pre[:, L.write]) if L.write is not None else 1.0 - f
+        mf = _upsample(v.primary(pre[:, L.master[0]]), L)
+        mi = 1.0 - _upsample(v.primary(pre[:, L.master[1]]), L)
+        keep, write = master_gates(f, w, mf, mi)
+        return keep, write, f, None, mf
+    f = v.primary(f_pre if fb is None else f_pre + fb)
+    if v.auxiliary == "refine":
+        r_pre = pre[:, L.refine]
+        r = torch.sigmoid(r_pre if fb is None else r_pre - fb)
+        g = refine_gate(f, r)
+        return g, 1.0 - g, f, r, None
+    w = torch.sigmoid(pre[:, L.write]) if L.write is not None else 1.0 - f
+    return f, w, f, None, None
+
+
+def lstm_step(gi: Tensor, gh: Tensor, state, fb: Tensor | None, L: Layout):
+    """``c' = k c + w tanh(P_g)``, ``h' = sigma(P_o) tanh(c')`` (paper Eqs. 1, 9-11)."""
+    h, c = state
+    pre = gi + gh  # (B, G)
+    keep, write, f, r, mf = keep_write(pre, fb, L)
+    c = keep * c + write * torch.tanh(pre[:, L.block("g")])
+    h = torch.sigmoid(pre[:, L.block("o")]) * torch.tanh(c)
+    return (h, c), (f, r, mf, keep)
+
+
+def gru_step(gi: Tensor, gh: Tensor, state, fb: Tensor | None, L: Layout):
+    """``n = tanh(W_in x + b_in + s (W_hn h + b_hn))``, ``h' = k h + w n`` (torch's GRU, paper §4.3)."""
+    (h,) = state
+    pre = gi + gh
+    s = torch.sigmoid(pre[:, L.block("r")])  # reset gate
+    n_rows = L.block("n")
+    n = torch.tanh(gi[:, n_rows] + s * gh[:, n_rows])
+    keep, write, f, r, mf = keep_write(pre, fb, L)
+    return (keep * h + write * n,), (f, r, mf, keep)
+
+
+def mgu_step(gi: Tensor, gh: Tensor, state, fb: Tensor | None, L: Layout):
+    """``n = tanh(W_in x + b_in + (1 - f)(W_hn h + b_hn))``, ``h' = k h + w n`` (Zhou et al. 2016)."""
+    (h,) = state
+    pre = gi + gh
+    keep, write, f, r, mf = keep_write(pre, fb, L)
+    n_rows = L.block("n")
+    n = torch.tanh(gi[:, n_rows] + (1.0 - f) * gh[:, n_rows])
+    return (keep * h + write * n,), (f, r, mf, keep)
+
+
+_ALL = ("-", "C", "O", "U", "R", "OM", "OR", "UM", "UR")
+CORES: dict[str, Core] = {
+    "lstm": Core("lstm", ("i", "f", "g", "o"), keep=1, write=0, num_states=2, step=lstm_step, variants=_ALL),
+    "gru": Core("gru", ("r", "z", "n"), keep=1, write=None, num_states=1, step=gru_step, variants=_ALL),
+    # MGU: the paper's gates on its one gate (no ordered-neurons variants, they need an LSTM/GRU)
+    "mgu": Core("mgu", ("f", "n"), keep=0, write=None, num_states=1, step=mgu_step,
+                variants=("-", "C", "U", "R", "UR")),
+}
+
+
+def get_core(name: str | Core) -> Core:
+    if isinstance(name, Core):
+        return name
+    key = str(name).lower()
+    if key not in CORES:
+        raise ValueError(f"unknown core {name!r}; choose one of {', '.join(map(repr, CORES))}")
+    return CORES[key]

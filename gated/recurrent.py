@@ -1,0 +1,231 @@
+"""Sequence modules ``gated.LSTM``, ``gated.GRU``, ``gated.MGU``: torch.nn.LSTM/GRU's API and weights.
+
+Glossary: T time, B batch, I input_size, H hidden_size, L num_layers, D directions (1 or 2).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
+
+from gated import backends
+from gated._base import GatedModule, _check_int
+
+__all__ = ["LSTM", "GRU", "MGU"]
+
+
+def _reverse(x: Tensor, index: Tensor | None) -> Tensor:
+    """Reverse the time axis of ``(T, B, ·)``; with ``index`` only within each sequence's length."""
+    if index is None:
+        return x.flip(0)
+    return x.gather(0, index.unsqueeze(-1).expand_as(x))
+
+
+def _pack_like(out: Tensor, like: PackedSequence) -> PackedSequence:
+    # (T, B, ·) padded in the caller's batch order -> the packed layout of ``like``
+    if like.sorted_indices is not None:
+        out = out.index_select(1, like.sorted_indices)
+    data = torch.cat([out[t, :n] for t, n in enumerate(like.batch_sizes.tolist())])
+    return PackedSequence(data, like.batch_sizes, like.sorted_indices, like.unsorted_indices)
+
+
+class _RNN(GatedModule):
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        device=None,
+        dtype=None,
+        *,
+        variant: str = "UR",
+        t_max: float | None = None,
+        chunk_size: int = 4,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        self._setup(input_size, hidden_size, bias, variant, t_max, chunk_size)
+        self.num_layers = _check_int("num_layers", num_layers)
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
+        self.dropout = float(dropout)
+        self.batch_first = bool(batch_first)
+        self.bidirectional = bool(bidirectional)
+        if backend != "auto":
+            backends.resolve(backend)  # fail now on an unknown name
+        self.backend = backend
+        factory_kwargs = {"device": device, "dtype": dtype}
+        D = 2 if bidirectional else 1
+        for layer in range(self.num_layers):
+            for d in range(D):
+                in_size = input_size if layer == 0 else hidden_size * D
+                self._add_params(f"_l{layer}" + ("_reverse" if d else ""), in_size, factory_kwargs)
+        self.reset_parameters()
+
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    def flatten_parameters(self) -> None:
+        """No-op, for code written against torch.nn.LSTM."""
+
+    def _initial_states(self, hx, batch: int, batched: bool, ref: Tensor) -> list[Tensor]:
+        n = self.layout.core.num_states
+        shape = (self.num_layers * self.num_directions, batch, self.hidden_size)
+        if hx is None:
+            return [torch.zeros(shape, dtype=ref.dtype, device=ref.device) for _ in range(n)]
+        if n == 2:
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                raise TypeError(f"gated.{type(self).__name__}: hx must be a tuple (h_0, c_0), got {type(hx).__name__}")
+            states, names = list(hx), ["hx[0] (h_0)", "hx[1] (c_0)"]
+        else:
+            states, names = [hx], ["hx (h_0)"]
+        if not batched:
+            for name, s in zip(names, states):
+                if isinstance(s, Tensor) and s.dim() != 2:
+                    raise ValueError(
+                        f"gated.{type(self).__name__}: for unbatched 2-D input, {name} must be 2-D "
+                        f"{(shape[0], shape[2])}, got {s.dim()}-D"
+                    )
+            states = [s.unsqueeze(1) if isinstance(s, Tensor) else s for s in states]
+        for name, s in zip(names, states):
+            self._check_tensor(name, s, shape)
+        return states
+
+    def _run(self, input, hx=None, record: dict | None = None, backend: str | None = None):
+        packed = input if isinstance(input, PackedSequence) else None
+        if packed is not None:
+            x, lengths = pad_packed_sequence(packed)  # (T, B, I), caller's batch order
+            self._check_input(x, (3,), "3 dims")
+            batched = True
+        else:
+            self._check_input(input, (2, 3), "2 dims (T, I) or 3 dims (T, B, I) / (B, T, I)")
+            batched = input.dim() == 3
+            x = input if not batched else (input.transpose(0, 1) if self.batch_first else input)
+            x = x if batched else x.unsqueeze(1)
+            lengths = None
+        T, B = x.shape[0], x.shape[1]
+        h0 = self._initial_states(hx, B, batched, x)
+        mask = rev = None
+        if lengths is not None:
+            t = torch.arange(T, device=x.device).unsqueeze(1)  # (T, 1)
+            lens = lengths.to(x.device).unsqueeze(0)  # (1, B)
+            mask = (t < lens).unsqueeze(-1)  # (T, B, 1)
+            rev = torch.where(t < lens, lens - 1 - t, t)  # (T, B): time reversal inside each length
+        run = backends.resolve(backend or self.backend)
+        finals: list[list[Tensor]] = [[] for _ in h0]
+        for layer in range(self.num_layers):
+            outs = []
+            for d in range(self.num_directions):
+                idx = layer * self.num_directions + d
+                sfx = f"_l{layer}" + ("_reverse" if d else "")
+                xin = _reverse(x, rev) if d else x
+                rec = [] if record is not None else None
+                out, st = run(xin, tuple(s[idx] for s in h0), *self._params(sfx), self.layout, mask, rec)
+                if record is not None:
+                    record[(layer, d)] = rec
+                outs.append(_reverse(out, rev) if d else out)
+                for f, s in zip(finals, st):
+                    f.append(s)
+            x = torch.cat(outs, dim=-1) if len(outs) > 1 else outs[0]  # (T, B, D*H)
+            if self.dropout and self.training and layer < self.num_layers - 1:
+                x = F.dropout(x, self.dropout, training=True)
+        states = [torch.stack(f) for f in finals]  # each (L*D, B, H)
+        if packed is not None:
+            out = _pack_like(x, packed)
+        elif not batched:
+            out, states = x.squeeze(1), [s.squeeze(1) for s in states]
+        else:
+            out = x.transpose(0, 1) if self.batch_first else x
+        return out, (tuple(states) if len(states) == 2 else states[0])
+
+    def forward(self, input, hx=None):
+        """Run the sequence; see the class docstring for shapes."""
+        return self._run(input, hx)
+
+
+_DOC_ARGS = """
+    Args:
+        input_size: features per time step, ``I``.
+        hidden_size: hidden units ``H`` per direction.
+        num_layers: stacked layers; layer ``k > 0`` reads the previous layer's ``D*H`` outputs.
+        bias: if False, no ``b_ih``/``b_hh`` (refine variants keep their ``forget_bias``).
+        batch_first: input and output are ``(B, T, ·)`` instead of ``(T, B, ·)``; states are not.
+        dropout: dropout on the outputs of every layer but the last, in training mode; in [0, 1).
+        bidirectional: also run each layer backwards and concatenate (``D = 2``).
+        device, dtype: where and how the parameters are created.
+        variant: a label of the paper's grid (keyword only): ``"-"``, ``"C"``, ``"O"``, ``"U"``,
+            ``"R"``, ``"OM"``, ``"OR"``, ``"UM"``, ``"UR"`` (case-insensitive; long names such as
+            ``"uniform-refine"`` too). See ``docs/variants.md``.
+        t_max: the chrono init's longest timescale (variant ``C``); default ``hidden_size``.
+        chunk_size: master-gate downsampling factor ``C`` (``*M`` variants); default 4.
+        backend: ``"auto"`` (the fastest available, logged once) or ``"reference"``.
+
+    Inputs: ``input, hx``
+        - input: ``(T, B, I)``, ``(B, T, I)`` if ``batch_first``, ``(T, I)`` unbatched, or a
+          ``PackedSequence``.
+        - hx: initial state{states_in}, each ``(L*D, B, H)`` (``(L*D, H)`` unbatched); zeros if None.
+
+    Outputs: ``output, {states_out}``
+        - output: ``(T, B, D*H)`` (``(B, T, D*H)`` if ``batch_first``; a ``PackedSequence`` if the
+          input was one): the last layer's ``h_t`` for every ``t``.
+        - {states_out}: the final states of every layer and direction, each ``(L*D, B, H)``.
+
+    Parameters (torch.nn's names and shapes, ``G = layout.rows``):
+        ``weight_ih_l{{k}}`` ``(G, I or D*H)``, ``weight_hh_l{{k}}`` ``(G, H)``, ``bias_ih_l{{k}}`` and
+        ``bias_hh_l{{k}}`` ``(G,)``, ``forget_bias_l{{k}}`` ``(H,)`` for ``R``/``UR``; ``_reverse``
+        for the backward direction.
+"""
+
+
+class LSTM(_RNN):
+    core = "lstm"
+    __doc__ = r"""Multi-layer LSTM with the paper's gate variants; a drop-in ``torch.nn.LSTM``.
+
+    Default ``variant="UR"``, the UR-LSTM of Gu et al. 2020 (Eqs. 9-12)::
+
+        f = sigma(P_f + b_f)          r = sigma(P_r - b_f)        # r in the i block
+        g = r (1 - (1 - f)^2) + (1 - r) f^2
+        c' = g c + (1 - g) tanh(P_g)  h' = sigma(P_o) tanh(c')
+
+    ``variant="-"`` is exactly ``torch.nn.LSTM``; its weights load with ``load_state_dict``.
+    """ + _DOC_ARGS.format(states_in=" ``(h_0, c_0)``", states_out="(h_n, c_n)") + """
+    Example:
+        >>> rnn = gated.LSTM(10, 20, num_layers=2)            # UR-LSTM
+        >>> out, (h, c) = rnn(torch.randn(5, 3, 10))          # out: (5, 3, 20)
+    """
+
+
+class GRU(_RNN):
+    core = "gru"
+    __doc__ = r"""Multi-layer GRU with the paper's gate variants; a drop-in ``torch.nn.GRU``.
+
+    torch's GRU with ``z`` the keep gate; ``variant="UR"`` (default) refines it with an extra
+    block ``rho`` (chunk order ``r, z, n, rho``)::
+
+        s = sigma(P_r)    n = tanh(W_in x + b_in + s (W_hn h + b_hn))
+        z = sigma(P_z + b_f)   rho = sigma(P_rho - b_f)   g = rho (1 - (1 - z)^2) + (1 - rho) z^2
+        h' = g h + (1 - g) n
+    """ + _DOC_ARGS.format(states_in=" ``h_0``", states_out="h_n") + """
+    Example:
+        >>> out, h = gated.GRU(10, 20)(torch.randn(5, 3, 10))
+    """
+
+
+class MGU(_RNN):
+    core = "mgu"
+    __doc__ = r"""Minimal gated unit (Zhou et al. 2016) with the paper's gate variants.
+
+    One gate ``f`` (the keep gate, ``f = 1 - f_zhou``) with torch's GRU conventions; chunk order
+    ``(f, n)`` plus a refine block in ``R``/``UR``::
+
+        n = tanh(W_in x + b_in + (1 - f)(W_hn h + b_hn))      h' = f h + (1 - f) n
+
+    Variants: ``-``, ``C``, ``U``, ``R``, ``UR`` (default).
+    """ + _DOC_ARGS.format(states_in=" ``h_0``", states_out="h_n")
