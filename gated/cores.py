@@ -28,8 +28,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from gated.gates import master_gates, refine_gate
-from gated.variants import Variant, get_variant
+from gated.gates import cumax, master_gates, refine_gate
+from gated.variants import VARIANTS, Variant, get_variant
 
 __all__ = ["Core", "Layout", "CORES", "get_core", "make_layout"]
 
@@ -44,7 +44,12 @@ class Core:
     write: int | None  # index of an untied write (input) gate block; None: tied to 1 - keep
     num_states: int  # 2 for (h, c), 1 for h
     step: Callable  # (gi, gh, state, forget_bias, layout) -> (state, gates)
-    variants: tuple[str, ...]
+    supports: Callable[[Variant], bool] = lambda v: True
+
+    @property
+    def variants(self) -> tuple[str, ...]:
+        """Names of the registered variants this core supports, in registry order."""
+        return tuple(name for name, v in VARIANTS.items() if self.supports(v))
 
 
 @dataclass(frozen=True)
@@ -163,13 +168,12 @@ def mgu_step(gi: Tensor, gh: Tensor, state, fb: Tensor | None, L: Layout):
     return (keep * h + write * n,), (f, r, mf, keep)
 
 
-_ALL = ("-", "C", "O", "U", "R", "OM", "OR", "UM", "UR")
 CORES: dict[str, Core] = {
-    "lstm": Core("lstm", ("i", "f", "g", "o"), keep=1, write=0, num_states=2, step=lstm_step, variants=_ALL),
-    "gru": Core("gru", ("r", "z", "n"), keep=1, write=None, num_states=1, step=gru_step, variants=_ALL),
-    # MGU: the paper's gates on its one gate (no ordered-neurons variants, they need an LSTM/GRU)
+    "lstm": Core("lstm", ("i", "f", "g", "o"), keep=1, write=0, num_states=2, step=lstm_step),
+    "gru": Core("gru", ("r", "z", "n"), keep=1, write=None, num_states=1, step=gru_step),
+    # MGU takes the paper's init and refine gate on its one gate, not the ordered-neurons family
     "mgu": Core("mgu", ("f", "n"), keep=0, write=None, num_states=1, step=mgu_step,
-                variants=("-", "C", "U", "R", "UR")),
+                supports=lambda v: v.primary is not cumax and v.auxiliary != "master"),
 }
 
 

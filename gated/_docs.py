@@ -1,0 +1,95 @@
+"""Renders ``docs/variants.md`` from the registries (``python scripts/gen_variants_doc.py``)."""
+
+from __future__ import annotations
+
+from gated.cores import CORES, make_layout
+from gated.gates import cumax
+from gated.variants import VARIANTS, Variant
+
+_HEADER = """# Variants
+
+Generated from `gated/variants.py` and `gated/cores.py` by `python scripts/gen_variants_doc.py`;
+a test fails when this file and the registries disagree. Paper: Gu et al., "Improving the Gating
+Mechanism of Recurrent Neural Networks", ICML 2020, §5 (labels), Eqs. 9-12 (UR cell).
+
+Notation: `P_X = W_ih[X] x + b_ih[X] + W_hh[X] h + b_hh[X]` is block X's pre-activation (torch's
+two biases), `σ` the sigmoid, `cumax = cumsum∘softmax` over the units, `b_f` the shared trainable
+`forget_bias_l{k}`, `k`/`w` the keep and write gates of the state update `s' = k s + w cand`
+(LSTM: `s = c`, `cand = tanh(P_g)`; GRU/MGU: `s = h`, `cand = n`). Every core keeps torch's
+block order: LSTM `(i, f, g, o)`, GRU `(r, z, n)` with `z` the keep gate, MGU `(f, n)` with `f`
+the keep gate and the candidate's reset `1 - f` (Zhou et al. 2016 with `f = 1 - f_zhou`).
+Refine variants of GRU/MGU append one block `ρ`; master variants append a master-forget and a
+master-input block of `m = ceil(d / C)` rows (`chunk_size` C, default 4), upsampled by repeating
+each master unit C times. `n` is the input size, `d` the hidden size; parameter counts are per
+layer and direction, with torch's two bias vectors.
+
+"""
+
+_FOOTER = """
+## Choices where the paper is silent
+
+- **Baseline `-`**: the standard LSTM with an untied input gate and torch's default init, so it
+  equals `torch.nn.LSTM`/`GRU` (tested to 1e-10 in float64).
+- **`b_f` in refine variants** is one trainable vector per layer and direction, added to the keep
+  gate and subtracted from the refine gate, as in the paper's pseudo-code; UGI sets it and zeroes
+  the keep and refine rows of `b_ih`/`b_hh`, so `f = σ(b_f)` and `r = σ(-b_f) = 1 - f` at init on a
+  zero input. Loading torch weights into a refine variant leaves `forget_bias_l{k}` missing
+  (`strict=False`).
+- **UR-GRU / UR-MGU**: the refine gate is a new block with the same `-b_f` convention; the reset
+  gate (GRU) and the candidate's reset `1 - f` (MGU) use the unrefined gates.
+- **`O` (cumax without master gates)**: the forget gate is `cumax(P_f)` over the hidden units; the
+  LSTM's input gate stays an untied sigmoid.
+- **Master gates** follow ON-LSTM's equations on any core; in GRU/MGU the fine-grained write gate
+  is `1 - z`. `UM` replaces cumax by a sigmoid whose bias is UGI-initialised over the `m` master
+  units; the master input gate `1 - σ(P)` gets the same bias, so it starts at `1 - master_f`, as
+  cumax's does.
+- **Chrono `C`**: `t_max` defaults to `hidden_size` (the longest timescale UGI can give), so C and U
+  span the same range unless `t_max` is given; GRU/MGU have no input-gate bias to set.
+- **UGI's ε** is `1/d` with `d` the gate's number of units (`hidden_size`; `m` for master gates).
+"""
+
+
+def _act(v: Variant) -> str:
+    return "cumax" if v.primary is cumax else "σ"
+
+
+def _equations(v: Variant) -> str:
+    a = _act(v)
+    if v.auxiliary == "refine":
+        fb = " + b_f" if v.has_forget_bias else ""
+        mfb = " - b_f" if v.has_forget_bias else ""
+        return (f"f = {a}(P_f{fb}), r = σ(P_r{mfb}), k = g = f² + 2rf(1-f), w = 1 - g"
+                " (LSTM: r in the i block)")
+    if v.auxiliary == "master":
+        return (f"f = σ(P_f), F = {a}(P_F), I = 1 - {a}(P_I), ω = F·I, k = f·ω + F - ω, "
+                "w = w₀·ω + I - ω (w₀: LSTM σ(P_i), GRU/MGU 1 - f)")
+    return f"k = f = {a}(P_f), w = σ(P_i) (LSTM) or 1 - f (GRU/MGU)"
+
+
+def _params(core_name: str, v: Variant) -> str:
+    core = CORES[core_name]
+    if v.name not in core.variants:
+        return "n/a"
+    blocks = len(core.blocks) + (1 if v.auxiliary == "refine" and core.write is None else 0)
+    rows = f"{blocks}d" + (" + 2m" if v.auxiliary == "master" else "")
+    rows = f"({rows})" if "+" in rows else rows
+    extra = " + d" if v.has_forget_bias else ""
+    # sanity: the formula must agree with the layout the modules use
+    d, m_ = 8, 2
+    L = make_layout(core, v, d, chunk_size=4)
+    assert L.rows == blocks * d + (2 * m_ if v.auxiliary == "master" else 0)
+    return f"{rows}(n + d + 2){extra}"
+
+
+def variants_markdown() -> str:
+    lines = [_HEADER, "| variant | long name | equations | init | LSTM params | GRU params | MGU params |",
+             "|---|---|---|---|---|---|---|"]
+    for v in VARIANTS.values():
+        init = {None: "torch default", "uniform": "UGI (`gated.init.uniform_gate_`)",
+                "chrono": "chrono (`gated.init.chrono_`)"}[v.init]
+        cells = [f"`{v.name}`", f"`{v.long_name}`", _equations(v), init,
+                 _params("lstm", v), _params("gru", v), _params("mgu", v)]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "| variant | summary | assumed |", "|---|---|---|"]
+    lines += [f"| `{v.name}` | {v.summary} | {v.assumed} |" for v in VARIANTS.values()]
+    return "\n".join(lines) + "\n" + _FOOTER
