@@ -132,3 +132,23 @@ def test_diagnostics_match_reference_gates():
     plain = gated.gate_activations(gated.GRU(3, 6, variant="U"), torch.randn(4, 1, 3))
     assert plain["refine"] is None
     torch.testing.assert_close(plain["effective"], plain["forget"])
+
+
+@pytest.mark.parametrize("core,variant", GRID, ids=IDS)
+def test_packed_equals_each_sequence_alone(core, variant):
+    """A PackedSequence of unsorted lengths gives, per sequence, what that sequence gives alone."""
+    from torch.nn.utils.rnn import pack_sequence, pad_packed_sequence
+
+    m = _module(core, variant, num_layers=2, bidirectional=True)
+    seqs = [torch.randn(n, 3, dtype=torch.float64) for n in (2, 5, 1, 4)]
+    hx = _hx(core, 4, 4, requires_grad=False)
+    out, st = m(pack_sequence(seqs, enforce_sorted=False), hx)
+    padded, lengths = pad_packed_sequence(out)
+    states = st if isinstance(st, tuple) else (st,)
+    for b, s in enumerate(seqs):
+        h_b = tuple(h[:, b:b + 1] for h in (hx if isinstance(hx, tuple) else (hx,)))
+        o_b, st_b = m(s.unsqueeze(1), h_b if len(h_b) == 2 else h_b[0])
+        torch.testing.assert_close(padded[: len(s), b], o_b[:, 0], rtol=1e-12, atol=1e-12)
+        assert torch.all(padded[len(s):, b] == 0)
+        for a, e in zip(states, st_b if isinstance(st_b, tuple) else (st_b,)):
+            torch.testing.assert_close(a[:, b], e[:, 0], rtol=1e-12, atol=1e-12)
