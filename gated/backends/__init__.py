@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 
+import torch
+
 from gated.backends import reference
 
 __all__ = ["BACKENDS", "resolve"]
@@ -23,7 +25,8 @@ def resolve(name: str):
     """Return the ``run_layer`` function for ``name`` (``"auto"`` or a key of :data:`BACKENDS`)."""
     if name == "auto":
         # No fused backend is registered yet: say so once instead of silently running slow.
-        if "auto" not in _logged:
+        # (not while torch.compile traces: dynamo cannot trace a logger call)
+        if "auto" not in _logged and not torch.compiler.is_compiling():
             _logged.add("auto")
             logger.warning(
                 "gated: no fast backend available; using the reference backend "

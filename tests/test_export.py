@@ -1,0 +1,153 @@
+"""gated.LSTM / GRU / MGU under torch.compile, torch.jit.trace and ONNX export (run in onnxruntime).
+
+Every test compares numbers with the eager module (outputs, final states and, for compile, the
+gradients of the input and of every parameter), never only shapes.
+
+torch.compile: the backend ``aot_eager`` (dynamo + AOTAutograd, no code generation, ~1 s per case)
+checks every case; the default ``inductor`` backend checks one case only (UR-LSTM, forward and
+backward), because on 2 CPU cores its first compile takes ~15-25 s with a cold cache (each further
+case adds ~10-15 s). ``fullgraph=True``: the traced forward must have no graph break. The compiled call
+comes first, before the one-time "reference backend" log has been written: dynamo cannot trace a
+logger call, so ``backends.resolve`` skips the log while compiling.
+
+ONNX: both exporters of torch 2.13, the default torch.export-based one (``dynamo=True``, needs
+``onnxscript``) and the legacy TorchScript one (``dynamo=False``). The time loop is unrolled, so an
+exported model has a fixed sequence length T (the batch size may be made dynamic). The ONNX tests
+skip without ``onnx`` / ``onnxscript`` / ``onnxruntime``. Narrow warning filters: the legacy
+exporter and ``torch.jit.trace`` emit ``torch.jit.TracerWarning`` ("Converting a tensor to a Python
+boolean ...") from the argument checks in ``gated/_base.py``; harmless here because the traced
+shapes are the ones checked.
+
+TorchScript: ``torch.jit.script`` is not supported (the modules use ``dict | None`` annotations,
+``PackedSequence`` isinstance checks, frozen dataclasses holding functions, module-level dict
+registries); ``torch.jit.trace`` works for a fixed T and is tested.
+"""
+
+import pytest
+import torch
+
+import gated
+
+T, B, I, H = 4, 2, 3, 5
+
+TRACER_WARNING = "ignore:Converting a tensor to a Python boolean:torch.jit.TracerWarning"
+
+
+def _flat(result):
+    """``(out, (h, c))`` or ``(out, h)`` -> ``[out, h, (c)]``."""
+    out, states = result
+    return [out, *states] if isinstance(states, tuple) else [out, states]
+
+
+def _input(module, requires_grad=False):
+    shape = (B, T, I) if module.batch_first else (T, B, I)
+    return torch.randn(shape, requires_grad=requires_grad)
+
+
+# --------------------------------------------------------------------------- torch.compile
+
+def _loss(outputs, weights):
+    return sum((o * w).sum() for o, w in zip(outputs, weights))
+
+
+def _check_compile(cls, variant, backend, **kw):
+    torch._dynamo.reset()  # no cache or recompile count carried over from another test
+    m = cls(I, H, variant=variant, **kw)
+    x = _input(m, requires_grad=True)
+    params = list(m.parameters())
+
+    gated.backends._logged.clear()  # the compiled call comes first and meets the one-time log
+    compiled = torch.compile(m, backend=backend, fullgraph=True)
+    got = _flat(compiled(x))
+    ref = _flat(m(x))
+    weights = [torch.randn_like(o) for o in ref]  # a loss that reaches every output and state
+    ref_grads = torch.autograd.grad(_loss(ref, weights), [x, *params])
+    got_grads = torch.autograd.grad(_loss(got, weights), [x, *params])
+
+    assert len(got) == len(ref)
+    for g, r in zip(got, ref):
+        torch.testing.assert_close(g, r)
+    names = ["input", *(n for n, _ in m.named_parameters())]
+    for name, g, r in zip(names, got_grads, ref_grads):
+        torch.testing.assert_close(g, r, msg=lambda s, name=name: f"grad of {name}: {s}")
+
+
+@pytest.mark.parametrize(
+    "cls, variant",
+    [(gated.LSTM, "UR"), (gated.LSTM, "-"), (gated.GRU, "UR"), (gated.MGU, "UR")],
+    ids=["LSTM-UR", "LSTM--", "GRU-UR", "MGU-UR"],
+)
+def test_compile_aot_eager_matches_eager(cls, variant):
+    _check_compile(cls, variant, "aot_eager")
+
+
+@pytest.mark.parametrize(
+    "kw", [{"batch_first": True}, {"num_layers": 2, "bidirectional": True}], ids=["batch_first", "2layer-bidir"]
+)
+def test_compile_aot_eager_layouts(kw):
+    _check_compile(gated.LSTM, "UR", "aot_eager", **kw)
+
+
+def test_compile_inductor_matches_eager():
+    _check_compile(gated.LSTM, "UR", "inductor")
+
+
+# --------------------------------------------------------------------------- torch.jit.trace
+
+@pytest.mark.filterwarnings(TRACER_WARNING)
+def test_jit_trace_fixed_length():
+    m = gated.LSTM(I, H)
+    x = _input(m)
+    traced = torch.jit.trace(m, x)
+    x2 = _input(m)  # same shape, new values
+    for g, r in zip(_flat(traced(x2)), _flat(m(x2))):
+        torch.testing.assert_close(g, r)
+
+
+# --------------------------------------------------------------------------- ONNX
+
+@pytest.fixture
+def ort():
+    pytest.importorskip("onnx")
+    return pytest.importorskip("onnxruntime")
+
+
+def _check_onnx(ort, m, path, dynamo):
+    m.eval()
+    x = _input(m)
+    if dynamo:
+        pytest.importorskip("onnxscript")
+        torch.onnx.export(m, (x,), path, dynamo=True, verbose=False)
+    else:
+        torch.onnx.export(m, (x,), path, dynamo=False)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (inp,) = sess.get_inputs()  # hx=None: zeros are built inside the graph
+    x2 = _input(m)  # new values, the exported shape
+    got = sess.run(None, {inp.name: x2.numpy()})
+    with torch.no_grad():
+        ref = _flat(m(x2))
+    assert len(got) == len(ref)
+    for g, r in zip(got, ref):
+        torch.testing.assert_close(torch.from_numpy(g), r, rtol=1e-5, atol=1e-5)
+
+
+ONNX_CASES = [
+    pytest.param(gated.LSTM, "UR", {}, id="LSTM-UR"),
+    pytest.param(gated.LSTM, "-", {}, id="LSTM--"),
+    pytest.param(gated.GRU, "UR", {}, id="GRU-UR"),
+    pytest.param(gated.MGU, "UR", {}, id="MGU-UR"),
+    pytest.param(gated.LSTM, "UR", {"batch_first": True}, id="LSTM-UR-batch_first"),
+    pytest.param(gated.LSTM, "UR", {"num_layers": 2, "bidirectional": True}, id="LSTM-UR-2layer-bidir"),
+    pytest.param(gated.GRU, "UR", {"num_layers": 2, "bidirectional": True}, id="GRU-UR-2layer-bidir"),
+]
+
+
+@pytest.mark.parametrize("cls, variant, kw", ONNX_CASES)
+def test_onnx_dynamo_export_matches_eager(ort, tmp_path, cls, variant, kw):
+    _check_onnx(ort, cls(I, H, variant=variant, **kw), tmp_path / "model.onnx", dynamo=True)
+
+
+@pytest.mark.filterwarnings(TRACER_WARNING)
+@pytest.mark.parametrize("cls, variant, kw", ONNX_CASES)
+def test_onnx_legacy_export_matches_eager(ort, tmp_path, cls, variant, kw):
+    _check_onnx(ort, cls(I, H, variant=variant, **kw), tmp_path / "model.onnx", dynamo=False)
