@@ -1,10 +1,21 @@
 """gated: gating mechanisms for neural networks, built around Gu et al., "Improving the Gating
 Mechanism of Recurrent Neural Networks" (ICML 2020)."""
 
-from gated import gates, init
+from gated import feedforward, gates, init
 from gated.cells import GRUCell, LSTMCell, MGUCell
 from gated.cores import CORES
 from gated.diagnostics import gate_activations
+from gated.feedforward import (
+    FFN_VARIANTS,
+    GLU,
+    ChannelGatedConv2d,
+    FeedForward,
+    Highway,
+    HighwayNetwork,
+    SqueezeExcite,
+    ffn_hidden_size,
+    glu_hidden_size,
+)
 from gated.recurrent import GRU, LSTM, MGU
 from gated.variants import VARIANTS, Variant, get_variant
 
@@ -13,4 +24,6 @@ __version__ = "0.1.0"
 __all__ = [
     "LSTM", "GRU", "MGU", "LSTMCell", "GRUCell", "MGUCell",
     "VARIANTS", "CORES", "Variant", "get_variant", "gate_activations", "gates", "init",
+    "feedforward", "FeedForward", "FFN_VARIANTS", "GLU", "Highway", "HighwayNetwork", "SqueezeExcite",
+    "ChannelGatedConv2d", "glu_hidden_size", "ffn_hidden_size",
 ]

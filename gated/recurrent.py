@@ -57,9 +57,7 @@ class _RNN(GatedModule):
         self.dropout = float(dropout)
         self.batch_first = bool(batch_first)
         self.bidirectional = bool(bidirectional)
-        if backend != "auto":
-            backends.resolve(backend)  # fail now on an unknown name
-        self.backend = backend
+        self.backend = backends.check_name(backend)
         factory_kwargs = {"device": device, "dtype": dtype}
         D = 2 if bidirectional else 1
         for layer in range(self.num_layers):
@@ -118,7 +116,7 @@ class _RNN(GatedModule):
             lens = lengths.to(x.device).unsqueeze(0)  # (1, B)
             mask = (t < lens).unsqueeze(-1)  # (T, B, 1)
             rev = torch.where(t < lens, lens - 1 - t, t)  # (T, B): time reversal inside each length
-        run = backends.resolve(backend or self.backend)
+        run = backends.resolve(backend or self.backend, self.layout, x)
         finals: list[list[Tensor]] = [[] for _ in h0]
         for layer in range(self.num_layers):
             outs = []
@@ -165,7 +163,8 @@ _DOC_ARGS = """
             ``"uniform-refine"`` too). See ``docs/variants.md``.
         t_max: the chrono init's longest timescale (variant ``C``); default ``hidden_size``.
         chunk_size: master-gate downsampling factor ``C`` (``*M`` variants); default 4.
-        backend: ``"auto"`` (the fastest available, logged once) or ``"reference"``.
+        backend: ``"auto"`` (the fused CPU kernels where they apply, else the reference loop;
+            fallbacks are logged once), ``"fused_cpu"`` or ``"reference"``.
 
     Inputs: ``input, hx``
         - input: ``(T, B, I)``, ``(B, T, I)`` if ``batch_first``, ``(T, I)`` unbatched, or a

@@ -1,8 +1,15 @@
 """Backends: functions that run one layer in one direction over a sequence.
 
 Every backend has the signature of :func:`gated.backends.reference.run_layer` and reads the same
-weights in the same layout. ``"auto"`` picks the fastest backend that supports the call and logs
-the choice once; ``"reference"`` forces the Python loop.
+weights in the same layout:
+
+- ``"reference"``: a Python loop over time (:mod:`gated.backends.reference`), the oracle;
+- ``"fused_cpu"``: the time loop and gate maths in C++ (:mod:`gated.backends.fused_cpu`), for the
+  plain and refine variants in float32/float64 on the CPU, built on first use.
+
+``"auto"`` picks ``fused_cpu`` where it can run the call and otherwise the reference, logging each
+reason for a fallback once. Under ``torch.compile`` and ``torch.jit.trace`` ``"auto"`` uses the
+reference, whose plain torch ops those tools can trace.
 """
 
 from __future__ import annotations
@@ -11,29 +18,43 @@ import logging
 
 import torch
 
-from gated.backends import reference
+from gated.backends import fused_cpu, reference
 
-__all__ = ["BACKENDS", "resolve"]
+__all__ = ["BACKENDS", "resolve", "check_name"]
 
 logger = logging.getLogger("gated")
 
-BACKENDS = {"reference": reference.run_layer}
+BACKENDS = {"reference": reference.run_layer, "fused_cpu": fused_cpu.run_layer}
+_CHECKS = {"fused_cpu": fused_cpu.why_not}
 _logged: set[str] = set()
 
 
-def resolve(name: str):
-    """Return the ``run_layer`` function for ``name`` (``"auto"`` or a key of :data:`BACKENDS`)."""
-    if name == "auto":
-        # No fused backend is registered yet: say so once instead of silently running slow.
-        # (not while torch.compile traces: dynamo cannot trace a logger call)
-        if "auto" not in _logged and not torch.compiler.is_compiling():
-            _logged.add("auto")
-            logger.warning(
-                "gated: no fast backend available; using the reference backend "
-                "(a Python loop over time, slower than torch.nn's fused kernels)"
-            )
-        return BACKENDS["reference"]
-    if name not in BACKENDS:
+def check_name(name: str) -> str:
+    if name != "auto" and name not in BACKENDS:
         choices = ", ".join(repr(k) for k in ["auto", *BACKENDS])
         raise ValueError(f"unknown backend {name!r}; choose one of {choices}")
-    return BACKENDS[name]
+    return name
+
+
+def _log_once(msg: str) -> None:
+    if msg not in _logged:
+        _logged.add(msg)
+        logger.warning(msg)
+
+
+def resolve(name: str, layout, x: torch.Tensor):
+    """The ``run_layer`` function that runs ``layout`` on input ``x`` (``name``: "auto" or a backend)."""
+    check_name(name)
+    if name != "auto":
+        reason = _CHECKS[name](layout, x) if name in _CHECKS else None
+        if reason is not None:
+            raise RuntimeError(f"backend {name!r} cannot run this call: {reason}")
+        return BACKENDS[name]
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return BACKENDS["reference"]  # no log here: dynamo cannot trace a logger call
+    reason = fused_cpu.why_not(layout, x)
+    if reason is None:
+        return BACKENDS["fused_cpu"]
+    _log_once(f"gated: using the reference backend (a Python loop over time, slower than the fused kernels) "
+              f"for {layout.core.name.upper()}: no fused kernel for {reason}")
+    return BACKENDS["reference"]

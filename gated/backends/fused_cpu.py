@@ -1,0 +1,98 @@
+"""Fused CPU backend: the time loop and the pointwise gate maths in C++ (gated/csrc/recurrence.cpp).
+
+Supports every core in its plain (``-``, ``C``, ``U``) and sigmoid-refine (``R``, ``UR``) variants,
+float32 and float64 on the CPU. Same signature and results as :func:`gated.backends.reference.run_layer`
+(tests/test_fused.py). Backward is hand-written: the C++ pass returns the gradients of every step's
+pre-activations ``(T, B, G)``; the weight gradients are then single large matmuls here.
+
+Glossary: T time, B batch, I input features, H hidden_size, G gate rows.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from gated.backends import _build
+from gated.cores import Layout
+from gated.gates import sigmoid_gate
+
+_CORE_ID = {"lstm": 0, "gru": 1, "mgu": 2}
+
+
+def why_not(layout: Layout, x: Tensor) -> str | None:
+    """None if this backend can run the call, else the reason (for the one-time log)."""
+    v = layout.variant
+    if v.primary is not sigmoid_gate or v.auxiliary not in (None, "refine"):
+        return f"variant {v.name!r} (only -, C, U, R, UR have fused kernels)"
+    if x.device.type != "cpu":
+        return f"device {x.device.type!r}"
+    if x.dtype not in (torch.float32, torch.float64):
+        return f"dtype {x.dtype}"
+    if _build.load() is None:
+        return f"the extension could not be built ({_build._state.get('error')})"
+    return None
+
+
+def _n_rows(layout: Layout) -> slice | None:
+    # GRU/MGU: the candidate's b_hn sits inside the reset product, so it is kept apart
+    return layout.block("n") if layout.core.name != "lstm" else None
+
+
+class _Recurrence(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, w_ih, w_hh, b_ih, b_hh, fb, h0, c0, lengths, layout):
+        n_rows = _n_rows(layout)
+        bias_x = b_hn = None
+        if b_ih is not None:
+            b_rec = b_hh
+            if n_rows is not None:
+                b_rec = b_hh.clone()
+                b_rec[n_rows] = 0
+                b_hn = b_hh[n_rows].contiguous()
+            bias_x = b_ih + b_rec
+        core, refine = _CORE_ID[layout.core.name], layout.variant.auxiliary == "refine"
+        save = any(ctx.needs_input_grad)
+        out, h_n, c_n, A, aux = _build.load().recurrence_forward(
+            x.contiguous(), w_ih.contiguous(), w_hh.contiguous(), bias_x, b_hn, fb, h0, c0, lengths, core, refine, save
+        )
+        ctx.save_for_backward(x, w_ih, w_hh, h0, c0, lengths, A, aux, out)
+        ctx.meta = (layout, core, refine, b_ih is not None, fb is not None)
+        return (out, h_n, c_n) if c0 is not None else (out, h_n)
+
+    @staticmethod
+    def backward(ctx, dout, dh_n, dc_n=None):
+        x, w_ih, w_hh, h0, c0, lengths, A, aux, out = ctx.saved_tensors
+        layout, core, refine, has_bias, has_fb = ctx.meta
+        dA, dghn, dh0, dc0 = _build.load().recurrence_backward(
+            dout, dh_n.contiguous(), None if dc_n is None else dc_n.contiguous(), A, aux, out, h0, c0,
+            w_hh.contiguous(), lengths, core, refine,
+        )
+        T, B, G = dA.shape
+        dA2 = dA.view(T * B, G)
+        dx = (dA2 @ w_ih).view_as(x)
+        dw_ih = dA2.t() @ x.reshape(T * B, -1)
+        h_prev = torch.cat([h0.unsqueeze(0), out[:-1]]).view(T * B, -1)  # h_{t-1} of every step
+        dw_hh = dA2.t() @ h_prev
+        n_rows = _n_rows(layout)
+        if n_rows is not None:  # the candidate block's recurrent grads differ from dA
+            dw_hh[n_rows] = dghn.view(T * B, -1).t() @ h_prev
+        db_ih = db_hh = dfb = None
+        if has_bias:
+            db_ih = dA2.sum(0)
+            db_hh = db_ih.clone()
+            if n_rows is not None:
+                db_hh[n_rows] = dghn.sum((0, 1))
+        if has_fb:  # b_f enters the keep gate with + and the refine gate with -
+            dfb = dA2[:, layout.keep].sum(0) - dA2[:, layout.refine].sum(0)
+        return dx, dw_ih, dw_hh, db_ih, db_hh, dfb, dh0, (dc0 if c0 is not None else None), None, None
+
+
+def run_layer(x, state, w_ih, w_hh, b_ih, b_hh, forget_bias, layout, mask=None, record=None):
+    """Same contract as :func:`gated.backends.reference.run_layer` (``record`` is not supported)."""
+    if record is not None:
+        raise ValueError("the fused backend records no gates; gate_activations uses the reference backend")
+    lengths = None if mask is None else mask[:, :, 0].sum(0).to(torch.int64)
+    c0 = state[1].contiguous() if len(state) == 2 else None
+    res = _Recurrence.apply(x, w_ih, w_hh, b_ih, b_hh, forget_bias, state[0].contiguous(), c0, lengths, layout)
+    return res[0], tuple(res[1:])

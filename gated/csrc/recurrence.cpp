@@ -1,0 +1,564 @@
+// Fused CPU recurrence for the gated cores (LSTM, GRU, MGU) in their plain and refine variants.
+//
+// The time loop runs here, outside Python: per step one GEMM for the recurrent projection and one
+// vectorised pointwise pass over the gates. The input projection for all steps is one GEMM before
+// the loop. Backward walks time in reverse, writing the pre-activation gradients of every step
+// into one (T, B, G) buffer, so the weight gradients are single large GEMMs done by the caller.
+// Glossary: T time, B batch, H hidden, G gate rows; "refine" = paper Eq. 10 with shared b_f.
+// The equations are those of gated/cores.py (the reference); tests/test_fused.py checks equality.
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) && defined(__AVX512VL__)
+#define CPU_CAPABILITY AVX512
+#define CPU_CAPABILITY_AVX512
+#elif defined(__AVX2__) && defined(__FMA__)
+#define CPU_CAPABILITY AVX2
+#define CPU_CAPABILITY_AVX2
+#else
+#define CPU_CAPABILITY DEFAULT
+#endif
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/stack.h>
+#include <torch/library.h>
+
+#include <dlfcn.h>
+
+#include <limits>
+#include <optional>
+#include <vector>
+
+using at::Tensor;
+
+namespace {
+
+enum Core : int64_t { LSTM = 0, GRU = 1, MGU = 2 };
+
+// Tests set this so that every buffer starts as NaN: a value the kernels forget to write shows up.
+bool g_poison = false;
+
+Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& opts) {
+  Tensor t = at::empty(sizes, opts);
+  if (g_poison) t.fill_(std::numeric_limits<double>::quiet_NaN());
+  return t;
+}
+
+template <typename T>
+using Vec = at::vec::Vectorized<T>;
+
+// Transcendentals: float uses ATen's polynomial exp_u20 (a few ulp; the gates' activations do not
+// need Sleef's 1-ulp exp, and it is most of the pointwise cost); double keeps Sleef's 1-ulp exp.
+template <typename T>
+inline Vec<T> fast_exp(const Vec<T>& x) {
+  return x.exp();
+}
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+template <>
+inline Vec<float> fast_exp<float>(const Vec<float>& x) {
+  return x.exp_u20();
+}
+#endif
+
+// 1 / x: float uses the hardware's reciprocal estimate refined by one Newton step (about 1e-8
+// relative error) instead of a division, which is the slowest instruction of the gate maths
+template <typename T>
+inline Vec<T> recip(const Vec<T>& x) {
+  return x.reciprocal();
+}
+#if defined(CPU_CAPABILITY_AVX512)
+template <>
+inline Vec<float> recip<float>(const Vec<float>& x) {
+  __m512 r = _mm512_rcp14_ps(x);
+  return _mm512_mul_ps(r, _mm512_fnmadd_ps(x, r, _mm512_set1_ps(2.0f)));
+}
+#endif
+
+template <typename T>
+inline Vec<T> sig(const Vec<T>& x) {
+  return recip<T>(Vec<T>(T(1)) + fast_exp<T>(x.neg()));
+}
+
+// tanh(x) = 1 - 2 / (exp(2x) + 1): saturates correctly at both ends
+template <typename T>
+inline Vec<T> th(const Vec<T>& x) {
+  if constexpr (std::is_same_v<T, float>) {
+    Vec<T> one(T(1));
+    return one - Vec<T>(T(2)) * recip<T>(fast_exp<T>(x + x) + one);
+  } else {
+    return x.tanh();
+  }
+}
+
+// f(j, n): process lanes [j, j + n) of a row of H values
+template <typename T, typename F>
+inline void lanes(int64_t H, const F& f) {
+  constexpr int64_t W = Vec<T>::size();
+  int64_t j = 0;
+  for (; j + W <= H; j += W) f(j, W);
+  if (j < H) f(j, H - j);
+}
+
+template <typename T>
+inline Vec<T> ld(const T* p, int64_t j, int64_t n) {
+  return Vec<T>::loadu(p + j, n);
+}
+
+struct Step {  // what one pointwise pass needs; pointers to row 0, strides in elements
+  int64_t B, H, G, t;
+  const int64_t* len;  // (B,) or nullptr
+  bool refine;
+  bool masked(int64_t b) const { return len != nullptr && t >= len[b]; }
+};
+
+// ---------------------------------------------------------------- recurrent GEMM
+
+// MKL's packed GEMM (shipped inside libtorch_cpu on x86): the recurrent weight is packed once per
+// call and reused at every step, instead of being re-packed by each of the T small GEMMs. Looked up
+// at run time; without it (another BLAS, float64) the steps use at::addmm.
+struct MklPacked {
+  using size_fn = size_t (*)(int, int, int, int);
+  using pack_fn = void (*)(int, int, int, int, int, int, float, const float*, int, float*);
+  using compute_fn = void (*)(int, int, int, int, int, int, const float*, int, const float*, int, float, float*, int);
+  size_fn size = nullptr;
+  pack_fn pack = nullptr;
+  compute_fn compute = nullptr;
+  MklPacked() {
+    void* lib = dlopen("libtorch_cpu.so", RTLD_LAZY | RTLD_NOLOAD);
+    void* h = lib != nullptr ? lib : RTLD_DEFAULT;
+    size = reinterpret_cast<size_fn>(dlsym(h, "cblas_sgemm_pack_get_size"));
+    pack = reinterpret_cast<pack_fn>(dlsym(h, "cblas_sgemm_pack"));
+    compute = reinterpret_cast<compute_fn>(dlsym(h, "cblas_sgemm_compute"));
+  }
+  bool ok() const { return size != nullptr && pack != nullptr && compute != nullptr; }
+};
+
+const MklPacked& mkl() {
+  static MklPacked m;
+  return m;
+}
+
+constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112, kPacked = 151, kBMatrix = 162;
+
+// oneDNN's matmul with a weight reordered once into its blocked layout (torch's mkldnn ops,
+// the same kernels its own LSTM uses). Looked up in the dispatcher; absent without mkldnn.
+struct OneDnn {
+  std::optional<c10::OperatorHandle> reorder, linear, linear_add;
+  OneDnn() {
+    auto& d = c10::Dispatcher::singleton();
+    reorder = d.findSchema({"mkldnn::_reorder_linear_weight", ""});
+    linear = d.findSchema({"mkldnn::_linear_pointwise", ""});
+    linear_add = d.findSchema({"mkldnn::_linear_pointwise", "binary"});
+  }
+  bool ok() const { return reorder && linear && linear_add; }
+};
+
+const OneDnn& onednn() {
+  static OneDnn o;
+  return o;
+}
+
+enum GemmKind : int64_t { kAuto = 0, kOneDnn = 1, kMklPacked = 2, kAddmm = 3 };
+int64_t g_gemm = kAuto;  // tests pin each path
+
+// C + A (M x K) @ op(W), with op(W) = W^T for W (N, K) or W for W (K, N); the recurrent weight is
+// prepared once per call and reused by the T steps. run() returns the result: C itself where the
+// product accumulates in place, else a new tensor.
+class RecurrentGemm {
+ public:
+  RecurrentGemm(const Tensor& w, bool transpose, int64_t M) : w_(w), transpose_(transpose), M_(M) {
+    K_ = transpose ? w.size(1) : w.size(0);
+    N_ = transpose ? w.size(0) : w.size(1);
+    const bool f32 = w.scalar_type() == at::kFloat;
+    if (f32 && (g_gemm == kAuto || g_gemm == kOneDnn) && onednn().ok()) {
+      Tensor wt = transpose ? w : w.t().contiguous();  // oneDNN's linear takes (N, K)
+      packed_ = onednn().reorder->typed<Tensor(const Tensor&, std::optional<int64_t>)>().call(wt, M);
+      kind_ = kOneDnn;
+    } else if (f32 && (g_gemm == kAuto || g_gemm == kMklPacked) && mkl().ok()) {
+      size_t bytes = mkl().size(kBMatrix, int(M), int(N_), int(K_));
+      packed_ = at::empty({int64_t(bytes / sizeof(float)) + 16}, w.options());
+      mkl().pack(kRowMajor, kBMatrix, transpose ? kTrans : kNoTrans, int(M), int(N_), int(K_), 1.0f,
+                 w.data_ptr<float>(), int(w.size(1)), packed_.data_ptr<float>());
+      kind_ = kMklPacked;
+    }
+  }
+  // C may be undefined (no accumulation); out is scratch of shape (M, N) for that case.
+  Tensor run(const Tensor& A, const Tensor& C, Tensor& out) const {
+    const bool acc = C.defined();
+    if (kind_ == kOneDnn) {
+      if (acc) {
+        return onednn().linear_add->typed<Tensor(const Tensor&, const Tensor&, const Tensor&,
+                                                 const std::optional<Tensor>&, c10::string_view)>()
+            .call(A, C, packed_, std::nullopt, "add");
+      }
+      torch::jit::Stack stack{A, packed_, c10::IValue(), std::string("none"),
+                              c10::List<std::optional<at::Scalar>>(), c10::IValue()};
+      onednn().linear->callBoxed(stack);
+      return stack[0].toTensor();
+    }
+    Tensor dst = acc ? C : out;
+    if (kind_ == kMklPacked) {
+      mkl().compute(kRowMajor, kNoTrans, kPacked, int(M_), int(N_), int(K_), A.data_ptr<float>(), int(K_),
+                    packed_.data_ptr<float>(), int(N_), acc ? 1.0f : 0.0f, dst.data_ptr<float>(), int(N_));
+    } else if (acc) {
+      dst.addmm_(A, transpose_ ? w_.t() : w_);
+    } else {
+      at::mm_out(dst, A, transpose_ ? w_.t() : w_);
+    }
+    return dst;
+  }
+
+ private:
+  Tensor w_, packed_;
+  bool transpose_;
+  int64_t M_, K_ = 0, N_ = 0, kind_ = kAddmm;
+};
+
+// ---------------------------------------------------------------- forward pointwise
+
+// LSTM: A holds pre-activations (i|r, f, g, o) and gets the activations back.
+template <typename T>
+void lstm_fwd(const Step& s, const T* P, T* A, const T* cp, T* ct, T* ht, const T* fb, int64_t b0, int64_t b1) {
+  const int64_t H = s.H, G = s.G;
+  for (int64_t b = b0; b < b1; ++b) {
+    const T* p = P + b * G;  // pre-activations (may alias a)
+    T* a = A + b * G;
+    const T* c0 = cp + b * H;
+    T *c1 = ct + b * H, *h1 = ht + b * H;
+    if (s.masked(b)) {  // past the sequence's end: hold the state, output 0
+      std::copy(c0, c0 + H, c1);
+      std::fill(h1, h1 + H, T(0));
+      continue;
+    }
+    lanes<T>(H, [&](int64_t j, int64_t n) {
+      Vec<T> pi = ld(p, j, n), pf = ld(p + H, j, n);
+      if (fb != nullptr) {
+        Vec<T> bf = ld(fb, j, n);
+        pf = pf + bf;
+        pi = pi - bf;
+      }
+      Vec<T> i = sig(pi), f = sig(pf), u = th(ld(p + 2 * H, j, n)), o = sig(ld(p + 3 * H, j, n));
+      Vec<T> one(T(1)), keep = f, write = i;
+      if (s.refine) {  // i holds r: g = f^2 + 2 r f (1 - f), input tied to 1 - g
+        keep = f * f + Vec<T>(T(2)) * i * f * (one - f);
+        write = one - keep;
+      }
+      Vec<T> c = keep * ld(c0, j, n) + write * u;
+      (o * th(c)).store(h1 + j, n);
+      c.store(c1 + j, n);
+      i.store(a + j, n);
+      f.store(a + H + j, n);
+      u.store(a + 2 * H + j, n);
+      o.store(a + 3 * H + j, n);
+    });
+  }
+}
+
+// GRU (blocks s, z, n[, rho]) and MGU (blocks f, n[, rho]): A holds the input projection (with
+// every bias but b_hn), gh the recurrent projection; ghn_out keeps W_hn h + b_hn for backward.
+template <typename T>
+void gru_mgu_fwd(const Step& s, int64_t core, T* A, const T* gh, const T* hp, T* ht, T* ghn_out, const T* bhn,
+                 const T* fb, int64_t b0, int64_t b1) {
+  const int64_t H = s.H, G = s.G;
+  const int64_t kz = core == GRU ? 1 : 0, kn = kz + 1, kr = kn + 1;  // keep, candidate, refine blocks
+  for (int64_t b = b0; b < b1; ++b) {
+    T* a = A + b * G;
+    const T* g = gh + b * G;
+    const T* h0 = hp + b * H;
+    T *h1 = ht + b * H, *q = ghn_out + b * H;
+    if (s.masked(b)) {
+      std::fill(h1, h1 + H, T(0));
+      continue;
+    }
+    lanes<T>(H, [&](int64_t j, int64_t n) {
+      Vec<T> one(T(1)), pz = ld(a + kz * H, j, n) + ld(g + kz * H, j, n);
+      if (fb != nullptr) pz = pz + ld(fb, j, n);
+      Vec<T> z = sig(pz), ghn = ld(g + kn * H, j, n);
+      if (bhn != nullptr) ghn = ghn + ld(bhn, j, n);
+      Vec<T> reset = one - z;  // MGU: the candidate's reset is 1 - f
+      if (core == GRU) {
+        reset = sig(ld(a, j, n) + ld(g, j, n));
+        reset.store(a + j, n);
+      }
+      Vec<T> cand = th(ld(a + kn * H, j, n) + reset * ghn), keep = z;
+      if (s.refine) {
+        Vec<T> pr = ld(a + kr * H, j, n) + ld(g + kr * H, j, n);
+        if (fb != nullptr) pr = pr - ld(fb, j, n);
+        Vec<T> r = sig(pr);
+        keep = z * z + Vec<T>(T(2)) * r * z * (one - z);
+        r.store(a + kr * H + j, n);
+      }
+      (keep * ld(h0, j, n) + (one - keep) * cand).store(h1 + j, n);
+      z.store(a + kz * H + j, n);
+      cand.store(a + kn * H + j, n);
+      ghn.store(q + j, n);
+    });
+  }
+}
+
+// ---------------------------------------------------------------- backward pointwise
+
+// dg/df and dg/dr of g = f^2 + 2 r f (1 - f)
+template <typename T>
+inline void refine_grads(const Vec<T>& f, const Vec<T>& r, Vec<T>& g, Vec<T>& dgdf, Vec<T>& dgdr) {
+  Vec<T> one(T(1)), two(T(2));
+  g = f * f + two * r * f * (one - f);
+  dgdf = two * (r * (one - f) + (one - r) * f);
+  dgdr = two * f * (one - f);
+}
+
+// LSTM: reads activations A_t, writes pre-activation grads dA_t; dc is updated in place;
+// dhn gets the part of dh_{t-1} that does not go through W_hh (the carry of masked rows).
+template <typename T>
+void lstm_bwd(const Step& s, const T* A, const T* cp, const T* ct, const T* dout, const T* dh, T* dc, T* dA, T* dhn,
+              int64_t b0, int64_t b1) {
+  const int64_t H = s.H, G = s.G;
+  for (int64_t b = b0; b < b1; ++b) {
+    const T* a = A + b * G;
+    T* da = dA + b * G;
+    if (s.masked(b)) {  // the state was held: gradients pass through unchanged
+      std::fill(da, da + G, T(0));
+      std::copy(dh + b * H, dh + (b + 1) * H, dhn + b * H);
+      continue;
+    }
+    std::fill(dhn + b * H, dhn + (b + 1) * H, T(0));
+    lanes<T>(H, [&](int64_t j, int64_t n) {
+      Vec<T> one(T(1));
+      Vec<T> i = ld(a, j, n), f = ld(a + H, j, n), u = ld(a + 2 * H, j, n), o = ld(a + 3 * H, j, n);
+      Vec<T> c0 = ld(cp + b * H, j, n), tc = th(ld(ct + b * H, j, n));
+      Vec<T> dht = ld(dout + b * H, j, n) + ld(dh + b * H, j, n);
+      Vec<T> dct = ld(dc + b * H, j, n) + dht * o * (one - tc * tc);
+      Vec<T> dpo = dht * tc * o * (one - o), dpu, dpi, dpf, dcp;
+      if (s.refine) {
+        Vec<T> g, dgdf, dgdr;
+        refine_grads(f, i, g, dgdf, dgdr);
+        Vec<T> dg = dct * (c0 - u);
+        dpu = dct * (one - g) * (one - u * u);
+        dpf = dg * dgdf * f * (one - f);
+        dpi = dg * dgdr * i * (one - i);
+        dcp = dct * g;
+      } else {
+        dpu = dct * i * (one - u * u);
+        dpf = dct * c0 * f * (one - f);
+        dpi = dct * u * i * (one - i);
+        dcp = dct * f;
+      }
+      dpi.store(da + j, n);
+      dpf.store(da + H + j, n);
+      dpu.store(da + 2 * H + j, n);
+      dpo.store(da + 3 * H + j, n);
+      dcp.store(dc + b * H + j, n);
+    });
+  }
+}
+
+// GRU / MGU: writes dA_t (grads of the input projection), S (grads of the recurrent projection,
+// which differ in the candidate block), dghn_t, and dhn = the direct part of dh_{t-1}.
+template <typename T>
+void gru_mgu_bwd(const Step& s, int64_t core, const T* A, const T* ghn_t, const T* hp, const T* dout, const T* dh,
+                 T* dA, T* S, T* dghn, T* dhn, int64_t b0, int64_t b1) {
+  const int64_t H = s.H, G = s.G;
+  const int64_t kz = core == GRU ? 1 : 0, kn = kz + 1, kr = kn + 1;
+  for (int64_t b = b0; b < b1; ++b) {
+    const T* a = A + b * G;
+    T *da = dA + b * G, *sr = S + b * G;
+    if (s.masked(b)) {
+      std::fill(da, da + G, T(0));
+      std::fill(sr, sr + G, T(0));
+      std::fill(dghn + b * H, dghn + (b + 1) * H, T(0));
+      std::copy(dh + b * H, dh + (b + 1) * H, dhn + b * H);
+      continue;
+    }
+    lanes<T>(H, [&](int64_t j, int64_t n) {
+      Vec<T> one(T(1)), z = ld(a + kz * H, j, n), cand = ld(a + kn * H, j, n), q = ld(ghn_t + b * H, j, n);
+      Vec<T> h0 = ld(hp + b * H, j, n), dht = ld(dout + b * H, j, n) + ld(dh + b * H, j, n);
+      Vec<T> keep = z, dgdf(T(1)), dgdr, r;
+      if (s.refine) {
+        r = ld(a + kr * H, j, n);
+        refine_grads(z, r, keep, dgdf, dgdr);
+      }
+      Vec<T> dkeep = dht * (h0 - cand);
+      Vec<T> dpn = dht * (one - keep) * (one - cand * cand);  // grad of the candidate's pre-activation
+      Vec<T> dz = dkeep * dgdf;
+      if (core == GRU) {
+        Vec<T> rs = ld(a, j, n);
+        Vec<T> dps = dpn * q * rs * (one - rs);
+        dps.store(da + j, n);
+        dps.store(sr + j, n);
+        (dpn * rs).store(sr + kn * H + j, n);
+      } else {
+        dz = dz - dpn * q;  // the reset 1 - f also depends on f
+        (dpn * (one - z)).store(sr + kn * H + j, n);
+      }
+      Vec<T> dpz = dz * z * (one - z);
+      dpz.store(da + kz * H + j, n);
+      dpz.store(sr + kz * H + j, n);
+      dpn.store(da + kn * H + j, n);
+      ld(sr + kn * H, j, n).store(dghn + b * H + j, n);
+      if (s.refine) {
+        Vec<T> dpr = dkeep * dgdr * r * (one - r);
+        dpr.store(da + kr * H + j, n);
+        dpr.store(sr + kr * H + j, n);
+      }
+      (dht * keep).store(dhn + b * H + j, n);
+    });
+  }
+}
+
+template <typename F>
+void rows(int64_t B, int64_t H, const F& f) {
+  const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(H, 1));
+  at::parallel_for(0, B, grain, f);
+}
+
+// ---------------------------------------------------------------- drivers
+
+inline int64_t ring(bool save, int64_t t) { return save ? t : t % 2; }  // row of step t's state
+
+// save: keep what backward needs (every step's gate activations, c_t or W_hn h + b_hn). Without
+// it (inference) the input projection runs in chunks of steps into one reused buffer and the
+// per-step states live in two rows, so memory does not grow with T beyond the output.
+template <typename T>
+std::vector<Tensor> forward_impl(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh,
+                                 const std::optional<Tensor>& bias_x, const std::optional<Tensor>& b_hn,
+                                 const std::optional<Tensor>& fb, const Tensor& h0, const std::optional<Tensor>& c0,
+                                 const std::optional<Tensor>& lengths, int64_t core, bool refine, bool save) {
+  const int64_t Tn = x.size(0), B = x.size(1), I = x.size(2), G = w_ih.size(0), H = w_hh.size(1);
+  auto opts = x.options();
+  const int64_t chunk = save ? Tn : std::min(Tn, std::max<int64_t>(1, 2048 / B));  // steps per projection
+  Tensor A = empty({chunk, B, G}, opts);  // gate pre-activations, then activations
+  Tensor out = empty({Tn, B, H}, opts);
+  Tensor aux = empty({save ? Tn : 2, B, H}, opts);  // LSTM: c_t; GRU/MGU: W_hn h + b_hn
+  Tensor gh = empty({B, G}, opts);
+  RecurrentGemm gemm(w_hh, /*transpose=*/true, B);  // h (B, H) @ W_hh^T -> (B, G)
+  Tensor len = lengths ? lengths->contiguous() : Tensor();
+  const int64_t* lp = len.defined() ? len.data_ptr<int64_t>() : nullptr;
+  const T* fbp = fb ? fb->data_ptr<T>() : nullptr;
+  const T* bhnp = b_hn ? b_hn->data_ptr<T>() : nullptr;
+  for (int64_t t0 = 0; t0 < Tn; t0 += chunk) {
+    const int64_t n = std::min(chunk, Tn - t0);
+    Tensor a2 = A.narrow(0, 0, n).view({n * B, G}), x2 = x.narrow(0, t0, n).reshape({n * B, I});
+    if (bias_x) {
+      at::addmm_out(a2, *bias_x, x2, w_ih.t());  // the input projection of n steps at once
+    } else {
+      at::mm_out(a2, x2, w_ih.t());
+    }
+    for (int64_t t = t0; t < t0 + n; ++t) {
+      Tensor hp = t == 0 ? h0 : out[t - 1];
+      Tensor At = A[t - t0];
+      Step s{B, H, G, t, lp, refine};
+      if (core == LSTM) {
+        Tensor pre = gemm.run(hp, At, gh);  // gx_t + h W_hh^T
+        const T* cp = (t == 0 ? *c0 : aux[ring(save, t - 1)]).data_ptr<T>();
+        const T* pp = pre.data_ptr<T>();
+        T *ap = At.data_ptr<T>(), *ct = aux[ring(save, t)].data_ptr<T>(), *ht = out[t].data_ptr<T>();
+        rows(B, H, [&](int64_t b0, int64_t b1) { lstm_fwd<T>(s, pp, ap, cp, ct, ht, fbp, b0, b1); });
+      } else {
+        Tensor ghr = gemm.run(hp, Tensor(), gh);  // h W_hh^T
+        const T *ghp = ghr.data_ptr<T>(), *hpp = hp.data_ptr<T>();
+        T *ap = At.data_ptr<T>(), *ht = out[t].data_ptr<T>(), *q = aux[ring(save, t)].data_ptr<T>();
+        rows(B, H, [&](int64_t b0, int64_t b1) { gru_mgu_fwd<T>(s, core, ap, ghp, hpp, ht, q, bhnp, fbp, b0, b1); });
+      }
+    }
+  }
+  Tensor h_n = empty({B, H}, opts);
+  if (lp == nullptr) {
+    h_n.copy_(out[Tn - 1]);
+  } else {  // each sequence's state at its last step
+    for (int64_t b = 0; b < B; ++b) h_n[b].copy_(lp[b] > 0 ? out[lp[b] - 1][b] : h0[b]);
+  }
+  Tensor c_n = core == LSTM ? aux[ring(save, Tn - 1)].clone() : empty({0}, opts);  // c is held past each end
+  if (!save) return {out, h_n, c_n, empty({0}, opts), empty({0}, opts)};
+  return {out, h_n, c_n, A, aux};
+}
+
+template <typename T>
+std::vector<Tensor> backward_impl(const Tensor& dout, const Tensor& dh_n, const std::optional<Tensor>& dc_n,
+                                  const Tensor& A, const Tensor& aux, const Tensor& out, const Tensor& h0,
+                                  const std::optional<Tensor>& c0, const Tensor& w_hh,
+                                  const std::optional<Tensor>& lengths, int64_t core, bool refine) {
+  const int64_t Tn = A.size(0), B = A.size(1), G = A.size(2), H = w_hh.size(1);
+  auto opts = A.options();
+  Tensor dA = empty({Tn, B, G}, opts);
+  Tensor dghn = core == LSTM ? empty({0}, opts) : empty({Tn, B, H}, opts);
+  Tensor S = core == LSTM ? Tensor() : empty({B, G}, opts);
+  Tensor dh = dh_n.contiguous().clone();  // dL/dh_t carried backwards
+  Tensor buf0 = empty({B, H}, opts), buf1 = empty({B, H}, opts);
+  Tensor dc = core == LSTM ? dc_n->contiguous().clone() : Tensor();
+  Tensor len = lengths ? lengths->contiguous() : Tensor();
+  const int64_t* lp = len.defined() ? len.data_ptr<int64_t>() : nullptr;
+  RecurrentGemm gemm(w_hh, /*transpose=*/false, B);  // dgates (B, G) @ W_hh -> (B, H)
+  for (int64_t t = Tn - 1; t >= 0; --t) {
+    Step s{B, H, G, t, lp, refine};
+    Tensor dhn = dh.data_ptr() == buf0.data_ptr() ? buf1 : buf0;  // the part of dh_{t-1} outside W_hh
+    const T *ap = A[t].data_ptr<T>(), *dop = dout[t].data_ptr<T>(), *dhp = dh.data_ptr<T>();
+    T *dap = dA[t].data_ptr<T>(), *dhnp = dhn.data_ptr<T>();
+    if (core == LSTM) {
+      const T* cp = (t == 0 ? *c0 : aux[t - 1]).data_ptr<T>();
+      const T* ct = aux[t].data_ptr<T>();
+      T* dcp = dc.data_ptr<T>();
+      rows(B, H, [&](int64_t b0, int64_t b1) { lstm_bwd<T>(s, ap, cp, ct, dop, dhp, dcp, dap, dhnp, b0, b1); });
+      dh = gemm.run(dA[t], dhn, S);
+    } else {
+      const T *q = aux[t].data_ptr<T>(), *hp = (t == 0 ? h0 : out[t - 1]).data_ptr<T>();
+      T *sp = S.data_ptr<T>(), *dq = dghn[t].data_ptr<T>();
+      rows(B, H, [&](int64_t b0, int64_t b1) {
+        gru_mgu_bwd<T>(s, core, ap, q, hp, dop, dhp, dap, sp, dq, dhnp, b0, b1);
+      });
+      dh = gemm.run(S, dhn, S);
+    }
+  }
+  return {dA, dghn, dh, core == LSTM ? dc : empty({0}, opts)};
+}
+
+void check(const Tensor& x, const Tensor& w_hh) {
+  TORCH_CHECK(x.device().is_cpu(), "gated fused CPU backend: tensors must be on the CPU");
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
+              "gated fused CPU backend: float32 or float64 only, got ", x.scalar_type());
+  TORCH_CHECK(x.is_contiguous() && w_hh.is_contiguous(), "gated fused CPU backend: contiguous tensors expected");
+}
+
+std::vector<Tensor> recurrence_forward(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh,
+                                       const std::optional<Tensor>& bias_x, const std::optional<Tensor>& b_hn,
+                                       const std::optional<Tensor>& fb, const Tensor& h0,
+                                       const std::optional<Tensor>& c0, const std::optional<Tensor>& lengths,
+                                       int64_t core, bool refine, bool save) {
+  check(x, w_hh);
+  at::NoGradGuard no_grad;
+  return AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gated_recurrence_forward", [&] {
+    return forward_impl<scalar_t>(x, w_ih, w_hh, bias_x, b_hn, fb, h0.contiguous(),
+                                  c0 ? std::optional<Tensor>(c0->contiguous()) : c0, lengths, core, refine, save);
+  });
+}
+
+std::vector<Tensor> recurrence_backward(const Tensor& dout, const Tensor& dh_n, const std::optional<Tensor>& dc_n,
+                                        const Tensor& A, const Tensor& aux, const Tensor& out, const Tensor& h0,
+                                        const std::optional<Tensor>& c0, const Tensor& w_hh,
+                                        const std::optional<Tensor>& lengths, int64_t core, bool refine) {
+  check(A, w_hh);
+  at::NoGradGuard no_grad;
+  return AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "gated_recurrence_backward", [&] {
+    return backward_impl<scalar_t>(dout.contiguous(), dh_n, dc_n, A, aux, out, h0.contiguous(),
+                                   c0 ? std::optional<Tensor>(c0->contiguous()) : c0, w_hh, lengths, core, refine);
+  });
+}
+
+}  // namespace
+
+void set_poison(bool on) { g_poison = on; }
+void set_gemm(int64_t kind) { g_gemm = kind; }
+std::vector<int64_t> gemm_kinds() {  // which recurrent GEMMs this build can use
+  std::vector<int64_t> k{kAddmm};
+  if (onednn().ok()) k.push_back(kOneDnn);
+  if (mkl().ok()) k.push_back(kMklPacked);
+  return k;
+}
+
+TORCH_LIBRARY(gated_fused, m) {
+  m.def("set_poison", &set_poison);
+  m.def("set_gemm", &set_gemm);
+  m.def("gemm_kinds", &gemm_kinds);
+  m.def("recurrence_forward", &recurrence_forward);
+  m.def("recurrence_backward", &recurrence_backward);
+}

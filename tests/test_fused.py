@@ -1,0 +1,172 @@
+"""The fused CPU backend equals the reference backend: outputs, final states, every gradient.
+
+Every buffer the C++ kernels allocate starts as NaN here (``set_poison``), so a value they forget
+to write shows up as a mismatch. Runs wherever a C++ compiler is available (CI has one); the
+no-compiler fallback is tested in a subprocess.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_sequence
+
+import gated
+from gated import backends
+from gated.backends import _build, fused_cpu
+
+pytestmark = pytest.mark.skipif(shutil.which(os.environ.get("CXX", "c++")) is None, reason="no C++ compiler")
+
+FUSED = [(c, v) for c in ("LSTM", "GRU", "MGU") for v in gated.CORES[c.lower()].variants
+         if fused_cpu.why_not(gated.cores.make_layout(c.lower(), v, 4), torch.zeros(1)) is None]
+TOL = {torch.float64: {"rtol": 1e-10, "atol": 1e-10}, torch.float32: {"rtol": 2e-5, "atol": 2e-5}}
+
+
+GEMMS = {0: "auto", 1: "onednn", 2: "mkl-packed", 3: "addmm"}  # recurrent GEMM paths of the kernel
+
+
+@pytest.fixture(autouse=True)
+def poison():
+    ops = _build.load()
+    assert ops is not None, f"the fused backend failed to build: {_build._state.get('error')}"
+    ops.set_poison(True)
+    yield
+    ops.set_poison(False)
+    ops.set_gemm(0)
+
+
+@pytest.fixture(params=[0, 1, 2, 3], ids=lambda k: GEMMS[k])
+def gemm(request):
+    if request.param and request.param not in _build.load().gemm_kinds():
+        pytest.skip(f"{GEMMS[request.param]} is not available in this torch build")
+    _build.load().set_gemm(request.param)
+    return request.param
+
+
+def test_fused_covers_the_plain_and_refine_variants():
+    assert sorted(FUSED) == sorted((c, v) for c in ("LSTM", "GRU", "MGU") for v in ("-", "C", "U", "R", "UR"))
+
+
+def _run(m, x, hx, backend):
+    out, st = m._run(x, hx, backend=backend)
+    states = list(st) if isinstance(st, tuple) else [st]
+    data = out.data if hasattr(out, "batch_sizes") else out
+    torch.manual_seed(5)
+    loss = (data * torch.randn_like(data)).sum() + sum((s * torch.randn_like(s)).sum() for s in states)
+    leaves = [x.data if hasattr(x, "batch_sizes") else x, *(hx if isinstance(hx, tuple) else (hx,))]
+    grads = torch.autograd.grad(loss, [*leaves, *m.parameters()])
+    return [data, *states], grads
+
+
+def _compare(m, x, hx, dtype):
+    ref_vals, ref_grads = _run(m, x, hx, "reference")
+    vals, grads = _run(m, x, hx, "fused_cpu")
+    names = ["input", "h0", "c0"][: 1 + (len(hx) if isinstance(hx, tuple) else 1)] + [n for n, _ in m.named_parameters()]
+    for a, b in zip(vals, ref_vals):
+        torch.testing.assert_close(a, b, **TOL[dtype])
+    for name, a, b in zip(names, grads, ref_grads):
+        torch.testing.assert_close(a, b, **TOL[dtype], msg=lambda s, name=name: f"grad of {name}: {s}")
+
+
+def _module(core, variant, dtype, **kw):
+    m = getattr(gated, core)(5, 6, variant=variant, dtype=dtype, **kw)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    return m
+
+
+def _hx(core, n, B, dtype):
+    s = [torch.randn(n, B, 6, dtype=dtype, requires_grad=True) for _ in range(2 if core == "LSTM" else 1)]
+    return tuple(s) if len(s) == 2 else s[0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("layers,bidirectional", [(1, False), (2, True)], ids=["L1", "L2-bi"])
+@pytest.mark.parametrize("core,variant", FUSED, ids=[f"{c}-{v}" for c, v in FUSED])
+def test_fused_equals_reference(core, variant, layers, bidirectional, dtype, gemm):
+    m = _module(core, variant, dtype, num_layers=layers, bidirectional=bidirectional)
+    x = torch.randn(7, 3, 5, dtype=dtype, requires_grad=True)
+    _compare(m, x, _hx(core, layers * (2 if bidirectional else 1), 3, dtype), dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("core,variant", FUSED, ids=[f"{c}-{v}" for c, v in FUSED])
+def test_fused_packed_sequence(core, variant, dtype, gemm):
+    m = _module(core, variant, dtype, num_layers=2, bidirectional=True)
+    seqs = [torch.randn(n, 5, dtype=dtype) for n in (3, 7, 1, 5)]  # unsorted lengths
+    x = pack_sequence(seqs, enforce_sorted=False)
+    x.data.requires_grad_(True)
+    _compare(m, x, _hx(core, 4, 4, dtype), dtype)
+
+
+@pytest.mark.parametrize("core,variant", [("LSTM", "UR"), ("GRU", "UR"), ("MGU", "R"), ("LSTM", "-"), ("GRU", "U")])
+def test_fused_gradcheck(core, variant):
+    m = _module(core, variant, torch.float64, num_layers=1)
+    x = torch.randn(4, 2, 5, dtype=torch.float64, requires_grad=True)
+    hx = _hx(core, 1, 2, torch.float64)
+    flat = list(hx) if isinstance(hx, tuple) else [hx]
+    names = [n for n, _ in m.named_parameters()]
+    params = [p.detach().clone().requires_grad_() for p in m.parameters()]
+
+    def f(x, *rest):
+        h = tuple(rest[: len(flat)]) if len(flat) == 2 else rest[0]
+        p = dict(zip(names, rest[len(flat):]))
+        out, st = torch.func.functional_call(m, p, (x, h), {})
+        return (out, *st) if isinstance(st, tuple) else (out, st)
+
+    m.backend = "fused_cpu"
+    assert torch.autograd.gradcheck(f, (x, *flat, *params), eps=1e-6, atol=1e-7)
+
+
+def test_auto_uses_fused_and_logs_fallbacks(caplog):
+    layout = gated.LSTM(3, 4, variant="UR").layout
+    assert backends.resolve("auto", layout, torch.zeros(2, 1, 3)) is fused_cpu.run_layer
+    backends._logged.clear()
+    m = gated.LSTM(3, 4, variant="OM")
+    with caplog.at_level("WARNING", logger="gated"):
+        m(torch.randn(2, 1, 3))
+        m(torch.randn(2, 1, 3))
+    msgs = [r.getMessage() for r in caplog.records if "reference backend" in r.getMessage()]
+    assert len(msgs) == 1 and "variant 'OM'" in msgs[0]
+    with pytest.raises(RuntimeError, match="backend 'fused_cpu' cannot run this call: variant 'OM'"):
+        gated.LSTM(3, 4, variant="OM", backend="fused_cpu")(torch.randn(2, 1, 3))
+    bf = gated.LSTM(3, 4, dtype=torch.bfloat16)
+    torch.testing.assert_close(bf(torch.randn(2, 1, 3, dtype=torch.bfloat16))[0],
+                               bf._run(torch.randn(2, 1, 3, dtype=torch.bfloat16), backend="reference")[0],
+                               rtol=1, atol=1)  # shape and dtype; values are random here
+
+
+def test_artefact_name_tracks_source_and_torch_version(tmp_path, monkeypatch):
+    cxx = os.environ.get("CXX", "c++")
+    src = tmp_path / "recurrence.cpp"
+    src.write_bytes(_build.SOURCE.read_bytes())
+    base = _build.artefact(src, cxx)
+    assert base == _build.artefact(_build.SOURCE, cxx)
+    src.write_bytes(_build.SOURCE.read_bytes() + b"\n// changed\n")
+    assert _build.artefact(src, cxx) != base
+    monkeypatch.setattr(torch, "__version__", "0.0.0")
+    assert _build.artefact(_build.SOURCE, cxx) != base
+
+
+def test_import_without_compiler_falls_back(tmp_path):
+    code = (
+        "import torch, gated\n"
+        "m = gated.LSTM(3, 4)\n"
+        "x = torch.randn(5, 2, 3)\n"
+        "a = m(x)[0]; b = m._run(x, backend='reference')[0]\n"
+        "assert torch.equal(a, b)\n"
+        "m(x)\n"
+        "print('ok')\n"
+    )
+    env = {**os.environ, "CXX": str(tmp_path / "no-such-compiler"), "GATED_CACHE": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"
+    assert proc.stderr.count("using the reference backend") == 1, proc.stderr
+    assert "could not be built (no C++ compiler" in proc.stderr
+    assert not list(Path(tmp_path).glob("ext/*.so"))
