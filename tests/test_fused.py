@@ -170,3 +170,19 @@ def test_import_without_compiler_falls_back(tmp_path):
     assert proc.stderr.count("using the reference backend") == 1, proc.stderr
     assert "could not be built (no C++ compiler" in proc.stderr
     assert not list(Path(tmp_path).glob("ext/*.so"))
+
+
+@pytest.mark.parametrize("core,variant", [("LSTM", "UR"), ("LSTM", "-"), ("GRU", "UR"), ("MGU", "U")])
+def test_fused_inference_path(core, variant, gemm):
+    """Without grad the kernel projects the input in chunks of steps (512 // B) and keeps no
+    per-step activations; with B = 200 the 7 steps span four chunks."""
+    m = _module(core, variant, torch.float32, num_layers=2, bidirectional=True)
+    seqs = [torch.randn(n, 5) for n in torch.randint(1, 8, (200,)).tolist()]
+    for x in (torch.randn(7, 200, 5), pack_sequence(seqs, enforce_sorted=False)):
+        with torch.no_grad():
+            out, st = m._run(x, backend="fused_cpu")
+            ref, ref_st = m._run(x, backend="reference")
+        data = (lambda o: o.data if hasattr(o, "batch_sizes") else o)
+        torch.testing.assert_close(data(out), data(ref), **TOL[torch.float32])
+        for a, b in zip(st if isinstance(st, tuple) else (st,), ref_st if isinstance(ref_st, tuple) else (ref_st,)):
+            torch.testing.assert_close(a, b, **TOL[torch.float32])

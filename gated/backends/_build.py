@@ -10,6 +10,7 @@ Any failure (no compiler, no headers) is reported once and the caller falls back
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import subprocess
@@ -74,6 +75,18 @@ def _build() -> Path:
     return target
 
 
+def _tune_malloc(ops) -> None:
+    """Raise glibc's mmap threshold (see tune_malloc in recurrence.cpp) unless the user set it.
+
+    Opt out with GATED_MALLOPT=0 or by setting MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_.
+    """
+    env = os.environ
+    if env.get("GATED_MALLOPT", "1") == "0" or "MALLOC_MMAP_THRESHOLD_" in env or "MALLOC_TRIM_THRESHOLD_" in env:
+        return
+    if ops.tune_malloc():
+        logging.getLogger("gated").info("gated: set glibc M_MMAP_THRESHOLD=32 MiB (GATED_MALLOPT=0 disables)")
+
+
 def load():
     """Return the ``torch.ops.gated_fused`` namespace, or None (the reason is in ``_state["error"]``)."""
     if "ops" not in _state:
@@ -84,6 +97,7 @@ def load():
             try:
                 torch.ops.load_library(str(_build()))
                 _state["ops"] = torch.ops.gated_fused
+                _tune_malloc(_state["ops"])
             except Exception as exc:  # no compiler, missing headers, a failed build: fall back
                 # reported once, with context, by gated.backends.resolve
                 _state["error"] = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

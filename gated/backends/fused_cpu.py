@@ -39,23 +39,27 @@ def _n_rows(layout: Layout) -> slice | None:
     return layout.block("n") if layout.core.name != "lstm" else None
 
 
+def _forward(x, w_ih, w_hh, b_ih, b_hh, fb, h0, c0, lengths, layout, save: bool):
+    n_rows = _n_rows(layout)
+    bias_x = b_hn = None
+    if b_ih is not None:
+        b_rec = b_hh
+        if n_rows is not None:
+            b_rec = b_hh.clone()
+            b_rec[n_rows] = 0
+            b_hn = b_hh[n_rows].contiguous()
+        bias_x = b_ih + b_rec
+    core, refine = _CORE_ID[layout.core.name], layout.variant.auxiliary == "refine"
+    return _build.load().recurrence_forward(
+        x.contiguous(), w_ih.contiguous(), w_hh.contiguous(), bias_x, b_hn, fb, h0, c0, lengths, core, refine, save
+    )
+
+
 class _Recurrence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w_ih, w_hh, b_ih, b_hh, fb, h0, c0, lengths, layout):
-        n_rows = _n_rows(layout)
-        bias_x = b_hn = None
-        if b_ih is not None:
-            b_rec = b_hh
-            if n_rows is not None:
-                b_rec = b_hh.clone()
-                b_rec[n_rows] = 0
-                b_hn = b_hh[n_rows].contiguous()
-            bias_x = b_ih + b_rec
+        out, h_n, c_n, A, aux = _forward(x, w_ih, w_hh, b_ih, b_hh, fb, h0, c0, lengths, layout, save=True)
         core, refine = _CORE_ID[layout.core.name], layout.variant.auxiliary == "refine"
-        save = any(ctx.needs_input_grad)
-        out, h_n, c_n, A, aux = _build.load().recurrence_forward(
-            x.contiguous(), w_ih.contiguous(), w_hh.contiguous(), bias_x, b_hn, fb, h0, c0, lengths, core, refine, save
-        )
         ctx.save_for_backward(x, w_ih, w_hh, h0, c0, lengths, A, aux, out)
         ctx.meta = (layout, core, refine, b_ih is not None, fb is not None)
         return (out, h_n, c_n) if c0 is not None else (out, h_n)
@@ -94,5 +98,10 @@ def run_layer(x, state, w_ih, w_hh, b_ih, b_hh, forget_bias, layout, mask=None, 
         raise ValueError("the fused backend records no gates; gate_activations uses the reference backend")
     lengths = None if mask is None else mask[:, :, 0].sum(0).to(torch.int64)
     c0 = state[1].contiguous() if len(state) == 2 else None
-    res = _Recurrence.apply(x, w_ih, w_hh, b_ih, b_hh, forget_bias, state[0].contiguous(), c0, lengths, layout)
-    return res[0], tuple(res[1:])
+    args = (x, w_ih, w_hh, b_ih, b_hh, forget_bias, state[0].contiguous(), c0, lengths, layout)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args[:8]):
+        res = _Recurrence.apply(*args)
+        return res[0], tuple(res[1:])
+    # inference: no graph, and the kernel keeps no per-step activations
+    out, h_n, c_n = _forward(*args, save=False)[:3]
+    return out, (h_n, c_n) if c0 is not None else (h_n,)

@@ -25,6 +25,9 @@
 #include <torch/library.h>
 
 #include <dlfcn.h>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 #include <limits>
 #include <optional>
@@ -426,7 +429,8 @@ std::vector<Tensor> forward_impl(const Tensor& x, const Tensor& w_ih, const Tens
                                  const std::optional<Tensor>& lengths, int64_t core, bool refine, bool save) {
   const int64_t Tn = x.size(0), B = x.size(1), I = x.size(2), G = w_ih.size(0), H = w_hh.size(1);
   auto opts = x.options();
-  const int64_t chunk = save ? Tn : std::min(Tn, std::max<int64_t>(1, 2048 / B));  // steps per projection
+  // steps per input projection: about 512 rows keeps the buffer in cache and reused across calls
+  const int64_t chunk = save ? Tn : std::min(Tn, std::max<int64_t>(1, 512 / B));
   Tensor A = empty({chunk, B, G}, opts);  // gate pre-activations, then activations
   Tensor out = empty({Tn, B, H}, opts);
   Tensor aux = empty({save ? Tn : 2, B, H}, opts);  // LSTM: c_t; GRU/MGU: W_hn h + b_hn
@@ -439,8 +443,11 @@ std::vector<Tensor> forward_impl(const Tensor& x, const Tensor& w_ih, const Tens
   for (int64_t t0 = 0; t0 < Tn; t0 += chunk) {
     const int64_t n = std::min(chunk, Tn - t0);
     Tensor a2 = A.narrow(0, 0, n).view({n * B, G}), x2 = x.narrow(0, t0, n).reshape({n * B, I});
+    // the input projection of n steps at once, written in place (addmm_out with a broadcast bias
+    // would go through a fresh temporary on every chunk)
     if (bias_x) {
-      at::addmm_out(a2, *bias_x, x2, w_ih.t());  // the input projection of n steps at once
+      a2.copy_(bias_x->expand({n * B, G}));
+      a2.addmm_(x2, w_ih.t());
     } else {
       at::mm_out(a2, x2, w_ih.t());
     }
@@ -547,6 +554,16 @@ std::vector<Tensor> recurrence_backward(const Tensor& dout, const Tensor& dh_n, 
 }  // namespace
 
 void set_poison(bool on) { g_poison = on; }
+
+// The per-step GEMM outputs (B x G floats, often > 128 KB) would otherwise go through glibc's
+// mmap/munmap on every step and page-fault each time. Keep blocks up to 32 MB on the heap.
+bool tune_malloc() {
+#if defined(__GLIBC__)
+  return mallopt(M_MMAP_THRESHOLD, 32 << 20) == 1 && mallopt(M_TRIM_THRESHOLD, 64 << 20) == 1;
+#else
+  return false;
+#endif
+}
 void set_gemm(int64_t kind) { g_gemm = kind; }
 std::vector<int64_t> gemm_kinds() {  // which recurrent GEMMs this build can use
   std::vector<int64_t> k{kAddmm};
@@ -557,6 +574,7 @@ std::vector<int64_t> gemm_kinds() {  // which recurrent GEMMs this build can use
 
 TORCH_LIBRARY(gated_fused, m) {
   m.def("set_poison", &set_poison);
+  m.def("tune_malloc", &tune_malloc);
   m.def("set_gemm", &set_gemm);
   m.def("gemm_kinds", &gemm_kinds);
   m.def("recurrence_forward", &recurrence_forward);
