@@ -1,0 +1,16 @@
+"""Experiments harness for ``gated``: tasks, data, training, comparisons and figures.
+
+Nothing in the core library imports this package (a test enforces it); it needs the ``harness``
+extra (``pip install "gated[harness]"``: numpy, safetensors, tqdm, matplotlib).
+
+Layout:
+    config.py      RunConfig = ModelConfig + TaskConfig + OptimConfig + TrainConfig (dataclasses)
+    tasks/         TASKS registry: copy, adding, smnist, pmnist, sfmnist, scifar10, brown, kjv
+    data/          DATASETS registry: fetch through package registries, checksums, cache
+    model.py       input layer -> gated RNN -> readout head
+    checkpoint.py  atomic checkpoints (safetensors weights + optimizer/RNG state)
+    train.py       the training loop (single process or torchrun DDP)
+    compare.py     variant x seed x setting grids run as subprocesses; markdown table
+    plots.py       learning curves and gate histograms (matplotlib)
+    cli.py         ``gated`` command: a table of subcommands
+"""

@@ -1,0 +1,205 @@
+"""``gated bench``: speed (and peak memory) of gated's backends against torch.nn at the same shape.
+
+For each shape ``TxBxIxH``, core, variant, layer count and direction count, in one process:
+torch.nn time (LSTM for the LSTM core, GRU for GRU and MGU), the gated reference backend's time,
+the fused backend's time, their ratios, the fused path's matmul GFLOP/s and its share of the
+machine's float32 matmul peak, measured in the same run with a large square matmul. Times are the
+minimum over ``--repeats`` runs after a warm-up; "train" is forward + backward of ``out.sum()``,
+"infer" a forward under ``torch.no_grad()``. ``--memory`` adds the peak memory of a train step,
+each measured in a fresh process (the growth of its peak RSS during one step).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import gated
+
+HELP = "time gated's backends against torch.nn.LSTM/GRU (train and inference, GFLOP/s, memory)"
+SHAPES = ["256x64x32x256", "784x64x1x128", "1000x32x10x256", "64x8x64x512"]
+_TORCH = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "mgu": torch.nn.GRU}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--shapes", nargs="+", default=SHAPES, help="TxBxIxH (default: the issue's four shapes)")
+    p.add_argument("--cores", nargs="+", default=["lstm", "gru", "mgu"], choices=sorted(gated.CORES))
+    p.add_argument("--variants", nargs="+", default=["-", "C", "U", "R", "UR"])
+    p.add_argument("--layers", nargs="+", type=int, default=[1, 2])
+    p.add_argument("--directions", nargs="+", type=int, default=[1, 2], choices=[1, 2])
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (the minimum is kept)")
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16"])
+    p.add_argument("--no-reference", action="store_true", help="skip the (slow) reference backend")
+    p.add_argument("--memory", action="store_true", help="also measure peak train-step memory (fresh processes)")
+    p.add_argument("--sweep-t", nargs="*", type=int, default=None,
+                   help="instead of the grid: time the first shape/core/variant at these sequence lengths")
+
+
+def _parse_shape(s: str) -> tuple[int, int, int, int]:
+    try:
+        T, B, I, H = (int(v) for v in s.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"shape {s!r} must be TxBxIxH, e.g. 256x64x32x256") from None
+    return T, B, I, H
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _time(fn, repeats: int, device: str) -> float:
+    fn()  # warm-up (and first-use builds)
+    best = float("inf")
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _steps(module, x):
+    def train():
+        out, _ = module(x)
+        out.sum().backward()
+
+    def infer():
+        with torch.no_grad():
+            module(x)
+
+    return train, infer
+
+
+def _build(core, variant, shape, layers, dirs, dtype, device, backend="auto"):
+    T, B, I, H = shape
+    kw = dict(num_layers=layers, bidirectional=dirs == 2, device=device, dtype=dtype)
+    if variant is None:
+        return _TORCH[core](I, H, **kw)
+    return getattr(gated, core.upper())(I, H, variant=variant, backend=backend, **kw)
+
+
+def matmul_flops(module, shape, layers: int, dirs: int) -> float:
+    """Matmul FLOPs of one forward: input and recurrent projections of every layer and direction."""
+    T, B, I, H = shape
+    G = module.weight_ih_l0.shape[0]
+    flops = 0.0
+    for layer in range(layers):
+        in_size = I if layer == 0 else H * dirs
+        flops += dirs * 2.0 * T * B * G * (in_size + H)
+    return flops
+
+
+def matmul_peak(device: str, dtype: torch.dtype, n: int = 2048) -> float:
+    """The machine's measured matmul throughput (FLOP/s) on an n x n product."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    t = _time(lambda: a @ a, 3, device)
+    return 2.0 * n**3 / t
+
+
+def _peak_rss_growth(spec: dict) -> float:
+    """Peak RSS growth (bytes) of one train step, in a fresh process.
+
+    Reads VmHWM from /proc (getrusage's ru_maxrss would carry over the parent's peak across exec).
+    """
+    code = (
+        "import json,sys,torch\n"
+        "from gated.harness.bench import _build, _steps\n"
+        "hwm=lambda: int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1])\n"
+        "s=json.loads(sys.argv[1]); torch.set_num_threads(s['threads'])\n"
+        "dt=getattr(torch,s['dtype']); m=_build(s['core'],s['variant'],s['shape'],s['layers'],s['dirs'],dt,'cpu')\n"
+        "x=torch.randn(s['shape'][0],s['shape'][1],s['shape'][2],dtype=dt)\n"
+        "if s['variant'] is not None: _build(s['core'],s['variant'],[2,1,1,1],1,1,dt,'cpu')(torch.randn(2,1,1,dtype=dt))\n"
+        "before=hwm()\n"
+        "_steps(m,x)[0]()\n"
+        "print((hwm()-before)*1024)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def measure(core, variant, shape, layers, dirs, args, dtype) -> dict:
+    x = torch.randn(shape[0], shape[1], shape[2], device=args.device, dtype=dtype)
+    row = {"shape": "x".join(map(str, shape)), "core": core, "variant": variant, "layers": layers, "dirs": dirs}
+    anchor = _build(core, None, shape, layers, dirs, dtype, args.device)
+    fused = _build(core, variant, shape, layers, dirs, dtype, args.device, backend="auto")
+    row["torch_train"], row["torch_infer"] = (_time(f, args.repeats, args.device) for f in _steps(anchor, x))
+    row["fused_train"], row["fused_infer"] = (_time(f, args.repeats, args.device) for f in _steps(fused, x))
+    if not args.no_reference:
+        ref = _build(core, variant, shape, layers, dirs, dtype, args.device, backend="reference")
+        row["ref_train"] = _time(_steps(ref, x)[0], 1, args.device)
+    flops = matmul_flops(fused, shape, layers, dirs)
+    row["gflops_train"] = 3 * flops / row["fused_train"] / 1e9  # backward does twice the forward's matmuls
+    row["gflops_infer"] = flops / row["fused_infer"] / 1e9
+    if args.memory:
+        spec = {"core": core, "shape": list(shape), "layers": layers, "dirs": dirs, "threads": args.threads,
+                "dtype": args.dtype}
+        row["torch_mem"] = _peak_rss_growth({**spec, "variant": None})
+        row["fused_mem"] = _peak_rss_growth({**spec, "variant": variant})
+    return row
+
+
+def _fmt_row(r: dict, peak: float) -> str:
+    ms = lambda v: f"{v * 1e3:.1f}"  # noqa: E731
+    cells = [r["shape"], r["core"], r["variant"], str(r["layers"]), str(r["dirs"]),
+             ms(r["torch_train"]), ms(r["ref_train"]) if "ref_train" in r else "-", ms(r["fused_train"]),
+             f"{r['fused_train'] / r['torch_train']:.2f}", ms(r["torch_infer"]), ms(r["fused_infer"]),
+             f"{r['fused_infer'] / r['torch_infer']:.2f}", f"{r['gflops_train']:.0f}",
+             f"{100 * r['gflops_train'] * 1e9 / peak:.0f}%"]
+    if "fused_mem" in r:
+        cells.append(f"{r['fused_mem'] / max(r['torch_mem'], 1):.2f}")
+    return "| " + " | ".join(cells) + " |"
+
+
+def main(args) -> int:
+    torch.set_num_threads(args.threads)
+    dtype = getattr(torch, args.dtype)
+    shapes = [_parse_shape(s) for s in args.shapes]
+    for v in args.variants:
+        gated.get_variant(v)
+    peak = matmul_peak(args.device, dtype)
+    commit = subprocess.run(["git", "-C", str(Path(__file__).parent), "rev-parse", "--short", "HEAD"],
+                            capture_output=True, text=True).stdout.strip() or "unknown"
+    print(f"# gated bench: gated {gated.__version__} (commit {commit}), torch {torch.__version__}, "
+          f"{platform.machine()} {os.cpu_count()} cores, {args.threads} threads, {args.device}, {args.dtype}; "
+          f"load average {os.getloadavg()[0]:.2f}; matmul peak {peak / 1e9:.0f} GFLOP/s")
+    if args.sweep_t:
+        core, variant, (_, B, I, H) = args.cores[0], args.variants[0], shapes[0]
+        print("\n| T | torch train ms | fused train ms | ratio | fused ms per step |\n|---|---|---|---|---|")
+        for T in args.sweep_t:
+            r = measure(core, variant, (T, B, I, H), 1, 1, argparse.Namespace(**{**vars(args), "no_reference": True,
+                                                                                  "memory": False}), dtype)
+            print(f"| {T} | {r['torch_train'] * 1e3:.1f} | {r['fused_train'] * 1e3:.1f} | "
+                  f"{r['fused_train'] / r['torch_train']:.2f} | {r['fused_train'] / T * 1e3:.3f} |", flush=True)
+        return 0
+    head = ("| shape | core | variant | L | D | torch train ms | ref train ms | fused train ms | train ratio | "
+            "torch infer ms | fused infer ms | infer ratio | fused train GFLOP/s | % of peak |")
+    head += " mem ratio |" if args.memory else ""
+    print("\n" + head + "\n" + "|---" * (head.count("|") - 1) + "|", flush=True)
+    for shape in shapes:
+        for core in args.cores:
+            for variant in args.variants:
+                if gated.get_variant(variant).name not in gated.CORES[core].variants:
+                    continue
+                for layers in args.layers:
+                    for dirs in args.directions:
+                        r = measure(core, variant, shape, layers, dirs, args, dtype)
+                        print(_fmt_row(r, peak), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="gated bench", description=HELP)
+    add_arguments(parser)
+    sys.exit(main(parser.parse_args()))

@@ -1,0 +1,68 @@
+"""The ``gated`` command. Subcommands are a table: each entry names a module that provides
+``HELP`` (one line), ``add_arguments(parser)`` and ``main(args) -> int``; adding a subcommand is
+one line here (modules are imported only when needed).
+
+    gated train --task copy --delay 50 --core lstm --variant UR --hidden-size 64 --steps 120 --out runs/demo
+    gated train --resume runs/demo --steps 240
+    gated data fetch mnist            gated data list
+    gated compare --task copy --delay 50 --variants - UR --seeds 0 1 --steps 600 --out runs/cmp
+    gated plot gates runs/demo        gated plot curves runs/cmp
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS: dict[str, str] = {
+    "train": "gated.harness.train_cli",
+    "data": "gated.harness.data_cli",
+    "compare": "gated.harness.compare",
+    "plot": "gated.harness.plots",
+    "bench": "gated.harness.bench",
+}
+
+EXIT_USAGE, EXIT_FAILURE = 2, 1
+
+
+def _available() -> dict[str, object]:
+    modules = {}
+    for name, path in COMMANDS.items():
+        try:
+            modules[name] = importlib.import_module(path)
+        except ModuleNotFoundError as e:
+            if e.name != path:  # a missing dependency inside an existing module is a real error
+                raise
+    return modules
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gated", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, module in _available().items():
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(p)
+        p.set_defaults(_main=module.main)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from gated.harness.checkpoint import CheckpointError
+    from gated.harness.compare import RunFailed
+    from gated.harness.data.formats import DataError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args._main(args) or 0)
+    except ValueError as e:
+        print(f"gated {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except (DataError, CheckpointError, RunFailed) as e:
+        print(f"gated {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

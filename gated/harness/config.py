@@ -1,0 +1,269 @@
+"""Run configuration: four dataclasses, one flag per field, and the order in which values win.
+
+A value comes from, in increasing priority: the dataclass default, the task's registry defaults
+(``TASKS[name].defaults``), a config file (``--config run.json``, nested like ``config.json`` or
+flat), then command-line flags. Every field is a flag: ``hidden_size`` is ``--hidden-size``, so
+adding a field adds a flag with no other edit. Field names are unique across the sections.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+
+def _f(default, help: str):
+    """A dataclass field whose ``help`` becomes its flag's help text."""
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class TaskConfig:
+    """What to learn. Fields a task does not use are ignored by it."""
+
+    task: str = _f("copy", 'a name in gated.harness.tasks.TASKS')
+    delay: int = _f(480, 'copy: blanks between the 10 symbols and the 10 cues (T = delay + 20)')
+    length: int = _f(2000, 'adding: sequence length T')
+    pixels_per_step: int = _f(1, "image tasks: pixels read per step (1: the paper's 784 / 1024 steps)")
+    val_size: int = _f(5000, 'image tasks: training images held out as the validation split')
+    bptt: int = _f(128, 'language modelling: truncated-BPTT window (state is carried across windows)')
+    vocab_size: int = _f(10000, 'word-level LM: most frequent training words kept, the rest <unk>')
+    data_path: str | None = _f(None, 'scifar10: a dir of CIFAR-10 python batches (default: the cache)')
+
+
+@dataclass
+class ModelConfig:
+    """The network: an input layer, a gated RNN, a linear readout."""
+
+    core: str = _f("lstm", 'a name in gated.CORES')
+    variant: str = _f("UR", 'a name in gated.VARIANTS the core supports')
+    hidden_size: int = _f(256, 'RNN state width H')
+    num_layers: int = _f(1, 'stacked RNN layers')
+    dropout: float = _f(0.0, 'between layers, as in torch.nn.LSTM')
+    embed_size: int = _f(256, 'language modelling: token embedding width')
+    t_max: float | None = _f(None, "chrono (C) variant: longest timescale; None: the task's length")
+    backend: str = _f("auto", 'gated backend name')
+
+
+@dataclass
+class OptimConfig:
+    """Optimisation. ``batch_size`` is global: torchrun processes split it."""
+
+    optimizer: str = _f("adam", 'adam | adamw')
+    lr: float = _f(1e-3, 'peak learning rate')
+    weight_decay: float = _f(0.0, 'L2 (adam) or decoupled (adamw) weight decay')
+    schedule: str = _f("constant", 'constant | cosine | linear (decay to 0 at the last step)')
+    warmup: int = _f(0, 'linear warm-up steps')
+    clip: float = _f(1.0, 'gradient-norm clipping; 0 disables')
+    batch_size: int = _f(10, 'global batch size (split over torchrun processes)')
+
+
+@dataclass
+class TrainConfig:
+    """The loop: length, seed, logging, evaluation and checkpoint cadence, device."""
+
+    steps: int = _f(10000, 'total optimizer steps (a resumed run continues to this)')
+    seed: int = _f(0, 'seeds weights, data and the pMNIST permutation')
+    out: str | None = _f(None, 'run directory (config.json, metrics.jsonl, checkpoints/)')
+    device: str = _f("auto", 'auto | cpu | cuda | cuda:N')
+    threads: int = _f(0, "torch CPU threads; 0: torch's default")
+    log_every: int = _f(10, 'steps between metrics.jsonl records')
+    eval_every: int = _f(500, 'steps between validation/test evaluations; 0: only at the end')
+    eval_batches: int = _f(10, 'batches per evaluation split; 0: the whole split')
+    ckpt_every: int = _f(500, 'steps between checkpoints; the last step is always saved')
+    progress: bool = _f(True, 'progress bar (on a terminal)')
+
+
+SECTIONS = {"task": TaskConfig, "model": ModelConfig, "optim": OptimConfig, "train": TrainConfig}
+OPTIMIZERS = ("adam", "adamw")
+SCHEDULES = ("constant", "cosine", "linear")
+# Fields that define what is trained; a resumed run may not change them.
+FROZEN_SECTIONS = ("task", "model")
+
+
+@dataclass
+class RunConfig:
+    """Everything one run needs; ``config.json`` is ``asdict`` of this."""
+
+    task: TaskConfig = field(default_factory=TaskConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def flat(self) -> dict:
+        return {k: v for section in self.to_dict().values() for k, v in section.items()}
+
+
+def _field_types() -> dict[str, tuple[str, type, bool]]:
+    """Field name -> (section, base type, optional)."""
+    out = {}
+    for section, cls in SECTIONS.items():
+        hints = typing.get_type_hints(cls)
+        for f in fields(cls):
+            tp, optional = hints[f.name], False
+            args = typing.get_args(tp)
+            if type(None) in args:
+                optional, tp = True, next(a for a in args if a is not type(None))
+            assert f.name not in out, f"duplicate config field {f.name}"
+            out[f.name] = (section, tp, optional)
+    return out
+
+
+FIELDS = _field_types()
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _coerce(name: str, value):
+    """Check and convert one value to its field's type; raise ValueError naming the flag."""
+    _, tp, optional = FIELDS[name]
+    if value is None or (optional and isinstance(value, str) and value.lower() == "none"):
+        if optional:
+            return None
+        raise ValueError(f"{flag(name)} may not be None")
+    if tp is bool:
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
+            return value.lower() in ("true", "1", "yes")
+        if isinstance(value, bool):
+            return value
+    elif tp is int and not isinstance(value, bool):
+        try:
+            if float(value) == int(float(value)):
+                return int(float(value))
+        except (TypeError, ValueError):
+            pass
+    elif tp is float and not isinstance(value, bool):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            pass
+    elif tp is str and isinstance(value, str):
+        return value
+    kind = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}[tp]
+    raise ValueError(f"{flag(name)} expects {kind}{' or none' if optional else ''}, got {value!r}")
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per config field; defaults are suppressed so only given flags override."""
+    for section, cls in SECTIONS.items():
+        group = parser.add_argument_group(f"{section} ({cls.__doc__.splitlines()[0]})")
+        for f in fields(cls):
+            _, tp, optional = FIELDS[f.name]
+            default = f.default if f.default is not dataclasses.MISSING else None
+            text = f.metadata.get("help", "")
+            kw = dict(dest=f.name, default=argparse.SUPPRESS, help=f"{text} (default: {default})" if text
+                      else f"default: {default}")
+            if tp is bool:
+                group.add_argument(flag(f.name), action=argparse.BooleanOptionalAction, **kw)
+            else:
+                group.add_argument(flag(f.name), metavar=tp.__name__.upper(), **kw)
+
+
+def _flatten(data: dict, source: str) -> dict:
+    flat = {}
+    for key, value in data.items():
+        if key in SECTIONS and isinstance(value, dict):
+            flat.update(_flatten(value, source))
+        elif key.replace("-", "_") in FIELDS:
+            flat[key.replace("-", "_")] = value
+        else:
+            raise ValueError(f"{source}: unknown config field {key!r}; fields are {sorted(FIELDS)}")
+    return flat
+
+
+def load_file(path: str | Path) -> dict:
+    """Read a JSON config file (nested by section, as ``config.json``, or flat) into flat fields."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ValueError(f"config file {path} does not exist") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"config file {path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} must hold a JSON object")
+    return _flatten(data, str(path))
+
+
+def build(*layers: dict) -> RunConfig:
+    """Merge flat override dicts (later wins) over the dataclass and task defaults; validate."""
+    from gated.harness.tasks import get_task_spec
+
+    merged: dict = {}
+    for layer in layers:
+        merged.update({k: _coerce(k, v) for k, v in _flatten(layer, "config").items()})
+    spec = get_task_spec(merged.get("task", TaskConfig.task))
+    values = {k: _coerce(k, v) for k, v in spec.defaults.items()} | merged
+    sections = {s: {} for s in SECTIONS}
+    for name, value in values.items():
+        sections[FIELDS[name][0]][name] = value
+    cfg = RunConfig(**{s: SECTIONS[s](**kv) for s, kv in sections.items()})
+    validate(cfg)
+    return cfg
+
+
+def from_dict(data: dict) -> RunConfig:
+    """Rebuild a config from ``config.json`` exactly (no task defaults applied)."""
+    flat = {k: _coerce(k, v) for k, v in _flatten(data, "config.json").items()}
+    sections = {s: {} for s in SECTIONS}
+    for name, value in flat.items():
+        sections[FIELDS[name][0]][name] = value
+    cfg = RunConfig(**{s: SECTIONS[s](**kv) for s, kv in sections.items()})
+    validate(cfg)
+    return cfg
+
+
+def _choice(name: str, value: str, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"unknown {name} {value!r}; choose from {', '.join(map(str, choices))}")
+
+
+def validate(cfg: RunConfig) -> None:
+    """Raise ValueError (naming the flag and the valid choices) on any bad value."""
+    import gated
+    from gated.harness.tasks import get_task_spec
+
+    get_task_spec(cfg.task.task)
+    from gated.harness.model import CORE_MODULES
+
+    _choice("core", cfg.model.core, sorted(set(gated.CORES) & set(CORE_MODULES)))
+    supported = gated.CORES[cfg.model.core].variants
+    try:
+        variant = gated.get_variant(cfg.model.variant).name
+    except ValueError:
+        variant = None
+    if variant not in supported:
+        raise ValueError(f"unknown variant {cfg.model.variant!r} for core {cfg.model.core!r}; "
+                         f"choose from {', '.join(supported)}")
+    _choice("optimizer", cfg.optim.optimizer, OPTIMIZERS)
+    _choice("schedule", cfg.optim.schedule, SCHEDULES)
+    positive = ["delay", "length", "pixels_per_step", "bptt", "vocab_size", "hidden_size", "num_layers",
+                "embed_size", "batch_size", "steps", "log_every"]
+    non_negative = ["val_size", "warmup", "threads", "eval_every", "eval_batches", "ckpt_every", "seed"]
+    flat = cfg.flat()
+    for name in positive:
+        if flat[name] <= 0:
+            raise ValueError(f"{flag(name)} must be a positive integer, got {flat[name]}")
+    for name in non_negative:
+        if flat[name] < 0:
+            raise ValueError(f"{flag(name)} must be >= 0, got {flat[name]}")
+    for name in ["lr", "weight_decay", "clip"]:
+        if not flat[name] >= 0 or flat[name] == float("inf"):
+            raise ValueError(f"{flag(name)} must be a finite number >= 0, got {flat[name]}")
+    if cfg.optim.lr == 0:
+        raise ValueError("--lr must be > 0")
+    if not 0 <= cfg.model.dropout < 1:
+        raise ValueError(f"--dropout must be in [0, 1), got {cfg.model.dropout}")
+    if cfg.model.t_max is not None and cfg.model.t_max <= 2:
+        raise ValueError(f"--t-max must be > 2, got {cfg.model.t_max}")
+    dev = cfg.train.device
+    if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
+        raise ValueError(f"unknown device {dev!r}; choose from auto, cpu, cuda, cuda:N")

@@ -1,0 +1,139 @@
+"""Figures (matplotlib, Agg): learning curves with the trivial baseline (paper Fig. 3 style) and
+histograms of forget / effective gate activations from a checkpoint (paper Fig. 5).
+
+    gated plot curves runs/cmp [--out curves.png]
+    gated plot gates runs/demo [--out gates.png]
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+HELP = "draw learning curves of runs, or gate-activation histograms of a checkpoint"
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def learning_curves(root: str | Path, out: str | Path, metric: str | None = None) -> Path:
+    """One panel per setting: the training curve of each model (mean over seeds, min-max band),
+    with the task's trivial baseline dashed. Returns the written PNG."""
+    from gated.harness.report import find_runs, label, variant_order
+
+    runs = find_runs(root)
+    if not runs:
+        raise ValueError(f"no runs (config.json + metrics.jsonl) under {root}")
+    info = runs[0]["info"]
+    key = metric or info.get("main_metric", "loss")
+    settings = sorted({r["setting"] for r in runs})
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(settings), figsize=(6 * len(settings), 4), squeeze=False)
+    for ax, setting in zip(axes[0], settings, strict=True):
+        groups: dict = {}
+        for r in sorted(runs, key=lambda r: variant_order(r["core"], r["variant"])):
+            if r["setting"] == setting:
+                groups.setdefault(label(r["core"], r["variant"]), []).append(r["records"])
+        for name, curves in groups.items():
+            steps = [rec["step"] for rec in curves[0] if key in rec]
+            ys = [[rec[key] for rec in c if key in rec][: len(steps)] for c in curves]
+            n = min(len(y) for y in ys)
+            mean = [sum(y[i] for y in ys) / len(ys) for i in range(n)]
+            line, = ax.plot(steps[:n], mean, label=f"{name} ({len(ys)} seed{'s' * (len(ys) > 1)})")
+            if len(ys) > 1:
+                ax.fill_between(steps[:n], [min(y[i] for y in ys) for i in range(n)],
+                                [max(y[i] for y in ys) for i in range(n)], color=line.get_color(), alpha=0.2)
+        base = info.get("baseline", {}).get(key)
+        if base is not None:
+            ax.axhline(base, color="k", ls="--", lw=1, zorder=1, label=f"trivial baseline ({base:.4g})")
+        where = f", {setting}" if setting and setting != "default" else ""
+        ax.set(xlabel="training step", ylabel=f"training {key}",
+               title=f"{info.get('task', '')} (T = {info.get('seq_len', '?')}{where})")
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def gate_statistics(run: str | Path, batch_size: int = 16) -> dict:
+    """Gate activations of the run's checkpoint and of its initialisation on one validation batch.
+
+    Returns ``{"trained": acts, "init": acts, "cfg": RunConfig, "step": int}`` where ``acts`` is
+    :func:`gated.gate_activations`' dict of ``(L, D, T, B, H)`` tensors.
+    """
+    import torch
+
+    import gated
+    from gated.harness import checkpoint, config
+    from gated.harness.model import SequenceModel
+    from gated.harness.tasks import build_task
+
+    run = Path(run)
+    if not (run / "config.json").is_file():
+        raise ValueError(f"{run} is not a run directory (no config.json)")
+    cfg = config.from_dict(json.loads((run / "config.json").read_text()))
+    c = checkpoint.load(run, cfg.to_dict())
+    task = build_task(cfg.task, cfg.train.seed)
+    torch.manual_seed(cfg.train.seed)  # the run's initial weights (train.py seeds the same way)
+    init = SequenceModel(cfg.model, task)
+    trained = SequenceModel(cfg.model, task)
+    checkpoint.load_model_state(trained, c.model, str(run))
+    x = task.batch("val", 0, batch_size).x
+    acts = {name: gated.gate_activations(m.rnn, m.features(x)) for name, m in (("init", init), ("trained", trained))}
+    return acts | {"cfg": cfg, "step": c.step}
+
+
+def gate_histograms(run: str | Path, out: str | Path | None = None) -> tuple[Path, dict]:
+    """Histograms of the forget gate ``f`` and the effective gate ``g`` (all layers, steps, units),
+    at initialisation and after training. Returns the PNG and the fraction of near-binary gates
+    (``< 0.1`` or ``> 0.9``)."""
+    stats = gate_statistics(run)
+    cfg = stats["cfg"]
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    summary = {}
+    for ax, key, title in zip(axes, ("forget", "effective"), ("forget gate f", "effective gate g"), strict=True):
+        for when, style in (("init", dict(histtype="step", lw=1.5)), ("trained", dict(alpha=0.6))):
+            v = stats[when][key].flatten()
+            summary[f"{key}_{when}_binary"] = float(((v < 0.1) | (v > 0.9)).float().mean())
+            ax.hist(v.numpy(), bins=50, range=(0, 1), density=True, label=f"{when}", **style)
+        ax.set(title=title, xlabel="activation", ylabel="density")
+        ax.legend()
+    from gated.harness.report import label
+
+    fig.suptitle(f"{label(cfg.model.core, cfg.model.variant)} on {cfg.task.task}, step {stats['step']}")
+    fig.tight_layout()
+    out = Path(out) if out else Path(run) / "gates.png"
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out, summary
+
+
+def add_arguments(parser) -> None:
+    sub = parser.add_subparsers(dest="plot_command", metavar="FIGURE", required=True)
+    curves = sub.add_parser("curves", help="learning curves of the runs under a directory")
+    curves.add_argument("root", help="a run directory or a gated compare output directory")
+    curves.add_argument("--out", help="PNG path (default: ROOT/curves.png)")
+    curves.add_argument("--metric", help="metric key to plot (default: the task's main metric)")
+    gates = sub.add_parser("gates", help="forget/effective gate histograms from a run's checkpoint (paper Fig. 5)")
+    gates.add_argument("run", help="a run directory")
+    gates.add_argument("--out", help="PNG path (default: RUN/gates.png)")
+
+
+def main(args) -> int:
+    if args.plot_command == "curves":
+        root = Path(args.root)
+        print(learning_curves(root, args.out or root / "curves.png", args.metric))
+        return 0
+    path, summary = gate_histograms(args.run, args.out)
+    print(f"{path}\nnear-binary (<0.1 or >0.9) fraction: " + ", ".join(f"{k} {v:.3f}" for k, v in summary.items()))
+    return 0

@@ -1,0 +1,189 @@
+"""``gated train``: one run, read top to bottom: build -> (resume) -> loop -> log/eval -> checkpoint.
+
+The data of step ``s`` is ``task.batch("train", s - 1, batch_size)``, a function of the seed and
+the step alone; the loop state that is not (optimizer, schedule, RNG, the carried LM state, the
+partial logging window) goes into each checkpoint, so a resumed run reproduces an uninterrupted
+one exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from gated.harness import checkpoint as ckpt
+from gated.harness import distributed
+from gated.harness.config import RunConfig
+from gated.harness.data.fetch import atomic_write
+from gated.harness.evaluate import Window, evaluate, fmt
+from gated.harness.model import SequenceModel, count_parameters, detach_state, resolve_device
+from gated.harness.tasks import build_task, get_task_spec
+
+
+def make_optimizer(cfg, model: torch.nn.Module, total_steps: int):
+    """Adam or AdamW, and a LambdaLR: linear warm-up, then constant, cosine or linear decay."""
+    cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg.optimizer]
+    opt = cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    def factor(step: int) -> float:  # step = updates done so far
+        warm = min(1.0, (step + 1) / cfg.warmup) if cfg.warmup else 1.0
+        progress = min(1.0, step / max(1, total_steps))
+        decay = {"constant": 1.0, "cosine": 0.5 * (1 + math.cos(math.pi * progress)),
+                 "linear": 1.0 - progress}[cfg.schedule]
+        return warm * decay
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def prepare_run_dir(cfg: RunConfig, task, resume: bool) -> Path:
+    if cfg.train.out is None:
+        raise ValueError("--out is required: the run directory for config.json, metrics.jsonl and checkpoints")
+    run = Path(cfg.train.out)
+    if not resume:
+        if (run / "config.json").exists() or ckpt.has_checkpoint(run):
+            raise ValueError(f"{run} already holds a run; continue it with `gated train --resume {run}` "
+                             "or choose another --out")
+        run.mkdir(parents=True, exist_ok=True)
+        atomic_write(run / "config.json", (json.dumps(cfg.to_dict(), indent=2) + "\n").encode())
+    info = {"task": cfg.task.task, "main_metric": task.main_metric, "higher_is_better": task.higher_is_better,
+            "baseline": task.baseline, "seq_len": task.seq_len, "threshold": get_task_spec(cfg.task.task).threshold}
+    atomic_write(run / "task.json", (json.dumps(info, indent=1) + "\n").encode())
+    for name, value in task.artifacts().items():  # e.g. pMNIST's permutation, saved with the run
+        path = run / f"{name}.json"
+        if resume and path.exists() and json.loads(path.read_text()) != value:
+            raise ckpt.CheckpointError(f"{path} differs from the one this config and seed produce (incompatible)")
+        atomic_write(path, json.dumps(value).encode())
+    return run
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop records after the checkpoint (logged by an interrupted run past its last save)."""
+    if path.exists():
+        lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+        atomic_write(path, "".join(ln + "\n" for ln in lines).encode())
+
+
+def train(cfg: RunConfig, resume: bool = False, log=print) -> dict:
+    """Run (or continue) the experiment ``cfg`` describes; returns the last logged record."""
+    device = resolve_device(cfg.train.device)
+    d = distributed.setup(device)
+    try:
+        return _train(cfg, resume, log if d.main else (lambda *a, **k: None), device, d)
+    finally:
+        distributed.teardown(d)
+
+
+def _train(cfg: RunConfig, resume: bool, log, device, d) -> dict:
+    tc, oc = cfg.train, cfg.optim
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    if oc.batch_size % d.world:
+        raise ValueError(f"--batch-size {oc.batch_size} must be divisible by the {d.world} processes")
+    task = build_task(cfg.task, tc.seed)  # stops here, with the fetch command, if data is missing
+    run = prepare_run_dir(cfg, task, resume) if d.main else Path(cfg.train.out)
+    d.barrier()
+    torch.manual_seed(tc.seed)  # the same initial weights in every process
+    model = SequenceModel(cfg.model, task).to(device)
+    opt, sched = make_optimizer(oc, model, tc.steps)
+    step, carry, window = 0, None, Window()
+    if resume:
+        c = ckpt.load(run, json.loads((run / "config.json").read_text()))
+        ckpt.load_model_state(model, c.model, str(run))
+        try:
+            opt.load_state_dict(c.state["optimizer"])
+            sched.load_state_dict(c.state["scheduler"])
+        except (ValueError, KeyError, RuntimeError) as e:
+            raise ckpt.CheckpointError(f"checkpoint in {run} has an incompatible optimizer state: {e}") from None
+        step, window = c.step, Window(**c.state["window"])
+        if c.state["world"] != d.world:
+            raise ckpt.CheckpointError(f"{run} was trained with {c.state['world']} process(es); resume it with "
+                                       f"the same number (got {d.world})")
+        torch.set_rng_state(c.state["rng"][d.rank])
+        carry = _to(c.state["carry"][d.rank], device)
+        if d.main:
+            _truncate_metrics(run / "metrics.jsonl", step)
+        if step >= tc.steps:
+            log(f"{run}: already at step {step} (asked for --steps {tc.steps}); nothing to do")
+            return {"step": step}
+    else:
+        torch.manual_seed(tc.seed * 7919 + d.rank + 1)  # dropout masks differ between processes
+    log(f"{task.__class__.__name__} ({cfg.task.task}): {count_parameters(model):,} parameters, "
+        f"{cfg.model.core} variant {cfg.model.variant}, T = {task.seq_len}, baseline "
+        + ", ".join(f"{k} {v:.4g}" for k, v in task.baseline.items()) + f"; device {device}, {d.world} process(es)")
+    net = torch.nn.parallel.DistributedDataParallel(model) if d.enabled else model
+    bar = _progress(tc, step) if d.main else None
+    last: dict = {"step": step}
+    tic, tic_step = time.perf_counter(), step
+    while step < tc.steps:
+        step += 1
+        batch = task.batch("train", step - 1, oc.batch_size)
+        x = d.shard(batch.x, oc.batch_size, 1).to(device)
+        y = d.shard(batch.y, oc.batch_size, batch.y.ndim - 1).to(device)
+        if not task.stateful or batch.reset:
+            carry = None
+        out, carry = net(x, carry)
+        carry = detach_state(carry) if task.stateful else None
+        loss = task.loss(out, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), oc.clip if oc.clip > 0 else float("inf"))
+        opt.step()
+        sched.step()
+        window.add(task.metrics(out.detach(), y), float(norm), y.numel() * d.world)
+        is_eval = step == tc.steps or (tc.eval_every and step % tc.eval_every == 0)
+        if step % tc.log_every == 0 or is_eval:
+            elapsed = time.perf_counter() - tic
+            rate = (step - tic_step) / max(elapsed, 1e-9)
+            record = {"step": step, **task.derived(d.mean(window.means())), "lr": sched.get_last_lr()[0],
+                      "steps_per_s": rate, "samples_per_s": rate * oc.batch_size,
+                      "tokens_per_s": rate * oc.batch_size * task.seq_len}
+            window = Window()
+            if is_eval and d.main:
+                for split in ("val", "test"):
+                    res = evaluate(model, task, split, oc.batch_size, tc.eval_batches, device)
+                    record |= {f"{split}_{k}": v for k, v in res.items()}
+                (bar.write if bar is not None else log)(fmt(record, task.main_metric))
+            d.barrier()
+            if d.main:
+                with open(run / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(record) + "\n")
+            last, tic, tic_step = record, time.perf_counter(), step
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix_str(fmt(last, task.main_metric, short=True), refresh=False)
+        if step == tc.steps or (tc.ckpt_every and step % tc.ckpt_every == 0):
+            _save(run, step, model, opt, sched, window, carry, cfg, d)
+    if bar is not None:
+        bar.close()
+    return last
+
+
+def _save(run, step, model, opt, sched, window, carry, cfg, d) -> None:
+    rngs = d.gather(torch.get_rng_state())
+    carries = d.gather(_to(carry, "cpu"))
+    if d.main:
+        state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": rngs, "carry": carries,
+                 "window": window.state(), "world": d.world, "step": step}
+        ckpt.save(run, step, model.state_dict(), state, cfg.to_dict())
+    d.barrier()
+
+
+def _to(state, device):
+    if state is None:
+        return None
+    if isinstance(state, (tuple, list)):
+        return tuple(s.to(device) for s in state)
+    return state.to(device)
+
+
+def _progress(tc, start: int):
+    if not tc.progress:
+        return None
+    from tqdm import tqdm
+
+    # disable=None: a bar on a terminal, nothing in logs and pipes
+    return tqdm(total=tc.steps, initial=start, disable=None, unit="step", dynamic_ncols=True)

@@ -1,0 +1,56 @@
+"""``gated train``: flags from the config dataclasses, ``--config FILE``, ``--resume RUN``."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+HELP = "run one experiment (or continue one with --resume)"
+
+
+def add_arguments(parser) -> None:
+    from gated.harness import config
+
+    parser.add_argument("--config", metavar="FILE", help="JSON config (nested like config.json, or flat)")
+    parser.add_argument("--resume", metavar="RUN", help="continue the run in this directory from its checkpoint")
+    config.add_flags(parser)
+
+
+def resolve(args) -> tuple:
+    """The run's config and whether it resumes, from parsed arguments."""
+    from gated.harness import config
+
+    given = {k: v for k, v in vars(args).items() if k in config.FIELDS}
+    file_values = config.load_file(args.config) if args.config else {}
+    if not args.resume:
+        return config.build(file_values, given), False
+    run = Path(args.resume)
+    if not (run / "config.json").is_file():
+        raise ValueError(f"--resume {run}: no run there ({run / 'config.json'} is missing)")
+    saved = config.from_dict(json.loads((run / "config.json").read_text()))
+    flat = saved.flat()
+    changes = file_values | given
+    frozen = [k for k, v in changes.items()
+              if config.FIELDS[k][0] in config.FROZEN_SECTIONS and config._coerce(k, v) != flat[k]]
+    if frozen:
+        raise ValueError(f"--resume cannot change what is trained ({', '.join(config.flag(k) for k in frozen)}); "
+                         "start a new run with another --out")
+    if "out" in changes and Path(changes["out"]) != run:
+        raise ValueError("--out and --resume name different runs")
+    merged = {k: config._coerce(k, v) for k, v in (flat | changes | {"out": str(run)}).items()}
+    cfg = config.from_dict(merged)
+    return cfg, True
+
+
+def main(args) -> int:
+    from gated.harness.data.fetch import atomic_write
+    from gated.harness.train import train
+
+    cfg, resume = resolve(args)
+    if resume:
+        atomic_write(Path(cfg.train.out) / "config.json", (json.dumps(cfg.to_dict(), indent=2) + "\n").encode())
+    last = train(cfg, resume=resume)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"run {cfg.train.out}: step {last.get('step')}; metrics in {Path(cfg.train.out) / 'metrics.jsonl'}")
+    return 0
