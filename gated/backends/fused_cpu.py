@@ -39,6 +39,11 @@ def _n_rows(layout: Layout) -> slice | None:
     return layout.block("n") if layout.core.name != "lstm" else None
 
 
+def _kernel_ids(layout: Layout) -> tuple[int, bool]:
+    """The kernel's core id and whether it runs the refine gate."""
+    return _CORE_ID[layout.core.name], layout.variant.auxiliary == "refine"
+
+
 def _forward(x, w_ih, w_hh, b_ih, b_hh, fb, h0, c0, lengths, layout, save: bool):
     n_rows = _n_rows(layout)
     bias_x = b_hn = None
@@ -49,7 +54,7 @@ def _forward(x, w_ih, w_hh, b_ih, b_hh, fb, h0, c0, lengths, layout, save: bool)
             b_rec[n_rows] = 0
             b_hn = b_hh[n_rows].contiguous()
         bias_x = b_ih + b_rec
-    core, refine = _CORE_ID[layout.core.name], layout.variant.auxiliary == "refine"
+    core, refine = _kernel_ids(layout)
     return _build.load().recurrence_forward(
         x.contiguous(), w_ih.contiguous(), w_hh.contiguous(), bias_x, b_hn, fb, h0, c0, lengths, core, refine, save
     )
@@ -59,7 +64,7 @@ class _Recurrence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w_ih, w_hh, b_ih, b_hh, fb, h0, c0, lengths, layout):
         out, h_n, c_n, A, aux = _forward(x, w_ih, w_hh, b_ih, b_hh, fb, h0, c0, lengths, layout, save=True)
-        core, refine = _CORE_ID[layout.core.name], layout.variant.auxiliary == "refine"
+        core, refine = _kernel_ids(layout)
         ctx.save_for_backward(x, w_ih, w_hh, h0, c0, lengths, A, aux, out)
         ctx.meta = (layout, core, refine, b_ih is not None, fb is not None)
         return (out, h_n, c_n) if c0 is not None else (out, h_n)
