@@ -7,6 +7,7 @@ one line here (modules are imported only when needed).
     gated data fetch mnist            gated data list
     gated compare --task copy --delay 50 --variants - UR --seeds 0 1 --steps 600 --out runs/cmp
     gated plot gates runs/demo        gated plot curves runs/cmp
+    gated reproduce --quick           gated reproduce --full
 """
 
 from __future__ import annotations
@@ -21,14 +22,19 @@ COMMANDS: dict[str, str] = {
     "compare": "gated.harness.compare",
     "plot": "gated.harness.plots",
     "bench": "gated.harness.bench",
+    "reproduce": "gated.harness.reproduce",
 }
 
 EXIT_USAGE, EXIT_FAILURE = 2, 1
 
 
-def _available() -> dict[str, object]:
+def _available(only: str | None = None) -> dict[str, object]:
+    """Import the subcommand modules (just ``only`` when given, so one command's imports cannot
+    break or slow another's)."""
     modules = {}
     for name, path in COMMANDS.items():
+        if only is not None and name != only:
+            continue
         try:
             modules[name] = importlib.import_module(path)
         except ModuleNotFoundError as e:
@@ -37,11 +43,11 @@ def _available() -> dict[str, object]:
     return modules
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gated", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, module in _available().items():
+    for name, module in _available(only).items():
         p = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(p)
         p.set_defaults(_main=module.main)
@@ -53,7 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     from gated.harness.compare import RunFailed
     from gated.harness.data.formats import DataError
 
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    only = argv[0] if argv and argv[0] in COMMANDS else None
+    args = build_parser(only).parse_args(argv)
     try:
         return int(args._main(args) or 0)
     except ValueError as e:

@@ -47,6 +47,8 @@ class ModelConfig:
     embed_size: int = _f(256, 'language modelling: token embedding width')
     t_max: float | None = _f(None, "chrono (C) variant: longest timescale; None: the task's length")
     backend: str = _f("auto", 'gated backend name')
+    forget_bias: float | None = _f(None, "set the forget-gate bias to this after init (Gers et al.'s 1.0); "
+                                   "None: the variant's own init")
 
 
 @dataclass
@@ -264,6 +266,11 @@ def validate(cfg: RunConfig) -> None:
         raise ValueError(f"--dropout must be in [0, 1), got {cfg.model.dropout}")
     if cfg.model.t_max is not None and cfg.model.t_max <= 2:
         raise ValueError(f"--t-max must be > 2, got {cfg.model.t_max}")
+    if cfg.model.forget_bias is not None:  # the initialiser says which variants it cannot serve
+        try:
+            gated.init.forget_bias_(CORE_MODULES[cfg.model.core](1, 4, variant=cfg.model.variant), cfg.model.forget_bias)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"--forget-bias with {cfg.model.core} variant {cfg.model.variant!r}: {e}") from None
     dev = cfg.train.device
     if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
         raise ValueError(f"unknown device {dev!r}; choose from auto, cpu, cuda, cuda:N")

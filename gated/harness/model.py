@@ -30,6 +30,8 @@ class SequenceModel(nn.Module):
         t_max = cfg.t_max if cfg.t_max is not None else float(max(task.seq_len, 3))
         self.rnn = CORE_MODULES[cfg.core](in_size, cfg.hidden_size, cfg.num_layers, dropout=cfg.dropout,
                                           variant=cfg.variant, t_max=t_max, backend=cfg.backend)
+        if cfg.forget_bias is not None:
+            gated.init.forget_bias_(self.rnn, cfg.forget_bias)
         self.head = nn.Linear(cfg.hidden_size, task.output_size)
 
     def features(self, x: Tensor) -> Tensor:

@@ -1,0 +1,199 @@
+"""``gated reproduce``: re-run the paper's claims from the experiment specs committed under
+``experiments/`` and write one summary per experiment.
+
+    gated reproduce --quick                 # copy task, LSTM vs UR-LSTM, 2 seeds (~2 min on 2 cores)
+    gated reproduce --full                  # everything in REPORT.md (about 1.5 h on 2 cores)
+    gated reproduce --only copy-grid adding # chosen experiments
+
+An experiment spec is a JSON file (``experiments/<name>.json``)::
+
+    {"suite": "full", "claim": "...", "config": {<run config fields>},
+     "variants": ["-", "UR"], "seeds": [0, 1, 2], "grid": {"core": ["gru", "mgu"]},
+     "threshold": 1.04, "check": {"better": "UR", "worse": "-"}}
+
+Each runs as a ``gated compare`` grid in ``OUT/<name>`` (finished runs are reused, unfinished ones
+resumed), then writes ``table.md``, ``curves.png`` and ``summary.json``. A ``check`` asserts an
+ordering on the final main metric: every seed of ``better`` beats every seed of ``worse`` in each
+setting; a failed check makes the command exit with status 1. The mechanism figures (paper
+Fig. 2b and 5, and the UGI timescale law) are drawn by :mod:`gated.harness.mechanism`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+HELP = "re-run the paper's experiments from experiments/*.json; --quick checks LSTM < UR-LSTM on copy"
+
+SPEC_KEYS = {"suite", "claim", "config", "variants", "seeds", "grid", "threshold", "check", "jobs"}
+SUITES = ("quick", "full")
+
+
+def default_experiments_dir() -> Path:
+    """``experiments/`` beside the package (a source checkout or an editable install)."""
+    return Path(__file__).resolve().parents[2] / "experiments"
+
+
+def load_spec(path: str | Path) -> dict:
+    """Read and check one experiment spec; raise ValueError naming the file and the problem."""
+    path = Path(path)
+    try:
+        spec = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"experiment spec {path} is not valid JSON: {e}") from None
+    if not isinstance(spec, dict):
+        raise ValueError(f"experiment spec {path} must hold a JSON object")
+    unknown = set(spec) - SPEC_KEYS
+    if unknown:
+        raise ValueError(f"experiment spec {path}: unknown keys {sorted(unknown)}; allowed: {sorted(SPEC_KEYS)}")
+    if spec.get("suite") not in SUITES:
+        raise ValueError(f"experiment spec {path}: 'suite' must be one of {SUITES}, got {spec.get('suite')!r}")
+    for key, kind in (("config", dict), ("variants", list), ("seeds", list), ("grid", dict), ("check", dict)):
+        if key in spec and not isinstance(spec[key], kind):
+            raise ValueError(f"experiment spec {path}: {key!r} must be a JSON {kind.__name__}")
+    if not spec.get("variants") or not spec.get("seeds"):
+        raise ValueError(f"experiment spec {path}: needs non-empty 'variants' and 'seeds'")
+    if "check" in spec and set(spec["check"]) != {"better", "worse"}:
+        raise ValueError(f"experiment spec {path}: 'check' must be {{\"better\": V, \"worse\": V}}")
+    return spec | {"name": path.stem}
+
+
+def find_specs(directory: str | Path, suite: str | None, only: list[str] | None) -> list[dict]:
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ValueError(f"no experiments directory at {directory}; pass --experiments DIR "
+                         "(the repository's experiments/ folder)")
+    specs = {p.stem: p for p in sorted(directory.glob("*.json"))}
+    if only:
+        missing = [n for n in only if n not in specs]
+        if missing:
+            raise ValueError(f"unknown experiment(s) {missing}; choose from {', '.join(specs)}")
+        return [load_spec(specs[n]) for n in only]
+    chosen = [load_spec(p) for p in specs.values()]
+    return [s for s in chosen if s["suite"] == suite]
+
+
+def compare_args(spec: dict, out: Path, jobs: int) -> argparse.Namespace:
+    """The ``gated compare`` arguments that run this spec."""
+    from gated.harness import config
+
+    flat = config._flatten(spec.get("config", {}), spec["name"])
+    grid = [f"{k}={','.join(map(str, v))}" for k, v in spec.get("grid", {}).items()]
+    return argparse.Namespace(variants=[str(v) for v in spec["variants"]], seeds=[int(s) for s in spec["seeds"]],
+                              grid=grid, jobs=jobs or spec.get("jobs", 0), threshold=spec.get("threshold"),
+                              config=None, out=str(out), **flat)
+
+
+def summarize(root: Path, threshold: float | None) -> list[dict]:
+    """Per (setting, core, variant): the seeds' final validation and test main metric and the
+    steps to threshold (None where it was not reached)."""
+    from gated.harness.report import find_runs, summarize as run_summary
+
+    groups: dict = {}
+    for run in find_runs(root):
+        info = run["info"]
+        thr = info.get("threshold") if threshold is None else threshold
+        s = run_summary(run, thr)
+        key = info.get("main_metric", "loss")
+        test = [r[f"test_{key}"] for r in run["records"] if f"test_{key}" in r]
+        g = groups.setdefault((run["setting"], run["core"], run["variant"]), {
+            "setting": run["setting"], "core": run["core"], "variant": run["variant"], "metric": key,
+            "higher_is_better": info.get("higher_is_better", False), "threshold": thr,
+            "baseline": info.get("baseline", {}).get(key), "seeds": [], "final": [], "test": [],
+            "to_threshold": [], "steps": []})
+        g["seeds"].append(run["seed"])
+        g["final"].append(s["final"])
+        g["test"].append(test[-1] if test else None)
+        g["to_threshold"].append(s["to_threshold"])
+        g["steps"].append(s["steps"])
+    return list(groups.values())
+
+
+def check_ordering(rows: list[dict], better: str, worse: str) -> list[str]:
+    """Failures of "every seed of ``better`` beats every seed of ``worse``" per setting and core."""
+    import gated
+
+    better, worse = gated.get_variant(better).name, gated.get_variant(worse).name
+    failures = []
+    keyed = {(r["setting"], r["core"], r["variant"]): r for r in rows}
+    for (setting, core, variant), b in keyed.items():
+        if variant != better:
+            continue
+        w = keyed.get((setting, core, worse))
+        if w is None:
+            failures.append(f"{setting} {core}: no {worse!r} runs to compare with")
+            continue
+        hi = b["higher_is_better"]
+        ok = min(b["final"]) > max(w["final"]) if hi else max(b["final"]) < min(w["final"])
+        if not ok or any(math.isnan(v) for v in b["final"] + w["final"]):
+            failures.append(f"{setting} {core}: {better} final {b['metric']} {b['final']} does not beat "
+                            f"{worse} {w['final']}")
+    if not any(v == better for _, _, v in keyed):
+        failures.append(f"no {better!r} runs")
+    return failures
+
+
+def run_spec(spec: dict, out_root: Path, jobs: int, log=print) -> dict:
+    from gated.harness import compare
+    from gated.harness.plots import learning_curves
+    from gated.harness.report import table
+
+    out = out_root / spec["name"]
+    args = compare_args(spec, out, jobs)
+    runs = compare.plan(args)
+    out.mkdir(parents=True, exist_ok=True)
+    log(f"[{spec['name']}] {len(runs)} runs -> {out}" + (f"  ({spec['claim']})" if spec.get("claim") else ""))
+    compare.execute(runs, args.jobs, log=log)
+    md = table(out, spec.get("threshold"))
+    (out / "table.md").write_text(md)
+    learning_curves(out, out / "curves.png")
+    rows = summarize(out, spec.get("threshold"))
+    result = {"name": spec["name"], "claim": spec.get("claim"), "rows": rows, "check": None}
+    if "check" in spec:
+        failures = check_ordering(rows, spec["check"]["better"], spec["check"]["worse"])
+        result["check"] = {**spec["check"], "passed": not failures, "failures": failures}
+    (out / "summary.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
+    log(md)
+    if result["check"] is not None:
+        c = result["check"]
+        log(f"[{spec['name']}] check {c['better']} beats {c['worse']} in every seed: "
+            + ("PASSED" if c["passed"] else "FAILED\n  " + "\n  ".join(c["failures"])))
+    return result
+
+
+def add_arguments(parser) -> None:
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--quick", action="store_true", help="the quick suite: copy task, LSTM vs UR-LSTM, 2 seeds")
+    which.add_argument("--full", action="store_true", help="every experiment in REPORT.md")
+    which.add_argument("--only", nargs="+", metavar="NAME", help="named experiments (file stems in --experiments)")
+    parser.add_argument("--experiments", metavar="DIR", help="experiment specs (default: the repository's "
+                        "experiments/)")
+    parser.add_argument("--out", default="runs/reproduce", help="output root (default: runs/reproduce)")
+    parser.add_argument("--jobs", type=int, default=0, help="runs at a time (default: the spec's, else CPU cores)")
+    parser.add_argument("--no-figures", action="store_true", help="skip the mechanism figures (full suite)")
+
+
+def main(args) -> int:
+    suite = "quick" if args.quick else "full" if args.full else None
+    specs = find_specs(args.experiments or default_experiments_dir(), suite, args.only)
+    if not specs:
+        raise ValueError(f"no experiment specs of suite {suite!r} in {args.experiments or default_experiments_dir()}")
+    out = Path(args.out)
+    results = [run_spec(spec, out, args.jobs) for spec in specs]
+    if args.full and not args.no_figures:
+        from gated.harness.mechanism import all_figures
+
+        for path in all_figures(out, out / "figures"):
+            print(f"figure: {path}")
+    failed = [r["name"] for r in results if r["check"] is not None and not r["check"]["passed"]]
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
+    print(f"results: {out / 'results.json'}")
+    if failed:
+        print(f"gated reproduce: the ordering check FAILED for {', '.join(failed)}")
+        return 1
+    checked = [r["name"] for r in results if r["check"] is not None]
+    if checked:
+        print(f"gated reproduce: ordering checks passed ({', '.join(checked)})")
+    return 0
