@@ -7,6 +7,7 @@ one line here (modules are imported only when needed).
     gated data fetch mnist            gated data list
     gated compare --task copy --delay 50 --variants - UR --seeds 0 1 --steps 600 --out runs/cmp
     gated plot gates runs/demo        gated plot curves runs/cmp
+    gated demo highway --out runs/demos/highway      (also: gated demo channel-gating, gated demo glu-ffn)
     gated reproduce --quick           gated reproduce --full
 """
 
@@ -22,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "compare": "gated.harness.compare",
     "plot": "gated.harness.plots",
     "bench": "gated.harness.bench",
+    "demo": "gated.harness.demos.cli",
     "reproduce": "gated.harness.reproduce",
 }
 
