@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "bench": "gated.harness.bench",
     "demo": "gated.harness.demos.cli",
     "reproduce": "gated.harness.reproduce",
+    "rl": "gated.harness.rl.cli",
 }
 
 EXIT_USAGE, EXIT_FAILURE = 2, 1

@@ -85,7 +85,10 @@ def _command(run: dict, threads: int) -> list[str] | None:
 
 
 def execute(runs: list[dict], jobs: int, log=print) -> None:
-    """Start the runs as subprocesses, ``jobs`` at a time; raise if any fails."""
+    """Start the runs as subprocesses, ``jobs`` at a time; raise if any fails.
+
+    A run may carry its own ``"command": f(run, threads) -> argv | None`` (None: finished);
+    otherwise it is a ``gated train`` run (``gated rl compare`` passes ``gated rl train`` ones)."""
     cores = os.cpu_count() or 1
     jobs = jobs or min(len(runs), cores)
     threads = max(1, cores // jobs)
@@ -94,7 +97,7 @@ def execute(runs: list[dict], jobs: int, log=print) -> None:
     while pending or active:
         while pending and len(active) < jobs:
             run = pending.pop(0)
-            cmd = _command(run, threads)
+            cmd = run.get("command", _command)(run, threads)
             if cmd is None:
                 log(f"  {run['dir']}: already finished")
                 continue

@@ -24,36 +24,47 @@ def _pyplot():
 
 def learning_curves(root: str | Path, out: str | Path, metric: str | None = None) -> Path:
     """One panel per setting: the training curve of each model (mean over seeds, min-max band),
-    with the task's trivial baseline dashed. Returns the written PNG."""
+    with the task's trivial baseline dashed. Returns the written PNG.
+
+    A run's ``task.json`` may change the presentation (``gated rl`` runs do): ``x_label`` (e.g.
+    "environment steps"), ``band: "std"`` (mean ± std over seeds instead of min-max) and
+    ``baseline_name``. Each panel uses its own setting's ``task.json``; seeds are averaged at the
+    x values all of them logged."""
     from gated.harness.report import find_runs, label, variant_order
 
     runs = find_runs(root)
     if not runs:
         raise ValueError(f"no runs (config.json + metrics.jsonl) under {root}")
-    info = runs[0]["info"]
-    key = metric or info.get("main_metric", "loss")
     settings = sorted({r["setting"] for r in runs})
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(settings), figsize=(6 * len(settings), 4), squeeze=False)
     for ax, setting in zip(axes[0], settings, strict=True):
+        info = next(r["info"] for r in runs if r["setting"] == setting)
+        key = metric or info.get("main_metric", "loss")
         groups: dict = {}
         for r in sorted(runs, key=lambda r: variant_order(r["core"], r["variant"])):
             if r["setting"] == setting:
                 groups.setdefault(label(r["core"], r["variant"]), []).append(r["records"])
         for name, curves in groups.items():
-            steps = [rec["step"] for rec in curves[0] if key in rec]
-            ys = [[rec[key] for rec in c if key in rec][: len(steps)] for c in curves]
-            n = min(len(y) for y in ys)
+            by_step = [{rec["step"]: rec[key] for rec in c if key in rec} for c in curves]
+            steps = sorted(set.intersection(*(set(c) for c in by_step)))
+            ys = [[c[s] for s in steps] for c in by_step]
+            n = len(steps)
             mean = [sum(y[i] for y in ys) / len(ys) for i in range(n)]
-            line, = ax.plot(steps[:n], mean, label=f"{name} ({len(ys)} seed{'s' * (len(ys) > 1)})")
-            if len(ys) > 1:
-                ax.fill_between(steps[:n], [min(y[i] for y in ys) for i in range(n)],
+            line, = ax.plot(steps, mean, label=f"{name} ({len(ys)} seed{'s' * (len(ys) > 1)})")
+            if len(ys) > 1 and info.get("band") == "std":
+                sd = [(sum((y[i] - mean[i]) ** 2 for y in ys) / (len(ys) - 1)) ** 0.5 for i in range(n)]
+                ax.fill_between(steps, [m - d for m, d in zip(mean, sd, strict=True)],
+                                [m + d for m, d in zip(mean, sd, strict=True)], color=line.get_color(), alpha=0.2)
+            elif len(ys) > 1:
+                ax.fill_between(steps, [min(y[i] for y in ys) for i in range(n)],
                                 [max(y[i] for y in ys) for i in range(n)], color=line.get_color(), alpha=0.2)
         base = info.get("baseline", {}).get(key)
         if base is not None:
-            ax.axhline(base, color="k", ls="--", lw=1, zorder=1, label=f"trivial baseline ({base:.4g})")
-        where = f", {setting}" if setting and setting != "default" else ""
-        ax.set(xlabel="training step", ylabel=f"training {key}",
+            ax.axhline(base, color="k", ls="--", lw=1, zorder=1,
+                       label=f"{info.get('baseline_name', 'trivial baseline')} ({base:.4g})")
+        where = f", {setting}" if setting and setting != "default" and setting != info.get("task") else ""
+        ax.set(xlabel=info.get("x_label", "training step"), ylabel=f"training {key}",
                title=f"{info.get('task', '')} (T = {info.get('seq_len', '?')}{where})")
         ax.legend()
         ax.grid(alpha=0.3)

@@ -1,0 +1,73 @@
+"""``gated rl``: memory reinforcement learning with a gated recurrent core.
+
+    gated rl train --env MiniGrid-MemoryS7-v0 --core lstm --variant UR --steps 200000 --out runs/rl
+    gated rl train --resume runs/rl --steps 400000
+    gated rl compare --envs popgym-RepeatFirstEasy-v0 --variants - UR --seeds 0 1 2 --steps 100000 --out runs/rlcmp
+    gated rl envs
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+HELP = "memory RL (recurrent PPO, gated core): train | compare | envs"
+
+
+def add_arguments(parser) -> None:
+    from gated.harness.rl import compare, config
+
+    sub = parser.add_subparsers(dest="rl_command", metavar="COMMAND", required=True)
+    train = sub.add_parser("train", help="train one agent (or continue one with --resume)",
+                           description="Train a recurrent PPO agent whose core is a gated cell.")
+    train.add_argument("--config", metavar="FILE", help="JSON config (nested like config.json, or flat)")
+    train.add_argument("--resume", metavar="RUN", help="continue the run in this directory from its checkpoint")
+    config.add_flags(train)
+    cmp = sub.add_parser("compare", help="variants x seeds x environments; table.md and curves.png",
+                         description=compare.__doc__.split("\n\n")[0])
+    compare.add_arguments(cmp)
+    sub.add_parser("envs", help="list the installed memory environments")
+
+
+def resolve(args):
+    """The run's config and whether it resumes, from parsed ``gated rl train`` arguments."""
+    from gated.harness.rl import config
+
+    given = {k: v for k, v in vars(args).items() if k in config.FIELDS}
+    file_values = config.load_file(args.config) if args.config else {}
+    if not args.resume:
+        return config.build(file_values, given), False
+    run = Path(args.resume)
+    if not (run / "config.json").is_file():
+        raise ValueError(f"--resume {run}: no run there ({run / 'config.json'} is missing)")
+    flat = config.from_dict(json.loads((run / "config.json").read_text())).flat()
+    changes = file_values | given
+    frozen = [k for k, v in changes.items()
+              if config.FIELDS[k][0] in config.FROZEN_SECTIONS and config.coerce(k, v) != flat[k]]
+    if frozen:
+        raise ValueError(f"--resume cannot change what is trained ({', '.join(config.flag(k) for k in frozen)}); "
+                         "start a new run with another --out")
+    if "out" in changes and Path(changes["out"]) != run:
+        raise ValueError("--out and --resume name different runs")
+    return config.build(flat, changes, {"out": str(run)}), True
+
+
+def main(args) -> int:
+    if args.rl_command == "envs":
+        from gated.harness.rl.envs import memory_envs
+
+        print("\n".join(memory_envs()) or "none installed (pip install 'gated[rl]')")
+        return 0
+    if args.rl_command == "compare":
+        from gated.harness.rl import compare
+
+        return compare.main(args)
+    from gated.harness.data.fetch import atomic_write
+    from gated.harness.rl.train import train
+
+    cfg, resume = resolve(args)
+    if resume:
+        atomic_write(Path(cfg.train.out) / "config.json", (json.dumps(cfg.to_dict(), indent=2) + "\n").encode())
+    last = train(cfg, resume=resume)
+    print(f"run {cfg.train.out}: {last.get('step', 0):,} env steps; metrics in {Path(cfg.train.out) / 'metrics.jsonl'}")
+    return 0
