@@ -9,3 +9,10 @@ nice -n 5 $CMP --envs popgym-RepeatFirstEasy-v0 --steps 150000
 nice -n 5 $CMP --envs MiniGrid-MemoryS7-v0 --steps 150000
 nice -n 5 $CMP --envs popgym-ConcentrationEasy-v0 --steps 100000
 cp "$OUT/curves.png" docs/figures/rl_memory_curves.png
+
+# Follow-up (docs/rl.md, "BPTT over whole episodes"): RepeatFirstEasy with one rollout = one
+# episode (51 steps), so truncated BPTT reaches the first card; fresh seeds; two learning rates.
+ALIGNED="gated rl compare --config experiments/rl/repeat-first-aligned.json --envs popgym-RepeatFirstEasy-v0 --variants - UR --seeds 100 101 102 --jobs 2 --steps 64000"
+nice -n 5 $ALIGNED --out "$OUT-aligned"
+nice -n 5 $ALIGNED --lr 0.003 --out "$OUT-aligned-lr3e-3"
+cp "$OUT-aligned/curves.png" docs/figures/rl_repeatfirst_aligned.png

@@ -12,5 +12,9 @@ Layout:
     train.py       the training loop (single process or torchrun DDP)
     compare.py     variant x seed x setting grids run as subprocesses; markdown table
     plots.py       learning curves and gate histograms (matplotlib)
+    reproduce.py   ``gated reproduce``: experiment specs (repository ``experiments/*.json``) and checks
+    mechanism.py   figures for the paper's mechanism claims (refine bands, UGI timescales, Fig. 5)
+    demos/         ``gated demo``: the feed-forward gating demonstrations (highway, channel gating, GLU FFN)
+    bench.py       ``gated bench``: speed and memory against torch.nn
     cli.py         ``gated`` command: a table of subcommands
 """

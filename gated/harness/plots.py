@@ -37,7 +37,9 @@ def learning_curves(root: str | Path, out: str | Path, metric: str | None = None
         raise ValueError(f"no runs (config.json + metrics.jsonl) under {root}")
     settings = sorted({r["setting"] for r in runs})
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(settings), figsize=(6 * len(settings), 4), squeeze=False)
+    many = len({(r["core"], r["variant"]) for r in runs}) > 5  # legend beside the axes, not over the curves
+    fig, axes = plt.subplots(1, len(settings), figsize=((8.5 if many else 6) * len(settings), 4.5 if many else 4),
+                             squeeze=False)
     for ax, setting in zip(axes[0], settings, strict=True):
         info = next(r["info"] for r in runs if r["setting"] == setting)
         key = metric or info.get("main_metric", "loss")
@@ -66,7 +68,10 @@ def learning_curves(root: str | Path, out: str | Path, metric: str | None = None
         where = f", {setting}" if setting and setting != "default" and setting != info.get("task") else ""
         ax.set(xlabel=info.get("x_label", "training step"), ylabel=f"training {key}",
                title=f"{info.get('task', '')} (T = {info.get('seq_len', '?')}{where})")
-        ax.legend()
+        if many:
+            ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
+        else:
+            ax.legend()
         ax.grid(alpha=0.3)
     fig.tight_layout()
     out = Path(out)
