@@ -108,7 +108,7 @@ def gate_histogram_figure(runs: dict[str, Path], out: Path) -> tuple[Path, dict]
         stats = gate_statistics(run)
         summary[name] = {"step": stats["step"]}
         for ax, key in zip(row, ("forget", "effective"), strict=True):
-            for when, style in (("init", dict(histtype="step", lw=1.5)), ("trained", dict(alpha=0.6))):
+            for when, style in (("init", {"histtype": "step", "lw": 1.5}), ("trained", {"alpha": 0.6})):
                 v = stats[when][key].flatten()
                 frac = float(((v < 0.1) | (v > 0.9)).double().mean())
                 summary[name][f"{key}_{when}_binary"] = frac

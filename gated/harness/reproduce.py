@@ -2,7 +2,7 @@
 ``experiments/`` and write one summary per experiment.
 
     gated reproduce --quick                 # copy task, LSTM vs UR-LSTM, 2 seeds (~2 min on 2 cores)
-    gated reproduce --full                  # everything in REPORT.md (about 70 min on 2 cores)
+    gated reproduce --full                  # everything in REPORT.md (about 2 h on 2 cores)
     gated reproduce --only copy-grid adding # chosen experiments
 
 An experiment spec is a JSON file (``experiments/<name>.json``)::
@@ -10,6 +10,10 @@ An experiment spec is a JSON file (``experiments/<name>.json``)::
     {"suite": "full", "claim": "...", "config": {<run config fields>},
      "variants": ["-", "UR"], "seeds": [0, 1, 2], "grid": {"core": ["gru", "mgu"]},
      "threshold": 1.04, "check": {"better": "UR", "worse": "-"}}
+
+or, for memory RL (``gated rl compare``), ``"kind": "rl"`` with ``"envs": [ids]`` and
+``gated rl`` config fields (no grid, threshold or check). ``"config": {"extends": "file.json", ...}``
+starts from a config file (path relative to the spec) and overrides some of its fields.
 
 Each runs as a ``gated compare`` grid in ``OUT/<name>`` (finished runs are reused, unfinished ones
 resumed), then writes ``table.md``, ``curves.png`` and ``summary.json``. A ``check`` asserts an
@@ -27,7 +31,8 @@ from pathlib import Path
 
 HELP = "re-run the paper's experiments from experiments/*.json; --quick checks LSTM < UR-LSTM on copy"
 
-SPEC_KEYS = {"suite", "claim", "config", "variants", "seeds", "grid", "threshold", "check", "jobs"}
+SPEC_KEYS = {"suite", "claim", "config", "variants", "seeds", "grid", "threshold", "check", "jobs", "kind", "envs"}
+KINDS = ("train", "rl")  # a ``gated compare`` grid of ``gated train`` runs, or a ``gated rl compare`` one
 SUITES = ("quick", "full")
 
 
@@ -50,9 +55,23 @@ def load_spec(path: str | Path) -> dict:
         raise ValueError(f"experiment spec {path}: unknown keys {sorted(unknown)}; allowed: {sorted(SPEC_KEYS)}")
     if spec.get("suite") not in SUITES:
         raise ValueError(f"experiment spec {path}: 'suite' must be one of {SUITES}, got {spec.get('suite')!r}")
-    for key, kind in (("config", dict), ("variants", list), ("seeds", list), ("grid", dict), ("check", dict)):
+    if isinstance(spec.get("config"), dict) and "extends" in spec["config"]:  # a base config file + overrides
+        cfg_path = path.parent / spec["config"]["extends"]
+        try:
+            base = json.loads(cfg_path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"experiment spec {path}: cannot read the config it extends, {cfg_path}: {e}") from None
+        spec["config"] = [base, {k: v for k, v in spec["config"].items() if k != "extends"}]
+    for key, kind in (("config", (dict, list)), ("variants", list), ("seeds", list), ("grid", dict), ("check", dict)):
         if key in spec and not isinstance(spec[key], kind):
-            raise ValueError(f"experiment spec {path}: {key!r} must be a JSON {kind.__name__}")
+            raise ValueError(f"experiment spec {path}: {key!r} must be a JSON "
+                             f"{'object' if key in ('config', 'grid', 'check') else 'list'}")
+    if spec.get("kind", "train") not in KINDS:
+        raise ValueError(f"experiment spec {path}: 'kind' must be one of {KINDS}, got {spec.get('kind')!r}")
+    if (spec.get("kind") == "rl") != ("envs" in spec):
+        raise ValueError(f"experiment spec {path}: 'envs' (a list of environment ids) goes with \"kind\": \"rl\"")
+    if spec.get("kind") == "rl" and {"grid", "threshold", "check"} & set(spec):
+        raise ValueError(f"experiment spec {path}: an rl spec takes no 'grid', 'threshold' or 'check'")
     if not spec.get("variants") or not spec.get("seeds"):
         raise ValueError(f"experiment spec {path}: needs non-empty 'variants' and 'seeds'")
     if "check" in spec and set(spec["check"]) != {"better", "worse"}:
@@ -75,21 +94,58 @@ def find_specs(directory: str | Path, suite: str | None, only: list[str] | None)
     return [s for s in chosen if s["suite"] == suite]
 
 
+def _layers(spec: dict) -> list[dict]:
+    """The spec's config as layers, later ones winning (a base file, then overrides)."""
+    cfg = spec.get("config", {})
+    return cfg if isinstance(cfg, list) else [cfg]
+
+
 def compare_args(spec: dict, out: Path, jobs: int) -> argparse.Namespace:
     """The ``gated compare`` arguments that run this spec."""
     from gated.harness import config
 
-    flat = config._flatten(spec.get("config", {}), spec["name"])
+    flat = {k: v for layer in _layers(spec) for k, v in config._flatten(layer, spec["name"]).items()}
     grid = [f"{k}={','.join(map(str, v))}" for k, v in spec.get("grid", {}).items()]
     return argparse.Namespace(variants=[str(v) for v in spec["variants"]], seeds=[int(s) for s in spec["seeds"]],
                               grid=grid, jobs=jobs or spec.get("jobs", 0), threshold=spec.get("threshold"),
                               config=None, out=str(out), **flat)
 
 
+def rl_compare_args(spec: dict, out: Path, jobs: int) -> argparse.Namespace:
+    """The ``gated rl compare`` arguments that run an rl spec."""
+    from gated.harness.rl import config as rl_config
+
+    flat = {k: v for layer in _layers(spec) for k, v in rl_config.flatten(layer, spec["name"]).items()}
+    return argparse.Namespace(envs=[str(e) for e in spec["envs"]], variants=[str(v) for v in spec["variants"]],
+                              seeds=[int(s) for s in spec["seeds"]], jobs=jobs or spec.get("jobs", 0),
+                              config=None, out=str(out), **flat)
+
+
+def run_rl_spec(spec: dict, out_root: Path, jobs: int, log=print) -> dict:
+    from gated.harness.compare import execute
+    from gated.harness.plots import learning_curves
+    from gated.harness.rl import compare as rl_compare
+
+    out = out_root / spec["name"]
+    args = rl_compare_args(spec, out, jobs)
+    runs = rl_compare.plan(args)
+    out.mkdir(parents=True, exist_ok=True)
+    log(f"[{spec['name']}] {len(runs)} rl runs -> {out}" + (f"  ({spec['claim']})" if spec.get("claim") else ""))
+    execute(runs, args.jobs, log=log)
+    md = rl_compare.table(out)
+    (out / "table.md").write_text(md)
+    learning_curves(out, out / "curves.png", "return")
+    log(md)
+    result = {"name": spec["name"], "claim": spec.get("claim"), "table": md, "check": None}
+    (out / "summary.json").write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
 def summarize(root: Path, threshold: float | None) -> list[dict]:
     """Per (setting, core, variant): the seeds' final validation and test main metric and the
     steps to threshold (None where it was not reached)."""
-    from gated.harness.report import find_runs, summarize as run_summary
+    from gated.harness.report import find_runs
+    from gated.harness.report import summarize as run_summary
 
     groups: dict = {}
     for run in find_runs(root):
@@ -181,7 +237,16 @@ def main(args) -> int:
     if not specs:
         raise ValueError(f"no experiment specs of suite {suite!r} in {args.experiments or default_experiments_dir()}")
     out = Path(args.out)
-    results = [run_spec(spec, out, args.jobs) for spec in specs]
+    for spec in specs:  # validate every run of every spec (and the rl extra) before the first starts
+        if spec.get("kind") == "rl":
+            from gated.harness.rl import compare as rl_compare
+
+            rl_compare.plan(rl_compare_args(spec, out / spec["name"], args.jobs))
+        else:
+            from gated.harness import compare
+
+            compare.plan(compare_args(spec, out / spec["name"], args.jobs))
+    results = [(run_rl_spec if spec.get("kind") == "rl" else run_spec)(spec, out, args.jobs) for spec in specs]
     if args.full and not args.no_figures:
         from gated.harness.mechanism import all_figures
 

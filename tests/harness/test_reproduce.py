@@ -20,10 +20,16 @@ EXPERIMENTS = reproduce.default_experiments_dir()
 def test_committed_specs_load_and_plan(tmp_path):
     specs = sorted(EXPERIMENTS.glob("*.json"))
     assert {"copy-quick", "copy-grid"} <= {p.stem for p in specs}
+    from gated.harness.rl import compare as rl_compare
+
     for path in specs:
         spec = reproduce.load_spec(path)
-        runs = compare.plan(reproduce.compare_args(spec, tmp_path / spec["name"], 0))  # validates every run
-        n_settings = math.prod(len(v) for v in spec.get("grid", {}).values())
+        if spec.get("kind") == "rl":
+            runs = rl_compare.plan(reproduce.rl_compare_args(spec, tmp_path / spec["name"], 0))
+            n_settings = len(spec["envs"])
+        else:
+            runs = compare.plan(reproduce.compare_args(spec, tmp_path / spec["name"], 0))  # validates every run
+            n_settings = math.prod(len(v) for v in spec.get("grid", {}).values())
         assert len(runs) == len(spec["variants"]) * len(spec["seeds"]) * n_settings
     quick = reproduce.find_specs(EXPERIMENTS, "quick", None)
     assert [s["name"] for s in quick] == ["copy-quick"]
@@ -38,6 +44,10 @@ def test_committed_specs_load_and_plan(tmp_path):
     ('{"suite": "full", "variants": ["-"], "seeds": [0], "check": {"better": "UR"}}', "'check' must be"),
     ('[1, 2]', "JSON object"),
     ('{"suite": ', "not valid JSON"),
+    ('{"suite": "full", "kind": "rl", "variants": ["-"], "seeds": [0]}', "'envs'"),
+    ('{"suite": "full", "kind": "gym", "variants": ["-"], "seeds": [0]}', "'kind' must be one of"),
+    ('{"suite": "full", "kind": "rl", "envs": ["x"], "variants": ["-"], "seeds": [0], "grid": {}}', "no 'grid'"),
+    ('{"suite": "full", "variants": ["-"], "seeds": [0], "config": {"extends": "missing.json"}}', "cannot read"),
 ])
 def test_bad_specs_are_reported(tmp_path, content, message):
     path = tmp_path / "bad.json"
@@ -142,3 +152,18 @@ def test_compare_args_carry_the_config():
     args = reproduce.compare_args(spec, Path("o"), 3)
     assert isinstance(args, argparse.Namespace)
     assert args.grid == ["delay=5,10"] and args.hidden_size == 8 and args.task == "copy" and args.jobs == 3
+
+
+def test_rl_spec_extends_its_config_file(tmp_path):
+    """An rl spec's runs carry the base config file's values with the spec's overrides on top."""
+    from gated.harness.rl import compare as rl_compare
+
+    spec = reproduce.load_spec(EXPERIMENTS / "rl-repeat-first-aligned-lr3e-3.json")
+    base = json.loads((EXPERIMENTS / "rl" / "repeat-first-aligned.json").read_text())
+    runs = rl_compare.plan(reproduce.rl_compare_args(spec, tmp_path, 0))
+    assert {(r["variant"], r["seed"]) for r in runs} == {(v, s) for v in ("-", "UR") for s in (100, 101, 102)}
+    for run in runs:
+        cfg = run["cfg"]
+        assert cfg.ppo.lr == 0.003 != base["ppo"]["lr"]  # the override wins
+        assert cfg.ppo.rollout_len == base["ppo"]["rollout_len"] == 51  # the rest comes from the file
+        assert cfg.model.hidden_size == base["model"]["hidden_size"] and cfg.train.steps == 64000
