@@ -3,7 +3,8 @@
 For each shape ``TxBxIxH``, core, variant, layer count and direction count, in one process:
 torch.nn time (LSTM for the LSTM core, GRU for GRU and MGU), the gated reference backend's time,
 the fused backend's time, their ratios, the fused path's matmul GFLOP/s and its share of the
-machine's float32 matmul peak, measured in the same run with a large square matmul. Times are the
+machine's float32 matmul peak, measured in the same run with a large square matmul (the faster
+of MKL and oneDNN, see :func:`matmul_peak`). Times are the
 minimum over ``--repeats`` runs after a warm-up; "train" is forward + backward of ``out.sum()``,
 "infer" a forward under ``torch.no_grad()``. ``--memory`` adds the peak memory of a train step,
 each measured in a fresh process (the growth of its peak RSS during one step).
@@ -102,10 +103,22 @@ def matmul_flops(module, shape, layers: int, dirs: int) -> float:
 
 
 def matmul_peak(device: str, dtype: torch.dtype, n: int = 2048) -> float:
-    """The machine's measured matmul throughput (FLOP/s) on an n x n product."""
+    """The machine's measured matmul throughput (FLOP/s) on an n x n product: the faster of
+    ``a @ a`` (MKL/cuBLAS) and, for float32 on the CPU, oneDNN's matmul with a prepacked weight.
+
+    Both count because the fused path uses both, and they differ by hardware: on AMD CPUs MKL runs
+    generic kernels while oneDNN uses AVX-512, so ``a @ a`` alone understates the peak there.
+    """
     a = torch.randn(n, n, device=device, dtype=dtype)
-    t = _time(lambda: a @ a, 3, device)
-    return 2.0 * n**3 / t
+    best = _time(lambda: a @ a, 3, device)
+    onednn = getattr(torch.ops, "mkldnn", None)
+    if device == "cpu" and dtype == torch.float32 and torch.backends.mkldnn.is_available() and onednn is not None:
+        try:
+            packed = onednn._reorder_linear_weight(a, n)
+            best = min(best, _time(lambda: onednn._linear_pointwise(a, packed, None, "none", [], ""), 3, device))
+        except (RuntimeError, AttributeError):  # an op missing in this torch build: MKL's figure stands
+            pass
+    return 2.0 * n**3 / best
 
 
 def _peak_rss_growth(spec: dict) -> float:
