@@ -189,3 +189,26 @@ def test_fused_inference_path(core, variant, gemm):
         torch.testing.assert_close(data(out), data(ref), **TOL[torch.float32])
         for a, b in zip(st if isinstance(st, tuple) else (st,), ref_st if isinstance(ref_st, tuple) else (ref_st,)):
             torch.testing.assert_close(a, b, **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("onednn", [True, False], ids=["onednn-dx", "aten-dx"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("input_grad", [True, False], ids=["x-grad", "x-nograd"])
+@pytest.mark.parametrize("core,variant", [("LSTM", "UR"), ("GRU", "-"), ("MGU", "R")])
+def test_fused_backward_paths(core, variant, bias, onednn, input_grad, monkeypatch):
+    """The merged weight/bias-gradient matmul, the oneDNN and ATen input-gradient paths, and a
+    first layer whose input needs no gradient, against the reference backend (float32)."""
+    if onednn and not fused_cpu._onednn_linear():
+        pytest.skip("this torch build has no oneDNN linear ops")
+    monkeypatch.setattr(fused_cpu, "_onednn_linear", lambda: onednn)
+    m = _module(core, variant, torch.float32, num_layers=2, bias=bias)
+    x = torch.randn(9, 4, 5, requires_grad=input_grad)
+    hx = _hx(core, 2, 4, torch.float32)
+    results = []
+    for backend in ("reference", "fused_cpu"):
+        out, _ = m._run(x, hx, backend=backend)
+        torch.manual_seed(1)
+        leaves = ([x] if input_grad else []) + list(m.parameters())
+        results.append(torch.autograd.grad((out * torch.randn_like(out)).sum(), leaves))
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, **TOL[torch.float32])

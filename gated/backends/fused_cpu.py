@@ -10,6 +10,8 @@ Glossary: T time, B batch, I input features, H hidden_size, G gate rows.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
@@ -60,6 +62,26 @@ def _forward(x, w_ih, w_hh, b_ih, b_hh, fb, h0, c0, lengths, layout, save: bool)
     )
 
 
+def _input_grad(dA2: Tensor, w_ih: Tensor) -> Tensor:
+    """``dA2 @ w_ih``: (T*B, G) @ (G, I). On oneDNN with a packed weight in float32 (3-4x faster than
+    ATen's MKL call on the development machine's AMD CPU, where MKL runs generic kernels)."""
+    if dA2.dtype == torch.float32 and _onednn_linear():
+        packed = torch.ops.mkldnn._reorder_linear_weight(w_ih.t().contiguous(), dA2.shape[0])
+        return torch.ops.mkldnn._linear_pointwise(dA2, packed, None, "none", [], "")
+    return dA2 @ w_ih
+
+
+@functools.cache
+def _onednn_linear() -> bool:
+    """Whether torch's oneDNN linear ops exist in this build."""
+    ops = getattr(torch.ops, "mkldnn", None)
+    try:
+        return bool(torch.backends.mkldnn.is_available() and ops is not None
+                    and callable(ops._reorder_linear_weight) and callable(ops._linear_pointwise))
+    except (AttributeError, RuntimeError):
+        return False
+
+
 class _Recurrence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w_ih, w_hh, b_ih, b_hh, fb, h0, c0, lengths, layout):
@@ -78,17 +100,26 @@ class _Recurrence(torch.autograd.Function):
             w_hh.contiguous(), lengths, core, refine,
         )
         T, B, G = dA.shape
+        I, H = x.shape[-1], h0.shape[-1]
         dA2 = dA.view(T * B, G)
-        dx = (dA2 @ w_ih).view_as(x)
-        dw_ih = dA2.t() @ x.reshape(T * B, -1)
-        h_prev = torch.cat([h0.unsqueeze(0), out[:-1]]).view(T * B, -1)  # h_{t-1} of every step
-        dw_hh = dA2.t() @ h_prev
+        dx = _input_grad(dA2, w_ih).view_as(x) if ctx.needs_input_grad[0] else None
+        # One matmul for every weight and bias gradient: dA^T @ [x_t, h_{t-1}, 1] (a single pass over
+        # dA; separate products were up to 2.3x slower, MKL being slow on the thin dA^T @ x).
+        xh = torch.empty(T * B, I + H + int(has_bias), dtype=x.dtype)
+        xh[:, :I] = x.reshape(T * B, I)
+        h_prev = xh[:, I:I + H]  # h_{t-1} of every step
+        h_prev.view(T, B, H)[0] = h0
+        h_prev.view(T, B, H)[1:] = out[:-1]
+        if has_bias:
+            xh[:, -1] = 1
+        dW = dA2.t() @ xh
+        dw_ih, dw_hh = dW[:, :I].contiguous(), dW[:, I:I + H].contiguous()
         n_rows = _n_rows(layout)
         if n_rows is not None:  # the candidate block's recurrent grads differ from dA
             dw_hh[n_rows] = dghn.view(T * B, -1).t() @ h_prev
         db_ih = db_hh = dfb = None
         if has_bias:
-            db_ih = dA2.sum(0)
+            db_ih = dW[:, -1].contiguous()
             db_hh = db_ih.clone()
             if n_rows is not None:
                 db_hh[n_rows] = dghn.sum((0, 1))
