@@ -2,7 +2,7 @@
 ``experiments/`` and write one summary per experiment.
 
     gated reproduce --quick                 # copy task, LSTM vs UR-LSTM, 2 seeds (~2 min on 2 cores)
-    gated reproduce --full                  # everything in REPORT.md (about 2 h on 2 cores)
+    gated reproduce --full                  # everything in REPORT.md (about 2.5 h on 2 cores)
     gated reproduce --only copy-grid adding # chosen experiments
 
 An experiment spec is a JSON file (``experiments/<name>.json``)::
