@@ -103,96 +103,116 @@ class RunConfig:
         return {k: v for section in self.to_dict().values() for k, v in section.items()}
 
 
-def _field_types() -> dict[str, tuple[str, type, bool]]:
-    """Field name -> (section, base type, optional)."""
-    out = {}
-    for section, cls in SECTIONS.items():
-        hints = typing.get_type_hints(cls)
-        for f in fields(cls):
-            tp, optional = hints[f.name], False
-            args = typing.get_args(tp)
-            if type(None) in args:
-                optional, tp = True, next(a for a in args if a is not type(None))
-            assert f.name not in out, f"duplicate config field {f.name}"
-            out[f.name] = (section, tp, optional)
-    return out
-
-
-FIELDS = _field_types()
-
-
 def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _coerce(name: str, value):
-    """Check and convert one value to its field's type; raise ValueError naming the flag."""
-    _, tp, optional = FIELDS[name]
-    if value is None or (optional and isinstance(value, str) and value.lower() == "none"):
-        if optional:
-            return None
-        raise ValueError(f"{flag(name)} may not be None")
-    if tp is bool:
-        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
-            return value.lower() in ("true", "1", "yes")
-        if isinstance(value, bool):
+class Schema:
+    """Sections of config dataclasses read as one flat namespace of uniquely named fields: type
+    checks, one flag per field, JSON files nested by section or flat, and the ``--resume`` rule.
+    ``gated train`` and ``gated rl train`` each build one from their own sections.
+
+    Args:
+        sections: section name -> dataclass (its fields' ``metadata["help"]`` becomes flag help).
+        frozen: the sections that define what is trained; a resumed run may not change them.
+    """
+
+    def __init__(self, sections: dict[str, type], frozen: tuple[str, ...]):
+        self.sections, self.frozen = sections, frozen
+        self.fields: dict[str, tuple[str, type, bool]] = {}  # name -> (section, base type, optional)
+        for section, cls in sections.items():
+            hints = typing.get_type_hints(cls)
+            for f in fields(cls):
+                tp, optional = hints[f.name], False
+                args = typing.get_args(tp)
+                if type(None) in args:
+                    optional, tp = True, next(a for a in args if a is not type(None))
+                assert f.name not in self.fields, f"duplicate config field {f.name}"
+                self.fields[f.name] = (section, tp, optional)
+
+    def coerce(self, name: str, value):
+        """Check and convert one value to its field's type; raise ValueError naming the flag."""
+        _, tp, optional = self.fields[name]
+        if value is None or (optional and isinstance(value, str) and value.lower() == "none"):
+            if optional:
+                return None
+            raise ValueError(f"{flag(name)} may not be None")
+        if tp is bool:
+            if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
+                return value.lower() in ("true", "1", "yes")
+            if isinstance(value, bool):
+                return value
+        elif tp is int and not isinstance(value, bool):
+            try:
+                if float(value) == int(float(value)):
+                    return int(float(value))
+            except (TypeError, ValueError):
+                pass
+        elif tp is float and not isinstance(value, bool):
+            try:
+                return float(value)
+            except (TypeError, ValueError):
+                pass
+        elif tp is str and isinstance(value, str):
             return value
-    elif tp is int and not isinstance(value, bool):
-        try:
-            if float(value) == int(float(value)):
-                return int(float(value))
-        except (TypeError, ValueError):
-            pass
-    elif tp is float and not isinstance(value, bool):
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            pass
-    elif tp is str and isinstance(value, str):
-        return value
-    kind = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}[tp]
-    raise ValueError(f"{flag(name)} expects {kind}{' or none' if optional else ''}, got {value!r}")
+        kind = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}[tp]
+        raise ValueError(f"{flag(name)} expects {kind}{' or none' if optional else ''}, got {value!r}")
 
+    def add_flags(self, parser: argparse.ArgumentParser) -> None:
+        """One flag per field; defaults are suppressed so only given flags override."""
+        for section, cls in self.sections.items():
+            group = parser.add_argument_group(f"{section} ({cls.__doc__.splitlines()[0]})")
+            for f in fields(cls):
+                tp = self.fields[f.name][1]
+                default = f.default if f.default is not dataclasses.MISSING else None
+                text = f.metadata.get("help", "")
+                kw = {"dest": f.name, "default": argparse.SUPPRESS,
+                      "help": f"{text} (default: {default})" if text else f"default: {default}"}
+                if tp is bool:
+                    group.add_argument(flag(f.name), action=argparse.BooleanOptionalAction, **kw)
+                else:
+                    group.add_argument(flag(f.name), metavar=tp.__name__.upper(), **kw)
 
-def add_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per config field; defaults are suppressed so only given flags override."""
-    for section, cls in SECTIONS.items():
-        group = parser.add_argument_group(f"{section} ({cls.__doc__.splitlines()[0]})")
-        for f in fields(cls):
-            _, tp, optional = FIELDS[f.name]
-            default = f.default if f.default is not dataclasses.MISSING else None
-            text = f.metadata.get("help", "")
-            kw = dict(dest=f.name, default=argparse.SUPPRESS, help=f"{text} (default: {default})" if text
-                      else f"default: {default}")
-            if tp is bool:
-                group.add_argument(flag(f.name), action=argparse.BooleanOptionalAction, **kw)
+    def flatten(self, data: dict, source: str) -> dict:
+        """A config nested by section (as ``config.json``) or flat, as flat fields."""
+        flat = {}
+        for key, value in data.items():
+            if key in self.sections and isinstance(value, dict):
+                flat.update(self.flatten(value, source))
+            elif key.replace("-", "_") in self.fields:
+                flat[key.replace("-", "_")] = value
             else:
-                group.add_argument(flag(f.name), metavar=tp.__name__.upper(), **kw)
+                raise ValueError(f"{source}: unknown config field {key!r}; fields are {sorted(self.fields)}")
+        return flat
+
+    def load_file(self, path: str | Path) -> dict:
+        """Read a JSON config file (nested by section, as ``config.json``, or flat) into flat fields."""
+        try:
+            data = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ValueError(f"config file {path} does not exist") from None
+        except json.JSONDecodeError as e:
+            raise ValueError(f"config file {path} is not valid JSON: {e}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"config file {path} must hold a JSON object")  # noqa: TRY004 (the CLI reports ValueError)
+        return self.flatten(data, str(path))
+
+    def resumed(self, run: Path, saved: dict, changes: dict) -> dict:
+        """The flat values of ``run`` resumed with ``changes`` over its ``saved`` flat config;
+        raise ValueError if a change touches a frozen section or names another ``--out``."""
+        frozen = [k for k, v in changes.items()
+                  if self.fields[k][0] in self.frozen and self.coerce(k, v) != saved[k]]
+        if frozen:
+            raise ValueError(f"--resume cannot change what is trained ({', '.join(flag(k) for k in frozen)}); "
+                             "start a new run with another --out")
+        if "out" in changes and Path(changes["out"]) != run:
+            raise ValueError("--out and --resume name different runs")
+        return saved | changes | {"out": str(run)}
 
 
-def _flatten(data: dict, source: str) -> dict:
-    flat = {}
-    for key, value in data.items():
-        if key in SECTIONS and isinstance(value, dict):
-            flat.update(_flatten(value, source))
-        elif key.replace("-", "_") in FIELDS:
-            flat[key.replace("-", "_")] = value
-        else:
-            raise ValueError(f"{source}: unknown config field {key!r}; fields are {sorted(FIELDS)}")
-    return flat
-
-
-def load_file(path: str | Path) -> dict:
-    """Read a JSON config file (nested by section, as ``config.json``, or flat) into flat fields."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise ValueError(f"config file {path} does not exist") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"config file {path} is not valid JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"config file {path} must hold a JSON object")
-    return _flatten(data, str(path))
+SCHEMA = Schema(SECTIONS, FROZEN_SECTIONS)
+FIELDS = SCHEMA.fields
+_coerce, add_flags, _flatten, load_file = SCHEMA.coerce, SCHEMA.add_flags, SCHEMA.flatten, SCHEMA.load_file
 
 
 def build(*layers: dict) -> RunConfig:

@@ -29,17 +29,7 @@ def resolve(args) -> tuple:
     if not (run / "config.json").is_file():
         raise ValueError(f"--resume {run}: no run there ({run / 'config.json'} is missing)")
     saved = config.from_dict(json.loads((run / "config.json").read_text()))
-    flat = saved.flat()
-    changes = file_values | given
-    frozen = [k for k, v in changes.items()
-              if config.FIELDS[k][0] in config.FROZEN_SECTIONS and config._coerce(k, v) != flat[k]]
-    if frozen:
-        raise ValueError(f"--resume cannot change what is trained ({', '.join(config.flag(k) for k in frozen)}); "
-                         "start a new run with another --out")
-    if "out" in changes and Path(changes["out"]) != run:
-        raise ValueError("--out and --resume name different runs")
-    merged = {k: config._coerce(k, v) for k, v in (flat | changes | {"out": str(run)}).items()}
-    cfg = config.from_dict(merged)
+    cfg = config.from_dict(config.SCHEMA.resumed(run, saved.flat(), file_values | given))
     return cfg, True
 
 

@@ -40,16 +40,8 @@ def resolve(args):
     run = Path(args.resume)
     if not (run / "config.json").is_file():
         raise ValueError(f"--resume {run}: no run there ({run / 'config.json'} is missing)")
-    flat = config.from_dict(json.loads((run / "config.json").read_text())).flat()
-    changes = file_values | given
-    frozen = [k for k, v in changes.items()
-              if config.FIELDS[k][0] in config.FROZEN_SECTIONS and config.coerce(k, v) != flat[k]]
-    if frozen:
-        raise ValueError(f"--resume cannot change what is trained ({', '.join(config.flag(k) for k in frozen)}); "
-                         "start a new run with another --out")
-    if "out" in changes and Path(changes["out"]) != run:
-        raise ValueError("--out and --resume name different runs")
-    return config.build(flat, changes, {"out": str(run)}), True
+    saved = config.from_dict(json.loads((run / "config.json").read_text()))
+    return config.build(config.SCHEMA.resumed(run, saved.flat(), file_values | given)), True
 
 
 def main(args) -> int:

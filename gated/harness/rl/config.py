@@ -8,15 +8,9 @@ algorithm's hyper-parameters. Values come from the dataclass defaults, then a JS
 
 from __future__ import annotations
 
-import argparse
-import json
-import typing
-from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
+from dataclasses import asdict, dataclass, field
 
-
-def _f(default, help: str):
-    return field(default=default, metadata={"help": help})
+from gated.harness.config import Schema, _f, flag
 
 
 @dataclass
@@ -97,84 +91,9 @@ class RLConfig:
         return -(-self.train.steps // self.steps_per_update)
 
 
-def _field_types() -> dict[str, tuple[str, type, bool]]:
-    out = {}
-    for section, cls in SECTIONS.items():
-        hints = typing.get_type_hints(cls)
-        for f in fields(cls):
-            tp, args = hints[f.name], typing.get_args(hints[f.name])
-            optional = type(None) in args
-            out[f.name] = (section, next(a for a in args if a is not type(None)) if optional else tp, optional)
-    return out
-
-
-FIELDS = _field_types()
-
-
-def flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def coerce(name: str, value):
-    """Check and convert one value to its field's type; ValueError names the flag."""
-    _, tp, optional = FIELDS[name]
-    if value is None or (optional and isinstance(value, str) and value.lower() == "none"):
-        if optional:
-            return None
-        raise ValueError(f"{flag(name)} may not be None")
-    try:
-        if tp is bool and isinstance(value, bool):
-            return value
-        if tp is bool and str(value).lower() in ("true", "1", "yes", "false", "0", "no"):
-            return str(value).lower() in ("true", "1", "yes")
-        if tp is int and not isinstance(value, bool) and float(value) == int(float(value)):
-            return int(float(value))
-        if tp is float and not isinstance(value, bool):
-            return float(value)
-        if tp is str and isinstance(value, str):
-            return value
-    except (TypeError, ValueError):
-        pass
-    kind = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}[tp]
-    raise ValueError(f"{flag(name)} expects {kind}{' or none' if optional else ''}, got {value!r}")
-
-
-def add_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per field; defaults are suppressed so only the given flags override."""
-    for section, cls in SECTIONS.items():
-        group = parser.add_argument_group(f"{section} ({cls.__doc__.splitlines()[0]})")
-        for f in fields(cls):
-            _, tp, _ = FIELDS[f.name]
-            kw = {"dest": f.name, "default": argparse.SUPPRESS, "help": f"{f.metadata['help']} (default: {f.default})"}
-            if tp is bool:
-                group.add_argument(flag(f.name), action=argparse.BooleanOptionalAction, **kw)
-            else:
-                group.add_argument(flag(f.name), metavar=tp.__name__.upper(), **kw)
-
-
-def flatten(data: dict, source: str) -> dict:
-    flat = {}
-    for key, value in data.items():
-        if key in SECTIONS and isinstance(value, dict):
-            flat.update(flatten(value, source))
-        elif key.replace("-", "_") in FIELDS:
-            flat[key.replace("-", "_")] = value
-        else:
-            raise ValueError(f"{source}: unknown config field {key!r}; fields are {', '.join(sorted(FIELDS))}")
-    return flat
-
-
-def load_file(path: str | Path) -> dict:
-    """A JSON config (nested like ``config.json``, or flat) as flat fields."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise ValueError(f"config file {path} does not exist") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"config file {path} is not valid JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"config file {path} must hold a JSON object")  # noqa: TRY004 (the CLI reports ValueError)
-    return flatten(data, str(path))
+SCHEMA = Schema(SECTIONS, FROZEN_SECTIONS)
+FIELDS = SCHEMA.fields
+coerce, add_flags, flatten, load_file = SCHEMA.coerce, SCHEMA.add_flags, SCHEMA.flatten, SCHEMA.load_file
 
 
 def build(*layers: dict) -> RLConfig:
