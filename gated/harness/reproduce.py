@@ -121,26 +121,6 @@ def rl_compare_args(spec: dict, out: Path, jobs: int) -> argparse.Namespace:
                               config=None, out=str(out), **flat)
 
 
-def run_rl_spec(spec: dict, out_root: Path, jobs: int, log=print) -> dict:
-    from gated.harness.compare import execute
-    from gated.harness.plots import learning_curves
-    from gated.harness.rl import compare as rl_compare
-
-    out = out_root / spec["name"]
-    args = rl_compare_args(spec, out, jobs)
-    runs = rl_compare.plan(args)
-    out.mkdir(parents=True, exist_ok=True)
-    log(f"[{spec['name']}] {len(runs)} rl runs -> {out}" + (f"  ({spec['claim']})" if spec.get("claim") else ""))
-    execute(runs, args.jobs, log=log)
-    md = rl_compare.table(out)
-    (out / "table.md").write_text(md)
-    learning_curves(out, out / "curves.png", "return")
-    log(md)
-    result = {"name": spec["name"], "claim": spec.get("claim"), "table": md, "check": None}
-    (out / "summary.json").write_text(json.dumps(result, indent=1) + "\n")
-    return result
-
-
 def summarize(root: Path, threshold: float | None) -> list[dict]:
     """Per (setting, core, variant): the seeds' final validation and test main metric and the
     steps to threshold (None where it was not reached)."""
@@ -191,25 +171,46 @@ def check_ordering(rows: list[dict], better: str, worse: str) -> list[str]:
     return failures
 
 
-def run_spec(spec: dict, out_root: Path, jobs: int, log=print) -> dict:
+def plan_spec(spec: dict, out_root: Path, jobs: int) -> tuple[int, list[dict]]:
+    """Validate and plan every run of a spec: ``(jobs, runs)`` for :func:`gated.harness.compare.execute`."""
+    out = out_root / spec["name"]
+    if spec.get("kind") == "rl":
+        from gated.harness.rl import compare as rl_compare
+
+        args = rl_compare_args(spec, out, jobs)
+        return args.jobs, rl_compare.plan(args)
     from gated.harness import compare
+
+    args = compare_args(spec, out, jobs)
+    return args.jobs, compare.plan(args)
+
+
+def run_spec(spec: dict, out_root: Path, jobs: int, runs: list[dict], log=print) -> dict:
+    """Run a planned spec, then write its ``table.md``, ``curves.png`` and ``summary.json``."""
+    from gated.harness.compare import execute
     from gated.harness.plots import learning_curves
-    from gated.harness.report import table
 
     out = out_root / spec["name"]
-    args = compare_args(spec, out, jobs)
-    runs = compare.plan(args)
     out.mkdir(parents=True, exist_ok=True)
-    log(f"[{spec['name']}] {len(runs)} runs -> {out}" + (f"  ({spec['claim']})" if spec.get("claim") else ""))
-    compare.execute(runs, args.jobs, log=log)
-    md = table(out, spec.get("threshold"))
+    rl = spec.get("kind") == "rl"
+    log(f"[{spec['name']}] {len(runs)} {'rl ' if rl else ''}runs -> {out}"
+        + (f"  ({spec['claim']})" if spec.get("claim") else ""))
+    execute(runs, jobs, log=log)
+    result = {"name": spec["name"], "claim": spec.get("claim"), "check": None}
+    if rl:
+        from gated.harness.rl.compare import table as rl_table
+
+        md = result["table"] = rl_table(out)
+    else:
+        from gated.harness.report import table
+
+        md = table(out, spec.get("threshold"))
+        rows = result["rows"] = summarize(out, spec.get("threshold"))
+        if "check" in spec:
+            failures = check_ordering(rows, spec["check"]["better"], spec["check"]["worse"])
+            result["check"] = {**spec["check"], "passed": not failures, "failures": failures}
     (out / "table.md").write_text(md)
-    learning_curves(out, out / "curves.png")
-    rows = summarize(out, spec.get("threshold"))
-    result = {"name": spec["name"], "claim": spec.get("claim"), "rows": rows, "check": None}
-    if "check" in spec:
-        failures = check_ordering(rows, spec["check"]["better"], spec["check"]["worse"])
-        result["check"] = {**spec["check"], "passed": not failures, "failures": failures}
+    learning_curves(out, out / "curves.png", "return" if rl else None)
     (out / "summary.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
     log(md)
     if result["check"] is not None:
@@ -237,16 +238,8 @@ def main(args) -> int:
     if not specs:
         raise ValueError(f"no experiment specs of suite {suite!r} in {args.experiments or default_experiments_dir()}")
     out = Path(args.out)
-    for spec in specs:  # validate every run of every spec (and the rl extra) before the first starts
-        if spec.get("kind") == "rl":
-            from gated.harness.rl import compare as rl_compare
-
-            rl_compare.plan(rl_compare_args(spec, out / spec["name"], args.jobs))
-        else:
-            from gated.harness import compare
-
-            compare.plan(compare_args(spec, out / spec["name"], args.jobs))
-    results = [(run_rl_spec if spec.get("kind") == "rl" else run_spec)(spec, out, args.jobs) for spec in specs]
+    plans = [plan_spec(spec, out, args.jobs) for spec in specs]  # every run validated before the first starts
+    results = [run_spec(spec, out, jobs, runs) for spec, (jobs, runs) in zip(specs, plans, strict=True)]
     if args.full and not args.no_figures:
         from gated.harness.mechanism import all_figures
 
