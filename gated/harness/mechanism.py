@@ -99,24 +99,14 @@ def bands_figure(out: Path) -> tuple[Path, dict]:
 def gate_histogram_figure(runs: dict[str, Path], out: Path) -> tuple[Path, dict]:
     """Rows: the given runs; columns: forget gate f, effective gate g; init (outline) vs trained
     (filled). Returns the PNG and, per run, the fraction of activations below 0.1 or above 0.9."""
-    from gated.harness.plots import _pyplot, gate_statistics
+    from gated.harness.plots import _pyplot, draw_gate_histograms, gate_statistics
 
     plt = _pyplot()
     fig, axes = plt.subplots(len(runs), 2, figsize=(11, 3.3 * len(runs)), squeeze=False)
     summary = {}
     for row, (name, run) in zip(axes, runs.items(), strict=True):
         stats = gate_statistics(run)
-        summary[name] = {"step": stats["step"]}
-        for ax, key in zip(row, ("forget", "effective"), strict=True):
-            for when, style in (("init", {"histtype": "step", "lw": 1.5}), ("trained", {"alpha": 0.6})):
-                v = stats[when][key].flatten()
-                frac = float(((v < 0.1) | (v > 0.9)).double().mean())
-                summary[name][f"{key}_{when}_binary"] = frac
-                ax.hist(v.numpy(), bins=50, range=(0, 1), density=True, label=f"{when} ({frac:.0%} < 0.1 or > 0.9)",
-                        **style)
-            ax.set(title=f"{name}: {'forget gate f' if key == 'forget' else 'effective gate g'}",
-                   xlabel="activation", ylabel="density")
-            ax.legend(fontsize=8)
+        summary[name] = {"step": stats["step"], **draw_gate_histograms(row, stats, name)}
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)

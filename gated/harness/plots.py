@@ -108,6 +108,23 @@ def gate_statistics(run: str | Path, batch_size: int = 16) -> dict:
     return acts | {"cfg": cfg, "step": c.step}
 
 
+def draw_gate_histograms(axes, stats: dict, name: str = "") -> dict:
+    """Draw the forget gate ``f`` and the effective gate ``g`` of :func:`gate_statistics`' output on
+    two axes, init (outline) vs trained (filled); return the fraction of each below 0.1 or above
+    0.9, keyed ``{gate}_{init|trained}_binary``."""
+    summary = {}
+    for ax, key, title in zip(axes, ("forget", "effective"), ("forget gate f", "effective gate g"), strict=True):
+        for when, style in (("init", {"histtype": "step", "lw": 1.5}), ("trained", {"alpha": 0.6})):
+            v = stats[when][key].flatten()
+            frac = float(((v < 0.1) | (v > 0.9)).double().mean())
+            summary[f"{key}_{when}_binary"] = frac
+            ax.hist(v.numpy(), bins=50, range=(0, 1), density=True, label=f"{when} ({frac:.0%} < 0.1 or > 0.9)",
+                    **style)
+        ax.set(title=f"{name}: {title}" if name else title, xlabel="activation", ylabel="density")
+        ax.legend(fontsize=8)
+    return summary
+
+
 def gate_histograms(run: str | Path, out: str | Path | None = None) -> tuple[Path, dict]:
     """Histograms of the forget gate ``f`` and the effective gate ``g`` (all layers, steps, units),
     at initialisation and after training. Returns the PNG and the fraction of near-binary gates
@@ -116,14 +133,7 @@ def gate_histograms(run: str | Path, out: str | Path | None = None) -> tuple[Pat
     cfg = stats["cfg"]
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    summary = {}
-    for ax, key, title in zip(axes, ("forget", "effective"), ("forget gate f", "effective gate g"), strict=True):
-        for when, style in (("init", dict(histtype="step", lw=1.5)), ("trained", dict(alpha=0.6))):
-            v = stats[when][key].flatten()
-            summary[f"{key}_{when}_binary"] = float(((v < 0.1) | (v > 0.9)).float().mean())
-            ax.hist(v.numpy(), bins=50, range=(0, 1), density=True, label=f"{when}", **style)
-        ax.set(title=title, xlabel="activation", ylabel="density")
-        ax.legend()
+    summary = draw_gate_histograms(axes, stats)
     from gated.harness.report import label
 
     fig.suptitle(f"{label(cfg.model.core, cfg.model.variant)} on {cfg.task.task}, step {stats['step']}")
