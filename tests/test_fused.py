@@ -198,9 +198,9 @@ def test_fused_inference_path(core, variant, gemm):
 def test_fused_backward_paths(core, variant, bias, onednn, input_grad, monkeypatch):
     """The merged weight/bias-gradient matmul, the oneDNN and ATen input-gradient paths, and a
     first layer whose input needs no gradient, against the reference backend (float32)."""
-    if onednn and not fused_cpu._onednn_linear():
+    if onednn and not fused_cpu.onednn_linear_available():
         pytest.skip("this torch build has no oneDNN linear ops")
-    monkeypatch.setattr(fused_cpu, "_onednn_linear", lambda: onednn)
+    monkeypatch.setattr(fused_cpu, "onednn_linear_available", lambda: onednn)
     m = _module(core, variant, torch.float32, num_layers=2, bias=bias)
     x = torch.randn(9, 4, 5, requires_grad=input_grad)
     hx = _hx(core, 2, 4, torch.float32)

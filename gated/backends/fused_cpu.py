@@ -65,14 +65,14 @@ def _forward(x, w_ih, w_hh, b_ih, b_hh, fb, h0, c0, lengths, layout, save: bool)
 def _input_grad(dA2: Tensor, w_ih: Tensor) -> Tensor:
     """``dA2 @ w_ih``: (T*B, G) @ (G, I). On oneDNN with a packed weight in float32 (3-4x faster than
     ATen's MKL call on the development machine's AMD CPU, where MKL runs generic kernels)."""
-    if dA2.dtype == torch.float32 and _onednn_linear():
+    if dA2.dtype == torch.float32 and onednn_linear_available():
         packed = torch.ops.mkldnn._reorder_linear_weight(w_ih.t().contiguous(), dA2.shape[0])
         return torch.ops.mkldnn._linear_pointwise(dA2, packed, None, "none", [], "")
     return dA2 @ w_ih
 
 
 @functools.cache
-def _onednn_linear() -> bool:
+def onednn_linear_available() -> bool:
     """Whether torch's oneDNN linear ops exist in this build."""
     ops = getattr(torch.ops, "mkldnn", None)
     try:

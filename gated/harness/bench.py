@@ -111,13 +111,11 @@ def matmul_peak(device: str, dtype: torch.dtype, n: int = 2048) -> float:
     """
     a = torch.randn(n, n, device=device, dtype=dtype)
     best = _time(lambda: a @ a, 3, device)
-    onednn = getattr(torch.ops, "mkldnn", None)
-    if device == "cpu" and dtype == torch.float32 and torch.backends.mkldnn.is_available() and onednn is not None:
-        try:
-            packed = onednn._reorder_linear_weight(a, n)
-            best = min(best, _time(lambda: onednn._linear_pointwise(a, packed, None, "none", [], ""), 3, device))
-        except (RuntimeError, AttributeError):  # an op missing in this torch build: MKL's figure stands
-            pass
+    from gated.backends.fused_cpu import onednn_linear_available
+
+    if device == "cpu" and dtype == torch.float32 and onednn_linear_available():
+        packed = torch.ops.mkldnn._reorder_linear_weight(a, n)
+        best = min(best, _time(lambda: torch.ops.mkldnn._linear_pointwise(a, packed, None, "none", [], ""), 3, device))
     return 2.0 * n**3 / best
 
 
