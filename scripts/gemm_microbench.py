@@ -4,7 +4,10 @@
    a plain weight, and oneDNN's linear with the weight prepacked for batch B (what the fused path
    uses); microseconds per call, the minimum of 10 loops of 64 calls;
 2. the backward's weight-gradient product ``dA^T @ X`` (K = T*B) through MKL and through oneDNN's
-   linear on transposed views; milliseconds, the minimum of 7.
+   linear on transposed views; milliseconds, the minimum of 7;
+3. the backward's pieces before and after commit 02d734e at 1000x32x10x256: ``dA @ W_ih`` on MKL
+   and on oneDNN, and the separate ``dA^T @ x``, ``dA^T @ h_prev`` and ``dA.sum(0)`` against one
+   ``dA^T @ [x, h_prev, 1]``.
 
     python scripts/gemm_microbench.py [--threads 2]
 """
@@ -43,6 +46,19 @@ def weight_grad(T: int, B: int, I: int, H: int) -> None:
     print(f"dA^T @ X at {T}x{B}x{I}x{H}: MKL {mkl:.1f} ms, oneDNN on transposed views {dnn:.1f} ms")
 
 
+def backward_pieces(T: int, B: int, I: int, H: int) -> None:
+    G, TB = 4 * H, T * B
+    dA, x, h, w_ih = torch.randn(TB, G), torch.randn(TB, I), torch.randn(TB, H), torch.randn(G, I)
+    packed = torch.ops.mkldnn._reorder_linear_weight(w_ih.t().contiguous(), TB)
+    xh1 = torch.cat([x, h, torch.ones(TB, 1)], 1)
+    t = {"dA @ W_ih, MKL": _best_ms(lambda: dA @ w_ih, 5),
+         "dA @ W_ih, oneDNN prepacked": _best_ms(
+             lambda: torch.ops.mkldnn._linear_pointwise(dA, packed, None, "none", [], ""), 5),
+         "dA^T @ x": _best_ms(lambda: dA.t() @ x, 5), "dA^T @ h_prev": _best_ms(lambda: dA.t() @ h, 5),
+         "dA.sum(0)": _best_ms(lambda: dA.sum(0), 5), "dA^T @ [x, h_prev, 1]": _best_ms(lambda: dA.t() @ xh1, 5)}
+    print(f"backward pieces at {T}x{B}x{I}x{H}: " + "; ".join(f"{k} {v:.1f} ms" for k, v in t.items()))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", type=int, default=2)
@@ -50,6 +66,7 @@ def main() -> None:
     step_gemm(8, 512)
     for shape in [(784, 64, 1, 128), (256, 64, 32, 256), (64, 8, 64, 512)]:
         weight_grad(*shape)
+    backward_pieces(1000, 32, 10, 256)
 
 
 if __name__ == "__main__":
