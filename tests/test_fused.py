@@ -26,7 +26,7 @@ FUSED = [(c, v) for c in ("LSTM", "GRU", "MGU") for v in gated.CORES[c.lower()].
 TOL = {torch.float64: {"rtol": 1e-10, "atol": 1e-10}, torch.float32: {"rtol": 2e-5, "atol": 2e-5}}
 
 
-GEMMS = {0: "auto", 1: "onednn", 2: "mkl-packed", 3: "addmm"}  # recurrent GEMM paths of the kernel
+GEMMS = {0: "auto", 1: "onednn", 2: "mkl-packed", 3: "addmm", 4: "tiled"}  # recurrent GEMM paths of the kernel
 
 
 @pytest.fixture(autouse=True)
@@ -39,7 +39,7 @@ def poison():
     ops.set_gemm(0)
 
 
-@pytest.fixture(params=[0, 1, 2, 3], ids=lambda k: GEMMS[k])
+@pytest.fixture(params=list(GEMMS), ids=lambda k: GEMMS[k])
 def gemm(request):
     if request.param and request.param not in _build.load().gemm_kinds():
         pytest.skip(f"{GEMMS[request.param]} is not available in this torch build")
@@ -148,8 +148,16 @@ def test_artefact_name_tracks_source_and_torch_version(tmp_path, monkeypatch):
     cxx = os.environ.get("CXX", "c++")
     src = tmp_path / "recurrence.cpp"
     src.write_bytes(_build.SOURCE.read_bytes())
+    headers = sorted(_build.SOURCE.parent.glob("*.h"))
+    assert headers, "recurrence.cpp includes tiled_gemm.h from its folder"
+    for h in headers:
+        (tmp_path / h.name).write_bytes(h.read_bytes())
     base = _build.artefact(src, cxx)
     assert base == _build.artefact(_build.SOURCE, cxx)
+    header = tmp_path / headers[0].name
+    header.write_bytes(headers[0].read_bytes() + b"\n// changed\n")  # an included header counts too
+    assert _build.artefact(src, cxx) != base
+    header.write_bytes(headers[0].read_bytes())
     src.write_bytes(_build.SOURCE.read_bytes() + b"\n// changed\n")
     assert _build.artefact(src, cxx) != base
     monkeypatch.setattr(torch, "__version__", "0.0.0")
@@ -173,6 +181,39 @@ def test_import_without_compiler_falls_back(tmp_path):
     assert proc.stderr.count("using the reference backend") == 1, proc.stderr
     assert "could not be built (no C++ compiler" in proc.stderr
     assert not list(Path(tmp_path).glob("ext/*.so"))
+
+
+TILED = [("LSTM", "-", 13), ("LSTM", "UR", 1), ("LSTM", "UR", 2), ("LSTM", "UR", 3), ("LSTM", "UR", 13),
+         ("GRU", "-", 13), ("GRU", "UR", 13), ("MGU", "-", 13), ("MGU", "UR", 13)]
+
+
+@pytest.mark.parametrize("core,variant,batch", TILED, ids=[f"{c}-{v}-B{b}" for c, v, b in TILED])
+def test_fused_tiled_gemm_at_full_panel_sizes(core, variant, batch):
+    """The register-tiled AVX-512 path at sizes the small cases above do not reach: H = 70 fills
+    whole 16-unit panels plus a partial one (in the forward's gate-interleaved groups and the
+    backward's 64-column groups), K = I = 37 and K = H = 70 exercise the 16 x 16 transposes and
+    their tails, B in {1, 2, 3, 13} every row-tile height (13 = 5 + 4 + 4), with 2 threads."""
+    ops = _build.load()
+    if 4 not in ops.gemm_kinds():
+        pytest.skip("the tiled GEMM needs AVX-512 (not compiled in on this CPU)")
+    ops.set_gemm(4)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.manual_seed(0)
+        m = getattr(gated, core)(37, 70, variant=variant, dtype=torch.float32)
+        with torch.no_grad():
+            for p in m.parameters():
+                p.add_(0.1 * torch.randn_like(p))
+        x = torch.randn(5, batch, 37, requires_grad=True)
+        hx = [torch.randn(1, batch, 70, requires_grad=True) for _ in range(2 if core == "LSTM" else 1)]
+        _compare(m, x, tuple(hx) if len(hx) == 2 else hx[0], torch.float32)
+        with torch.no_grad():
+            out, _ = m._run(x, backend="fused_cpu")
+            ref, _ = m._run(x, backend="reference")
+        torch.testing.assert_close(out, ref, **TOL[torch.float32])
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("core,variant", [("LSTM", "UR"), ("LSTM", "-"), ("GRU", "UR"), ("MGU", "U")])

@@ -1,7 +1,7 @@
 """Build and load the fused CPU extension (gated/csrc/recurrence.cpp) on first use.
 
 The shared library is compiled with the system C++ compiler against the installed torch and
-cached under ``$GATED_CACHE`` (default ``~/.cache/gated``)/``ext``, named by a hash of the source,
+cached under ``$GATED_CACHE`` (default ``~/.cache/gated``)/``ext``, named by a hash of the sources,
 the flags, the compiler and the torch version, so a change to any of them rebuilds it. The build is
 written to a temporary file and renamed into place, so concurrent processes never load half a file.
 Any failure (no compiler, no headers) is reported once and the caller falls back to the reference.
@@ -48,7 +48,8 @@ def artefact(source: Path, cxx: str) -> Path:
     compiler or torch version gives a new name, so a stale build is never loaded."""
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True, check=True).stdout
     key = hashlib.sha256()
-    for part in (source.read_bytes(), " ".join(_command(Path("s"), Path("o"), cxx)).encode(), version.encode(),
+    headers = sorted(source.parent.glob("*.h"))  # what the source includes from its folder
+    for part in (source.read_bytes(), *(h.read_bytes() for h in headers), " ".join(_command(Path("s"), Path("o"), cxx)).encode(), version.encode(),
                  torch.__version__.encode(), sys.version.encode()):
         key.update(part)
     return cache_dir() / f"gated_fused_{key.hexdigest()[:20]}.so"

@@ -33,6 +33,8 @@
 #include <optional>
 #include <vector>
 
+#include "tiled_gemm.h"
+
 using at::Tensor;
 
 namespace {
@@ -96,11 +98,11 @@ inline Vec<T> th(const Vec<T>& x) {
 
 // f(j, n): process lanes [j, j + n) of a row of H values
 template <typename T, typename F>
-inline void lanes(int64_t H, const F& f) {
+inline void lanes(int64_t j0, int64_t j1, const F& f) {
   constexpr int64_t W = Vec<T>::size();
-  int64_t j = 0;
-  for (; j + W <= H; j += W) f(j, W);
-  if (j < H) f(j, H - j);
+  int64_t j = j0;
+  for (; j + W <= j1; j += W) f(j, W);
+  if (j < j1) f(j, j1 - j);
 }
 
 template <typename T>
@@ -112,8 +114,15 @@ struct Step {  // what one pointwise pass needs; pointers to row 0, strides in e
   int64_t B, H, G, t;
   const int64_t* len;  // (B,) or nullptr
   bool refine;
+  int64_t j0, j1;  // the hidden units [j0, j1) this pass covers (a thread's share, or all H)
   bool masked(int64_t b) const { return len != nullptr && t >= len[b]; }
 };
+
+// row[k * H + j] = v for every gate block k < G / H and unit j in [s.j0, s.j1)
+template <typename T>
+inline void fill_units(const Step& s, T* row, T v) {
+  for (int64_t k = 0; k < s.G; k += s.H) std::fill(row + k + s.j0, row + k + s.j1, v);
+}
 
 // ---------------------------------------------------------------- recurrent GEMM
 
@@ -162,7 +171,7 @@ const OneDnn& onednn() {
   return o;
 }
 
-enum GemmKind : int64_t { kAuto = 0, kOneDnn = 1, kMklPacked = 2, kAddmm = 3 };
+enum GemmKind : int64_t { kAuto = 0, kOneDnn = 1, kMklPacked = 2, kAddmm = 3, kTiled = 4 };
 int64_t g_gemm = kAuto;  // tests pin each path
 
 // C + A (M x K) @ op(W), with op(W) = W^T for W (N, K) or W for W (K, N); the recurrent weight is
@@ -230,11 +239,11 @@ void lstm_fwd(const Step& s, const T* P, T* A, const T* cp, T* ct, T* ht, const 
     const T* c0 = cp + b * H;
     T *c1 = ct + b * H, *h1 = ht + b * H;
     if (s.masked(b)) {  // past the sequence's end: hold the state, output 0
-      std::copy(c0, c0 + H, c1);
-      std::fill(h1, h1 + H, T(0));
+      std::copy(c0 + s.j0, c0 + s.j1, c1 + s.j0);
+      std::fill(h1 + s.j0, h1 + s.j1, T(0));
       continue;
     }
-    lanes<T>(H, [&](int64_t j, int64_t n) {
+    lanes<T>(s.j0, s.j1, [&](int64_t j, int64_t n) {
       Vec<T> pi = ld(p, j, n), pf = ld(p + H, j, n);
       if (fb != nullptr) {
         Vec<T> bf = ld(fb, j, n);
@@ -271,10 +280,10 @@ void gru_mgu_fwd(const Step& s, int64_t core, T* A, const T* gh, const T* hp, T*
     const T* h0 = hp + b * H;
     T *h1 = ht + b * H, *q = ghn_out + b * H;
     if (s.masked(b)) {
-      std::fill(h1, h1 + H, T(0));
+      std::fill(h1 + s.j0, h1 + s.j1, T(0));
       continue;
     }
-    lanes<T>(H, [&](int64_t j, int64_t n) {
+    lanes<T>(s.j0, s.j1, [&](int64_t j, int64_t n) {
       Vec<T> one(T(1)), pz = ld(a + kz * H, j, n) + ld(g + kz * H, j, n);
       if (fb != nullptr) pz = pz + ld(fb, j, n);
       Vec<T> z = sig(pz), ghn = ld(g + kn * H, j, n);
@@ -321,12 +330,12 @@ void lstm_bwd(const Step& s, const T* A, const T* cp, const T* ct, const T* dout
     const T* a = A + b * G;
     T* da = dA + b * G;
     if (s.masked(b)) {  // the state was held: gradients pass through unchanged
-      std::fill(da, da + G, T(0));
-      std::copy(dh + b * H, dh + (b + 1) * H, dhn + b * H);
+      fill_units(s, da, T(0));
+      std::copy(dh + b * H + s.j0, dh + b * H + s.j1, dhn + b * H + s.j0);
       continue;
     }
-    std::fill(dhn + b * H, dhn + (b + 1) * H, T(0));
-    lanes<T>(H, [&](int64_t j, int64_t n) {
+    std::fill(dhn + b * H + s.j0, dhn + b * H + s.j1, T(0));
+    lanes<T>(s.j0, s.j1, [&](int64_t j, int64_t n) {
       Vec<T> one(T(1));
       Vec<T> i = ld(a, j, n), f = ld(a + H, j, n), u = ld(a + 2 * H, j, n), o = ld(a + 3 * H, j, n);
       Vec<T> c0 = ld(cp + b * H, j, n), tc = th(ld(ct + b * H, j, n));
@@ -367,13 +376,13 @@ void gru_mgu_bwd(const Step& s, int64_t core, const T* A, const T* ghn_t, const 
     const T* a = A + b * G;
     T *da = dA + b * G, *sr = S + b * G;
     if (s.masked(b)) {
-      std::fill(da, da + G, T(0));
-      std::fill(sr, sr + G, T(0));
-      std::fill(dghn + b * H, dghn + (b + 1) * H, T(0));
-      std::copy(dh + b * H, dh + (b + 1) * H, dhn + b * H);
+      fill_units(s, da, T(0));
+      fill_units(s, sr, T(0));
+      std::fill(dghn + b * H + s.j0, dghn + b * H + s.j1, T(0));
+      std::copy(dh + b * H + s.j0, dh + b * H + s.j1, dhn + b * H + s.j0);
       continue;
     }
-    lanes<T>(H, [&](int64_t j, int64_t n) {
+    lanes<T>(s.j0, s.j1, [&](int64_t j, int64_t n) {
       Vec<T> one(T(1)), z = ld(a + kz * H, j, n), cand = ld(a + kn * H, j, n), q = ld(ghn_t + b * H, j, n);
       Vec<T> h0 = ld(hp + b * H, j, n), dht = ld(dout + b * H, j, n) + ld(dh + b * H, j, n);
       Vec<T> keep = z, dgdf(T(1)), dgdr, r;
@@ -422,6 +431,22 @@ inline int64_t ring(bool save, int64_t t) { return save ? t : t % 2; }  // row o
 // save: keep what backward needs (every step's gate activations, c_t or W_hn h + b_hn). Without
 // it (inference) the input projection runs in chunks of steps into one reused buffer and the
 // per-step states live in two rows, so memory does not grow with T beyond the output.
+// The tiled AVX-512 path (tiled_gemm.h) for float32: per time step one parallel region in which
+// each thread computes its hidden units' share of the recurrent product and then their gate maths.
+template <typename T>
+constexpr bool use_tiled() {
+#if defined(GATED_TILED_GEMM)
+  return std::is_same_v<T, float>;
+#else
+  return false;
+#endif
+}
+
+inline bool tiled_chosen() { return g_gemm == kAuto || g_gemm == kTiled; }
+
+// save: keep what backward needs (every step's gate activations, c_t or W_hn h + b_hn). Without
+// it (inference) the input projection runs in chunks of steps into one reused buffer and the
+// per-step states live in two rows, so memory does not grow with T beyond the output.
 template <typename T>
 std::vector<Tensor> forward_impl(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh,
                                  const std::optional<Tensor>& bias_x, const std::optional<Tensor>& b_hn,
@@ -435,38 +460,78 @@ std::vector<Tensor> forward_impl(const Tensor& x, const Tensor& w_ih, const Tens
   Tensor out = empty({Tn, B, H}, opts);
   Tensor aux = empty({save ? Tn : 2, B, H}, opts);  // LSTM: c_t; GRU/MGU: W_hn h + b_hn
   Tensor gh = empty({B, G}, opts);
-  RecurrentGemm gemm(w_hh, /*transpose=*/true, B);  // h (B, H) @ W_hh^T -> (B, G)
   Tensor len = lengths ? lengths->contiguous() : Tensor();
   const int64_t* lp = len.defined() ? len.data_ptr<int64_t>() : nullptr;
   const T* fbp = fb ? fb->data_ptr<T>() : nullptr;
   const T* bhnp = b_hn ? b_hn->data_ptr<T>() : nullptr;
+  std::optional<RecurrentGemm> gemm;  // h (B, H) @ W_hh^T -> (B, G)
+#if defined(GATED_TILED_GEMM)
+  std::optional<tiled::Panels> wh, wi;
+  if constexpr (use_tiled<T>()) {
+    if (tiled_chosen()) {
+      wh.emplace(w_hh.data_ptr<float>(), 1, H, H, G / H, H);  // B(k, n) = W_hh[n, k]
+      wi.emplace(w_ih.data_ptr<float>(), 1, I, I, G / H, H);
+    }
+  }
+  const bool tiled = wh.has_value();
+#else
+  const bool tiled = false;
+#endif
+  if (!tiled) gemm.emplace(w_hh, /*transpose=*/true, B);
   for (int64_t t0 = 0; t0 < Tn; t0 += chunk) {
     const int64_t n = std::min(chunk, Tn - t0);
     Tensor a2 = A.narrow(0, 0, n).view({n * B, G}), x2 = x.narrow(0, t0, n).reshape({n * B, I});
     // the input projection of n steps at once, written in place (addmm_out with a broadcast bias
     // would go through a fresh temporary on every chunk)
-    if (bias_x) {
+    if (tiled) {
+#if defined(GATED_TILED_GEMM)
+      if constexpr (use_tiled<T>()) {
+        const float *xp = x2.data_ptr<float>(), *bp = bias_x ? bias_x->data_ptr<float>() : nullptr;
+        float* ap = a2.data_ptr<float>();
+        at::parallel_for(0, n * B, 48, [&](int64_t r0, int64_t r1) {
+          wi->run(xp, I, r0, r1, ap, G, 0, wi->groups(), bp, 0);
+        });
+      }
+#endif
+    } else if (bias_x) {
       a2.copy_(bias_x->expand({n * B, G}));
       a2.addmm_(x2, w_ih.t());
     } else {
       at::mm_out(a2, x2, w_ih.t());
     }
     for (int64_t t = t0; t < t0 + n; ++t) {
-      Tensor hp = t == 0 ? h0 : out[t - 1];
-      Tensor At = A[t - t0];
-      Step s{B, H, G, t, lp, refine};
-      if (core == LSTM) {
-        Tensor pre = gemm.run(hp, At, gh);  // gx_t + h W_hh^T
-        const T* cp = (t == 0 ? *c0 : aux[ring(save, t - 1)]).data_ptr<T>();
-        const T* pp = pre.data_ptr<T>();
-        T *ap = At.data_ptr<T>(), *ct = aux[ring(save, t)].data_ptr<T>(), *ht = out[t].data_ptr<T>();
-        rows(B, H, [&](int64_t b0, int64_t b1) { lstm_fwd<T>(s, pp, ap, cp, ct, ht, fbp, b0, b1); });
-      } else {
-        Tensor ghr = gemm.run(hp, Tensor(), gh);  // h W_hh^T
-        const T *ghp = ghr.data_ptr<T>(), *hpp = hp.data_ptr<T>();
-        T *ap = At.data_ptr<T>(), *ht = out[t].data_ptr<T>(), *q = aux[ring(save, t)].data_ptr<T>();
-        rows(B, H, [&](int64_t b0, int64_t b1) { gru_mgu_fwd<T>(s, core, ap, ghp, hpp, ht, q, bhnp, fbp, b0, b1); });
+      // raw row pointers: indexing tensors per step costs microseconds of dispatch at small sizes
+      T *ap = A.data_ptr<T>() + (t - t0) * B * G, *ht = out.data_ptr<T>() + t * B * H;
+      T* ct = aux.data_ptr<T>() + ring(save, t) * B * H;
+      const T* hpp = t == 0 ? h0.data_ptr<T>() : ht - B * H;
+      const T* cp = core != LSTM ? nullptr : t == 0 ? c0->data_ptr<T>() : aux.data_ptr<T>() + ring(save, t - 1) * B * H;
+      // LSTM: pre = gx_t + h W_hh^T (accumulated into A_t); GRU/MGU: pre = h W_hh^T on its own
+      auto pointwise = [&](const Step& s, const T* pre, int64_t b0, int64_t b1) {
+        if (core == LSTM) {
+          lstm_fwd<T>(s, pre, ap, cp, ct, ht, fbp, b0, b1);
+        } else {
+          gru_mgu_fwd<T>(s, core, ap, pre, hpp, ht, ct, bhnp, fbp, b0, b1);
+        }
+      };
+      Step s{B, H, G, t, lp, refine, 0, H};
+      if (tiled) {
+#if defined(GATED_TILED_GEMM)
+        if constexpr (use_tiled<T>()) {
+          float* dst = core == LSTM ? ap : gh.data_ptr<float>();
+          at::parallel_for(0, wh->groups(), 1, [&](int64_t q0, int64_t q1) {
+            wh->run(hpp, H, 0, B, dst, G, q0, q1, core == LSTM ? dst : nullptr, G);
+            Step own = s;
+            own.j0 = wh->unit_begin(q0);
+            own.j1 = wh->unit_end(q1);
+            pointwise(own, dst, 0, B);
+          });
+        }
+#endif
+        continue;
       }
+      Tensor pre = gemm->run(t == 0 ? h0 : out[t - 1], core == LSTM ? A[t - t0] : Tensor(), gh);
+      const T* pp = pre.data_ptr<T>();
+      rows(B, H, [&](int64_t b0, int64_t b1) { pointwise(s, pp, b0, b1); });
     }
   }
   Tensor h_n = empty({B, H}, opts);
@@ -489,32 +554,63 @@ std::vector<Tensor> backward_impl(const Tensor& dout, const Tensor& dh_n, const 
   auto opts = A.options();
   Tensor dA = empty({Tn, B, G}, opts);
   Tensor dghn = core == LSTM ? empty({0}, opts) : empty({Tn, B, H}, opts);
-  Tensor S = core == LSTM ? Tensor() : empty({B, G}, opts);
+  // GRU/MGU: the grads of the recurrent projection, two buffers (the tiled path reads step t+1's
+  // while it writes step t's)
+  Tensor S = core == LSTM ? Tensor() : empty({2, B, G}, opts);
   Tensor dh = dh_n.contiguous().clone();  // dL/dh_t carried backwards
   Tensor buf0 = empty({B, H}, opts), buf1 = empty({B, H}, opts);
   Tensor dc = core == LSTM ? dc_n->contiguous().clone() : Tensor();
   Tensor len = lengths ? lengths->contiguous() : Tensor();
   const int64_t* lp = len.defined() ? len.data_ptr<int64_t>() : nullptr;
-  RecurrentGemm gemm(w_hh, /*transpose=*/false, B);  // dgates (B, G) @ W_hh -> (B, H)
-  for (int64_t t = Tn - 1; t >= 0; --t) {
-    Step s{B, H, G, t, lp, refine};
-    Tensor dhn = dh.data_ptr() == buf0.data_ptr() ? buf1 : buf0;  // the part of dh_{t-1} outside W_hh
-    const T *ap = A[t].data_ptr<T>(), *dop = dout[t].data_ptr<T>(), *dhp = dh.data_ptr<T>();
-    T *dap = dA[t].data_ptr<T>(), *dhnp = dhn.data_ptr<T>();
+  // the grads that feed W_hh at step t: dA_t (LSTM) or S_t
+  auto src = [&](int64_t t) -> Tensor { return core == LSTM ? dA[t] : S[t % 2]; };
+  // raw row pointers of step t (per-step tensor indexing costs microseconds at small sizes)
+  const T *Ap = A.data_ptr<T>(), *auxp = aux.data_ptr<T>(), *outp = out.data_ptr<T>(), *doutp = dout.data_ptr<T>();
+  T *dAp = dA.data_ptr<T>(), *Sp = core == LSTM ? nullptr : S.data_ptr<T>();
+  T* dghnp = core == LSTM ? nullptr : dghn.data_ptr<T>();
+  T* dcp = core == LSTM ? dc.data_ptr<T>() : nullptr;
+  auto pointwise = [&](const Step& s, const T* dhp, T* dhnp, int64_t b0, int64_t b1) {
+    const int64_t t = s.t, BG = B * G, BH = B * H;
+    const T *ap = Ap + t * BG, *dop = doutp + t * BH;
+    T* dap = dAp + t * BG;
     if (core == LSTM) {
-      const T* cp = (t == 0 ? *c0 : aux[t - 1]).data_ptr<T>();
-      const T* ct = aux[t].data_ptr<T>();
-      T* dcp = dc.data_ptr<T>();
-      rows(B, H, [&](int64_t b0, int64_t b1) { lstm_bwd<T>(s, ap, cp, ct, dop, dhp, dcp, dap, dhnp, b0, b1); });
-      dh = gemm.run(dA[t], dhn, S);
+      const T *cp = t == 0 ? c0->data_ptr<T>() : auxp + (t - 1) * BH, *ct = auxp + t * BH;
+      lstm_bwd<T>(s, ap, cp, ct, dop, dhp, dcp, dap, dhnp, b0, b1);
     } else {
-      const T *q = aux[t].data_ptr<T>(), *hp = (t == 0 ? h0 : out[t - 1]).data_ptr<T>();
-      T *sp = S.data_ptr<T>(), *dq = dghn[t].data_ptr<T>();
-      rows(B, H, [&](int64_t b0, int64_t b1) {
-        gru_mgu_bwd<T>(s, core, ap, q, hp, dop, dhp, dap, sp, dq, dhnp, b0, b1);
-      });
-      dh = gemm.run(S, dhn, S);
+      const T *q = auxp + t * BH, *hp = t == 0 ? h0.data_ptr<T>() : outp + (t - 1) * BH;
+      gru_mgu_bwd<T>(s, core, ap, q, hp, dop, dhp, dap, Sp + (t % 2) * BG, dghnp + t * BH, dhnp, b0, b1);
     }
+  };
+#if defined(GATED_TILED_GEMM)
+  if constexpr (use_tiled<T>()) {
+    if (tiled_chosen()) {
+      // region t: dh_t = src_{t+1} @ W_hh + dhn_{t+1} for this thread's units, then step t's
+      // pointwise on them (which overwrites dhn with dhn_t); the last region only finishes dh_0
+      const tiled::Panels wh(w_hh.data_ptr<float>(), H, 1, G, 1, H);  // B(k, n) = W_hh[k, n]
+      float *dhp = dh.data_ptr<float>(), *dhnp = buf0.data_ptr<float>();
+      for (int64_t t = Tn - 1; t >= -1; --t) {
+        const float* sp = t + 1 >= Tn ? nullptr : core == LSTM ? dAp + (t + 1) * B * G : Sp + ((t + 1) % 2) * B * G;
+        at::parallel_for(0, wh.groups(), 1, [&](int64_t q0, int64_t q1) {
+          if (sp != nullptr) wh.run(sp, G, 0, B, dhp, H, q0, q1, dhnp, H);
+          if (t >= 0) {
+            Step own{B, H, G, t, lp, refine, wh.unit_begin(q0), wh.unit_end(q1)};
+            pointwise(own, dhp, dhnp, 0, B);
+          }
+        });
+      }
+      return {dA, dghn, dh, core == LSTM ? dc : empty({0}, opts)};
+    }
+  }
+#endif
+  RecurrentGemm gemm(w_hh, /*transpose=*/false, B);  // dgates (B, G) @ W_hh -> (B, H)
+  Tensor scratch = empty({B, H}, opts);
+  for (int64_t t = Tn - 1; t >= 0; --t) {
+    Step s{B, H, G, t, lp, refine, 0, H};
+    Tensor dhn = dh.data_ptr() == buf0.data_ptr() ? buf1 : buf0;  // the part of dh_{t-1} outside W_hh
+    const T* dhp = dh.data_ptr<T>();
+    T* dhnp = dhn.data_ptr<T>();
+    rows(B, H, [&](int64_t b0, int64_t b1) { pointwise(s, dhp, dhnp, b0, b1); });
+    dh = gemm.run(src(t), dhn, scratch);
   }
   return {dA, dghn, dh, core == LSTM ? dc : empty({0}, opts)};
 }
@@ -569,6 +665,9 @@ std::vector<int64_t> gemm_kinds() {  // which recurrent GEMMs this build can use
   std::vector<int64_t> k{kAddmm};
   if (onednn().ok()) k.push_back(kOneDnn);
   if (mkl().ok()) k.push_back(kMklPacked);
+#if defined(GATED_TILED_GEMM)
+  k.push_back(kTiled);
+#endif
   return k;
 }
 

@@ -1,0 +1,191 @@
+// Register-tiled float32 GEMM for the recurrence (AVX-512), included by recurrence.cpp.
+//
+// C (M x N) = [C or bias or 0] + A (M x K) @ B (K x N), with B packed once per call into panels of
+// 16 columns laid out [group][k][NV * 16], so the K loop streams one contiguous block per group.
+// A group holds the NV panels that the caller's pointwise pass needs together: for the forward
+// step, the 16 hidden units of every gate block (i, f, u, o for the LSTM); for the backward step,
+// 16 * NV consecutive columns. So a thread that owns a range of groups owns a range of hidden
+// units, and can run the gate maths on them right after its share of the product, in the same
+// parallel region (one fork/join per time step instead of a GEMM call plus a pointwise pass).
+// Columns past a block's end are zero in the panel and masked out of every load and store.
+#pragma once
+
+#if defined(CPU_CAPABILITY_AVX512)
+#define GATED_TILED_GEMM 1
+#include <immintrin.h>
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+namespace tiled {
+
+constexpr int kLanes = 16;  // floats per zmm register
+constexpr int kMaxRows = 6;
+// floats ahead of the K loop to prefetch: the panels stream from L3 when they exceed L2 (H = 512)
+constexpr int64_t kPrefetch = 1024;  // rows per register tile: 6 x 4 accumulators + 4 panel registers
+
+// B (K x N) with element (k, n) at b[k * sk + n * sn]; N = blocks * width (gate blocks of width
+// hidden units). Each group covers `units` consecutive units of every block.
+class Panels {
+ public:
+  Panels() = default;
+  Panels(const float* b, int64_t sk, int64_t sn, int64_t K, int64_t blocks, int64_t width) : K_(K), width_(width) {
+    // panels per group: one per block, widened to up to 4 panels of one block when blocks are few
+    per_block_ = std::max<int64_t>(1, 4 / blocks);
+    nv_ = blocks * per_block_;
+    units_ = kLanes * per_block_;
+    groups_ = (width + units_ - 1) / units_;
+    data_ = at::zeros({groups_, K, nv_ * kLanes}, at::kFloat);
+    col_.resize(groups_ * nv_);
+    mask_.resize(groups_ * nv_);
+    float* d = data_.data_ptr<float>();
+    for (int64_t q = 0; q < groups_; ++q) {
+      for (int64_t g = 0; g < blocks; ++g) {
+        for (int64_t s = 0; s < per_block_; ++s) {
+          const int64_t v = g * per_block_ + s, u0 = q * units_ + s * kLanes;
+          const int64_t n = std::clamp<int64_t>(width - u0, 0, kLanes);
+          col_[q * nv_ + v] = g * width + std::min(u0, width);
+          mask_[q * nv_ + v] = static_cast<__mmask16>((1u << n) - 1u);
+        }
+      }
+    }
+    // copy B into the panels, in parallel over groups. Where B's columns are contiguous (the
+    // backward's W_hh) rows are copied; where its rows are (the forward's W_hh^T) 16 x 16 blocks
+    // are transposed in registers, so W is read along its rows and whole cache lines are written.
+    at::parallel_for(0, groups_, 1, [&](int64_t q0, int64_t q1) {
+      for (int64_t q = q0; q < q1; ++q) {
+        for (int64_t v = 0; v < nv_; ++v) {
+          const int64_t c = col_[q * nv_ + v];
+          const __mmask16 mask = mask_[q * nv_ + v];
+          float* p = d + q * K * nv_ * kLanes + v * kLanes;
+          if (sn == 1) {
+            for (int64_t k = 0; k < K; ++k) {
+              _mm512_mask_storeu_ps(p + k * nv_ * kLanes, mask, _mm512_maskz_loadu_ps(mask, b + k * sk + c));
+            }
+          } else {
+            for (int64_t k0 = 0; k0 < K; k0 += kLanes) {
+              const int64_t kn = std::min<int64_t>(kLanes, K - k0);
+              transpose16(b + c * sn + k0, sn, __builtin_popcount(mask), kn, p + k0 * nv_ * kLanes, nv_ * kLanes);
+            }
+          }
+        }
+      }
+    });
+  }
+
+  int64_t groups() const { return groups_; }
+  int64_t units() const { return units_; }  // hidden units per group
+  // the hidden units of groups [q0, q1)
+  int64_t unit_begin(int64_t q0) const { return std::min(q0 * units_, width_); }
+  int64_t unit_end(int64_t q1) const { return std::min(q1 * units_, width_); }
+
+  // C[m0:m1, columns of groups q0:q1] = init + A[m0:m1] @ B, where init is a matrix with row
+  // stride ld_init (it may be C itself), a per-column bias (N,) when ld_init is 0, or zero when
+  // null. A has row stride lda, C row stride ldc.
+  void run(const float* A, int64_t lda, int64_t m0, int64_t m1, float* C, int64_t ldc, int64_t q0, int64_t q1,
+           const float* init, int64_t ld_init) const {
+    for (int64_t q = q0; q < q1; ++q) {
+      // rows in tiles of at most kMaxRows, as even as possible (8 rows -> 4 + 4, not 6 + 2)
+      const int64_t M = m1 - m0, tiles = (M + kMaxRows - 1) / kMaxRows;
+      int64_t m = m0;
+      for (int64_t i = 0; i < tiles; ++i) {
+        const int64_t rows = M / tiles + (i < M % tiles ? 1 : 0);
+        tile(rows, A + m * lda, lda, q, C + m * ldc, ldc, init == nullptr ? nullptr : init + m * ld_init, ld_init);
+        m += rows;
+      }
+    }
+  }
+
+ private:
+  // dst[j * ldd + i] = src[i * lds + j] for i < 16, j < cols; rows i >= n read as zero
+  static void transpose16(const float* src, int64_t lds, int64_t n, int64_t cols, float* dst, int64_t ldd) {
+    const __mmask16 cmask = static_cast<__mmask16>((1u << cols) - 1u);
+    __m512 r[kLanes], t[kLanes], u[kLanes];
+    for (int i = 0; i < kLanes; ++i) r[i] = i < n ? _mm512_maskz_loadu_ps(cmask, src + i * lds) : _mm512_setzero_ps();
+    for (int i = 0; i < kLanes; i += 2) {  // interleave row pairs (within 128-bit lanes)
+      t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+      t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < kLanes; i += 4) {  // u[i + c], lane L: column 4L + c of rows i..i+3
+      auto pd = [](__m512 x) { return _mm512_castps_pd(x); };
+      u[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(pd(t[i]), pd(t[i + 2])));
+      u[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(pd(t[i]), pd(t[i + 2])));
+      u[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(pd(t[i + 1]), pd(t[i + 3])));
+      u[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(pd(t[i + 1]), pd(t[i + 3])));
+    }
+    for (int c = 0; c < 4; ++c) {  // column 4L + c = lane L of u[c], u[4 + c], u[8 + c], u[12 + c]
+      const __m512 lo0 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0x44), hi0 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0xEE);
+      const __m512 lo1 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0x44);
+      const __m512 hi1 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0xEE);
+      const __m512 col[4] = {_mm512_shuffle_f32x4(lo0, lo1, 0x88), _mm512_shuffle_f32x4(lo0, lo1, 0xDD),
+                             _mm512_shuffle_f32x4(hi0, hi1, 0x88), _mm512_shuffle_f32x4(hi0, hi1, 0xDD)};
+      for (int L = 0; L < 4; ++L) {
+        if (4 * L + c < cols) _mm512_storeu_ps(dst + (4 * L + c) * ldd, col[L]);
+      }
+    }
+  }
+
+  template <int MR, int NV>
+  void kernel(const float* A, int64_t lda, int64_t q, float* C, int64_t ldc, const float* init,
+              int64_t ld_init) const {
+    const int64_t* col = col_.data() + q * nv_;
+    const __mmask16* mask = mask_.data() + q * nv_;
+    __m512 acc[MR][NV];
+    for (int m = 0; m < MR; ++m) {
+      for (int v = 0; v < NV; ++v) {
+        acc[m][v] = init != nullptr ? _mm512_maskz_loadu_ps(mask[v], init + m * ld_init + col[v]) : _mm512_setzero_ps();
+      }
+    }
+    const float* p = data_.data_ptr<float>() + q * K_ * NV * kLanes;
+    for (int64_t k = 0; k < K_; ++k, p += NV * kLanes) {
+      __m512 w[NV];
+      for (int v = 0; v < NV; ++v) {
+        _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetch + v * kLanes), _MM_HINT_T0);
+        w[v] = _mm512_load_ps(p + v * kLanes);
+        // keep the panel in a register: folded into each FMA it would be loaded MR times
+        asm("" : "+v"(w[v]));
+      }
+      for (int m = 0; m < MR; ++m) {
+        const __m512 a = _mm512_set1_ps(A[m * lda + k]);
+        for (int v = 0; v < NV; ++v) acc[m][v] = _mm512_fmadd_ps(a, w[v], acc[m][v]);
+      }
+    }
+    for (int m = 0; m < MR; ++m) {
+      for (int v = 0; v < NV; ++v) _mm512_mask_storeu_ps(C + m * ldc + col[v], mask[v], acc[m][v]);
+    }
+  }
+
+  template <int NV>
+  void tile_nv(int64_t rows, const float* A, int64_t lda, int64_t q, float* C, int64_t ldc, const float* init,
+               int64_t ld_init) const {
+    switch (rows) {
+      case 1: return kernel<1, NV>(A, lda, q, C, ldc, init, ld_init);
+      case 2: return kernel<2, NV>(A, lda, q, C, ldc, init, ld_init);
+      case 3: return kernel<3, NV>(A, lda, q, C, ldc, init, ld_init);
+      case 4: return kernel<4, NV>(A, lda, q, C, ldc, init, ld_init);
+      case 5: return kernel<5, NV>(A, lda, q, C, ldc, init, ld_init);
+      default: return kernel<6, NV>(A, lda, q, C, ldc, init, ld_init);
+    }
+  }
+
+  void tile(int64_t rows, const float* A, int64_t lda, int64_t q, float* C, int64_t ldc, const float* init,
+            int64_t ld_init) const {
+    switch (nv_) {
+      case 3: return tile_nv<3>(rows, A, lda, q, C, ldc, init, ld_init);
+      case 4: return tile_nv<4>(rows, A, lda, q, C, ldc, init, ld_init);
+      default: TORCH_CHECK(false, "gated tiled GEMM: unexpected panel count ", nv_);
+    }
+  }
+
+  at::Tensor data_;
+  std::vector<int64_t> col_;
+  std::vector<__mmask16> mask_;
+  int64_t K_ = 0, width_ = 0, per_block_ = 1, nv_ = 1, units_ = kLanes, groups_ = 0;
+};
+
+}  // namespace tiled
+
+#endif
