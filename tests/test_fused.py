@@ -216,6 +216,29 @@ def test_fused_tiled_gemm_at_full_panel_sizes(core, variant, batch):
         torch.set_num_threads(threads)
 
 
+@pytest.mark.parametrize("transpose", [True, False], ids=["aT_b", "a_b"])
+@pytest.mark.parametrize("sums", [True, False], ids=["sums", "plain"])
+def test_tiled_mm_equals_a_float64_product(transpose, sums, gemm):
+    """tiled_mm (the backward's weight-gradient product) against float64: K = 600 spans three
+    256-deep blocks (accumulated in C), M = 700 several row blocks per thread, N = 130 two whole
+    64-column groups and a partial one; b is a column slice with a row stride != N, like h_{t-1}."""
+    torch.manual_seed(0)
+    a = torch.randn(600, 700) if transpose else torch.randn(700, 600)
+    b = torch.randn(600, 150)[:, 20:]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        c = _build.load().tiled_mm(a, b, transpose, sums)
+    finally:
+        torch.set_num_threads(threads)
+    opa = (a.t() if transpose else a).double()
+    ref = opa @ b.double()
+    if sums:
+        ref = torch.cat([ref, opa.sum(1, keepdim=True)], 1)
+    assert c.shape == ref.shape
+    torch.testing.assert_close(c.double(), ref, rtol=1e-4, atol=1e-3)
+
+
 @pytest.mark.parametrize("core,variant", [("LSTM", "UR"), ("LSTM", "-"), ("GRU", "UR"), ("MGU", "U")])
 def test_fused_inference_path(core, variant, gemm):
     """Without grad the kernel projects the input in chunks of steps (512 // B) and keeps no

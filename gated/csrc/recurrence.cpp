@@ -660,6 +660,34 @@ bool tune_malloc() {
   return false;
 #endif
 }
+// a @ b, or a^T @ b with transpose_a (a is (K, M) then), for float32 on the tiled kernel; other
+// dtypes, builds without AVX-512 and a pinned non-tiled GEMM path go through at::mm. With
+// append_sums the result has one more column, the sums over k of op(a) (= op(a) @ ones). The
+// backward uses it for the weight and bias gradients dA^T @ [x, h_{t-1}, 1], where the thin
+// transposed product is slow on MKL's generic kernels.
+Tensor tiled_mm(const Tensor& a, const Tensor& b, bool transpose_a, bool append_sums) {
+  TORCH_CHECK(a.dim() == 2 && b.dim() == 2, "tiled_mm: 2-D operands expected");
+  TORCH_CHECK(a.size(transpose_a ? 0 : 1) == b.size(0), "tiled_mm: inner sizes differ");
+  const Tensor opa = transpose_a ? a.t() : a;
+#if defined(GATED_TILED_GEMM)
+  if (a.scalar_type() == at::kFloat && b.scalar_type() == at::kFloat && tiled_chosen() && a.device().is_cpu() &&
+      b.device().is_cpu() && a.size(0) > 0 && a.size(1) > 0 && b.size(1) > 0) {
+    at::NoGradGuard no_grad;
+    Tensor ac = a.contiguous(), bc = b.stride(1) == 1 ? b : b.contiguous();
+    const int64_t K = bc.size(0), N = bc.size(1), M = opa.size(0), ldc = N + (append_sums ? 1 : 0);
+    Tensor c = empty({M, ldc}, bc.options());
+    Tensor sums = append_sums ? empty({M}, bc.options()) : Tensor();
+    const tiled::Panels panels(bc.data_ptr<float>(), bc.stride(0), 1, K, 1, N);
+    panels.matmul(ac.data_ptr<float>(), transpose_a ? 1 : K, transpose_a ? M : 1, M, c.data_ptr<float>(), ldc,
+                  append_sums ? sums.data_ptr<float>() : nullptr);
+    if (append_sums) c.select(1, N).copy_(sums);
+    return c;
+  }
+#endif
+  Tensor c = opa.mm(b);
+  return append_sums ? at::cat({c, opa.sum(1, /*keepdim=*/true)}, 1) : c;
+}
+
 void set_gemm(int64_t kind) { g_gemm = kind; }
 std::vector<int64_t> gemm_kinds() {  // which recurrent GEMMs this build can use
   std::vector<int64_t> k{kAddmm};
@@ -676,6 +704,7 @@ TORCH_LIBRARY(gated_fused, m) {
   m.def("tune_malloc", &tune_malloc);
   m.def("set_gemm", &set_gemm);
   m.def("gemm_kinds", &gemm_kinds);
+  m.def("tiled_mm", &tiled_mm);
   m.def("recurrence_forward", &recurrence_forward);
   m.def("recurrence_backward", &recurrence_backward);
 }

@@ -33,6 +33,7 @@ class Panels {
  public:
   Panels() = default;
   Panels(const float* b, int64_t sk, int64_t sn, int64_t K, int64_t blocks, int64_t width) : K_(K), width_(width) {
+    TORCH_CHECK(sk == 1 || sn == 1, "gated tiled GEMM: B needs a unit stride");
     // panels per group: one per block, widened to up to 4 panels of one block when blocks are few
     per_block_ = std::max<int64_t>(1, 4 / blocks);
     nv_ = blocks * per_block_;
@@ -87,19 +88,71 @@ class Panels {
   // null. A has row stride lda, C row stride ldc.
   void run(const float* A, int64_t lda, int64_t m0, int64_t m1, float* C, int64_t ldc, int64_t q0, int64_t q1,
            const float* init, int64_t ld_init) const {
-    for (int64_t q = q0; q < q1; ++q) {
-      // rows in tiles of at most kMaxRows, as even as possible (8 rows -> 4 + 4, not 6 + 2)
-      const int64_t M = m1 - m0, tiles = (M + kMaxRows - 1) / kMaxRows;
-      int64_t m = m0;
-      for (int64_t i = 0; i < tiles; ++i) {
-        const int64_t rows = M / tiles + (i < M % tiles ? 1 : 0);
-        tile(rows, A + m * lda, lda, q, C + m * ldc, ldc, init == nullptr ? nullptr : init + m * ld_init, ld_init);
-        m += rows;
+    for (int64_t q = q0; q < q1; ++q) rows(A, lda, 1, m0, m1, 0, K_, q, C, ldc, init, ld_init);
+  }
+
+  // C (M x N, row stride ldc) = A @ B for a large A with element (m, k) at A[m * sam + k * sak]
+  // (so A may be a transposed view), in parallel over rows. Blocked so that a block of A's rows
+  // and a block of K stay in L2 while every group's panels pass over them.
+  // With sums, also sums[m] = sum over k of A(m, k) (the product with a column of ones, which
+  // would cost a whole group of panels), taken while A is copied.
+  void matmul(const float* A, int64_t sam, int64_t sak, int64_t M, float* C, int64_t ldc, float* sums = nullptr) const {
+    // blocks of about 240 rows (240 x 256 floats of A = 240 KB), their count a multiple of the
+    // thread count so that every thread gets the same share
+    constexpr int64_t kc = 256;
+    const int64_t threads = at::get_num_threads();
+    const int64_t blocks = (M + 240 * threads - 1) / (240 * threads) * threads;
+    const int64_t mc = ((M + blocks - 1) / blocks + kMaxRows - 1) / kMaxRows * kMaxRows;
+    at::parallel_for(0, (M + mc - 1) / mc, 1, [&](int64_t b0, int64_t b1) {
+      // the A block, copied tile by tile as [tile][k][row], so the kernel reads it contiguously
+      std::vector<float> pack(mc * kc);
+      for (int64_t k0 = 0; k0 < K_; k0 += kc) {
+        const int64_t k1 = std::min(K_, k0 + kc), kn = k1 - k0;
+        for (int64_t mb = b0; mb < b1; ++mb) {
+          const int64_t m0 = mb * mc, Mb = std::min(M, m0 + mc) - m0, tiles = (Mb + kMaxRows - 1) / kMaxRows;
+          for (int64_t i = 0, m = m0; i < tiles; ++i) {  // same split as rows()
+            const int64_t n = Mb / tiles + (i < Mb % tiles ? 1 : 0);
+            float* dst = pack.data() + (m - m0) * kn;
+            for (int64_t k = 0; k < kn; ++k) {
+              for (int64_t r = 0; r < n; ++r) dst[k * n + r] = A[(m + r) * sam + (k0 + k) * sak];
+            }
+            if (sums != nullptr) {
+              for (int64_t r = 0; r < n; ++r) {
+                float total = k0 == 0 ? 0.0f : sums[m + r];
+                for (int64_t k = 0; k < kn; ++k) total += dst[k * n + r];
+                sums[m + r] = total;
+              }
+            }
+            m += n;
+          }
+          for (int64_t q = 0; q < groups_; ++q) {
+            for (int64_t i = 0, m = m0; i < tiles; ++i) {
+              const int64_t n = Mb / tiles + (i < Mb % tiles ? 1 : 0);
+              const float* a = pack.data() + (m - m0) * kn - k0 * n;  // element (r, k) at a[r + k * n]
+              float* c = C + m * ldc;
+              tile(n, a, 1, n, k0, k1, q, c, ldc, k0 == 0 ? nullptr : c, ldc);
+              m += n;
+            }
+          }
+        }
       }
-    }
+    });
   }
 
  private:
+  // rows [m0, m1) of C's columns in group q, over k in [k0, k1), in register tiles of at most
+  // kMaxRows rows, as even as possible (8 rows -> 4 + 4, not 6 + 2)
+  void rows(const float* A, int64_t sam, int64_t sak, int64_t m0, int64_t m1, int64_t k0, int64_t k1, int64_t q,
+            float* C, int64_t ldc, const float* init, int64_t ld_init) const {
+    const int64_t M = m1 - m0, tiles = (M + kMaxRows - 1) / kMaxRows;
+    int64_t m = m0;
+    for (int64_t i = 0; i < tiles; ++i) {
+      const int64_t n = M / tiles + (i < M % tiles ? 1 : 0);
+      tile(n, A + m * sam, sam, sak, k0, k1, q, C + m * ldc, ldc, init == nullptr ? nullptr : init + m * ld_init, ld_init);
+      m += n;
+    }
+  }
+
   // dst[j * ldd + i] = src[i * lds + j] for i < 16, j < cols; rows i >= n read as zero
   static void transpose16(const float* src, int64_t lds, int64_t n, int64_t cols, float* dst, int64_t ldd) {
     const __mmask16 cmask = static_cast<__mmask16>((1u << cols) - 1u);
@@ -129,8 +182,8 @@ class Panels {
   }
 
   template <int MR, int NV>
-  void kernel(const float* A, int64_t lda, int64_t q, float* C, int64_t ldc, const float* init,
-              int64_t ld_init) const {
+  void kernel(const float* A, int64_t sam, int64_t sak, int64_t k0, int64_t k1, int64_t q, float* C, int64_t ldc,
+              const float* init, int64_t ld_init) const {
     const int64_t* col = col_.data() + q * nv_;
     const __mmask16* mask = mask_.data() + q * nv_;
     __m512 acc[MR][NV];
@@ -139,8 +192,8 @@ class Panels {
         acc[m][v] = init != nullptr ? _mm512_maskz_loadu_ps(mask[v], init + m * ld_init + col[v]) : _mm512_setzero_ps();
       }
     }
-    const float* p = data_.data_ptr<float>() + q * K_ * NV * kLanes;
-    for (int64_t k = 0; k < K_; ++k, p += NV * kLanes) {
+    const float* p = data_.data_ptr<float>() + (q * K_ + k0) * NV * kLanes;
+    for (int64_t k = k0; k < k1; ++k, p += NV * kLanes) {
       __m512 w[NV];
       for (int v = 0; v < NV; ++v) {
         _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetch + v * kLanes), _MM_HINT_T0);
@@ -149,7 +202,7 @@ class Panels {
         asm("" : "+v"(w[v]));
       }
       for (int m = 0; m < MR; ++m) {
-        const __m512 a = _mm512_set1_ps(A[m * lda + k]);
+        const __m512 a = _mm512_set1_ps(A[m * sam + k * sak]);
         for (int v = 0; v < NV; ++v) acc[m][v] = _mm512_fmadd_ps(a, w[v], acc[m][v]);
       }
     }
@@ -159,23 +212,23 @@ class Panels {
   }
 
   template <int NV>
-  void tile_nv(int64_t rows, const float* A, int64_t lda, int64_t q, float* C, int64_t ldc, const float* init,
-               int64_t ld_init) const {
+  void tile_nv(int64_t rows, const float* A, int64_t sam, int64_t sak, int64_t k0, int64_t k1, int64_t q, float* C,
+               int64_t ldc, const float* init, int64_t ld_init) const {
     switch (rows) {
-      case 1: return kernel<1, NV>(A, lda, q, C, ldc, init, ld_init);
-      case 2: return kernel<2, NV>(A, lda, q, C, ldc, init, ld_init);
-      case 3: return kernel<3, NV>(A, lda, q, C, ldc, init, ld_init);
-      case 4: return kernel<4, NV>(A, lda, q, C, ldc, init, ld_init);
-      case 5: return kernel<5, NV>(A, lda, q, C, ldc, init, ld_init);
-      default: return kernel<6, NV>(A, lda, q, C, ldc, init, ld_init);
+      case 1: return kernel<1, NV>(A, sam, sak, k0, k1, q, C, ldc, init, ld_init);
+      case 2: return kernel<2, NV>(A, sam, sak, k0, k1, q, C, ldc, init, ld_init);
+      case 3: return kernel<3, NV>(A, sam, sak, k0, k1, q, C, ldc, init, ld_init);
+      case 4: return kernel<4, NV>(A, sam, sak, k0, k1, q, C, ldc, init, ld_init);
+      case 5: return kernel<5, NV>(A, sam, sak, k0, k1, q, C, ldc, init, ld_init);
+      default: return kernel<6, NV>(A, sam, sak, k0, k1, q, C, ldc, init, ld_init);
     }
   }
 
-  void tile(int64_t rows, const float* A, int64_t lda, int64_t q, float* C, int64_t ldc, const float* init,
-            int64_t ld_init) const {
+  void tile(int64_t rows, const float* A, int64_t sam, int64_t sak, int64_t k0, int64_t k1, int64_t q, float* C,
+            int64_t ldc, const float* init, int64_t ld_init) const {
     switch (nv_) {
-      case 3: return tile_nv<3>(rows, A, lda, q, C, ldc, init, ld_init);
-      case 4: return tile_nv<4>(rows, A, lda, q, C, ldc, init, ld_init);
+      case 3: return tile_nv<3>(rows, A, sam, sak, k0, k1, q, C, ldc, init, ld_init);
+      case 4: return tile_nv<4>(rows, A, sam, sak, k0, k1, q, C, ldc, init, ld_init);
       default: TORCH_CHECK(false, "gated tiled GEMM: unexpected panel count ", nv_);
     }
   }
