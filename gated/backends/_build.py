@@ -99,6 +99,8 @@ def load():
                 torch.ops.load_library(str(_build()))
                 _state["ops"] = torch.ops.gated_fused
                 _tune_malloc(_state["ops"])
+                if os.environ.get("GATED_POOL", "1") == "0":  # no reuse of large buffers (pool.h)
+                    _state["ops"].set_pool(False)
             except Exception as exc:  # no compiler, missing headers, a failed build: fall back
                 # reported once, with context, by gated.backends.resolve
                 _state["error"] = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

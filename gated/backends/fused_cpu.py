@@ -71,6 +71,17 @@ def _input_grad(dA2: Tensor, w_ih: Tensor) -> Tensor:
     return dA2 @ w_ih
 
 
+def empty_cache() -> int:
+    """Free the fused kernels' idle pooled buffers and return the bytes freed.
+
+    Buffers above 32 MiB (activations and gradients of long sequences) are kept for reuse once
+    their last user drops them, because fresh ones page-fault (``gated/csrc/pool.h``); up to 16
+    are kept. ``GATED_POOL=0`` turns the reuse off. Like ``torch.cuda.empty_cache``.
+    """
+    ops = _build.load()
+    return 0 if ops is None else int(ops.empty_cache())
+
+
 @functools.cache
 def onednn_linear_available() -> bool:
     """Whether torch's oneDNN linear ops exist in this build."""
@@ -106,12 +117,12 @@ class _Recurrence(torch.autograd.Function):
         # One matmul for every weight and bias gradient: dA^T @ [x_t, h_{t-1}] with the sums of dA
         # as the bias column (a single pass over dA; separate products were up to 2.3x slower, MKL
         # being slow on the thin dA^T @ x). On the tiled kernel in float32 (see tiled_mm).
-        xh = torch.empty(T * B, I + H, dtype=x.dtype)
+        ops = _build.load()
+        xh = ops.workspace([T * B, I + H], x)  # pooled: a fresh buffer this size page-faults (see pool.h)
         xh[:, :I] = x.reshape(T * B, I)
         h_prev = xh[:, I:]  # h_{t-1} of every step
         h_prev.view(T, B, H)[0] = h0
         h_prev.view(T, B, H)[1:] = out[:-1]
-        ops = _build.load()
         dW = ops.tiled_mm(dA2, xh, True, has_bias)
         dw_ih, dw_hh = dW[:, :I].contiguous(), dW[:, I:I + H].contiguous()
         n_rows = _n_rows(layout)

@@ -33,6 +33,7 @@
 #include <optional>
 #include <vector>
 
+#include "pool.h"
 #include "tiled_gemm.h"
 
 using at::Tensor;
@@ -45,7 +46,7 @@ enum Core : int64_t { LSTM = 0, GRU = 1, MGU = 2 };
 bool g_poison = false;
 
 Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& opts) {
-  Tensor t = at::empty(sizes, opts);
+  Tensor t = pool::empty(sizes, opts);
   if (g_poison) t.fill_(std::numeric_limits<double>::quiet_NaN());
   return t;
 }
@@ -689,6 +690,11 @@ Tensor tiled_mm(const Tensor& a, const Tensor& b, bool transpose_a, bool append_
 }
 
 void set_gemm(int64_t kind) { g_gemm = kind; }
+// the pooled buffers (pool.h): a workspace for Python-side operands, switching reuse on and off,
+// and dropping the idle buffers
+Tensor workspace(std::vector<int64_t> sizes, const Tensor& like) { return empty(sizes, like.options()); }
+void set_pool(bool on) { pool::enabled() = on; }
+int64_t empty_cache() { return pool::release(); }
 std::vector<int64_t> gemm_kinds() {  // which recurrent GEMMs this build can use
   std::vector<int64_t> k{kAddmm};
   if (onednn().ok()) k.push_back(kOneDnn);
@@ -705,6 +711,9 @@ TORCH_LIBRARY(gated_fused, m) {
   m.def("set_gemm", &set_gemm);
   m.def("gemm_kinds", &gemm_kinds);
   m.def("tiled_mm", &tiled_mm);
+  m.def("workspace", &workspace);
+  m.def("set_pool", &set_pool);
+  m.def("empty_cache", &empty_cache);
   m.def("recurrence_forward", &recurrence_forward);
   m.def("recurrence_backward", &recurrence_backward);
 }
