@@ -101,6 +101,10 @@ def load():
                 _tune_malloc(_state["ops"])
                 if os.environ.get("GATED_POOL", "1") == "0":  # no reuse of large buffers (pool.h)
                     _state["ops"].set_pool(False)
+                if 4 not in _state["ops"].gemm_kinds():  # the slower GEMM path, said once
+                    logging.getLogger("gated").warning(
+                        "gated: compiled without AVX-512, so the fused kernels' float32 matmuls use oneDNN/MKL "
+                        "instead of the register-tiled kernel (slower, most at small batch)")
             except Exception as exc:  # no compiler, missing headers, a failed build: fall back
                 # reported once, with context, by gated.backends.resolve
                 _state["error"] = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -3,7 +3,10 @@
 Supports every core in its plain (``-``, ``C``, ``U``) and sigmoid-refine (``R``, ``UR``) variants,
 float32 and float64 on the CPU. Same signature and results as :func:`gated.backends.reference.run_layer`
 (tests/test_fused.py). Backward is hand-written: the C++ pass returns the gradients of every step's
-pre-activations ``(T, B, G)``; the weight gradients are then single large matmuls here.
+pre-activations ``(T, B, G)``; the weight gradients are then single large matmuls here. In float32
+on AVX-512 CPUs every matmul but the input gradient runs on the register-tiled kernel of
+gated/csrc/tiled_gemm.h; buffers above 32 MiB are reused across calls (gated/csrc/pool.h,
+:func:`empty_cache`).
 
 Glossary: T time, B batch, I input features, H hidden_size, G gate rows.
 """
@@ -114,28 +117,23 @@ class _Recurrence(torch.autograd.Function):
         I, H = x.shape[-1], h0.shape[-1]
         dA2 = dA.view(T * B, G)
         dx = _input_grad(dA2, w_ih).view_as(x) if ctx.needs_input_grad[0] else None
-        # One matmul for every weight and bias gradient: dA^T @ [x_t, h_{t-1}] with the sums of dA
+        # One matmul for every weight and bias gradient: dA^T @ [h_{t-1}, x_t] with the sums of dA
         # as the bias column (a single pass over dA; separate products were up to 2.3x slower, MKL
-        # being slow on the thin dA^T @ x). On the tiled kernel in float32 (see tiled_mm).
-        ops = _build.load()
-        xh = ops.workspace([T * B, I + H], x)  # pooled: a fresh buffer this size page-faults (see pool.h)
-        xh[:, :I] = x.reshape(T * B, I)
-        h_prev = xh[:, I:]  # h_{t-1} of every step
-        h_prev.view(T, B, H)[0] = h0
-        h_prev.view(T, B, H)[1:] = out[:-1]
-        dW = ops.tiled_mm(dA2, xh, True, has_bias)
-        dw_ih, dw_hh = dW[:, :I].contiguous(), dW[:, I:I + H].contiguous()
-        n_rows = _n_rows(layout)
-        ghn = None
-        if n_rows is not None:  # the candidate block's recurrent grads differ from dA
-            ghn = ops.tiled_mm(dghn.view(T * B, -1), h_prev, True, has_bias)
-            dw_hh[n_rows] = ghn[:, :H]
+        # being slow on the thin dA^T @ x). On the tiled kernel in float32, which reads h0, out
+        # and x straight into its panels (see xh_mm in recurrence.cpp).
+        n_rows = _n_rows(layout)  # GRU/MGU: the candidate block's recurrent grads differ from dA
+        grads = _build.load().xh_mm(dA2, None if n_rows is None else dghn.view(T * B, -1), x.reshape(T * B, I),
+                                    h0, out, has_bias)
+        dW = grads[0]
+        dw_hh, dw_ih = dW[:, :H].contiguous(), dW[:, H:H + I].contiguous()
+        if n_rows is not None:
+            dw_hh[n_rows] = grads[1][:, :H]
         db_ih = db_hh = dfb = None
         if has_bias:
             db_ih = dW[:, -1].contiguous()
             db_hh = db_ih.clone()
             if n_rows is not None:
-                db_hh[n_rows] = ghn[:, H]
+                db_hh[n_rows] = grads[1][:, H]
         if has_fb:  # b_f enters the keep gate with + and the refine gate with -
             total = dW[:, -1] if has_bias else dA2.sum(0)  # dA summed over steps and batch
             dfb = total[layout.keep] - total[layout.refine]

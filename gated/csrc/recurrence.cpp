@@ -689,6 +689,53 @@ Tensor tiled_mm(const Tensor& a, const Tensor& b, bool transpose_a, bool append_
   return append_sums ? at::cat({c, opa.sum(1, /*keepdim=*/true)}, 1) : c;
 }
 
+// The weight-gradient products of the backward, with a (T*B, M) = dA, x2 (T*B, I), h0 (B, H),
+// out (T, B, H) and P = [h_{t-1}, x_t] (T*B, H + I): returns a^T @ P with the sums of a as one more
+// column when append_sums, and, given a2 (T*B, M2) (the GRU/MGU candidate's own recurrent
+// grads), a2^T @ h_{t-1} (+ sums) from the same packed P. The tiled kernel reads P piece by
+// piece into its panels, never materialising it; other paths build it and call tiled_mm.
+std::vector<Tensor> xh_mm(const Tensor& a, const std::optional<Tensor>& a2, const Tensor& x2, const Tensor& h0,
+                          const Tensor& out, bool append_sums) {
+  const int64_t TB = a.size(0), I = x2.size(1), Bn = h0.size(0), H = h0.size(1), M = a.size(1), N = H + I;
+  TORCH_CHECK(x2.size(0) == TB && out.numel() == TB * H && (!a2 || a2->size(0) == TB), "xh_mm: sizes disagree");
+  const int64_t extra = append_sums ? 1 : 0;
+#if defined(GATED_TILED_GEMM)
+  if (a.scalar_type() == at::kFloat && tiled_chosen() && TB > 0 && M > 0 && H > 0) {
+    at::NoGradGuard no_grad;
+    Tensor xc = x2.contiguous(), hc = h0.contiguous(), oc = out.contiguous();
+    const float *xp = xc.data_ptr<float>(), *hp = hc.data_ptr<float>(), *op = oc.data_ptr<float>();
+    auto at = [&](int64_t k, int64_t c) -> const float* {
+      if (c >= H) return xp + k * I + (c - H);
+      return k < Bn ? hp + k * H + c : op + (k - Bn) * H + c;
+    };
+    const tiled::Panels panels(at, {H}, TB, N);
+    auto product = [&](const Tensor& lhs, int64_t cols, int64_t groups) {
+      Tensor l = lhs.contiguous();
+      const int64_t m = l.size(1), ldc = cols + extra;
+      Tensor c = empty({m, ldc}, l.options());
+      Tensor sums = append_sums ? empty({m}, l.options()) : Tensor();
+      panels.matmul(l.data_ptr<float>(), 1, m, m, c.data_ptr<float>(), ldc, append_sums ? sums.data_ptr<float>() : nullptr,
+                    groups);
+      if (append_sums) c.select(1, cols).copy_(sums);
+      return c;
+    };
+    std::vector<Tensor> res{product(a, N, -1)};
+    if (a2) {  // the groups that cover h's columns; they may run into x's, which are dropped
+      const int64_t groups = (H + panels.units() - 1) / panels.units();
+      const int64_t cols = std::min(N, groups * panels.units());
+      Tensor c = product(*a2, cols, groups);
+      res.push_back(cols == H ? c : at::cat({c.narrow(1, 0, H), c.narrow(1, cols, extra)}, 1));
+    }
+    return res;
+  }
+#endif
+  Tensor h_prev = at::cat({h0.unsqueeze(0), out.reshape({-1, Bn, H}).narrow(0, 0, TB / std::max<int64_t>(Bn, 1) - 1)}, 0)
+                      .reshape({TB, H});
+  std::vector<Tensor> res{tiled_mm(a, at::cat({h_prev, x2}, 1), /*transpose_a=*/true, append_sums)};
+  if (a2) res.push_back(tiled_mm(*a2, h_prev, /*transpose_a=*/true, append_sums));
+  return res;
+}
+
 void set_gemm(int64_t kind) { g_gemm = kind; }
 // the pooled buffers (pool.h): a workspace for Python-side operands, switching reuse on and off,
 // and dropping the idle buffers
@@ -711,6 +758,7 @@ TORCH_LIBRARY(gated_fused, m) {
   m.def("set_gemm", &set_gemm);
   m.def("gemm_kinds", &gemm_kinds);
   m.def("tiled_mm", &tiled_mm);
+  m.def("xh_mm", &xh_mm);
   m.def("workspace", &workspace);
   m.def("set_pool", &set_pool);
   m.def("empty_cache", &empty_cache);

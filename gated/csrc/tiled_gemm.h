@@ -32,27 +32,10 @@ constexpr int64_t kPrefetch = 1024;  // rows per register tile: 6 x 4 accumulato
 class Panels {
  public:
   Panels() = default;
-  Panels(const float* b, int64_t sk, int64_t sn, int64_t K, int64_t blocks, int64_t width) : K_(K), width_(width) {
+  Panels(const float* b, int64_t sk, int64_t sn, int64_t K, int64_t blocks, int64_t width) {
     TORCH_CHECK(sk == 1 || sn == 1, "gated tiled GEMM: B needs a unit stride");
-    // panels per group: one per block, widened to up to 4 panels of one block when blocks are few
-    per_block_ = std::max<int64_t>(1, 4 / blocks);
-    nv_ = blocks * per_block_;
-    units_ = kLanes * per_block_;
-    groups_ = (width + units_ - 1) / units_;
-    data_ = at::zeros({groups_, K, nv_ * kLanes}, at::kFloat);
-    col_.resize(groups_ * nv_);
-    mask_.resize(groups_ * nv_);
+    layout(K, blocks, width);
     float* d = data_.data_ptr<float>();
-    for (int64_t q = 0; q < groups_; ++q) {
-      for (int64_t g = 0; g < blocks; ++g) {
-        for (int64_t s = 0; s < per_block_; ++s) {
-          const int64_t v = g * per_block_ + s, u0 = q * units_ + s * kLanes;
-          const int64_t n = std::clamp<int64_t>(width - u0, 0, kLanes);
-          col_[q * nv_ + v] = g * width + std::min(u0, width);
-          mask_[q * nv_ + v] = static_cast<__mmask16>((1u << n) - 1u);
-        }
-      }
-    }
     // copy B into the panels, in parallel over groups. Where B's columns are contiguous (the
     // backward's W_hh) rows are copied; where its rows are (the forward's W_hh^T) 16 x 16 blocks
     // are transposed in registers, so W is read along its rows and whole cache lines are written.
@@ -70,6 +53,32 @@ class Panels {
             for (int64_t k0 = 0; k0 < K; k0 += kLanes) {
               const int64_t kn = std::min<int64_t>(kLanes, K - k0);
               transpose16(b + c * sn + k0, sn, __builtin_popcount(mask), kn, p + k0 * nv_ * kLanes, nv_ * kLanes);
+            }
+          }
+        }
+      }
+    });
+  }
+
+  // B (K x N) given by at(k, n), a pointer to element (k, n) from which the row runs on
+  // contiguously up to the next column in `breaks` (B is made of side-by-side pieces, e.g.
+  // [x_t, h_{t-1}] without materialising it); one block of width N.
+  template <typename At>
+  Panels(const At& at, const std::vector<int64_t>& breaks, int64_t K, int64_t N) {
+    layout(K, 1, N);
+    float* d = data_.data_ptr<float>();
+    at::parallel_for(0, groups_, 1, [&](int64_t q0, int64_t q1) {
+      for (int64_t q = q0; q < q1; ++q) {
+        for (int64_t v = 0; v < nv_; ++v) {
+          const int64_t c = col_[q * nv_ + v], n = __builtin_popcount(mask_[q * nv_ + v]);
+          const bool whole = std::none_of(breaks.begin(), breaks.end(), [&](int64_t x) { return c < x && x < c + n; });
+          float* p = d + q * K * nv_ * kLanes + v * kLanes;
+          for (int64_t k = 0; k < K; ++k) {
+            if (whole) {
+              _mm512_mask_storeu_ps(p + k * nv_ * kLanes, mask_[q * nv_ + v],
+                                    _mm512_maskz_loadu_ps(mask_[q * nv_ + v], at(k, c)));
+            } else {
+              for (int64_t l = 0; l < n; ++l) p[k * nv_ * kLanes + l] = *at(k, c + l);
             }
           }
         }
@@ -96,7 +105,10 @@ class Panels {
   // and a block of K stay in L2 while every group's panels pass over them.
   // With sums, also sums[m] = sum over k of A(m, k) (the product with a column of ones, which
   // would cost a whole group of panels), taken while A is copied.
-  void matmul(const float* A, int64_t sam, int64_t sak, int64_t M, float* C, int64_t ldc, float* sums = nullptr) const {
+  // Only the first `groups` groups when given (columns past the last one's end are not written).
+  void matmul(const float* A, int64_t sam, int64_t sak, int64_t M, float* C, int64_t ldc, float* sums = nullptr,
+              int64_t groups = -1) const {
+    const int64_t ng = groups < 0 ? groups_ : std::min(groups, groups_);
     // blocks of about 240 rows (240 x 256 floats of A = 240 KB), their count a multiple of the
     // thread count so that every thread gets the same share
     constexpr int64_t kc = 256;
@@ -125,7 +137,7 @@ class Panels {
             }
             m += n;
           }
-          for (int64_t q = 0; q < groups_; ++q) {
+          for (int64_t q = 0; q < ng; ++q) {
             for (int64_t i = 0, m = m0; i < tiles; ++i) {
               const int64_t n = Mb / tiles + (i < Mb % tiles ? 1 : 0);
               const float* a = pack.data() + (m - m0) * kn - k0 * n;  // element (r, k) at a[r + k * n]
@@ -140,6 +152,30 @@ class Panels {
   }
 
  private:
+  // the panel geometry; data_ zeroed (the lanes past a block's end stay zero)
+  void layout(int64_t K, int64_t blocks, int64_t width) {
+    K_ = K;
+    width_ = width;
+    // panels per group: one per block, widened to up to 4 panels of one block when blocks are few
+    per_block_ = std::max<int64_t>(1, 4 / blocks);
+    nv_ = blocks * per_block_;
+    units_ = kLanes * per_block_;
+    groups_ = (width + units_ - 1) / units_;
+    data_ = at::zeros({groups_, K, nv_ * kLanes}, at::kFloat);  // not pooled: short-lived, and sizes vary by layer
+    col_.resize(groups_ * nv_);
+    mask_.resize(groups_ * nv_);
+    for (int64_t q = 0; q < groups_; ++q) {
+      for (int64_t g = 0; g < blocks; ++g) {
+        for (int64_t s = 0; s < per_block_; ++s) {
+          const int64_t v = g * per_block_ + s, u0 = q * units_ + s * kLanes;
+          const int64_t n = std::clamp<int64_t>(width - u0, 0, kLanes);
+          col_[q * nv_ + v] = g * width + std::min(u0, width);
+          mask_[q * nv_ + v] = static_cast<__mmask16>((1u << n) - 1u);
+        }
+      }
+    }
+  }
+
   // rows [m0, m1) of C's columns in group q, over k in [k0, k1), in register tiles of at most
   // kMaxRows rows, as even as possible (8 rows -> 4 + 4, not 6 + 2)
   void rows(const float* A, int64_t sam, int64_t sak, int64_t m0, int64_t m1, int64_t k0, int64_t k1, int64_t q,
