@@ -23,9 +23,14 @@
 namespace tiled {
 
 constexpr int kLanes = 16;  // floats per zmm register
-constexpr int kMaxRows = 6;
+constexpr int kMaxRows = 6;  // rows per register tile: 6 x 4 accumulators + 4 panel registers
+
+// register tiles for M rows: up to 8 rows are one tile (7-8 rows run 2-3 panels at a time, so
+// the panels stream once instead of twice), more are split into tiles of at most kMaxRows
+inline int64_t tile_count(int64_t M) { return M <= 8 ? 1 : (M + kMaxRows - 1) / kMaxRows; }
+
 // floats ahead of the K loop to prefetch: the panels stream from L3 when they exceed L2 (H = 512)
-constexpr int64_t kPrefetch = 1024;  // rows per register tile: 6 x 4 accumulators + 4 panel registers
+constexpr int64_t kPrefetch = 1024;
 
 // B (K x N) with element (k, n) at b[k * sk + n * sn]; N = blocks * width (gate blocks of width
 // hidden units). Each group covers `units` consecutive units of every block.
@@ -121,7 +126,7 @@ class Panels {
       for (int64_t k0 = 0; k0 < K_; k0 += kc) {
         const int64_t k1 = std::min(K_, k0 + kc), kn = k1 - k0;
         for (int64_t mb = b0; mb < b1; ++mb) {
-          const int64_t m0 = mb * mc, Mb = std::min(M, m0 + mc) - m0, tiles = (Mb + kMaxRows - 1) / kMaxRows;
+          const int64_t m0 = mb * mc, Mb = std::min(M, m0 + mc) - m0, tiles = tile_count(Mb);
           for (int64_t i = 0, m = m0; i < tiles; ++i) {  // same split as rows()
             const int64_t n = Mb / tiles + (i < Mb % tiles ? 1 : 0);
             float* dst = pack.data() + (m - m0) * kn;
@@ -177,10 +182,10 @@ class Panels {
   }
 
   // rows [m0, m1) of C's columns in group q, over k in [k0, k1), in register tiles of at most
-  // kMaxRows rows, as even as possible (8 rows -> 4 + 4, not 6 + 2)
+  // kMaxRows rows, as even as possible (10 rows -> 5 + 5, not 6 + 4)
   void rows(const float* A, int64_t sam, int64_t sak, int64_t m0, int64_t m1, int64_t k0, int64_t k1, int64_t q,
             float* C, int64_t ldc, const float* init, int64_t ld_init) const {
-    const int64_t M = m1 - m0, tiles = (M + kMaxRows - 1) / kMaxRows;
+    const int64_t M = m1 - m0, tiles = tile_count(M);
     int64_t m = m0;
     for (int64_t i = 0; i < tiles; ++i) {
       const int64_t n = M / tiles + (i < M % tiles ? 1 : 0);
@@ -217,19 +222,21 @@ class Panels {
     }
   }
 
+  // MR rows x panels [v0, v0 + NV) of group q
   template <int MR, int NV>
   void kernel(const float* A, int64_t sam, int64_t sak, int64_t k0, int64_t k1, int64_t q, float* C, int64_t ldc,
-              const float* init, int64_t ld_init) const {
-    const int64_t* col = col_.data() + q * nv_;
-    const __mmask16* mask = mask_.data() + q * nv_;
+              const float* init, int64_t ld_init, int64_t v0 = 0) const {
+    const int64_t* col = col_.data() + q * nv_ + v0;
+    const __mmask16* mask = mask_.data() + q * nv_ + v0;
     __m512 acc[MR][NV];
     for (int m = 0; m < MR; ++m) {
       for (int v = 0; v < NV; ++v) {
         acc[m][v] = init != nullptr ? _mm512_maskz_loadu_ps(mask[v], init + m * ld_init + col[v]) : _mm512_setzero_ps();
       }
     }
-    const float* p = data_.data_ptr<float>() + (q * K_ + k0) * NV * kLanes;
-    for (int64_t k = k0; k < k1; ++k, p += NV * kLanes) {
+    const int64_t row = nv_ * kLanes;  // floats per panel row of the group
+    const float* p = data_.data_ptr<float>() + (q * K_ + k0) * row + v0 * kLanes;
+    for (int64_t k = k0; k < k1; ++k, p += row) {
       __m512 w[NV];
       for (int v = 0; v < NV; ++v) {
         _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetch + v * kLanes), _MM_HINT_T0);
@@ -262,6 +269,21 @@ class Panels {
 
   void tile(int64_t rows, const float* A, int64_t sam, int64_t sak, int64_t k0, int64_t k1, int64_t q, float* C,
             int64_t ldc, const float* init, int64_t ld_init) const {
+    if (rows > kMaxRows) {  // 7 or 8 rows (small batches) in one pass over the panels, 2-3 at a time
+      const bool eight = rows == 8;
+      if (nv_ == 3) {
+        return eight ? kernel<8, 3>(A, sam, sak, k0, k1, q, C, ldc, init, ld_init)
+                     : kernel<7, 3>(A, sam, sak, k0, k1, q, C, ldc, init, ld_init);
+      }
+      for (int64_t v0 = 0; v0 < nv_; v0 += 2) {
+        if (eight) {
+          kernel<8, 2>(A, sam, sak, k0, k1, q, C, ldc, init, ld_init, v0);
+        } else {
+          kernel<7, 2>(A, sam, sak, k0, k1, q, C, ldc, init, ld_init, v0);
+        }
+      }
+      return;
+    }
     switch (nv_) {
       case 3: return tile_nv<3>(rows, A, sam, sak, k0, k1, q, C, ldc, init, ld_init);
       case 4: return tile_nv<4>(rows, A, sam, sak, k0, k1, q, C, ldc, init, ld_init);
