@@ -130,14 +130,25 @@ class Panels {
           for (int64_t i = 0, m = m0; i < tiles; ++i) {  // same split as rows()
             const int64_t n = Mb / tiles + (i < Mb % tiles ? 1 : 0);
             float* dst = pack.data() + (m - m0) * kn;
-            for (int64_t k = 0; k < kn; ++k) {
-              for (int64_t r = 0; r < n; ++r) dst[k * n + r] = A[(m + r) * sam + (k0 + k) * sak];
-            }
-            if (sums != nullptr) {
-              for (int64_t r = 0; r < n; ++r) {
-                float total = k0 == 0 ? 0.0f : sums[m + r];
-                for (int64_t k = 0; k < kn; ++k) total += dst[k * n + r];
-                sums[m + r] = total;
+            if (sam == 1) {  // a transposed view (dA^T): the tile's rows are contiguous at each k
+              const __mmask16 rmask = static_cast<__mmask16>((1u << n) - 1u);
+              __m512 total = sums != nullptr && k0 > 0 ? _mm512_maskz_loadu_ps(rmask, sums + m) : _mm512_setzero_ps();
+              for (int64_t k = 0; k < kn; ++k) {
+                const __m512 v = _mm512_maskz_loadu_ps(rmask, A + m + (k0 + k) * sak);
+                _mm512_mask_storeu_ps(dst + k * n, rmask, v);
+                total = _mm512_add_ps(total, v);
+              }
+              if (sums != nullptr) _mm512_mask_storeu_ps(sums + m, rmask, total);
+            } else {
+              for (int64_t k = 0; k < kn; ++k) {
+                for (int64_t r = 0; r < n; ++r) dst[k * n + r] = A[(m + r) * sam + (k0 + k) * sak];
+              }
+              if (sums != nullptr) {
+                for (int64_t r = 0; r < n; ++r) {
+                  float total = k0 == 0 ? 0.0f : sums[m + r];
+                  for (int64_t k = 0; k < kn; ++k) total += dst[k * n + r];
+                  sums[m + r] = total;
+                }
               }
             }
             m += n;
