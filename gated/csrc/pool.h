@@ -1,8 +1,8 @@
 // Reuse of the kernels' large buffers (included by recurrence.cpp).
 //
 // glibc serves allocations above its mmap threshold (at most 32 MiB) with fresh pages from the
-// kernel, which fault in one 4 KiB page at a time: a fresh 67 MB buffer cost 20 ms to fill on the
-// development machine against 0.8 ms for a reused one. The activations, their gradients and the
+// kernel, which fault in one 4 KiB page at a time: a fresh 67 MB buffer cost 18-20 ms to fill on
+// the development machine against 0.7-0.8 ms for a reused one (scripts/tiled_microbench.py). The activations, their gradients and the
 // weight-gradient operands of a train step pass that size at the benchmark shapes (256 x 64 x
 // 1024 floats), so they come from this pool: a buffer whose storage nobody else holds any more
 // (its saved tensors died with the autograd graph) is handed out again for the same byte size.

@@ -44,6 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--memory", action="store_true", help="also measure peak train-step memory (fresh processes)")
     p.add_argument("--sweep-t", nargs="*", type=int, default=None,
                    help="instead of the grid: time the first shape/core/variant at these sequence lengths")
+    p.add_argument("--sweep-b", nargs="*", type=int, default=None,
+                   help="instead of the grid: time the first shape/core/variant at these batch sizes")
 
 
 def _parse_shape(s: str) -> tuple[int, int, int, int]:
@@ -173,6 +175,18 @@ def _fmt_row(r: dict, peak: float) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
+def _sweep(args, dtype, shape, name: str, values: list[int]) -> None:
+    """One row per value of T or B (the other sizes from ``shape``): time should grow linearly."""
+    core, variant, (T, B, I, H) = args.cores[0], args.variants[0], shape
+    unit = "step" if name == "T" else "sequence"
+    print(f"\n| {name} | torch train ms | fused train ms | ratio | fused ms per {unit} |\n|---|---|---|---|---|")
+    quiet = argparse.Namespace(**{**vars(args), "no_reference": True, "memory": False})
+    for v in values:
+        r = measure(core, variant, (v, B, I, H) if name == "T" else (T, v, I, H), 1, 1, quiet, dtype)
+        print(f"| {v} | {r['torch_train'] * 1e3:.1f} | {r['fused_train'] * 1e3:.1f} | "
+              f"{r['fused_train'] / r['torch_train']:.2f} | {r['fused_train'] / v * 1e3:.3f} |", flush=True)
+
+
 def main(args) -> int:
     torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
@@ -185,15 +199,10 @@ def main(args) -> int:
     print(f"# gated bench: gated {gated.__version__} (commit {commit}), torch {torch.__version__}, "
           f"{platform.machine()} {os.cpu_count()} cores, {args.threads} threads, {args.device}, {args.dtype}; "
           f"load average {os.getloadavg()[0]:.2f}; matmul peak {peak / 1e9:.0f} GFLOP/s")
-    if args.sweep_t:
-        core, variant, (_, B, I, H) = args.cores[0], args.variants[0], shapes[0]
-        print("\n| T | torch train ms | fused train ms | ratio | fused ms per step |\n|---|---|---|---|---|")
-        for T in args.sweep_t:
-            r = measure(core, variant, (T, B, I, H), 1, 1, argparse.Namespace(**{**vars(args), "no_reference": True,
-                                                                                  "memory": False}), dtype)
-            print(f"| {T} | {r['torch_train'] * 1e3:.1f} | {r['fused_train'] * 1e3:.1f} | "
-                  f"{r['fused_train'] / r['torch_train']:.2f} | {r['fused_train'] / T * 1e3:.3f} |", flush=True)
-        return 0
+    for name, values in (("T", args.sweep_t), ("B", args.sweep_b)):
+        if values:
+            _sweep(args, dtype, shapes[0], name, values)
+            return 0
     head = ("| shape | core | variant | L | D | torch train ms | ref train ms | fused train ms | train ratio | "
             "torch infer ms | fused infer ms | infer ratio | fused train GFLOP/s | % of peak |")
     head += " mem ratio |" if args.memory else ""

@@ -1,0 +1,45 @@
+"""``gated bench``: the tables it prints are consistent with their own columns (tiny shapes, so
+the times themselves mean nothing here; speed is never asserted in a test)."""
+
+from __future__ import annotations
+
+import pytest
+
+from gated.harness.cli import main
+
+
+def _table(text: str) -> list[list[str]]:
+    return [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines()
+            if line.startswith("| ") and not line.startswith("| shape") and not line.startswith("| T ")
+            and not line.startswith("| B ")]
+
+
+def _quotient_ok(shown: float, num: float, den: float, step: float = 0.05) -> bool:
+    """``shown`` (printed to 2 decimals) is num / den, where both were printed to 0.1 ms."""
+    lo = max(num - step, 0.0) / (den + step)
+    hi = (num + step) / max(den - step, 1e-9)
+    return lo - 0.005 <= shown <= hi + 0.005
+
+
+@pytest.mark.parametrize("flag,unit", [("--sweep-t", "step"), ("--sweep-b", "sequence")])
+def test_sweeps_print_one_row_per_size_with_consistent_ratios(flag, unit, capsys):
+    assert main(["bench", "--shapes", "6x3x4x8", "--cores", "gru", "--variants", "UR", flag, "2", "5",
+                 "--repeats", "1", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert f"fused ms per {unit}" in out
+    rows = _table(out)
+    assert [int(r[0]) for r in rows] == [2, 5]
+    for size, torch_ms, fused_ms, ratio, per in ((int(r[0]), *map(float, r[1:])) for r in rows):
+        assert _quotient_ok(ratio, fused_ms, torch_ms)
+        assert abs(per - fused_ms / size) <= 0.05 / size + 5e-4
+
+
+def test_grid_row_ratios_match_their_times(capsys):
+    assert main(["bench", "--shapes", "5x2x3x8", "--cores", "lstm", "--variants", "UR", "--layers", "1",
+                 "--directions", "2", "--no-reference", "--repeats", "1", "--threads", "1"]) == 0
+    (row,) = _table(capsys.readouterr().out)
+    assert row[:5] == ["5x2x3x8", "lstm", "UR", "1", "2"]
+    torch_train, fused_train, train_ratio = float(row[5]), float(row[7]), float(row[8])
+    torch_infer, fused_infer, infer_ratio = float(row[9]), float(row[10]), float(row[11])
+    assert _quotient_ok(train_ratio, fused_train, torch_train)
+    assert _quotient_ok(infer_ratio, fused_infer, torch_infer)
