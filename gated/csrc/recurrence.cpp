@@ -22,6 +22,7 @@
 #include <ATen/cpu/vec/vec.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/stack.h>
+#include <omp.h>
 #include <torch/library.h>
 
 #include <dlfcn.h>
@@ -432,6 +433,27 @@ inline int64_t ring(bool save, int64_t t) { return save ? t : t % 2; }  // row o
 // save: keep what backward needs (every step's gate activations, c_t or W_hn h + b_hn). Without
 // it (inference) the input projection runs in chunks of steps into one reused buffer and the
 // per-step states live in two rows, so memory does not grow with T beyond the output.
+// A team of threads for a whole time loop: one OpenMP parallel region, synchronised by barrier()
+// between steps (cheaper than a fork and join per step). body(tid, nth) runs on each thread; the
+// team has at most `work` threads (its units of work), and one inside another parallel region.
+template <typename F>
+void team(int64_t work, const F& body) {
+  const int64_t nth = at::in_parallel_region() ? 1 : std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), work));
+  if (nth == 1) {
+    body(0, 1);
+    return;
+  }
+#pragma omp parallel num_threads(nth)
+  body(omp_get_thread_num(), omp_get_num_threads());
+}
+
+inline void barrier() {
+#pragma omp barrier
+}
+
+// the start of thread tid's share of n items split into nth contiguous, near-equal parts
+inline int64_t share(int64_t n, int64_t tid, int64_t nth) { return n * tid / nth; }
+
 // The tiled AVX-512 path (tiled_gemm.h) for float32: per time step one parallel region in which
 // each thread computes its hidden units' share of the recurrent product and then their gate maths.
 template <typename T>
@@ -478,61 +500,74 @@ std::vector<Tensor> forward_impl(const Tensor& x, const Tensor& w_ih, const Tens
 #else
   const bool tiled = false;
 #endif
-  if (!tiled) gemm.emplace(w_hh, /*transpose=*/true, B);
-  for (int64_t t0 = 0; t0 < Tn; t0 += chunk) {
-    const int64_t n = std::min(chunk, Tn - t0);
-    Tensor a2 = A.narrow(0, 0, n).view({n * B, G}), x2 = x.narrow(0, t0, n).reshape({n * B, I});
-    // the input projection of n steps at once, written in place (addmm_out with a broadcast bias
-    // would go through a fresh temporary on every chunk)
-    if (tiled) {
-#if defined(GATED_TILED_GEMM)
-      if constexpr (use_tiled<T>()) {
-        const float *xp = x2.data_ptr<float>(), *bp = bias_x ? bias_x->data_ptr<float>() : nullptr;
-        float* ap = a2.data_ptr<float>();
-        at::parallel_for(0, n * B, 48, [&](int64_t r0, int64_t r1) {
-          wi->run(xp, I, r0, r1, ap, G, 0, wi->groups(), bp, 0);
-        });
-      }
-#endif
-    } else if (bias_x) {
-      a2.copy_(bias_x->expand({n * B, G}));
-      a2.addmm_(x2, w_ih.t());
+  // step t's rows: gate buffer, output, state (c or W_hn h + b_hn), previous h and c; raw pointers,
+  // since indexing tensors per step costs microseconds of dispatch at small sizes
+  T *Ap = A.data_ptr<T>(), *outp = out.data_ptr<T>(), *auxp = aux.data_ptr<T>();
+  const T *h0p = h0.data_ptr<T>(), *c0p = core == LSTM ? c0->data_ptr<T>() : nullptr;
+  auto step = [&](int64_t t, int64_t t0) {
+    struct {
+      T *a, *h, *state;
+      const T *h_prev, *c_prev;
+    } r{Ap + (t - t0) * B * G, outp + t * B * H, auxp + ring(save, t) * B * H, nullptr, nullptr};
+    r.h_prev = t == 0 ? h0p : r.h - B * H;
+    if (core == LSTM) r.c_prev = t == 0 ? c0p : auxp + ring(save, t - 1) * B * H;
+    return r;
+  };
+  // LSTM: pre = gx_t + h W_hh^T (accumulated into A_t); GRU/MGU: pre = h W_hh^T on its own
+  auto pointwise = [&](const Step& s, const auto& r, const T* pre, int64_t b0, int64_t b1) {
+    if (core == LSTM) {
+      lstm_fwd<T>(s, pre, r.a, r.c_prev, r.state, r.h, fbp, b0, b1);
     } else {
-      at::mm_out(a2, x2, w_ih.t());
+      gru_mgu_fwd<T>(s, core, r.a, pre, r.h_prev, r.h, r.state, bhnp, fbp, b0, b1);
     }
-    for (int64_t t = t0; t < t0 + n; ++t) {
-      // raw row pointers: indexing tensors per step costs microseconds of dispatch at small sizes
-      T *ap = A.data_ptr<T>() + (t - t0) * B * G, *ht = out.data_ptr<T>() + t * B * H;
-      T* ct = aux.data_ptr<T>() + ring(save, t) * B * H;
-      const T* hpp = t == 0 ? h0.data_ptr<T>() : ht - B * H;
-      const T* cp = core != LSTM ? nullptr : t == 0 ? c0->data_ptr<T>() : aux.data_ptr<T>() + ring(save, t - 1) * B * H;
-      // LSTM: pre = gx_t + h W_hh^T (accumulated into A_t); GRU/MGU: pre = h W_hh^T on its own
-      auto pointwise = [&](const Step& s, const T* pre, int64_t b0, int64_t b1) {
-        if (core == LSTM) {
-          lstm_fwd<T>(s, pre, ap, cp, ct, ht, fbp, b0, b1);
-        } else {
-          gru_mgu_fwd<T>(s, core, ap, pre, hpp, ht, ct, bhnp, fbp, b0, b1);
-        }
-      };
-      Step s{B, H, G, t, lp, refine, 0, H};
-      if (tiled) {
+  };
 #if defined(GATED_TILED_GEMM)
-        if constexpr (use_tiled<T>()) {
-          float* dst = core == LSTM ? ap : gh.data_ptr<float>();
-          at::parallel_for(0, wh->groups(), 1, [&](int64_t q0, int64_t q1) {
-            wh->run(hpp, H, 0, B, dst, G, q0, q1, core == LSTM ? dst : nullptr, G);
-            Step own = s;
-            own.j0 = wh->unit_begin(q0);
-            own.j1 = wh->unit_end(q1);
-            pointwise(own, dst, 0, B);
-          });
+  if constexpr (use_tiled<T>()) {
+    if (tiled) {
+      // one team for the whole sequence: per chunk, its share of the input projection's rows;
+      // per step, its groups' share of the recurrent product and then their units' gate maths
+      const float *xp = x.data_ptr<float>(), *bp = bias_x ? bias_x->data_ptr<float>() : nullptr;
+      float* ghp = gh.data_ptr<float>();
+      const int64_t groups = wh->groups();
+      team(groups, [&](int64_t tid, int64_t nth) {
+        const int64_t q0 = share(groups, tid, nth), q1 = share(groups, tid + 1, nth);
+        for (int64_t t0 = 0; t0 < Tn; t0 += chunk) {
+          const int64_t n = std::min(chunk, Tn - t0);
+          wi->run(xp + t0 * B * I, I, share(n * B, tid, nth), share(n * B, tid + 1, nth), Ap, G, 0, wi->groups(), bp, 0);
+          barrier();
+          for (int64_t t = t0; t < t0 + n; ++t) {
+            const auto r = step(t, t0);
+            float* dst = core == LSTM ? r.a : ghp;
+            wh->run(r.h_prev, H, 0, B, dst, G, q0, q1, core == LSTM ? dst : nullptr, G);
+            const Step own{B, H, G, t, lp, refine, wh->unit_begin(q0), wh->unit_end(q1)};
+            pointwise(own, r, dst, 0, B);
+            barrier();
+          }
         }
+      });
+    }
+  }
 #endif
-        continue;
+  if (!tiled) {
+    gemm.emplace(w_hh, /*transpose=*/true, B);
+    for (int64_t t0 = 0; t0 < Tn; t0 += chunk) {
+      const int64_t n = std::min(chunk, Tn - t0);
+      Tensor a2 = A.narrow(0, 0, n).view({n * B, G}), x2 = x.narrow(0, t0, n).reshape({n * B, I});
+      // the input projection of n steps at once, written in place (addmm_out with a broadcast bias
+      // would go through a fresh temporary on every chunk)
+      if (bias_x) {
+        a2.copy_(bias_x->expand({n * B, G}));
+        a2.addmm_(x2, w_ih.t());
+      } else {
+        at::mm_out(a2, x2, w_ih.t());
       }
-      Tensor pre = gemm->run(t == 0 ? h0 : out[t - 1], core == LSTM ? A[t - t0] : Tensor(), gh);
-      const T* pp = pre.data_ptr<T>();
-      rows(B, H, [&](int64_t b0, int64_t b1) { pointwise(s, pp, b0, b1); });
+      for (int64_t t = t0; t < t0 + n; ++t) {
+        const auto r = step(t, t0);
+        Tensor pre = gemm->run(t == 0 ? h0 : out[t - 1], core == LSTM ? A[t - t0] : Tensor(), gh);
+        const T* pp = pre.data_ptr<T>();
+        const Step s{B, H, G, t, lp, refine, 0, H};
+        rows(B, H, [&](int64_t b0, int64_t b1) { pointwise(s, r, pp, b0, b1); });
+      }
     }
   }
   Tensor h_n = empty({B, H}, opts);
@@ -589,16 +624,19 @@ std::vector<Tensor> backward_impl(const Tensor& dout, const Tensor& dh_n, const 
       // pointwise on them (which overwrites dhn with dhn_t); the last region only finishes dh_0
       const tiled::Panels wh(w_hh.data_ptr<float>(), H, 1, G, 1, H);  // B(k, n) = W_hh[k, n]
       float *dhp = dh.data_ptr<float>(), *dhnp = buf0.data_ptr<float>();
-      for (int64_t t = Tn - 1; t >= -1; --t) {
-        const float* sp = t + 1 >= Tn ? nullptr : core == LSTM ? dAp + (t + 1) * B * G : Sp + ((t + 1) % 2) * B * G;
-        at::parallel_for(0, wh.groups(), 1, [&](int64_t q0, int64_t q1) {
+      const int64_t groups = wh.groups();
+      team(groups, [&](int64_t tid, int64_t nth) {
+        const int64_t q0 = share(groups, tid, nth), q1 = share(groups, tid + 1, nth);
+        for (int64_t t = Tn - 1; t >= -1; --t) {
+          const float* sp = t + 1 >= Tn ? nullptr : core == LSTM ? dAp + (t + 1) * B * G : Sp + ((t + 1) % 2) * B * G;
           if (sp != nullptr) wh.run(sp, G, 0, B, dhp, H, q0, q1, dhnp, H);
           if (t >= 0) {
-            Step own{B, H, G, t, lp, refine, wh.unit_begin(q0), wh.unit_end(q1)};
+            const Step own{B, H, G, t, lp, refine, wh.unit_begin(q0), wh.unit_end(q1)};
             pointwise(own, dhp, dhnp, 0, B);
           }
-        });
-      }
+          barrier();
+        }
+      });
       return {dA, dghn, dh, core == LSTM ? dc : empty({0}, opts)};
     }
   }

@@ -178,6 +178,7 @@ class Panels {
     units_ = kLanes * per_block_;
     groups_ = (width + units_ - 1) / units_;
     data_ = at::zeros({groups_, K, nv_ * kLanes}, at::kFloat);  // not pooled: short-lived, and sizes vary by layer
+    base_ = data_.data_ptr<float>();  // the kernel reads it per tile: no type check each time
     col_.resize(groups_ * nv_);
     mask_.resize(groups_ * nv_);
     for (int64_t q = 0; q < groups_; ++q) {
@@ -246,7 +247,7 @@ class Panels {
       }
     }
     const int64_t row = nv_ * kLanes;  // floats per panel row of the group
-    const float* p = data_.data_ptr<float>() + (q * K_ + k0) * row + v0 * kLanes;
+    const float* p = base_ + (q * K_ + k0) * row + v0 * kLanes;
     for (int64_t k = k0; k < k1; ++k, p += row) {
       __m512 w[NV];
       for (int v = 0; v < NV; ++v) {
@@ -303,6 +304,7 @@ class Panels {
   }
 
   at::Tensor data_;
+  const float* base_ = nullptr;
   std::vector<int64_t> col_;
   std::vector<__mmask16> mask_;
   int64_t K_ = 0, width_ = 0, per_block_ = 1, nv_ = 1, units_ = kLanes, groups_ = 0;
