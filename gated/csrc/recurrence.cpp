@@ -430,9 +430,6 @@ void rows(int64_t B, int64_t H, const F& f) {
 
 inline int64_t ring(bool save, int64_t t) { return save ? t : t % 2; }  // row of step t's state
 
-// save: keep what backward needs (every step's gate activations, c_t or W_hn h + b_hn). Without
-// it (inference) the input projection runs in chunks of steps into one reused buffer and the
-// per-step states live in two rows, so memory does not grow with T beyond the output.
 // A team of threads for a whole time loop: one OpenMP parallel region, synchronised by barrier()
 // between steps (cheaper than a fork and join per step). body(tid, nth) runs on each thread; the
 // team has at most `work` threads (its units of work), and one inside another parallel region.
@@ -454,8 +451,8 @@ inline void barrier() {
 // the start of thread tid's share of n items split into nth contiguous, near-equal parts
 inline int64_t share(int64_t n, int64_t tid, int64_t nth) { return n * tid / nth; }
 
-// The tiled AVX-512 path (tiled_gemm.h) for float32: per time step one parallel region in which
-// each thread computes its hidden units' share of the recurrent product and then their gate maths.
+// The tiled AVX-512 path (tiled_gemm.h) for float32: at each time step every thread of one team
+// computes its hidden units' share of the recurrent product and then their gate maths.
 template <typename T>
 constexpr bool use_tiled() {
 #if defined(GATED_TILED_GEMM)
@@ -620,8 +617,8 @@ std::vector<Tensor> backward_impl(const Tensor& dout, const Tensor& dh_n, const 
 #if defined(GATED_TILED_GEMM)
   if constexpr (use_tiled<T>()) {
     if (tiled_chosen()) {
-      // region t: dh_t = src_{t+1} @ W_hh + dhn_{t+1} for this thread's units, then step t's
-      // pointwise on them (which overwrites dhn with dhn_t); the last region only finishes dh_0
+      // step t, per thread: dh_t = src_{t+1} @ W_hh + dhn_{t+1} for its units, then step t's
+      // pointwise on them (which overwrites dhn with dhn_t); the last pass only finishes dh_0
       const tiled::Panels wh(w_hh.data_ptr<float>(), H, 1, G, 1, H);  // B(k, n) = W_hh[k, n]
       float *dhp = dh.data_ptr<float>(), *dhnp = buf0.data_ptr<float>();
       const int64_t groups = wh.groups();
@@ -775,9 +772,7 @@ std::vector<Tensor> xh_mm(const Tensor& a, const std::optional<Tensor>& a2, cons
 }
 
 void set_gemm(int64_t kind) { g_gemm = kind; }
-// the pooled buffers (pool.h): a workspace for Python-side operands, switching reuse on and off,
-// and dropping the idle buffers
-Tensor workspace(std::vector<int64_t> sizes, const Tensor& like) { return empty(sizes, like.options()); }
+// the pooled buffers (pool.h): switching reuse on and off, and dropping the idle buffers
 void set_pool(bool on) { pool::enabled() = on; }
 int64_t empty_cache() { return pool::release(); }
 std::vector<int64_t> gemm_kinds() {  // which recurrent GEMMs this build can use
@@ -797,7 +792,6 @@ TORCH_LIBRARY(gated_fused, m) {
   m.def("gemm_kinds", &gemm_kinds);
   m.def("tiled_mm", &tiled_mm);
   m.def("xh_mm", &xh_mm);
-  m.def("workspace", &workspace);
   m.def("set_pool", &set_pool);
   m.def("empty_cache", &empty_cache);
   m.def("recurrence_forward", &recurrence_forward);
