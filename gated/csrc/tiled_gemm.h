@@ -5,8 +5,8 @@
 // A group holds the NV panels that the caller's pointwise pass needs together: for the forward
 // step, the 16 hidden units of every gate block (i, f, u, o for the LSTM); for the backward step,
 // 16 * NV consecutive columns. So a thread that owns a range of groups owns a range of hidden
-// units, and can run the gate maths on them right after its share of the product, in the same
-// parallel region (one fork/join per time step instead of a GEMM call plus a pointwise pass).
+// units, and can run the gate maths on them right after its share of the product, before the
+// step's barrier (instead of a GEMM call and then a pointwise pass).
 // Columns past a block's end are zero in the panel and masked out of every load and store.
 #pragma once
 
