@@ -18,6 +18,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <mutex>
 #include <vector>
 
 namespace tiled {
@@ -31,6 +32,23 @@ inline int64_t tile_count(int64_t M) { return M <= 8 ? 1 : (M + kMaxRows - 1) / 
 
 // floats ahead of the K loop to prefetch: the panels stream from L3 when they exceed L2 (H = 512)
 constexpr int64_t kPrefetch = 1024;
+
+// Panel storage. One idle buffer of the last size is kept: a fresh one above glibc's mmap
+// threshold page-faults on every call (6 % of a 1000x32x10x256 train step for the weight-gradient
+// panels). A request of another size frees it first, so layers of different sizes never hold
+// two (the shared pool in pool.h would keep both, and raise the peak memory of a step).
+inline at::Tensor scratch(int64_t numel) {
+  static std::mutex m;
+  static at::Tensor kept;
+  std::lock_guard<std::mutex> guard(m);
+  if (kept.defined() && kept.storage().use_count() == 1) {
+    if (kept.numel() == numel) return kept.view({numel});
+    kept = at::Tensor();  // idle, another size: free it before allocating
+  }
+  at::Tensor fresh = at::empty({numel}, at::kFloat);
+  if (!kept.defined() && int64_t(numel * sizeof(float)) >= (int64_t(32) << 20)) kept = fresh;
+  return fresh;
+}
 
 // B (K x N) with element (k, n) at b[k * sk + n * sn]; N = blocks * width (gate blocks of width
 // hidden units). Each group covers `units` consecutive units of every block.
@@ -52,7 +70,7 @@ class Panels {
           float* p = d + q * K * nv_ * kLanes + v * kLanes;
           if (sn == 1) {
             for (int64_t k = 0; k < K; ++k) {
-              _mm512_mask_storeu_ps(p + k * nv_ * kLanes, mask, _mm512_maskz_loadu_ps(mask, b + k * sk + c));
+              _mm512_store_ps(p + k * nv_ * kLanes, _mm512_maskz_loadu_ps(mask, b + k * sk + c));
             }
           } else {
             for (int64_t k0 = 0; k0 < K; k0 += kLanes) {
@@ -80,10 +98,9 @@ class Panels {
           float* p = d + q * K * nv_ * kLanes + v * kLanes;
           for (int64_t k = 0; k < K; ++k) {
             if (whole) {
-              _mm512_mask_storeu_ps(p + k * nv_ * kLanes, mask_[q * nv_ + v],
-                                    _mm512_maskz_loadu_ps(mask_[q * nv_ + v], at(k, c)));
+              _mm512_store_ps(p + k * nv_ * kLanes, _mm512_maskz_loadu_ps(mask_[q * nv_ + v], at(k, c)));
             } else {
-              for (int64_t l = 0; l < n; ++l) p[k * nv_ * kLanes + l] = *at(k, c + l);
+              for (int64_t l = 0; l < kLanes; ++l) p[k * nv_ * kLanes + l] = l < n ? *at(k, c + l) : 0.0f;
             }
           }
         }
@@ -177,7 +194,8 @@ class Panels {
     nv_ = blocks * per_block_;
     units_ = kLanes * per_block_;
     groups_ = (width + units_ - 1) / units_;
-    data_ = at::zeros({groups_, K, nv_ * kLanes}, at::kFloat);  // not pooled: short-lived, and sizes vary by layer
+    // every lane is written by the copy (zeros past a block's end), so no zeroing here
+    data_ = scratch(groups_ * K * nv_ * kLanes);
     base_ = data_.data_ptr<float>();  // the kernel reads it per tile: no type check each time
     col_.resize(groups_ * nv_);
     mask_.resize(groups_ * nv_);
