@@ -12,23 +12,13 @@
 """
 
 import argparse
-import time
 
 import torch
+from gemm_microbench import _best_ms  # this folder is on sys.path when run as a script
 
 from gated.backends import _build
 
 GEMM = {"oneDNN per step": 1, "tiled": 4}
-
-
-def _best_ms(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times) * 1e3
 
 
 def forward_per_step(ops, T: int, B: int, I: int, H: int) -> None:
