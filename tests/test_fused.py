@@ -160,6 +160,10 @@ def test_artefact_name_tracks_source_and_torch_version(tmp_path, monkeypatch):
     header.write_bytes(headers[0].read_bytes())
     src.write_bytes(_build.SOURCE.read_bytes() + b"\n// changed\n")
     assert _build.artefact(src, cxx) != base
+    monkeypatch.setattr(_build, "cpu_features", lambda: "another cpu")  # -march=native builds
+    assert _build.artefact(_build.SOURCE, cxx) != base
+    monkeypatch.undo()
+    assert _build.artefact(_build.SOURCE, cxx) == base
     monkeypatch.setattr(torch, "__version__", "0.0.0")
     assert _build.artefact(_build.SOURCE, cxx) != base
 

@@ -2,8 +2,9 @@
 
 The shared library is compiled with the system C++ compiler against the installed torch and
 cached under ``$GATED_CACHE`` (default ``~/.cache/gated``)/``ext``, named by a hash of the sources,
-the flags, the compiler and the torch version, so a change to any of them rebuilds it. The build is
-written to a temporary file and renamed into place, so concurrent processes never load half a file.
+the flags, the compiler, the torch version and the CPU's features, so a change to any of them
+rebuilds it. The build is written to a temporary file and renamed into place, so concurrent
+processes never load half a file.
 Any failure (no compiler, no headers) is reported once and the caller falls back to the reference.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -43,14 +45,28 @@ def _command(src: Path, out: Path, cxx: str) -> list[str]:
     ]
 
 
+def cpu_features() -> str:
+    """The CPU's feature flags (Linux): ``-march=native`` builds for them, so a cache shared by
+    machines with different CPUs must not hand one's build to the other."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return " ".join(sorted(line.split(":", 1)[1].split()))
+    except OSError:
+        pass
+    return platform.machine() + " " + platform.processor()
+
+
 def artefact(source: Path, cxx: str) -> Path:
     """Cache path of the library built from ``source`` by ``cxx``: a new source, flag set,
-    compiler or torch version gives a new name, so a stale build is never loaded."""
+    compiler, torch version or CPU gives a new name, so a stale build is never loaded."""
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True, check=True).stdout
     key = hashlib.sha256()
     headers = sorted(source.parent.glob("*.h"))  # what the source includes from its folder
-    for part in (source.read_bytes(), *(h.read_bytes() for h in headers), " ".join(_command(Path("s"), Path("o"), cxx)).encode(), version.encode(),
-                 torch.__version__.encode(), sys.version.encode()):
+    command = " ".join(_command(Path("s"), Path("o"), cxx))
+    for part in (source.read_bytes(), *(h.read_bytes() for h in headers), command.encode(), version.encode(),
+                 torch.__version__.encode(), sys.version.encode(), cpu_features().encode()):
         key.update(part)
     return cache_dir() / f"gated_fused_{key.hexdigest()[:20]}.so"
 
