@@ -118,6 +118,22 @@ def _read_latest(root: Path, missing_ok: bool = False) -> dict | None:
     return latest
 
 
+def open_run(cfg, resume: bool, command: str) -> Path:
+    """The run directory ``cfg.train.out`` of ``gated train`` or ``gated rl train`` (``command``).
+    A new run refuses a directory that already holds one and writes ``config.json``; a resumed run
+    is used as it is."""
+    if cfg.train.out is None:
+        raise ValueError("--out is required: the run directory for config.json, metrics.jsonl and checkpoints")
+    run = Path(cfg.train.out)
+    if not resume:
+        if (run / "config.json").exists() or has_checkpoint(run):
+            raise ValueError(f"{run} already holds a run; continue it with `{command} --resume {run}` "
+                             "or choose another --out")
+        run.mkdir(parents=True, exist_ok=True)
+        atomic_write(run / "config.json", (json.dumps(cfg.to_dict(), indent=2) + "\n").encode())
+    return run
+
+
 def has_checkpoint(run: Path) -> bool:
     return (Path(run) / "checkpoints" / "latest.json").exists()
 

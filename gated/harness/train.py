@@ -40,15 +40,7 @@ def make_optimizer(cfg, model: torch.nn.Module, total_steps: int):
 
 
 def prepare_run_dir(cfg: RunConfig, task, resume: bool) -> Path:
-    if cfg.train.out is None:
-        raise ValueError("--out is required: the run directory for config.json, metrics.jsonl and checkpoints")
-    run = Path(cfg.train.out)
-    if not resume:
-        if (run / "config.json").exists() or ckpt.has_checkpoint(run):
-            raise ValueError(f"{run} already holds a run; continue it with `gated train --resume {run}` "
-                             "or choose another --out")
-        run.mkdir(parents=True, exist_ok=True)
-        atomic_write(run / "config.json", (json.dumps(cfg.to_dict(), indent=2) + "\n").encode())
+    run = ckpt.open_run(cfg, resume, "gated train")
     info = {"task": cfg.task.task, "main_metric": task.main_metric, "higher_is_better": task.higher_is_better,
             "baseline": task.baseline, "seq_len": task.seq_len, "threshold": get_task_spec(cfg.task.task).threshold}
     atomic_write(run / "task.json", (json.dumps(info, indent=1) + "\n").encode())

@@ -17,9 +17,11 @@ def add_arguments(parser) -> None:
     config.add_flags(parser)
 
 
-def resolve(args) -> tuple:
-    """The run's config and whether it resumes, from parsed arguments."""
-    from gated.harness import config
+def resolve(args, config=None) -> tuple:
+    """The run's config and whether it resumes, from parsed arguments. ``config`` is the command's
+    config module: ``gated.harness.config`` by default, ``gated.harness.rl.config`` for ``gated rl``."""
+    if config is None:
+        from gated.harness import config
 
     given = {k: v for k, v in vars(args).items() if k in config.FIELDS}
     file_values = config.load_file(args.config) if args.config else {}

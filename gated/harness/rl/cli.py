@@ -32,16 +32,9 @@ def add_arguments(parser) -> None:
 def resolve(args):
     """The run's config and whether it resumes, from parsed ``gated rl train`` arguments."""
     from gated.harness.rl import config
+    from gated.harness.train_cli import resolve as resolve_run
 
-    given = {k: v for k, v in vars(args).items() if k in config.FIELDS}
-    file_values = config.load_file(args.config) if args.config else {}
-    if not args.resume:
-        return config.build(file_values, given), False
-    run = Path(args.resume)
-    if not (run / "config.json").is_file():
-        raise ValueError(f"--resume {run}: no run there ({run / 'config.json'} is missing)")
-    saved = config.from_dict(json.loads((run / "config.json").read_text()))
-    return config.build(config.SCHEMA.resumed(run, saved.flat(), file_values | given)), True
+    return resolve_run(args, config)
 
 
 def main(args) -> int:

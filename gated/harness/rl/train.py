@@ -30,15 +30,7 @@ from gated.harness.rl.envs import EVAL_SEED, EnvPool, random_return
 
 
 def prepare_run_dir(cfg: RLConfig, pool: EnvPool, resume: bool) -> Path:
-    if cfg.train.out is None:
-        raise ValueError("--out is required: the run directory for config.json, metrics.jsonl and checkpoints")
-    run = Path(cfg.train.out)
-    if not resume:
-        if (run / "config.json").exists() or ckpt.has_checkpoint(run):
-            raise ValueError(f"{run} already holds a run; continue it with `gated rl train --resume {run}` "
-                             "or choose another --out")
-        run.mkdir(parents=True, exist_ok=True)
-        atomic_write(run / "config.json", (json.dumps(cfg.to_dict(), indent=2) + "\n").encode())
+    run = ckpt.open_run(cfg, resume, "gated rl train")
     if not (run / "task.json").exists():
         info = {"task": pool.name, "kind": "rl", "main_metric": "return", "higher_is_better": True,
                 "baseline": {"return": random_return(pool.name, cfg.train.eval_episodes)},
