@@ -30,6 +30,9 @@ constexpr int kMaxRows = 6;  // rows per register tile: 6 x 4 accumulators + 4 p
 // the panels stream once instead of twice), more are split into tiles of at most kMaxRows
 inline int64_t tile_count(int64_t M) { return M <= 8 ? 1 : (M + kMaxRows - 1) / kMaxRows; }
 
+// rows in tile i of M rows split into `tiles` tiles, as even as possible (10 -> 5 + 5, not 6 + 4)
+inline int64_t tile_rows(int64_t M, int64_t tiles, int64_t i) { return M / tiles + (i < M % tiles ? 1 : 0); }
+
 // floats ahead of the K loop to prefetch: the panels stream from L3 when they exceed L2 (H = 512)
 constexpr int64_t kPrefetch = 1024;
 
@@ -144,8 +147,8 @@ class Panels {
         const int64_t k1 = std::min(K_, k0 + kc), kn = k1 - k0;
         for (int64_t mb = b0; mb < b1; ++mb) {
           const int64_t m0 = mb * mc, Mb = std::min(M, m0 + mc) - m0, tiles = tile_count(Mb);
-          for (int64_t i = 0, m = m0; i < tiles; ++i) {  // same split as rows()
-            const int64_t n = Mb / tiles + (i < Mb % tiles ? 1 : 0);
+          for (int64_t i = 0, m = m0; i < tiles; ++i) {  // the tiles the compute loop below uses
+            const int64_t n = tile_rows(Mb, tiles, i);
             float* dst = pack.data() + (m - m0) * kn;
             if (sam == 1) {  // a transposed view (dA^T): the tile's rows are contiguous at each k
               const __mmask16 rmask = static_cast<__mmask16>((1u << n) - 1u);
@@ -172,7 +175,7 @@ class Panels {
           }
           for (int64_t q = 0; q < ng; ++q) {
             for (int64_t i = 0, m = m0; i < tiles; ++i) {
-              const int64_t n = Mb / tiles + (i < Mb % tiles ? 1 : 0);
+              const int64_t n = tile_rows(Mb, tiles, i);
               const float* a = pack.data() + (m - m0) * kn - k0 * n;  // element (r, k) at a[r + k * n]
               float* c = C + m * ldc;
               tile(n, a, 1, n, k0, k1, q, c, ldc, k0 == 0 ? nullptr : c, ldc);
@@ -211,14 +214,13 @@ class Panels {
     }
   }
 
-  // rows [m0, m1) of C's columns in group q, over k in [k0, k1), in register tiles of at most
-  // kMaxRows rows, as even as possible (10 rows -> 5 + 5, not 6 + 4)
+  // rows [m0, m1) of C's columns in group q, over k in [k0, k1), in register tiles (tile_rows)
   void rows(const float* A, int64_t sam, int64_t sak, int64_t m0, int64_t m1, int64_t k0, int64_t k1, int64_t q,
             float* C, int64_t ldc, const float* init, int64_t ld_init) const {
     const int64_t M = m1 - m0, tiles = tile_count(M);
     int64_t m = m0;
     for (int64_t i = 0; i < tiles; ++i) {
-      const int64_t n = M / tiles + (i < M % tiles ? 1 : 0);
+      const int64_t n = tile_rows(M, tiles, i);
       tile(n, A + m * sam, sam, sak, k0, k1, q, C + m * ldc, ldc, init == nullptr ? nullptr : init + m * ld_init, ld_init);
       m += n;
     }
