@@ -3,7 +3,9 @@
 Every test compares numbers with the eager module (outputs, final states and, for compile, the
 gradients of the input and of every parameter), never only shapes.
 
-torch.compile: the backend ``aot_eager`` (dynamo + AOTAutograd, no code generation, ~1 s per case)
+torch.compile: the fused kernels are custom operators with fake implementations
+(gated/backends/_ops.py), so a compiled module keeps one opaque call per layer and direction.
+The backend ``aot_eager`` (dynamo + AOTAutograd, no code generation, ~1 s per case)
 checks every case; the default ``inductor`` backend checks one case only (UR-LSTM, forward and
 backward), because on 2 CPU cores its first compile takes ~15-25 s with a cold cache (each further
 case adds ~10-15 s). ``fullgraph=True``: the traced forward must have no graph break. The compiled call
@@ -11,8 +13,9 @@ comes first, before the one-time "reference backend" log has been written: dynam
 logger call, so ``backends.resolve`` skips the log while compiling.
 
 ONNX: both exporters of torch 2.13, the default torch.export-based one (``dynamo=True``, needs
-``onnxscript``) and the legacy TorchScript one (``dynamo=False``). The time loop is unrolled, so an
-exported model has a fixed sequence length T (the batch size may be made dynamic). The ONNX tests
+``onnxscript``) and the legacy TorchScript one (``dynamo=False``). Export traces the reference
+backend (plain torch ops), so the time loop is unrolled and an exported model has a fixed sequence
+length T (the batch size may be made dynamic). The ONNX tests
 skip without ``onnx`` / ``onnxscript`` / ``onnxruntime``. Narrow warning filters: the legacy
 exporter and ``torch.jit.trace`` emit ``torch.jit.TracerWarning`` ("Converting a tensor to a Python
 boolean ...") from the argument checks in ``gated/_base.py``; harmless here because the traced
@@ -90,6 +93,51 @@ def test_compile_aot_eager_layouts(kw):
 
 def test_compile_inductor_matches_eager():
     _check_compile(gated.LSTM, "UR", "inductor")
+
+
+@pytest.mark.parametrize("cls", [gated.LSTM, gated.GRU, gated.MGU], ids=["LSTM", "GRU", "MGU"])
+def test_compile_keeps_the_fused_op_opaque(cls):
+    """Under torch.compile the fused kernels are single operators in the graph (their fake
+    implementations give the shapes): no per-step ops, and with dynamic shapes one graph serves
+    every sequence length and batch size (the unrolled loop compiled once per T and grew with T)."""
+    from gated.backends import fused_cpu
+
+    if not fused_cpu.available():
+        pytest.skip("the fused extension is not built here")
+    torch._dynamo.reset()
+    graphs = []
+
+    def capture(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    m = cls(I, H, num_layers=2)
+    compiled = torch.compile(m, backend=capture, fullgraph=True, dynamic=True)
+    for steps, batch in ((4, 2), (9, 3), (17, 5)):  # sizes 0 and 1 are specialised by dynamo
+        x = torch.randn(steps, batch, I)
+        for g, r in zip(_flat(compiled(x)), _flat(m(x))):
+            torch.testing.assert_close(g, r)
+    assert len(graphs) == 1, f"{len(graphs)} graphs for three sequence lengths"
+    # the autograd.Function's forward and backward are subgraphs of the one graph
+    targets = [str(n.target) for g in graphs[0].modules() for n in g.graph.nodes if n.op == "call_function"]
+    assert targets.count("gated_fused.recurrence_forward") == 2  # one per layer
+    assert targets.count("gated_fused.recurrence_backward") == 2
+    # no per-step work: no gate maths, and the only matmul is layer 2's input gradient
+    assert not any(a in t for t in targets for a in ("sigmoid", "tanh", "linear", "addmm")), targets
+    assert sum("matmul" in t for t in targets) == 1, targets
+
+
+@pytest.mark.parametrize("cls", [gated.LSTM, gated.GRU], ids=["LSTM", "GRU"])
+def test_torch_export_runs_the_reference_ops(cls):
+    """torch.export traces the reference backend: the program needs no extension to run."""
+    m = cls(I, H, num_layers=2, bidirectional=True).eval()
+    x = _input(m)
+    ep = torch.export.export(m, (x,))
+    targets = [str(n.target) for n in ep.graph.nodes if n.op == "call_function"]
+    assert not any("gated_fused" in t for t in targets)
+    x2 = _input(m)
+    for g, r in zip(_flat(ep.module()(x2)), _flat(m(x2))):
+        torch.testing.assert_close(g, r)
 
 
 # --------------------------------------------------------------------------- torch.jit.trace

@@ -8,8 +8,10 @@ weights in the same layout:
   plain and refine variants in float32/float64 on the CPU, built on first use.
 
 ``"auto"`` picks ``fused_cpu`` where it can run the call and otherwise the reference, logging each
-reason for a fallback once. Under ``torch.compile`` and ``torch.jit.trace`` ``"auto"`` uses the
-reference, whose plain torch ops those tools can trace.
+reason for a fallback once. Under ``torch.compile`` the fused kernels are opaque operators with
+fake implementations (gated/backends/_ops.py); under ``torch.export``, ``torch.jit.trace``, ONNX
+export, torch.func transforms and forward-mode AD ``"auto"`` uses the reference, whose plain
+torch ops all of those understand (and an exported program then needs no extension).
 """
 
 from __future__ import annotations
@@ -42,16 +44,30 @@ def _log_once(msg: str) -> None:
         logger.warning(msg)
 
 
+def _forward_ad() -> bool:
+    return torch.autograd.forward_ad._current_level >= 0
+
+
 def resolve(name: str, layout, x: torch.Tensor):
     """The ``run_layer`` function that runs ``layout`` on input ``x`` (``name``: "auto" or a backend)."""
     check_name(name)
     if name != "auto":
         reason = _CHECKS[name](layout, x) if name in _CHECKS else None
+        if reason is None and name == "fused_cpu" and _forward_ad():
+            reason = "forward-mode AD (torch.func.jvp, forward_ad.dual_level) needs backend='reference' or 'auto'"
         if reason is not None:
             raise RuntimeError(f"backend {name!r} cannot run this call: {reason}")
         return BACKENDS[name]
-    if torch.compiler.is_compiling() or torch.jit.is_tracing():
-        return BACKENDS["reference"]  # no log here: dynamo cannot trace a logger call
+    if torch.compiler.is_exporting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        # plain torch ops, which an exported program runs without the extension and which ONNX
+        # (whose exporters go through torch.export or torch.jit.trace) can translate
+        return BACKENDS["reference"]
+    if torch.compiler.is_compiling():  # the fused ops are opaque calls with fake implementations
+        return BACKENDS["fused_cpu"] if fused_cpu.why_not(layout, x) is None else BACKENDS["reference"]
+    if torch._C._functorch.peek_interpreter_stack() is not None or _forward_ad():
+        _log_once("gated: using the reference backend under a torch.func transform or forward-mode AD "
+                  "(it composes with every transform; the fused kernels have no forward-mode derivative)")
+        return BACKENDS["reference"]
     reason = fused_cpu.why_not(layout, x)
     if reason is None:
         return BACKENDS["fused_cpu"]

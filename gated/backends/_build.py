@@ -113,6 +113,9 @@ def load():
         else:
             try:
                 torch.ops.load_library(str(_build()))
+                from gated.backends import _ops
+
+                _ops.register()
                 _state["ops"] = torch.ops.gated_fused
                 _tune_malloc(_state["ops"])
                 if os.environ.get("GATED_POOL", "1") == "0":  # no reuse of large buffers (pool.h)

@@ -18,11 +18,27 @@ import functools
 import torch
 from torch import Tensor
 
-from gated.backends import _build
+from gated.backends import _build, reference
 from gated.cores import Layout
 from gated.gates import sigmoid_gate
 
 _CORE_ID = {"lstm": 0, "gru": 1, "mgu": 2}
+
+
+def available() -> bool:
+    """Whether the extension is built and loaded (it is built on the first call)."""
+    return _build.load() is not None
+
+
+# torch.compile calls this at trace time and keeps the answer as a constant (what
+# torch.compiler.assume_constant_result does, without importing dynamo with gated)
+available._dynamo_marked_constant = True
+
+
+def transformed() -> bool:
+    """Whether a torch.func transform or torch.compile's tracing is running: then only ops with
+    batching rules or fake implementations may be called (not torch's oneDNN linear ops)."""
+    return torch.compiler.is_compiling() or torch._C._functorch.peek_interpreter_stack() is not None
 
 
 def why_not(layout: Layout, x: Tensor) -> str | None:
@@ -34,7 +50,7 @@ def why_not(layout: Layout, x: Tensor) -> str | None:
         return f"device {x.device.type!r}"
     if x.dtype not in (torch.float32, torch.float64):
         return f"dtype {x.dtype}"
-    if _build.load() is None:
+    if not available():
         return f"the extension could not be built ({_build._state.get('error')})"
     return None
 
@@ -60,7 +76,7 @@ def _forward(x, w_ih, w_hh, b_ih, b_hh, fb, h0, c0, lengths, layout, save: bool)
             b_hn = b_hh[n_rows].contiguous()
         bias_x = b_ih + b_rec
     core, refine = _kernel_ids(layout)
-    return _build.load().recurrence_forward(
+    return torch.ops.gated_fused.recurrence_forward(
         x.contiguous(), w_ih.contiguous(), w_hh.contiguous(), bias_x, b_hn, fb, h0, c0, lengths, core, refine, save
     )
 
@@ -68,7 +84,7 @@ def _forward(x, w_ih, w_hh, b_ih, b_hh, fb, h0, c0, lengths, layout, save: bool)
 def _input_grad(dA2: Tensor, w_ih: Tensor) -> Tensor:
     """``dA2 @ w_ih``: (T*B, G) @ (G, I). On oneDNN with a packed weight in float32 (3-4x faster than
     ATen's MKL call on the development machine's AMD CPU, where MKL runs generic kernels)."""
-    if dA2.dtype == torch.float32 and onednn_linear_available():
+    if not transformed() and dA2.dtype == torch.float32 and onednn_linear_available():
         packed = torch.ops.mkldnn._reorder_linear_weight(w_ih.t().contiguous(), dA2.shape[0])
         return torch.ops.mkldnn._linear_pointwise(dA2, packed, None, "none", [], "")
     return dA2 @ w_ih
@@ -97,20 +113,33 @@ def onednn_linear_available() -> bool:
 
 
 class _Recurrence(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, w_ih, w_hh, b_ih, b_hh, fb, h0, c0, lengths, layout):
-        out, h_n, c_n, A, aux = _forward(x, w_ih, w_hh, b_ih, b_hh, fb, h0, c0, lengths, layout, save=True)
-        core, refine = _kernel_ids(layout)
-        ctx.save_for_backward(x, w_ih, w_hh, h0, c0, lengths, A, aux, out)
-        ctx.meta = (layout, core, refine, b_ih is not None, fb is not None)
-        return (out, h_n, c_n) if c0 is not None else (out, h_n)
+    """Autograd around the fused kernels, in torch.func's form (``setup_context``), so that
+    ``torch.func.grad``/``vjp``/``vmap`` and batched gradcheck can run it. The forward also
+    returns the saved activations ``A`` and ``aux``, which are not differentiable."""
+
+    generate_vmap_rule = True  # vmap runs forward and backward on the ops' batching rules (_ops.py)
 
     @staticmethod
-    def backward(ctx, dout, dh_n, dc_n=None):
-        x, w_ih, w_hh, h0, c0, lengths, A, aux, out = ctx.saved_tensors
-        layout, core, refine, has_bias, has_fb = ctx.meta
-        dA, dghn, dh0, dc0 = _build.load().recurrence_backward(
-            dout, dh_n.contiguous(), None if dc_n is None else dc_n.contiguous(), A, aux, out, h0, c0,
+    def forward(x, w_ih, w_hh, b_ih, b_hh, fb, h0, c0, lengths, layout):
+        return _forward(x, w_ih, w_hh, b_ih, b_hh, fb, h0, c0, lengths, layout, save=True)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, w_ih, w_hh, b_ih, b_hh, fb, h0, c0, lengths, layout = inputs
+        out, h_n, c_n, A, aux = output
+        ctx.mark_non_differentiable(A, aux)
+        ctx.save_for_backward(x, w_ih, w_hh, b_ih, b_hh, fb, h0, c0, lengths, A, aux, out)
+        ctx.layout = layout
+
+    @staticmethod
+    def backward(ctx, dout, dh_n, dc_n, _dA, _daux):
+        if torch.is_grad_enabled():  # create_graph: the gradients must themselves be differentiable
+            return _differentiable_backward(ctx, dout, dh_n, dc_n)
+        x, w_ih, w_hh, b_ih, b_hh, fb, h0, c0, lengths, A, aux, out = ctx.saved_tensors
+        layout = ctx.layout
+        core, refine = _kernel_ids(layout)
+        dA, dghn, dh0, dc0 = torch.ops.gated_fused.recurrence_backward(
+            dout.contiguous(), dh_n.contiguous(), None if c0 is None else dc_n.contiguous(), A, aux, out, h0, c0,
             w_hh.contiguous(), lengths, core, refine,
         )
         T, B, G = dA.shape
@@ -122,8 +151,9 @@ class _Recurrence(torch.autograd.Function):
         # being slow on the thin dA^T @ x). On the tiled kernel in float32, which reads h0, out
         # and x straight into its panels (see xh_mm in recurrence.cpp).
         n_rows = _n_rows(layout)  # GRU/MGU: the candidate block's recurrent grads differ from dA
-        grads = _build.load().xh_mm(dA2, None if n_rows is None else dghn.view(T * B, -1), x.reshape(T * B, I),
-                                    h0, out, has_bias)
+        has_bias = b_ih is not None
+        grads = torch.ops.gated_fused.xh_mm(dA2, None if n_rows is None else dghn.view(T * B, -1),
+                                            x.reshape(T * B, I), h0, out, has_bias)
         dW = grads[0]
         dw_hh, dw_ih = dW[:, :H].contiguous(), dW[:, H:H + I].contiguous()
         if n_rows is not None:
@@ -134,10 +164,40 @@ class _Recurrence(torch.autograd.Function):
             db_hh = db_ih.clone()
             if n_rows is not None:
                 db_hh[n_rows] = grads[1][:, H]
-        if has_fb:  # b_f enters the keep gate with + and the refine gate with -
+        if fb is not None:  # b_f enters the keep gate with + and the refine gate with -
             total = dW[:, -1] if has_bias else dA2.sum(0)  # dA summed over steps and batch
             dfb = total[layout.keep] - total[layout.refine]
         return dx, dw_ih, dw_hh, db_ih, db_hh, dfb, dh0, (dc0 if c0 is not None else None), None, None
+
+
+def _differentiable_backward(ctx, dout, dh_n, dc_n):
+    """Gradients that can be differentiated again (double backward, Hessian-vector products,
+    torch.func's nested transforms): the layer is recomputed on the reference backend, whose ops
+    all have derivatives, and its vector-Jacobian product taken with torch.func.vjp (which, unlike
+    autograd.grad, also composes with an enclosing torch.func transform). Slower than the fused
+    backward, and only taken when the caller asked for a differentiable gradient."""
+    x, w_ih, w_hh, b_ih, b_hh, fb, h0, c0, lengths = ctx.saved_tensors[:9]
+    inputs = (x, w_ih, w_hh, b_ih, b_hh, fb, h0, c0)
+    wanted = [k for k, t in enumerate(inputs) if t is not None and ctx.needs_input_grad[k]]
+    mask = None
+    if lengths is not None:
+        steps = torch.arange(x.shape[0], device=x.device).unsqueeze(1)
+        mask = (steps < lengths.unsqueeze(0)).unsqueeze(-1)
+
+    def layer(*diff):
+        args = list(inputs)
+        for k, t in zip(wanted, diff):
+            args[k] = t
+        state = (args[6],) if c0 is None else (args[6], args[7])
+        out, final = reference.run_layer(args[0], state, *args[1:6], ctx.layout, mask)
+        return (out, *final)
+
+    _, vjp = torch.func.vjp(layer, *(inputs[k] for k in wanted))
+    got = vjp((dout, dh_n) if c0 is None else (dout, dh_n, dc_n))
+    grads: list = [None] * 10
+    for k, g in zip(wanted, got):
+        grads[k] = g
+    return tuple(grads)
 
 
 def run_layer(x, state, w_ih, w_hh, b_ih, b_hh, forget_bias, layout, mask=None, record=None):
@@ -148,8 +208,7 @@ def run_layer(x, state, w_ih, w_hh, b_ih, b_hh, forget_bias, layout, mask=None, 
     c0 = state[1].contiguous() if len(state) == 2 else None
     args = (x, w_ih, w_hh, b_ih, b_hh, forget_bias, state[0].contiguous(), c0, lengths, layout)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args[:8]):
-        res = _Recurrence.apply(*args)
-        return res[0], tuple(res[1:])
-    # inference: no graph, and the kernel keeps no per-step activations
-    out, h_n, c_n = _forward(*args, save=False)[:3]
+        out, h_n, c_n = _Recurrence.apply(*args)[:3]
+    else:  # inference: no graph, and the kernel keeps no per-step activations
+        out, h_n, c_n = _forward(*args, save=False)[:3]
     return out, (h_n, c_n) if c0 is not None else (h_n,)

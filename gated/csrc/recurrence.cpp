@@ -32,6 +32,7 @@
 
 #include <limits>
 #include <optional>
+#include <tuple>
 #include <vector>
 
 #include "pool.h"
@@ -57,6 +58,8 @@ using Vec = at::vec::Vectorized<T>;
 
 // Transcendentals: float uses ATen's polynomial exp_u20 (a few ulp; the gates' activations do not
 // need Sleef's 1-ulp exp, and it is most of the pointwise cost); double keeps Sleef's 1-ulp exp.
+// exp_u20 clamps its argument with min/max, which turn NaN into the upper bound; the NaN is put
+// back, so that NaN propagates through every gate as it does in torch.
 template <typename T>
 inline Vec<T> fast_exp(const Vec<T>& x) {
   return x.exp();
@@ -64,12 +67,13 @@ inline Vec<T> fast_exp(const Vec<T>& x) {
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
 template <>
 inline Vec<float> fast_exp<float>(const Vec<float>& x) {
-  return x.exp_u20();
+  return Vec<float>::blendv(x.exp_u20(), x, x != x);
 }
 #endif
 
 // 1 / x: float uses the hardware's reciprocal estimate refined by one Newton step (about 1e-8
-// relative error) instead of a division, which is the slowest instruction of the gate maths
+// relative error) instead of a division, which is the slowest instruction of the gate maths.
+// Only called on finite values >= 1 here, so the Newton step never meets inf * 0.
 template <typename T>
 inline Vec<T> recip(const Vec<T>& x) {
   return x.reciprocal();
@@ -82,17 +86,23 @@ inline Vec<float> recip<float>(const Vec<float>& x) {
 }
 #endif
 
+// sigma(x) from e = exp(-|x|) in (0, 1]: 1 / (1 + e) for x >= 0, e / (1 + e) below. No overflow,
+// exact limits (sigma(-inf) = 0, sigma(inf) = 1, as torch's, so 0 * inf stays NaN downstream)
+// and NaN in, NaN out.
 template <typename T>
 inline Vec<T> sig(const Vec<T>& x) {
-  return recip<T>(Vec<T>(T(1)) + fast_exp<T>(x.neg()));
+  const Vec<T> e = fast_exp<T>(x.abs().neg()), s = recip<T>(Vec<T>(T(1)) + e);
+  return Vec<T>::blendv(e * s, s, x >= Vec<T>(T(0)));
 }
 
-// tanh(x) = 1 - 2 / (exp(2x) + 1): saturates correctly at both ends
+// tanh(x) = 1 - 2 / (exp(2x) + 1) on x clamped to [-10, 10], where float32's tanh is already +-1
+// (exp_u20 overflows to inf above 88, and the reciprocal's Newton step would turn inf into NaN);
+// NaN in, NaN out
 template <typename T>
 inline Vec<T> th(const Vec<T>& x) {
   if constexpr (std::is_same_v<T, float>) {
-    Vec<T> one(T(1));
-    return one - Vec<T>(T(2)) * recip<T>(fast_exp<T>(x + x) + one);
+    const Vec<T> one(T(1)), lim(T(10)), y = at::vec::clamp(x, lim.neg(), lim);
+    return Vec<T>::blendv(one - Vec<T>(T(2)) * recip<T>(fast_exp<T>(y + y) + one), x, x != x);
   } else {
     return x.tanh();
   }
@@ -281,8 +291,9 @@ void gru_mgu_fwd(const Step& s, int64_t core, T* A, const T* gh, const T* hp, T*
     const T* g = gh + b * G;
     const T* h0 = hp + b * H;
     T *h1 = ht + b * H, *q = ghn_out + b * H;
-    if (s.masked(b)) {
+    if (s.masked(b)) {  // past the sequence's end (backward reads none of it; zero, so outputs are defined)
       std::fill(h1 + s.j0, h1 + s.j1, T(0));
+      std::fill(q + s.j0, q + s.j1, T(0));
       continue;
     }
     lanes<T>(s.j0, s.j1, [&](int64_t j, int64_t n) {
@@ -653,34 +664,41 @@ std::vector<Tensor> backward_impl(const Tensor& dout, const Tensor& dh_n, const 
 
 void check(const Tensor& x, const Tensor& w_hh) {
   TORCH_CHECK(x.device().is_cpu(), "gated fused CPU backend: tensors must be on the CPU");
+  TORCH_CHECK(x.dim() == 3 && x.size(0) > 0 && x.size(1) > 0,
+              "gated fused CPU backend: a (T, B, .) sequence with T > 0 and B > 0 expected, got ", x.sizes());
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
               "gated fused CPU backend: float32 or float64 only, got ", x.scalar_type());
   TORCH_CHECK(x.is_contiguous() && w_hh.is_contiguous(), "gated fused CPU backend: contiguous tensors expected");
 }
 
-std::vector<Tensor> recurrence_forward(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh,
+using Tensors5 = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>;
+using Tensors4 = std::tuple<Tensor, Tensor, Tensor, Tensor>;
+
+Tensors5 recurrence_forward(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh,
                                        const std::optional<Tensor>& bias_x, const std::optional<Tensor>& b_hn,
                                        const std::optional<Tensor>& fb, const Tensor& h0,
                                        const std::optional<Tensor>& c0, const std::optional<Tensor>& lengths,
                                        int64_t core, bool refine, bool save) {
   check(x, w_hh);
   at::NoGradGuard no_grad;
-  return AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gated_recurrence_forward", [&] {
+  auto r = AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gated_recurrence_forward", [&] {
     return forward_impl<scalar_t>(x, w_ih, w_hh, bias_x, b_hn, fb, h0.contiguous(),
                                   c0 ? std::optional<Tensor>(c0->contiguous()) : c0, lengths, core, refine, save);
   });
+  return {r[0], r[1], r[2], r[3], r[4]};
 }
 
-std::vector<Tensor> recurrence_backward(const Tensor& dout, const Tensor& dh_n, const std::optional<Tensor>& dc_n,
+Tensors4 recurrence_backward(const Tensor& dout, const Tensor& dh_n, const std::optional<Tensor>& dc_n,
                                         const Tensor& A, const Tensor& aux, const Tensor& out, const Tensor& h0,
                                         const std::optional<Tensor>& c0, const Tensor& w_hh,
                                         const std::optional<Tensor>& lengths, int64_t core, bool refine) {
   check(A, w_hh);
   at::NoGradGuard no_grad;
-  return AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "gated_recurrence_backward", [&] {
+  auto r = AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "gated_recurrence_backward", [&] {
     return backward_impl<scalar_t>(dout.contiguous(), dh_n, dc_n, A, aux, out, h0.contiguous(),
                                    c0 ? std::optional<Tensor>(c0->contiguous()) : c0, w_hh, lengths, core, refine);
   });
+  return {r[0], r[1], r[2], r[3]};
 }
 
 }  // namespace
@@ -727,9 +745,9 @@ Tensor tiled_mm(const Tensor& a, const Tensor& b, bool transpose_a, bool append_
 // The weight-gradient products of the backward, with a (T*B, M) = dA, x2 (T*B, I), h0 (B, H),
 // out (T, B, H) and P = [h_{t-1}, x_t] (T*B, H + I): returns a^T @ P with the sums of a as one more
 // column when append_sums, and, given a2 (T*B, M2) (the GRU/MGU candidate's own recurrent
-// grads), a2^T @ h_{t-1} (+ sums) from the same packed P. The tiled kernel reads P piece by
+// grads), a2^T @ h_{t-1} (+ sums) from the same packed P (else an empty second result). The tiled kernel reads P piece by
 // piece into its panels, never materialising it; other paths build it and call tiled_mm.
-std::vector<Tensor> xh_mm(const Tensor& a, const std::optional<Tensor>& a2, const Tensor& x2, const Tensor& h0,
+std::tuple<Tensor, Tensor> xh_mm(const Tensor& a, const std::optional<Tensor>& a2, const Tensor& x2, const Tensor& h0,
                           const Tensor& out, bool append_sums) {
   const int64_t TB = a.size(0), I = x2.size(1), Bn = h0.size(0), H = h0.size(1), M = a.size(1), N = H + I;
   TORCH_CHECK(x2.size(0) == TB && out.numel() == TB * H && (!a2 || a2->size(0) == TB), "xh_mm: sizes disagree");
@@ -754,21 +772,20 @@ std::vector<Tensor> xh_mm(const Tensor& a, const std::optional<Tensor>& a2, cons
       if (append_sums) c.select(1, cols).copy_(sums);
       return c;
     };
-    std::vector<Tensor> res{product(a, N, -1)};
+    std::tuple<Tensor, Tensor> res{product(a, N, -1), at::empty({0}, a.options())};
     if (a2) {  // the groups that cover h's columns; they may run into x's, which are dropped
       const int64_t groups = (H + panels.units() - 1) / panels.units();
       const int64_t cols = std::min(N, groups * panels.units());
       Tensor c = product(*a2, cols, groups);
-      res.push_back(cols == H ? c : at::cat({c.narrow(1, 0, H), c.narrow(1, cols, extra)}, 1));
+      std::get<1>(res) = cols == H ? c : at::cat({c.narrow(1, 0, H), c.narrow(1, cols, extra)}, 1);
     }
     return res;
   }
 #endif
   Tensor h_prev = at::cat({h0.unsqueeze(0), out.reshape({-1, Bn, H}).narrow(0, 0, TB / std::max<int64_t>(Bn, 1) - 1)}, 0)
                       .reshape({TB, H});
-  std::vector<Tensor> res{tiled_mm(a, at::cat({h_prev, x2}, 1), /*transpose_a=*/true, append_sums)};
-  if (a2) res.push_back(tiled_mm(*a2, h_prev, /*transpose_a=*/true, append_sums));
-  return res;
+  Tensor second = a2 ? tiled_mm(*a2, h_prev, /*transpose_a=*/true, append_sums) : at::empty({0}, a.options());
+  return {tiled_mm(a, at::cat({h_prev, x2}, 1), /*transpose_a=*/true, append_sums), second};
 }
 
 void set_gemm(int64_t kind) { g_gemm = kind; }
@@ -785,15 +802,29 @@ std::vector<int64_t> gemm_kinds() {  // which recurrent GEMMs this build can use
   return k;
 }
 
+// The compute ops have schemas (so torch.compile, torch.export and torch.func see typed, functional
+// operators; their fake implementations and batching rules are in gated/backends/_ops.py) and CPU
+// kernels only. The settings ops are plain functions.
 TORCH_LIBRARY(gated_fused, m) {
   m.def("set_poison", &set_poison);
   m.def("tune_malloc", &tune_malloc);
   m.def("set_gemm", &set_gemm);
   m.def("gemm_kinds", &gemm_kinds);
-  m.def("tiled_mm", &tiled_mm);
-  m.def("xh_mm", &xh_mm);
   m.def("set_pool", &set_pool);
   m.def("empty_cache", &empty_cache);
-  m.def("recurrence_forward", &recurrence_forward);
-  m.def("recurrence_backward", &recurrence_backward);
+  m.def("tiled_mm(Tensor a, Tensor b, bool transpose_a, bool append_sums) -> Tensor");
+  m.def("xh_mm(Tensor a, Tensor? a2, Tensor x2, Tensor h0, Tensor out, bool append_sums) -> (Tensor, Tensor)");
+  m.def(
+      "recurrence_forward(Tensor x, Tensor w_ih, Tensor w_hh, Tensor? bias_x, Tensor? b_hn, Tensor? fb, Tensor h0, "
+      "Tensor? c0, Tensor? lengths, int core, bool refine, bool save) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "recurrence_backward(Tensor dout, Tensor dh_n, Tensor? dc_n, Tensor A, Tensor aux, Tensor out, Tensor h0, "
+      "Tensor? c0, Tensor w_hh, Tensor? lengths, int core, bool refine) -> (Tensor, Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(gated_fused, CPU, m) {
+  m.impl("tiled_mm", &tiled_mm);
+  m.impl("xh_mm", &xh_mm);
+  m.impl("recurrence_forward", &recurrence_forward);
+  m.impl("recurrence_backward", &recurrence_backward);
 }

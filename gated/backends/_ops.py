@@ -1,0 +1,85 @@
+"""What torch's tracing and transforms need to know of the fused kernels' compute ops.
+
+The C++ extension (gated/csrc/recurrence.cpp) defines ``gated_fused::recurrence_forward``,
+``recurrence_backward``, ``xh_mm`` and ``tiled_mm`` with schemas and CPU kernels. Here they get
+
+- fake (meta) implementations: output shapes from input shapes, so ``torch.compile`` and
+  ``torch.export`` keep each op as one opaque call (no unrolled time loop, dynamic T and B);
+- batching rules for ``torch.func.vmap``: the op runs once per batch element and the results
+  are stacked. (Batched gradients, ``autograd.grad(is_grads_batched=True)`` as gradcheck uses,
+  go through torch's older vmap, whose per-element fallback serves the same purpose.) Correct for any batched
+  argument, weights included; vmap over whole modules goes through the reference backend instead
+  (see :func:`gated.backends.resolve`).
+
+Autograd is not registered here: :class:`gated.backends.fused_cpu._Recurrence` wraps the ops.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+_registered = False
+
+
+def _recurrence_forward_fake(x, w_ih, w_hh, bias_x, b_hn, fb, h0, c0, lengths, core, refine, save):
+    T, B, _ = x.shape
+    G, H = w_ih.shape[0], w_hh.shape[1]
+    out, h_n = x.new_empty(T, B, H), x.new_empty(B, H)
+    c_n = x.new_empty(B, H) if c0 is not None else x.new_empty(0)
+    A = x.new_empty(T, B, G) if save else x.new_empty(0)
+    aux = x.new_empty(T, B, H) if save else x.new_empty(0)
+    return out, h_n, c_n, A, aux
+
+
+def _recurrence_backward_fake(dout, dh_n, dc_n, A, aux, out, h0, c0, w_hh, lengths, core, refine):
+    T, B, G = A.shape
+    H = w_hh.shape[1]
+    dghn = A.new_empty(0) if c0 is not None else A.new_empty(T, B, H)
+    dc0 = A.new_empty(B, H) if c0 is not None else A.new_empty(0)
+    return A.new_empty(T, B, G), dghn, A.new_empty(B, H), dc0
+
+
+def _xh_mm_fake(a, a2, x2, h0, out, append_sums):
+    extra = 1 if append_sums else 0
+    H, N = h0.shape[1], h0.shape[1] + x2.shape[1]
+    second = a.new_empty(0) if a2 is None else a.new_empty(a2.shape[1], H + extra)
+    return a.new_empty(a.shape[1], N + extra), second
+
+
+def _tiled_mm_fake(a, b, transpose_a, append_sums):
+    return a.new_empty(a.shape[1] if transpose_a else a.shape[0], b.shape[1] + (1 if append_sums else 0))
+
+
+def _per_element(op):
+    """A batching rule that runs ``op`` on each element of the vmapped dimension and stacks."""
+
+    def rule(info, in_dims, *args):
+        results = []
+        for k in range(info.batch_size):
+            sliced = [a.select(d, k) if d is not None else a for a, d in zip(args, in_dims)]
+            results.append(op(*sliced))
+        if isinstance(results[0], Tensor):
+            return torch.stack(results), 0
+        stacked = tuple(torch.stack(list(parts)) for parts in zip(*results))
+        return stacked, (0,) * len(stacked)
+
+    return rule
+
+
+def register() -> None:
+    """Register the fake implementations and batching rules (once, after the library loaded)."""
+    global _registered
+    if _registered:
+        return
+    fakes = {
+        "recurrence_forward": _recurrence_forward_fake,
+        "recurrence_backward": _recurrence_backward_fake,
+        "xh_mm": _xh_mm_fake,
+        "tiled_mm": _tiled_mm_fake,
+    }
+    for name, fake in fakes.items():
+        qualname = f"gated_fused::{name}"
+        torch.library.register_fake(qualname)(fake)
+        torch.library.register_vmap(qualname)(_per_element(getattr(torch.ops.gated_fused, name).default))
+    _registered = True
