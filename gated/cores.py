@@ -44,7 +44,10 @@ class Core:
     write: int | None  # index of an untied write (input) gate block; None: tied to 1 - keep
     num_states: int  # 2 for (h, c), 1 for h
     step: Callable  # (gi, gh, state, forget_bias, layout) -> (state, gates)
-    supports: Callable[[Variant], bool] = lambda v: True
+    supports: Callable[[Variant], bool] = lambda v: True  # pickled by name, see __reduce__
+
+    def __reduce__(self):  # a pickled module refers to the registry's core, not to its functions
+        return get_core, (self.name,)
 
     @property
     def variants(self) -> tuple[str, ...]:
@@ -168,12 +171,16 @@ def mgu_step(gi: Tensor, gh: Tensor, state, fb: Tensor | None, L: Layout):
     return (keep * h + write * n,), (f, r, mf, keep)
 
 
+def _sigmoid_primary_no_master(v: Variant) -> bool:
+    return v.primary is not cumax and v.auxiliary != "master"
+
+
 CORES: dict[str, Core] = {
     "lstm": Core("lstm", ("i", "f", "g", "o"), keep=1, write=0, num_states=2, step=lstm_step),
     "gru": Core("gru", ("r", "z", "n"), keep=1, write=None, num_states=1, step=gru_step),
     # MGU takes the paper's init and refine gate on its one gate, not the ordered-neurons family
     "mgu": Core("mgu", ("f", "n"), keep=0, write=None, num_states=1, step=mgu_step,
-                supports=lambda v: v.primary is not cumax and v.auxiliary != "master"),
+                supports=_sigmoid_primary_no_master),
 }
 
 

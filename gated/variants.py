@@ -46,6 +46,9 @@ class Variant:
     summary: str
     assumed: str = ""
 
+    def __reduce__(self):  # pickled by label: a module holding one loads the registry's entry
+        return get_variant, (self.name,)
+
     @property
     def has_forget_bias(self) -> bool:
         """Whether the variant owns the paper's shared trainable ``b_f`` (``forget_bias_l{k}``).

@@ -55,15 +55,42 @@ class Activation:
     def __call__(self, x: Tensor, beta: float = 1.0) -> Tensor:
         return self.fn(x, beta)
 
+    def __reduce__(self):  # pickled by name: a module holding one pickles and loads the registry's
+        return _registered, (self.name,)
+
+
+def _registered(name: str) -> "Activation":
+    return ACTIVATIONS[name]
+
+
+def _identity(x: Tensor, beta: float) -> Tensor:
+    return x
+
+
+def _sigmoid(x: Tensor, beta: float) -> Tensor:
+    return torch.sigmoid(x)
+
+
+def _tanh(x: Tensor, beta: float) -> Tensor:
+    return torch.tanh(x)
+
+
+def _relu(x: Tensor, beta: float) -> Tensor:
+    return F.relu(x)
+
+
+def _gelu(x: Tensor, beta: float) -> Tensor:
+    return F.gelu(x)
+
 
 ACTIVATIONS: dict[str, Activation] = {
     a.name: a
     for a in [
-        Activation("identity", lambda x, beta: x),
-        Activation("sigmoid", lambda x, beta: torch.sigmoid(x)),
-        Activation("tanh", lambda x, beta: torch.tanh(x)),
-        Activation("relu", lambda x, beta: F.relu(x)),
-        Activation("gelu", lambda x, beta: F.gelu(x)),
+        Activation("identity", _identity),
+        Activation("sigmoid", _sigmoid),
+        Activation("tanh", _tanh),
+        Activation("relu", _relu),
+        Activation("gelu", _gelu),
         Activation("swish", swish, has_beta=True),
     ]
 }
