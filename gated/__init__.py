@@ -2,6 +2,7 @@
 Mechanism of Recurrent Neural Networks" (ICML 2020)."""
 
 from gated import feedforward, gates, init
+from gated._base import InputError
 from gated.cells import GRUCell, LSTMCell, MGUCell
 from gated.cores import CORES
 from gated.diagnostics import gate_activations
@@ -22,7 +23,7 @@ from gated.variants import VARIANTS, Variant, get_variant
 __version__ = "0.1.0"
 
 __all__ = [
-    "LSTM", "GRU", "MGU", "LSTMCell", "GRUCell", "MGUCell",
+    "LSTM", "GRU", "MGU", "LSTMCell", "GRUCell", "MGUCell", "InputError",
     "VARIANTS", "CORES", "Variant", "get_variant", "gate_activations", "gates", "init",
     "feedforward", "FeedForward", "FFN_VARIANTS", "GLU", "Highway", "HighwayNetwork", "SqueezeExcite",
     "ChannelGatedConv2d", "glu_hidden_size", "ffn_hidden_size",

@@ -11,9 +11,27 @@ from gated.cores import make_layout
 from gated.init import VARIANT_INITS
 
 
+class InputError(RuntimeError, ValueError, TypeError):
+    """Bad input to a module's ``forward`` (shape, size, dtype, device).
+
+    torch.nn's RNNs raise RuntimeError for most of these and ValueError or TypeError for some;
+    this class is all three, so every ``except`` clause written against torch.nn (or against
+    earlier versions of gated, which raised ValueError and TypeError) still catches it.
+    """
+
+
 def _check_int(name: str, value, low: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    """torch.nn.RNNBase's checks and wording: TypeError for a non-int, ValueError below ``low``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
+    if value < low:
+        raise ValueError(f"{name} must be greater than zero" if low == 1 else f"{name} must be >= {low}, got {value}")
+    return value
+
+
+def _check_bool(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} should be of type bool, got: {type(value).__name__}")
     return value
 
 
@@ -27,12 +45,19 @@ class GatedModule(nn.Module):
 
     core: str = ""
 
-    def _setup(self, input_size, hidden_size, bias, variant, t_max, chunk_size):
+    def _setup(self, input_size, hidden_size, bias, variant, t_max, chunk_size, proj_size=0):
         self.input_size = _check_int("input_size", input_size)
         self.hidden_size = _check_int("hidden_size", hidden_size)
         self.layout = make_layout(self.core, variant, hidden_size, _check_int("chunk_size", chunk_size))
         self.variant = self.layout.variant
-        self.bias = bool(bias)
+        self.bias = _check_bool("bias", bias)
+        if isinstance(proj_size, bool) or not isinstance(proj_size, int) or proj_size < 0:
+            raise ValueError("proj_size should be a positive integer or zero to disable projections")
+        if proj_size and self.core != "lstm":
+            raise ValueError(f"proj_size argument is only supported for LSTM, not {self.core.upper()}")
+        if proj_size >= hidden_size:
+            raise ValueError("proj_size has to be smaller than hidden_size")
+        self.proj_size = proj_size
         if self.variant.init is not None and not self.bias and not self.variant.has_forget_bias:
             raise ValueError(
                 f"variant {self.variant.name!r} initialises the gate biases; it needs bias=True"
@@ -41,19 +66,42 @@ class GatedModule(nn.Module):
         if self.variant.init == "chrono" and not self.t_max > 2:
             raise ValueError(f"variant 'C' needs t_max > 2, got {self.t_max!r}")
         self._suffixes: list[str] = []
+        self._all_weights: list[list[str]] = []
+
+    @property
+    def _state_size(self) -> int:
+        """Width of ``h``: ``proj_size`` for an LSTM with projections, else ``hidden_size``."""
+        return self.proj_size or self.hidden_size
 
     def _add_params(self, suffix: str, in_size: int, factory_kwargs: dict) -> None:
-        """Register ``weight_ih``/``weight_hh``/``bias_ih``/``bias_hh`` (+ ``forget_bias``) + suffix."""
-        G, H = self.layout.rows, self.hidden_size
-        new = lambda *shape: nn.Parameter(torch.empty(*shape, **factory_kwargs))  # noqa: E731
-        self.register_parameter("weight_ih" + suffix, new(G, in_size))
-        self.register_parameter("weight_hh" + suffix, new(G, H))
-        if self.bias:
-            self.register_parameter("bias_ih" + suffix, new(G))
-            self.register_parameter("bias_hh" + suffix, new(G))
-        if self.variant.has_forget_bias:
-            self.register_parameter("forget_bias" + suffix, new(H))
+        """Register ``weight_ih``/``weight_hh``/``bias_ih``/``bias_hh``/``weight_hr`` (torch's names
+        and order) and ``forget_bias``, each + suffix."""
+        G, H, P = self.layout.rows, self.hidden_size, self._state_size
+        names = ["weight_ih", "weight_hh"] + (["bias_ih", "bias_hh"] if self.bias else [])
+        names += ["weight_hr"] if self.proj_size else []
+        names += ["forget_bias"] if self.variant.has_forget_bias else []
+        shapes = {"weight_ih": (G, in_size), "weight_hh": (G, P), "bias_ih": (G,), "bias_hh": (G,),
+                  "weight_hr": (P, H), "forget_bias": (H,)}
+        for name in names:
+            self.register_parameter(name + suffix, nn.Parameter(torch.empty(shapes[name], **factory_kwargs)))
         self._suffixes.append(suffix)
+        self._all_weights.append([name + suffix for name in names])
+
+    @property
+    def _flat_weights_names(self) -> list[str]:
+        """Every parameter's name in torch's order (layer by layer, forward then reverse)."""
+        return [name for names in self._all_weights for name in names]
+
+    @property
+    def _flat_weights(self) -> list[Tensor]:
+        """The parameters themselves, in ``_flat_weights_names`` order (always the current ones,
+        also under ``torch.func.functional_call``)."""
+        return [getattr(self, name) for name in self._flat_weights_names]
+
+    @property
+    def all_weights(self) -> list[list[nn.Parameter]]:
+        """Per layer and direction, its parameters (as ``torch.nn.LSTM.all_weights``)."""
+        return [[getattr(self, name) for name in names] for names in self._all_weights]
 
     def _params(self, suffix: str):
         get = lambda name: getattr(self, name + suffix, None)  # noqa: E731
@@ -74,34 +122,38 @@ class GatedModule(nn.Module):
         if self.variant.init is not None:
             VARIANT_INITS[self.variant.init](self)
 
-    def _check_tensor(self, what: str, t, shape: tuple[int, ...]) -> None:
-        name = type(self).__name__
-        if not isinstance(t, Tensor):
-            raise TypeError(f"gated.{name}: {what} must be a Tensor, got {type(t).__name__}")
-        w = self.weight_hh if hasattr(self, "weight_hh") else self.weight_hh_l0
-        if tuple(t.shape) != shape:
-            raise ValueError(f"gated.{name}: expected {what} of shape {shape}, got {tuple(t.shape)}")
-        if t.dtype != w.dtype:
-            raise TypeError(f"gated.{name}: {what} has dtype {t.dtype}, the module's parameters {w.dtype}")
-        if t.device != w.device:
-            raise ValueError(f"gated.{name}: {what} is on {t.device}, the module's parameters on {w.device}")
+    def _fail(self, msg: str):
+        raise InputError(f"gated.{type(self).__name__}: {msg}")
 
-    def _check_input(self, x: Tensor, dims: tuple[int, ...], names: str) -> None:
-        name = type(self).__name__
-        if not isinstance(x, Tensor):
-            raise TypeError(f"gated.{name}: input must be a Tensor or PackedSequence, got {type(x).__name__}")
-        if x.dim() not in dims:
-            raise ValueError(f"gated.{name}: expected input with {names}, got {x.dim()}-D input of shape {tuple(x.shape)}")
-        if x.shape[-1] != self.input_size:
-            raise ValueError(
-                f"gated.{name}: expected input_size={self.input_size} features in the last dim, got {x.shape[-1]}"
-            )
-        if not x.is_floating_point():
-            raise TypeError(f"gated.{name}: input must be floating point, got {x.dtype}")
-        self._check_tensor("input", x, tuple(x.shape))
+    def _check_like_weights(self, what: str, t) -> None:
+        """``t`` is a tensor of the parameters' dtype (unless autocast is on) and device."""
+        if not isinstance(t, Tensor):
+            self._fail(f"{what} must be a Tensor, got {type(t).__name__}")
+        w = self.weight_ih if hasattr(self, "weight_ih") else self.weight_ih_l0
+        if t.dtype != w.dtype and not torch._C._is_any_autocast_enabled():
+            if what == "input":  # torch.nn.RNNBase's wording
+                self._fail(f"RNN input dtype ({t.dtype}) does not match weight dtype ({w.dtype}). "
+                           f"Convert input: input.to({w.dtype}), or convert model: model.to({t.dtype})")
+            self._fail(f"{what} dtype ({t.dtype}) does not match weight dtype ({w.dtype})")
+        if t.device != w.device:
+            self._fail(f"Input and parameter tensors are not at the same device, found {what} tensor at "
+                       f"{t.device} and parameter tensor at {w.device}")
 
     def extra_repr(self) -> str:
-        s = f"{self.input_size}, {self.hidden_size}, variant={self.variant.name!r}"
-        if not self.bias:
-            s += ", bias=False"
+        """torch's repr (every non-default argument) and the variant, e.g.
+        ``LSTM(10, 20, num_layers=2, batch_first=True, variant='UR')``."""
+        s = f"{self.input_size}, {self.hidden_size}"
+        defaults = {"proj_size": 0, "num_layers": 1, "bias": True, "batch_first": False, "dropout": 0.0,
+                    "bidirectional": False}
+        for name, default in defaults.items():
+            value = getattr(self, name, default)
+            if value != default:
+                s += f", {name}={value}"
+        s += f", variant={self.variant.name!r}"
+        if self.variant.init == "chrono":
+            s += f", t_max={self.t_max:g}"
+        if self.variant.auxiliary == "master":
+            s += f", chunk_size={self.layout.chunk_size}"
+        if getattr(self, "backend", "auto") != "auto":
+            s += f", backend={self.backend!r}"
         return s

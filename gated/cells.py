@@ -33,22 +33,42 @@ class _Cell(GatedModule):
         self.reset_parameters()
 
     def forward(self, input: Tensor, hx=None):
-        """One step. ``input``: ``(B, I)`` or ``(I,)``; ``hx``: ``(h, c)`` (LSTM) or ``h``, each ``(B, H)``."""
-        self._check_input(input, (1, 2), "1 dim (I,) or 2 dims (B, I)")
+        """One step. ``input``: ``(B, I)`` or ``(I,)``; ``hx``: ``(h, c)`` (LSTM) or ``h``, each ``(B, H)``.
+
+        Bad input raises :class:`gated.InputError` with torch.nn's wording."""
+        name = type(self).__name__
+        if not isinstance(input, Tensor):
+            raise TypeError(f"gated.{name}: input must be a Tensor, got {type(input).__name__}")
+        if input.dim() not in (1, 2):
+            self._fail(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        self._check_like_weights("input", input)
+        if input.shape[-1] != self.input_size:
+            self._fail(f"input has inconsistent input_size: got {input.shape[-1]} expected {self.input_size}")
         batched = input.dim() == 2
         x = input if batched else input.unsqueeze(0)
-        shape = (x.shape[0], self.hidden_size)
-        n = self.layout.core.num_states
+        B, H, n = x.shape[0], self.hidden_size, self.layout.core.num_states
         if hx is None:
-            state = tuple(torch.zeros(shape, dtype=x.dtype, device=x.device) for _ in range(n))
+            state = tuple(torch.zeros(B, H, dtype=x.dtype, device=x.device) for _ in range(n))
         else:
+            if n == 2 and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
+                self._fail(f"hx must be a tuple (h, c), got {type(hx).__name__}")
             state = tuple(hx) if n == 2 else (hx,)
-            if n == 2 and len(state) != 2:
-                raise TypeError(f"gated.{type(self).__name__}: hx must be a tuple (h, c)")
+            labels = ["hx[0]", "hx[1]"] if n == 2 else ["hidden"]
+            for k, (label, s) in enumerate(zip(labels, state)):
+                if not isinstance(s, Tensor):
+                    self._fail(f"{label} must be a Tensor, got {type(s).__name__}")
+                if s.dim() not in (1, 2):
+                    self._fail(f"{name}: Expected {label} to be 1D or 2D, got {s.dim()}D instead")
+                if s.dim() != input.dim():
+                    self._fail(f"{label} is {s.dim()}-D but the input is {input.dim()}-D (batched input needs batched "
+                               "states, unbatched input unbatched states)")
+                if s.shape[-1] != H:
+                    self._fail(f"hidden{k} has inconsistent hidden_size: got {s.shape[-1]}, expected {H}")
+                if batched and s.shape[0] != B:
+                    self._fail(f"Input batch size {B} doesn't match hidden{k} batch size {s.shape[0]}")
+                self._check_like_weights(label, s)
             if not batched:
-                state = tuple(s.unsqueeze(0) if isinstance(s, Tensor) and s.dim() == 1 else s for s in state)
-            for k, s in enumerate(state):
-                self._check_tensor(f"hx[{k}]" if n == 2 else "hx", s, shape)
+                state = tuple(s.unsqueeze(0) for s in state)
         w_ih, w_hh, b_ih, b_hh, fb = self._params("")
         gi = F.linear(x, w_ih, b_ih)  # (B, G)
         gh = F.linear(state[0], w_hh, b_hh)  # (B, G)

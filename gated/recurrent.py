@@ -5,13 +5,16 @@ Glossary: T time, B batch, I input_size, H hidden_size, L num_layers, D directio
 
 from __future__ import annotations
 
+import numbers
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from gated import backends
-from gated._base import GatedModule, _check_int
+from gated._base import GatedModule, _check_bool, _check_int
 
 __all__ = ["LSTM", "GRU", "MGU"]
 
@@ -41,6 +44,7 @@ class _RNN(GatedModule):
         batch_first: bool = False,
         dropout: float = 0.0,
         bidirectional: bool = False,
+        proj_size: int = 0,
         device=None,
         dtype=None,
         *,
@@ -50,21 +54,31 @@ class _RNN(GatedModule):
         backend: str = "auto",
     ) -> None:
         super().__init__()
-        self._setup(input_size, hidden_size, bias, variant, t_max, chunk_size)
+        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Number) or not 0 <= dropout <= 1:
+            raise ValueError("dropout should be a number in range [0, 1] representing the probability of an "
+                             f"element being zeroed, got {dropout!r}")
+        self.batch_first = _check_bool("batch_first", batch_first)
+        self._setup(input_size, hidden_size, bias, variant, t_max, chunk_size, proj_size)
         self.num_layers = _check_int("num_layers", num_layers)
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-            raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
+        if dropout > 0 and num_layers == 1:
+            warnings.warn("dropout option adds dropout after all but last recurrent layer, so non-zero dropout "
+                          f"expects num_layers greater than 1, but got dropout={dropout} and num_layers={num_layers}",
+                          stacklevel=2)
         self.dropout = float(dropout)
-        self.batch_first = bool(batch_first)
         self.bidirectional = bool(bidirectional)
         self.backend = backends.check_name(backend)
         factory_kwargs = {"device": device, "dtype": dtype}
         D = 2 if bidirectional else 1
         for layer in range(self.num_layers):
             for d in range(D):
-                in_size = input_size if layer == 0 else hidden_size * D
+                in_size = input_size if layer == 0 else self._state_size * D
                 self._add_params(f"_l{layer}" + ("_reverse" if d else ""), in_size, factory_kwargs)
         self.reset_parameters()
+
+    @property
+    def mode(self) -> str:
+        """torch.nn.RNNBase's ``mode``: ``"LSTM"``, ``"GRU"`` or ``"MGU"``."""
+        return self.core.upper()
 
     @property
     def num_directions(self) -> int:
@@ -74,41 +88,65 @@ class _RNN(GatedModule):
         """No-op, for code written against torch.nn.LSTM."""
 
     def _initial_states(self, hx, batch: int, batched: bool, ref: Tensor) -> list[Tensor]:
+        """``hx`` checked as torch.nn.LSTM/GRU check it (same conditions and wording), as a list of
+        ``(L*D, B, ·)`` states; zeros if None."""
         n = self.layout.core.num_states
-        shape = (self.num_layers * self.num_directions, batch, self.hidden_size)
+        LD = self.num_layers * self.num_directions
+        shapes = [(LD, batch, self._state_size), (LD, batch, self.hidden_size)][:n]
         if hx is None:
-            return [torch.zeros(shape, dtype=ref.dtype, device=ref.device) for _ in range(n)]
+            return [torch.zeros(shape, dtype=ref.dtype, device=ref.device) for shape in shapes]
         if n == 2:
             if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-                raise TypeError(f"gated.{type(self).__name__}: hx must be a tuple (h_0, c_0), got {type(hx).__name__}")
+                self._fail(f"hx must be a tuple (h_0, c_0), got {type(hx).__name__}")
             states, names = list(hx), ["hx[0] (h_0)", "hx[1] (c_0)"]
         else:
             states, names = [hx], ["hx (h_0)"]
-        if not batched:
-            for name, s in zip(names, states):
-                if isinstance(s, Tensor) and s.dim() != 2:
-                    raise ValueError(
-                        f"gated.{type(self).__name__}: for unbatched 2-D input, {name} must be 2-D "
-                        f"{(shape[0], shape[2])}, got {s.dim()}-D"
-                    )
-            states = [s.unsqueeze(1) if isinstance(s, Tensor) else s for s in states]
         for name, s in zip(names, states):
-            self._check_tensor(name, s, shape)
+            if not isinstance(s, Tensor):
+                self._fail(f"{name} must be a Tensor, got {type(s).__name__}")
+        want = 3 if batched else 2
+        if any(s.dim() != want for s in states):
+            dims = ", ".join(f"{s.dim()}-D" for s in states)
+            what = "hx and cx" if n == 2 else "hx"
+            got = f"({dims}) tensors" if n == 2 else f"{dims} tensor"
+            self._fail(f"For {'batched 3-D' if batched else 'unbatched 2-D'} input, {what} should also be "
+                       f"{want}-D but got {got}")
+        if not batched:
+            states = [s.unsqueeze(1) for s in states]
+        for k, (name, s, shape) in enumerate(zip(names, states, shapes)):
+            if tuple(s.shape) != shape:
+                label = f"hidden[{k}]" if n == 2 else "hidden"
+                self._fail(f"Expected {label} size {shape}, got {list(s.shape)} ({name})")
+            self._check_like_weights(name, s)
         return states
+
+    def _check_sequence(self, x: Tensor, packed: bool) -> None:
+        name = type(self).__name__
+        if not isinstance(x, Tensor):
+            raise TypeError(f"gated.{name}: input must be a Tensor or PackedSequence, got {type(x).__name__}")
+        if packed and x.dim() != 2:
+            self._fail(f"input must have 2 dimensions, got {x.dim()} (the data of a PackedSequence)")
+        if not packed and x.dim() not in (2, 3):
+            self._fail(f"{self.mode}: Expected input to be 2D or 3D, got {x.dim()}D instead")
+        self._check_like_weights("input", x)
+        if x.shape[-1] != self.input_size:
+            self._fail(f"input.size(-1) must be equal to input_size. Expected {self.input_size}, got {x.shape[-1]}")
 
     def _run(self, input, hx=None, record: dict | None = None, backend: str | None = None):
         packed = input if isinstance(input, PackedSequence) else None
         if packed is not None:
+            self._check_sequence(packed.data, packed=True)
             x, lengths = pad_packed_sequence(packed)  # (T, B, I), caller's batch order
-            self._check_input(x, (3,), "3 dims")
             batched = True
         else:
-            self._check_input(input, (2, 3), "2 dims (T, I) or 3 dims (T, B, I) / (B, T, I)")
+            self._check_sequence(input, packed=False)
             batched = input.dim() == 3
             x = input if not batched else (input.transpose(0, 1) if self.batch_first else input)
             x = x if batched else x.unsqueeze(1)
             lengths = None
         T, B = x.shape[0], x.shape[1]
+        if T == 0:
+            self._fail("Expected sequence length to be larger than 0 in RNN")
         h0 = self._initial_states(hx, B, batched, x)
         mask = rev = None
         if lengths is not None:
@@ -125,7 +163,8 @@ class _RNN(GatedModule):
                 sfx = f"_l{layer}" + ("_reverse" if d else "")
                 xin = _reverse(x, rev) if d else x
                 rec = [] if record is not None else None
-                out, st = run(xin, tuple(s[idx] for s in h0), *self._params(sfx), self.layout, mask, rec)
+                out, st = run(xin, tuple(s[idx] for s in h0), *self._params(sfx), self.layout, mask, rec,
+                              w_hr=getattr(self, "weight_hr" + sfx, None))
                 if record is not None:
                     record[(layer, d)] = rec
                 outs.append(_reverse(out, rev) if d else out)
@@ -155,8 +194,11 @@ _DOC_ARGS = """
         num_layers: stacked layers; layer ``k > 0`` reads the previous layer's ``D*H`` outputs.
         bias: if False, no ``b_ih``/``b_hh`` (refine variants keep their ``forget_bias``).
         batch_first: input and output are ``(B, T, ·)`` instead of ``(T, B, ·)``; states are not.
-        dropout: dropout on the outputs of every layer but the last, in training mode; in [0, 1).
+        dropout: dropout on the outputs of every layer but the last, in training mode; in [0, 1].
         bidirectional: also run each layer backwards and concatenate (``D = 2``).
+        proj_size: LSTM only: if > 0, an LSTM with projections (LSTMP, Sak et al. 2014, as
+            torch.nn.LSTM): ``h_t = W_hr (o_t * tanh(c_t))`` of size ``P = proj_size < H``; ``h``
+            and the output have ``P`` features and ``weight_hh_l{{k}}`` is ``(G, P)``.
         device, dtype: where and how the parameters are created.
         variant: a label of the paper's grid (keyword only): ``"-"``, ``"C"``, ``"O"``, ``"U"``,
             ``"R"``, ``"OM"``, ``"OR"``, ``"UM"``, ``"UR"`` (case-insensitive; long names such as
@@ -169,7 +211,8 @@ _DOC_ARGS = """
     Inputs: ``input, hx``
         - input: ``(T, B, I)``, ``(B, T, I)`` if ``batch_first``, ``(T, I)`` unbatched, or a
           ``PackedSequence``.
-        - hx: initial state{states_in}, each ``(L*D, B, H)`` (``(L*D, H)`` unbatched); zeros if None.
+        - hx: initial state{states_in}, each ``(L*D, B, H)`` (``(L*D, H)`` unbatched; ``h`` has
+          ``proj_size`` features with projections); zeros if None.
 
     Outputs: ``output, {states_out}``
         - output: ``(T, B, D*H)`` (``(B, T, D*H)`` if ``batch_first``; a ``PackedSequence`` if the
@@ -178,8 +221,12 @@ _DOC_ARGS = """
 
     Parameters (torch.nn's names and shapes, ``G = layout.rows``):
         ``weight_ih_l{{k}}`` ``(G, I or D*H)``, ``weight_hh_l{{k}}`` ``(G, H)``, ``bias_ih_l{{k}}`` and
-        ``bias_hh_l{{k}}`` ``(G,)``, ``forget_bias_l{{k}}`` ``(H,)`` for ``R``/``UR``; ``_reverse``
-        for the backward direction.
+        ``bias_hh_l{{k}}`` ``(G,)``, ``weight_hr_l{{k}}`` ``(P, H)`` with ``proj_size``,
+        ``forget_bias_l{{k}}`` ``(H,)`` for ``R``/``UR``; ``_reverse`` for the backward direction.
+        ``all_weights``, ``_flat_weights`` and ``_flat_weights_names`` list them in torch's order.
+
+    Input errors raise :class:`gated.InputError` (a RuntimeError, ValueError and TypeError) with
+    torch.nn's wording.
 """
 
 

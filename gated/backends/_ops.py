@@ -22,22 +22,26 @@ from torch import Tensor
 _registered = False
 
 
-def _recurrence_forward_fake(x, w_ih, w_hh, bias_x, b_hn, fb, h0, c0, lengths, core, refine, save):
+def _recurrence_forward_fake(x, w_ih, w_hh, bias_x, b_hn, fb, h0, c0, lengths, w_hr, core, refine, save):
     T, B, _ = x.shape
-    G, H = w_ih.shape[0], w_hh.shape[1]
-    out, h_n = x.new_empty(T, B, H), x.new_empty(B, H)
+    G, P = w_ih.shape[0], w_hh.shape[1]  # P: the width of h (proj_size with projections)
+    H = P if w_hr is None else w_hr.shape[1]
+    out, h_n = x.new_empty(T, B, P), x.new_empty(B, P)
     c_n = x.new_empty(B, H) if c0 is not None else x.new_empty(0)
     A = x.new_empty(T, B, G) if save else x.new_empty(0)
     aux = x.new_empty(T, B, H) if save else x.new_empty(0)
-    return out, h_n, c_n, A, aux
+    m = x.new_empty(T, B, H) if save and w_hr is not None else x.new_empty(0)
+    return out, h_n, c_n, A, aux, m
 
 
-def _recurrence_backward_fake(dout, dh_n, dc_n, A, aux, out, h0, c0, w_hh, lengths, core, refine):
+def _recurrence_backward_fake(dout, dh_n, dc_n, A, aux, out, h0, c0, w_hh, lengths, w_hr, core, refine):
     T, B, G = A.shape
-    H = w_hh.shape[1]
+    P = w_hh.shape[1]
+    H = P if w_hr is None else w_hr.shape[1]
     dghn = A.new_empty(0) if c0 is not None else A.new_empty(T, B, H)
     dc0 = A.new_empty(B, H) if c0 is not None else A.new_empty(0)
-    return A.new_empty(T, B, G), dghn, A.new_empty(B, H), dc0
+    dH = A.new_empty(0) if w_hr is None else A.new_empty(T, B, P)
+    return A.new_empty(T, B, G), dghn, A.new_empty(B, P), dc0, dH
 
 
 def _xh_mm_fake(a, a2, x2, h0, out, append_sums):

@@ -14,6 +14,7 @@ Glossary: T time, B batch, I input features, H hidden_size, G gate rows.
 from __future__ import annotations
 
 import functools
+import logging
 
 import torch
 from torch import Tensor
@@ -23,6 +24,7 @@ from gated.cores import Layout
 from gated.gates import sigmoid_gate
 
 _CORE_ID = {"lstm": 0, "gru": 1, "mgu": 2}
+_said = {"proj": False}  # one-time notes
 
 
 def available() -> bool:
@@ -65,7 +67,7 @@ def _kernel_ids(layout: Layout) -> tuple[int, bool]:
     return _CORE_ID[layout.core.name], layout.variant.auxiliary == "refine"
 
 
-def _forward(x, w_ih, w_hh, b_ih, b_hh, fb, h0, c0, lengths, layout, save: bool):
+def _forward(x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0, lengths, layout, save: bool):
     n_rows = _n_rows(layout)
     bias_x = b_hn = None
     if b_ih is not None:
@@ -77,7 +79,8 @@ def _forward(x, w_ih, w_hh, b_ih, b_hh, fb, h0, c0, lengths, layout, save: bool)
         bias_x = b_ih + b_rec
     core, refine = _kernel_ids(layout)
     return torch.ops.gated_fused.recurrence_forward(
-        x.contiguous(), w_ih.contiguous(), w_hh.contiguous(), bias_x, b_hn, fb, h0, c0, lengths, core, refine, save
+        x.contiguous(), w_ih.contiguous(), w_hh.contiguous(), bias_x, b_hn, fb, h0, c0, lengths,
+        None if w_hr is None else w_hr.contiguous(), core, refine, save,
     )
 
 
@@ -120,30 +123,30 @@ class _Recurrence(torch.autograd.Function):
     generate_vmap_rule = True  # vmap runs forward and backward on the ops' batching rules (_ops.py)
 
     @staticmethod
-    def forward(x, w_ih, w_hh, b_ih, b_hh, fb, h0, c0, lengths, layout):
-        return _forward(x, w_ih, w_hh, b_ih, b_hh, fb, h0, c0, lengths, layout, save=True)
+    def forward(x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0, lengths, layout):
+        return _forward(x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0, lengths, layout, save=True)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, w_ih, w_hh, b_ih, b_hh, fb, h0, c0, lengths, layout = inputs
-        out, h_n, c_n, A, aux = output
-        ctx.mark_non_differentiable(A, aux)
-        ctx.save_for_backward(x, w_ih, w_hh, b_ih, b_hh, fb, h0, c0, lengths, A, aux, out)
+        x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0, lengths, layout = inputs
+        out, h_n, c_n, A, aux, m = output
+        ctx.mark_non_differentiable(A, aux, m)
+        ctx.save_for_backward(x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0, lengths, A, aux, m, out)
         ctx.layout = layout
 
     @staticmethod
-    def backward(ctx, dout, dh_n, dc_n, _dA, _daux):
+    def backward(ctx, dout, dh_n, dc_n, _dA, _daux, _dm):
         if torch.is_grad_enabled():  # create_graph: the gradients must themselves be differentiable
             return _differentiable_backward(ctx, dout, dh_n, dc_n)
-        x, w_ih, w_hh, b_ih, b_hh, fb, h0, c0, lengths, A, aux, out = ctx.saved_tensors
+        x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0, lengths, A, aux, m, out = ctx.saved_tensors
         layout = ctx.layout
         core, refine = _kernel_ids(layout)
-        dA, dghn, dh0, dc0 = torch.ops.gated_fused.recurrence_backward(
+        dA, dghn, dh0, dc0, dH = torch.ops.gated_fused.recurrence_backward(
             dout.contiguous(), dh_n.contiguous(), None if c0 is None else dc_n.contiguous(), A, aux, out, h0, c0,
-            w_hh.contiguous(), lengths, core, refine,
+            w_hh.contiguous(), lengths, None if w_hr is None else w_hr.contiguous(), core, refine,
         )
         T, B, G = dA.shape
-        I, H = x.shape[-1], h0.shape[-1]
+        I, H = x.shape[-1], h0.shape[-1]  # H: the width of h (proj_size with projections)
         dA2 = dA.view(T * B, G)
         dx = _input_grad(dA2, w_ih).view_as(x) if ctx.needs_input_grad[0] else None
         # One matmul for every weight and bias gradient: dA^T @ [h_{t-1}, x_t] with the sums of dA
@@ -167,7 +170,10 @@ class _Recurrence(torch.autograd.Function):
         if fb is not None:  # b_f enters the keep gate with + and the refine gate with -
             total = dW[:, -1] if has_bias else dA2.sum(0)  # dA summed over steps and batch
             dfb = total[layout.keep] - total[layout.refine]
-        return dx, dw_ih, dw_hh, db_ih, db_hh, dfb, dh0, (dc0 if c0 is not None else None), None, None
+        dw_hr = None
+        if w_hr is not None:  # dL/dW_hr = sum over steps of dh_t^T m_t
+            dw_hr = torch.ops.gated_fused.tiled_mm(dH.view(T * B, H), m.view(T * B, -1), True, False)
+        return dx, dw_ih, dw_hh, db_ih, db_hh, dfb, dw_hr, dh0, (dc0 if c0 is not None else None), None, None
 
 
 def _differentiable_backward(ctx, dout, dh_n, dc_n):
@@ -176,8 +182,8 @@ def _differentiable_backward(ctx, dout, dh_n, dc_n):
     all have derivatives, and its vector-Jacobian product taken with torch.func.vjp (which, unlike
     autograd.grad, also composes with an enclosing torch.func transform). Slower than the fused
     backward, and only taken when the caller asked for a differentiable gradient."""
-    x, w_ih, w_hh, b_ih, b_hh, fb, h0, c0, lengths = ctx.saved_tensors[:9]
-    inputs = (x, w_ih, w_hh, b_ih, b_hh, fb, h0, c0)
+    x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0, lengths = ctx.saved_tensors[:10]
+    inputs = (x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0)
     wanted = [k for k, t in enumerate(inputs) if t is not None and ctx.needs_input_grad[k]]
     mask = None
     if lengths is not None:
@@ -188,26 +194,33 @@ def _differentiable_backward(ctx, dout, dh_n, dc_n):
         args = list(inputs)
         for k, t in zip(wanted, diff):
             args[k] = t
-        state = (args[6],) if c0 is None else (args[6], args[7])
-        out, final = reference.run_layer(args[0], state, *args[1:6], ctx.layout, mask)
+        state = (args[7],) if c0 is None else (args[7], args[8])
+        out, final = reference.run_layer(args[0], state, *args[1:6], ctx.layout, mask, w_hr=args[6])
         return (out, *final)
 
     _, vjp = torch.func.vjp(layer, *(inputs[k] for k in wanted))
     got = vjp((dout, dh_n) if c0 is None else (dout, dh_n, dc_n))
-    grads: list = [None] * 10
+    grads: list = [None] * 11
     for k, g in zip(wanted, got):
         grads[k] = g
     return tuple(grads)
 
 
-def run_layer(x, state, w_ih, w_hh, b_ih, b_hh, forget_bias, layout, mask=None, record=None):
+def run_layer(x, state, w_ih, w_hh, b_ih, b_hh, forget_bias, layout, mask=None, record=None, w_hr=None):
     """Same contract as :func:`gated.backends.reference.run_layer` (``record`` is not supported)."""
     if record is not None:
         raise ValueError("the fused backend records no gates; gate_activations uses the reference backend")
+    if x.shape[1] == 0:  # an empty batch: nothing to compute, and the kernels need B > 0
+        return reference.run_layer(x, state, w_ih, w_hh, b_ih, b_hh, forget_bias, layout, mask, w_hr=w_hr)
+    if w_hr is not None and x.dtype == torch.float32 and not _said["proj"] and not torch.compiler.is_compiling():
+        _said["proj"] = True
+        logging.getLogger("gated").warning(
+            "gated: an LSTM with projections runs the fused kernels with one oneDNN/MKL GEMM per step, not the "
+            "register-tiled kernel (slower per step than proj_size=0)")
     lengths = None if mask is None else mask[:, :, 0].sum(0).to(torch.int64)
     c0 = state[1].contiguous() if len(state) == 2 else None
-    args = (x, w_ih, w_hh, b_ih, b_hh, forget_bias, state[0].contiguous(), c0, lengths, layout)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args[:8]):
+    args = (x, w_ih, w_hh, b_ih, b_hh, forget_bias, w_hr, state[0].contiguous(), c0, lengths, layout)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args[:9]):
         out, h_n, c_n = _Recurrence.apply(*args)[:3]
     else:  # inference: no graph, and the kernel keeps no per-step activations
         out, h_n, c_n = _forward(*args, save=False)[:3]

@@ -23,6 +23,7 @@ def run_layer(
     layout: Layout,
     mask: Tensor | None = None,
     record: list | None = None,
+    w_hr: Tensor | None = None,
 ) -> tuple[Tensor, tuple[Tensor, ...]]:
     """Run one layer in one direction over a time-major sequence.
 
@@ -32,6 +33,8 @@ def run_layer(
         mask: optional ``(T, B, 1)`` bool, False past each sequence's end: the state is held and
             the output is zero there (PackedSequence semantics).
         record: if a list, each step's gates ``(f, r, master_f, keep)`` are appended to it.
+        w_hr: LSTM with projections: ``(P, H)``, ``h' = (o * tanh(c')) W_hr^T`` (``state[0]`` and
+            ``out`` then have ``P`` features).
 
     Returns:
         ``(out, state)``: ``out`` is ``(T, B, H)``, ``state`` the final states.
@@ -43,6 +46,8 @@ def run_layer(
     for t, gi in enumerate(gi_all.unbind(0)):
         gh = F.linear(state[0], w_hh, b_hh)  # (B, G)
         new, gates = step(gi, gh, state, forget_bias, layout)
+        if w_hr is not None:
+            new = (F.linear(new[0], w_hr), *new[1:])
         if mask is not None:
             m = mask[t]
             new = tuple(torch.where(m, n, s) for n, s in zip(new, state))

@@ -482,14 +482,21 @@ template <typename T>
 std::vector<Tensor> forward_impl(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh,
                                  const std::optional<Tensor>& bias_x, const std::optional<Tensor>& b_hn,
                                  const std::optional<Tensor>& fb, const Tensor& h0, const std::optional<Tensor>& c0,
-                                 const std::optional<Tensor>& lengths, int64_t core, bool refine, bool save) {
-  const int64_t Tn = x.size(0), B = x.size(1), I = x.size(2), G = w_ih.size(0), H = w_hh.size(1);
+                                 const std::optional<Tensor>& lengths, const std::optional<Tensor>& w_hr,
+                                 int64_t core, bool refine, bool save) {
+  // P: the width of h (proj_size with projections, else H); H: the hidden units (the gates' width)
+  const int64_t Tn = x.size(0), B = x.size(1), I = x.size(2), G = w_ih.size(0), P = w_hh.size(1);
+  const bool proj = w_hr.has_value();
+  const int64_t H = proj ? w_hr->size(1) : P;
   auto opts = x.options();
   // steps per input projection: about 512 rows keeps the buffer in cache and reused across calls
   const int64_t chunk = save ? Tn : std::min(Tn, std::max<int64_t>(1, 512 / B));
   Tensor A = empty({chunk, B, G}, opts);  // gate pre-activations, then activations
-  Tensor out = empty({Tn, B, H}, opts);
+  Tensor out = empty({Tn, B, P}, opts);
   Tensor aux = empty({save ? Tn : 2, B, H}, opts);  // LSTM: c_t; GRU/MGU: W_hn h + b_hn
+  // with projections: m_t = o_t * tanh(c_t) before the projection h_t = m_t W_hr^T (kept for
+  // W_hr's gradient when saving)
+  Tensor M = proj ? empty({save ? Tn : 2, B, H}, opts) : Tensor();
   Tensor gh = empty({B, G}, opts);
   Tensor len = lengths ? lengths->contiguous() : Tensor();
   const int64_t* lp = len.defined() ? len.data_ptr<int64_t>() : nullptr;
@@ -499,7 +506,7 @@ std::vector<Tensor> forward_impl(const Tensor& x, const Tensor& w_ih, const Tens
 #if defined(GATED_TILED_GEMM)
   std::optional<tiled::Panels> wh, wi;
   if constexpr (use_tiled<T>()) {
-    if (tiled_chosen()) {
+    if (tiled_chosen() && !proj) {  // projections run the per-step GEMMs below
       wh.emplace(w_hh.data_ptr<float>(), 1, H, H, G / H, H);  // B(k, n) = W_hh[n, k]
       wi.emplace(w_ih.data_ptr<float>(), 1, I, I, G / H, H);
     }
@@ -511,13 +518,15 @@ std::vector<Tensor> forward_impl(const Tensor& x, const Tensor& w_ih, const Tens
   // step t's rows: gate buffer, output, state (c or W_hn h + b_hn), previous h and c; raw pointers,
   // since indexing tensors per step costs microseconds of dispatch at small sizes
   T *Ap = A.data_ptr<T>(), *outp = out.data_ptr<T>(), *auxp = aux.data_ptr<T>();
+  T* Mp = proj ? M.data_ptr<T>() : nullptr;
   const T *h0p = h0.data_ptr<T>(), *c0p = core == LSTM ? c0->data_ptr<T>() : nullptr;
   auto step = [&](int64_t t, int64_t t0) {
     struct {
-      T *a, *h, *state;
+      T *a, *h, *state;  // h: where the pointwise pass writes h_t (m_t with projections)
       const T *h_prev, *c_prev;
-    } r{Ap + (t - t0) * B * G, outp + t * B * H, auxp + ring(save, t) * B * H, nullptr, nullptr};
-    r.h_prev = t == 0 ? h0p : r.h - B * H;
+    } r{Ap + (t - t0) * B * G, proj ? Mp + ring(save, t) * B * H : outp + t * B * H, auxp + ring(save, t) * B * H,
+        nullptr, nullptr};
+    r.h_prev = t == 0 ? h0p : outp + (t - 1) * B * P;
     if (core == LSTM) r.c_prev = t == 0 ? c0p : auxp + ring(save, t - 1) * B * H;
     return r;
   };
@@ -558,6 +567,8 @@ std::vector<Tensor> forward_impl(const Tensor& x, const Tensor& w_ih, const Tens
 #endif
   if (!tiled) {
     gemm.emplace(w_hh, /*transpose=*/true, B);
+    std::optional<RecurrentGemm> projection;  // m_t (B, H) @ W_hr^T -> h_t (B, P)
+    if (proj) projection.emplace(*w_hr, /*transpose=*/true, B);
     for (int64_t t0 = 0; t0 < Tn; t0 += chunk) {
       const int64_t n = std::min(chunk, Tn - t0);
       Tensor a2 = A.narrow(0, 0, n).view({n * B, G}), x2 = x.narrow(0, t0, n).reshape({n * B, I});
@@ -575,26 +586,33 @@ std::vector<Tensor> forward_impl(const Tensor& x, const Tensor& w_ih, const Tens
         const T* pp = pre.data_ptr<T>();
         const Step s{B, H, G, t, lp, refine, 0, H};
         rows(B, H, [&](int64_t b0, int64_t b1) { pointwise(s, r, pp, b0, b1); });
+        if (proj) {  // masked rows of m are 0, so their outputs are too
+          Tensor h_t = out[t];
+          Tensor res = projection->run(M[ring(save, t)], Tensor(), h_t);
+          if (res.data_ptr() != h_t.data_ptr()) h_t.copy_(res);
+        }
       }
     }
   }
-  Tensor h_n = empty({B, H}, opts);
+  Tensor h_n = empty({B, P}, opts);
   if (lp == nullptr) {
     h_n.copy_(out[Tn - 1]);
   } else {  // each sequence's state at its last step
     for (int64_t b = 0; b < B; ++b) h_n[b].copy_(lp[b] > 0 ? out[lp[b] - 1][b] : h0[b]);
   }
   Tensor c_n = core == LSTM ? aux[ring(save, Tn - 1)].clone() : empty({0}, opts);  // c is held past each end
-  if (!save) return {out, h_n, c_n, empty({0}, opts), empty({0}, opts)};
-  return {out, h_n, c_n, A, aux};
+  if (!save) return {out, h_n, c_n, empty({0}, opts), empty({0}, opts), empty({0}, opts)};
+  return {out, h_n, c_n, A, aux, proj ? M : empty({0}, opts)};
 }
 
 template <typename T>
 std::vector<Tensor> backward_impl(const Tensor& dout, const Tensor& dh_n, const std::optional<Tensor>& dc_n,
                                   const Tensor& A, const Tensor& aux, const Tensor& out, const Tensor& h0,
                                   const std::optional<Tensor>& c0, const Tensor& w_hh,
-                                  const std::optional<Tensor>& lengths, int64_t core, bool refine) {
-  const int64_t Tn = A.size(0), B = A.size(1), G = A.size(2), H = w_hh.size(1);
+                                  const std::optional<Tensor>& lengths, const std::optional<Tensor>& w_hr,
+                                  int64_t core, bool refine) {
+  const int64_t Tn = A.size(0), B = A.size(1), G = A.size(2), P = w_hh.size(1);
+  const int64_t H = w_hr ? w_hr->size(1) : P;
   auto opts = A.options();
   Tensor dA = empty({Tn, B, G}, opts);
   Tensor dghn = core == LSTM ? empty({0}, opts) : empty({Tn, B, H}, opts);
@@ -625,6 +643,38 @@ std::vector<Tensor> backward_impl(const Tensor& dout, const Tensor& dh_n, const 
       gru_mgu_bwd<T>(s, core, ap, q, hp, dop, dhp, dap, Sp + (t % 2) * BG, dghnp + t * BH, dhnp, b0, b1);
     }
   };
+  if (w_hr) {
+    // LSTM with projections, h_t = m_t W_hr^T: per step the gradient of h_t (dout_t plus the carry
+    // from step t+1, kept in dH for W_hr's gradient) goes back through W_hr to m_t, then through
+    // the gates; the carry to step t-1 is dA_t @ W_hh, plus the carry itself on rows already past
+    // their sequence's end (held state; their dout is not part of the graph)
+    Tensor dH = empty({Tn, B, P}, opts), dm = empty({B, H}, opts);
+    Tensor zero = at::zeros({B, H}, opts), unused = empty({B, H}, opts), scratch = empty({B, P}, opts);
+    Tensor carry0 = empty({B, P}, opts), carry1 = empty({B, P}, opts);
+    RecurrentGemm gemm(w_hh, /*transpose=*/false, B);  // dgates (B, G) @ W_hh -> (B, P)
+    for (int64_t t = Tn - 1; t >= 0; --t) {
+      Tensor d = dH[t];
+      at::add_out(d, dout[t], dh);
+      at::mm_out(dm, d, *w_hr);
+      Tensor carry = dh.data_ptr() == carry0.data_ptr() ? carry1 : carry0;
+      const T* dhp = dh.data_ptr<T>();
+      T* kp = carry.data_ptr<T>();
+      for (int64_t b = 0; b < B; ++b) {
+        if (lp != nullptr && t >= lp[b]) {
+          std::copy(dhp + b * P, dhp + (b + 1) * P, kp + b * P);
+        } else {
+          std::fill(kp + b * P, kp + (b + 1) * P, T(0));
+        }
+      }
+      const Step s{B, H, G, t, lp, refine, 0, H};
+      const T *ap = Ap + t * B * G, *cp = t == 0 ? c0->data_ptr<T>() : auxp + (t - 1) * B * H, *ct = auxp + t * B * H;
+      const T *dmp = dm.data_ptr<T>(), *zp = zero.data_ptr<T>();
+      T* up = unused.data_ptr<T>();
+      rows(B, H, [&](int64_t b0, int64_t b1) { lstm_bwd<T>(s, ap, cp, ct, dmp, zp, dcp, dAp + t * B * G, up, b0, b1); });
+      dh = gemm.run(dA[t], carry, scratch);
+    }
+    return {dA, dghn, dh, dc, dH};
+  }
 #if defined(GATED_TILED_GEMM)
   if constexpr (use_tiled<T>()) {
     if (tiled_chosen()) {
@@ -645,7 +695,7 @@ std::vector<Tensor> backward_impl(const Tensor& dout, const Tensor& dh_n, const 
           barrier();
         }
       });
-      return {dA, dghn, dh, core == LSTM ? dc : empty({0}, opts)};
+      return {dA, dghn, dh, core == LSTM ? dc : empty({0}, opts), empty({0}, opts)};
     }
   }
 #endif
@@ -659,7 +709,7 @@ std::vector<Tensor> backward_impl(const Tensor& dout, const Tensor& dh_n, const 
     rows(B, H, [&](int64_t b0, int64_t b1) { pointwise(s, dhp, dhnp, b0, b1); });
     dh = gemm.run(src(t), dhn, scratch);
   }
-  return {dA, dghn, dh, core == LSTM ? dc : empty({0}, opts)};
+  return {dA, dghn, dh, core == LSTM ? dc : empty({0}, opts), empty({0}, opts)};
 }
 
 void check(const Tensor& x, const Tensor& w_hh) {
@@ -671,34 +721,37 @@ void check(const Tensor& x, const Tensor& w_hh) {
   TORCH_CHECK(x.is_contiguous() && w_hh.is_contiguous(), "gated fused CPU backend: contiguous tensors expected");
 }
 
+using Tensors6 = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
 using Tensors5 = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>;
-using Tensors4 = std::tuple<Tensor, Tensor, Tensor, Tensor>;
 
-Tensors5 recurrence_forward(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh,
+Tensors6 recurrence_forward(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh,
                                        const std::optional<Tensor>& bias_x, const std::optional<Tensor>& b_hn,
                                        const std::optional<Tensor>& fb, const Tensor& h0,
                                        const std::optional<Tensor>& c0, const std::optional<Tensor>& lengths,
-                                       int64_t core, bool refine, bool save) {
+                                       const std::optional<Tensor>& w_hr, int64_t core, bool refine, bool save) {
   check(x, w_hh);
+  TORCH_CHECK(!w_hr || (core == LSTM && w_hr->is_contiguous()), "gated fused CPU backend: projections are LSTM only");
   at::NoGradGuard no_grad;
   auto r = AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gated_recurrence_forward", [&] {
     return forward_impl<scalar_t>(x, w_ih, w_hh, bias_x, b_hn, fb, h0.contiguous(),
-                                  c0 ? std::optional<Tensor>(c0->contiguous()) : c0, lengths, core, refine, save);
+                                  c0 ? std::optional<Tensor>(c0->contiguous()) : c0, lengths, w_hr, core, refine,
+                                  save);
   });
-  return {r[0], r[1], r[2], r[3], r[4]};
+  return {r[0], r[1], r[2], r[3], r[4], r[5]};
 }
 
-Tensors4 recurrence_backward(const Tensor& dout, const Tensor& dh_n, const std::optional<Tensor>& dc_n,
-                                        const Tensor& A, const Tensor& aux, const Tensor& out, const Tensor& h0,
-                                        const std::optional<Tensor>& c0, const Tensor& w_hh,
-                                        const std::optional<Tensor>& lengths, int64_t core, bool refine) {
+Tensors5 recurrence_backward(const Tensor& dout, const Tensor& dh_n, const std::optional<Tensor>& dc_n,
+                             const Tensor& A, const Tensor& aux, const Tensor& out, const Tensor& h0,
+                             const std::optional<Tensor>& c0, const Tensor& w_hh, const std::optional<Tensor>& lengths,
+                             const std::optional<Tensor>& w_hr, int64_t core, bool refine) {
   check(A, w_hh);
   at::NoGradGuard no_grad;
   auto r = AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "gated_recurrence_backward", [&] {
     return backward_impl<scalar_t>(dout.contiguous(), dh_n, dc_n, A, aux, out, h0.contiguous(),
-                                   c0 ? std::optional<Tensor>(c0->contiguous()) : c0, w_hh, lengths, core, refine);
+                                   c0 ? std::optional<Tensor>(c0->contiguous()) : c0, w_hh, lengths, w_hr, core,
+                                   refine);
   });
-  return {r[0], r[1], r[2], r[3]};
+  return {r[0], r[1], r[2], r[3], r[4]};
 }
 
 }  // namespace
@@ -816,10 +869,12 @@ TORCH_LIBRARY(gated_fused, m) {
   m.def("xh_mm(Tensor a, Tensor? a2, Tensor x2, Tensor h0, Tensor out, bool append_sums) -> (Tensor, Tensor)");
   m.def(
       "recurrence_forward(Tensor x, Tensor w_ih, Tensor w_hh, Tensor? bias_x, Tensor? b_hn, Tensor? fb, Tensor h0, "
-      "Tensor? c0, Tensor? lengths, int core, bool refine, bool save) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "Tensor? c0, Tensor? lengths, Tensor? w_hr, int core, bool refine, bool save) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "recurrence_backward(Tensor dout, Tensor dh_n, Tensor? dc_n, Tensor A, Tensor aux, Tensor out, Tensor h0, "
-      "Tensor? c0, Tensor w_hh, Tensor? lengths, int core, bool refine) -> (Tensor, Tensor, Tensor, Tensor)");
+      "Tensor? c0, Tensor w_hh, Tensor? lengths, Tensor? w_hr, int core, bool refine) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(gated_fused, CPU, m) {
