@@ -8,7 +8,8 @@ Layout:
     tasks/         TASKS registry: copy, adding, smnist, pmnist, sfmnist, scifar10, brown, kjv
     data/          DATASETS registry: fetch through package registries, checksums, cache
     model.py       input layer -> gated RNN -> readout head
-    checkpoint.py  atomic checkpoints (safetensors weights + optimizer/RNG state)
+    checkpoint.py  atomic checkpoints (safetensors weights + optimizer/RNG state), the run directory lock
+    files.py       atomic writes, JSON / metrics.jsonl reading with errors that name the file
     train.py       the training loop (single process or torchrun DDP)
     compare.py     variant x seed x setting grids run as subprocesses; markdown table
     plots.py       learning curves and gate histograms (matplotlib)

@@ -10,13 +10,18 @@ then published by atomically replacing ``latest.json``; older step directories a
 that. A failure at any point (a full disk) leaves the previous checkpoint intact and raises
 :class:`CheckpointError`. Loading checks every file's sha256 and the config fingerprint and
 raises on any mismatch: a damaged checkpoint is reported, never silently replaced.
+
+A training process holds an exclusive lock on its run directory (``flock`` on ``RUN/.lock``,
+which the kernel drops when the process ends, even by kill -9): see :func:`open_run`.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
+import pickle
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -26,14 +31,20 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from gated.harness.data.fetch import atomic_write
 from gated.harness.data.formats import sha256_file
+from gated.harness.files import BadFile, read_json, write_json
 
 FORMAT = "gated-harness-ckpt-1"
+LOCK = ".lock"
+_held: dict[Path, int] = {}  # run directory -> descriptor of its locked .lock file
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint could not be written, or is missing, corrupted or incompatible."""
+
+
+class RunInUse(CheckpointError):
+    """Another process holds the run directory's lock (it is training that run)."""
 
 
 @dataclass
@@ -70,10 +81,11 @@ def save(run: Path, step: int, model_state: dict, state: dict, cfg_dict: dict) -
         CheckpointError: writing failed; the previous checkpoint (if any) is untouched.
     """
     root = Path(run) / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
     name = f"step-{step:06d}"
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".tmp-{name}-"))
+    tmp = final = None
     try:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".tmp-{name}-"))
         weights = {k: v.detach().to("cpu").contiguous() for k, v in model_state.items()}
         _write(tmp / "model.safetensors", lambda p: save_file(weights, str(p), metadata={"format": FORMAT,
                                                                                         "step": str(step)}))
@@ -90,16 +102,29 @@ def save(run: Path, step: int, model_state: dict, state: dict, cfg_dict: dict) -
         _fsync_dir(root)
         latest = {"format": FORMAT, "step": step, "dir": final.name, "files": files,
                   "fingerprint": fingerprint(cfg_dict)}
-        atomic_write(root / "latest.json", (json.dumps(latest, indent=1) + "\n").encode())
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        prev = _read_latest(root, missing_ok=True)
+        write_json(root / "latest.json", latest)
+    except BaseException as e:  # a full disk, Ctrl-C, ...: remove what this save wrote, keep the rest
+        prev = _published(root)
+        for path in (tmp, final):
+            if path is not None and path.exists() and (prev is None or path.name != prev["dir"]):
+                shutil.rmtree(path, ignore_errors=True)
+        # a full disk raises OSError, or SafetensorError / torch's RuntimeError (inline_container.cc)
+        if not isinstance(e, (OSError, SafetensorError, RuntimeError)):
+            raise
         kept = f"the previous checkpoint (step {prev['step']}) is intact" if prev else "no earlier checkpoint exists"
-        raise CheckpointError(f"could not write the checkpoint for step {step} in {root}: {e}; {kept}") from e
+        raise CheckpointError(f"could not write the checkpoint for step {step} in {root}: {e}; {kept}") from None
     for old in root.glob("step-*"):
         if old.name != final.name:
             shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _published(root: Path) -> dict | None:
+    """``latest.json`` if it is readable, else None."""
+    try:
+        return _read_latest(root, missing_ok=True)
+    except (CheckpointError, OSError):
+        return None
 
 
 def _read_latest(root: Path, missing_ok: bool = False) -> dict | None:
@@ -109,33 +134,92 @@ def _read_latest(root: Path, missing_ok: bool = False) -> dict | None:
             return None
         raise CheckpointError(f"no checkpoint in {root.parent} ({path} is missing)")
     try:
-        latest = json.loads(path.read_text())
-        if latest.get("format") != FORMAT:
-            raise CheckpointError(f"{path}: format {latest.get('format')!r} is not {FORMAT!r} (incompatible)")
-        int(latest["step"]), latest["dir"], dict(latest["files"])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
+        latest = read_json(path)
+    except BadFile as e:
+        raise CheckpointError(f"{path} is corrupted: {e}") from None
+    if latest.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: format {latest.get('format')!r} is not {FORMAT!r} (incompatible)")
+    try:
+        int(latest["step"]), str(latest["dir"]), dict(latest["files"])
+    except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path} is corrupted ({e.__class__.__name__}: {e})") from None
     return latest
 
 
 def open_run(cfg, resume: bool, command: str) -> Path:
-    """The run directory ``cfg.train.out`` of ``gated train`` or ``gated rl train`` (``command``).
-    A new run refuses a directory that already holds one and writes ``config.json``; a resumed run
-    is used as it is."""
+    """Open the run directory ``cfg.train.out`` of ``gated train`` or ``gated rl train``
+    (``command``) for training, and lock it until :func:`close_run` or the process's end.
+
+    Raises :class:`RunInUse` if another process holds it. A new run refuses a directory that
+    already holds a run, except one with this very config and no checkpoint (a run stopped
+    before its first checkpoint), which starts again from step 0, as ``--resume`` does. Removes
+    the temporaries a killed process left, then writes ``config.json``."""
     if cfg.train.out is None:
         raise ValueError("--out is required: the run directory for config.json, metrics.jsonl and checkpoints")
     run = Path(cfg.train.out)
-    if not resume:
-        if (run / "config.json").exists() or has_checkpoint(run):
-            raise ValueError(f"{run} already holds a run; continue it with `{command} --resume {run}` "
-                             "or choose another --out")
-        run.mkdir(parents=True, exist_ok=True)
-        atomic_write(run / "config.json", (json.dumps(cfg.to_dict(), indent=2) + "\n").encode())
+    run.mkdir(parents=True, exist_ok=True)
+    lock_run(run)
+    try:
+        if not resume:
+            _refuse_other_run(run, cfg, command)
+        for tmp in [*run.glob(".*.tmp"), *(run / "checkpoints").glob(".*.tmp"), *(run / "checkpoints").glob(".tmp-*")]:
+            if tmp.is_dir():
+                shutil.rmtree(tmp)
+            else:
+                tmp.unlink()
+        write_json(run / "config.json", cfg.to_dict(), indent=2)
+    except BaseException:
+        close_run(run)
+        raise
     return run
+
+
+def _refuse_other_run(run: Path, cfg, command: str) -> None:
+    cont = f"continue it with `{command} --resume {run}` or choose another --out"
+    if has_checkpoint(run):
+        raise ValueError(f"{run} already holds a run; {cont}")
+    if (run / "config.json").exists():
+        saved = read_json(run / "config.json")
+        changed = [f"--{k.replace('_', '-')}" for section, values in cfg.to_dict().items() for k, v in values.items()
+                   if k != "out" and (not isinstance(saved.get(section), dict) or saved[section].get(k, ...) != v)]
+        if changed:
+            raise ValueError(f"{run} already holds a run with another config ({', '.join(changed)} differ); {cont}")
+    elif (run / "metrics.jsonl").exists():
+        raise ValueError(f"{run} holds a metrics.jsonl but no config.json; choose another --out")
+
+
+def lock_run(run: Path) -> None:
+    """Take the run's exclusive lock for this process; :class:`RunInUse` names the holder's pid."""
+    key = Path(run).resolve()
+    if key in _held:
+        return
+    fd = os.open(Path(run) / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise RunInUse(f"run {run} is in use by pid {pid} (another process is training it)") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _held[key] = fd
+
+
+def close_run(run: str | Path | None) -> None:
+    """Release the lock :func:`open_run` or :func:`lock_run` took (nothing if this process holds none)."""
+    fd = _held.pop(Path(run).resolve(), None) if run is not None else None
+    if fd is not None:
+        os.close(fd)  # closing the descriptor drops the flock
 
 
 def has_checkpoint(run: Path) -> bool:
     return (Path(run) / "checkpoints" / "latest.json").exists()
+
+
+def latest_step(run: Path) -> int | None:
+    """The step of the run's published checkpoint (``latest.json`` only), None if it has none."""
+    latest = _read_latest(Path(run) / "checkpoints", missing_ok=True)
+    return None if latest is None else int(latest["step"])
 
 
 def load(run: Path, cfg_dict: dict | None = None) -> Checkpoint:
@@ -166,7 +250,12 @@ def load(run: Path, cfg_dict: dict | None = None) -> Checkpoint:
     try:
         model = load_file(str(ckpt_dir / "model.safetensors"))
         state = torch.load(ckpt_dir / "state.pt", map_location="cpu", weights_only=True)
-    except (SafetensorError, RuntimeError, OSError, EOFError, ValueError) as e:
+        if not isinstance(state, dict):
+            raise TypeError(f"state.pt holds a {type(state).__name__}, not a dict")
+    except pickle.UnpicklingError:  # weights_only=True refuses pickles of anything but tensors and plain data
+        raise CheckpointError(f"checkpoint {ckpt_dir} is corrupted or unreadable: state.pt holds objects other than "
+                              "tensors and plain data (refused, not loaded)") from None
+    except (SafetensorError, RuntimeError, OSError, EOFError, ValueError, TypeError) as e:
         raise CheckpointError(f"checkpoint {ckpt_dir} is corrupted or unreadable: {e}") from None
     return Checkpoint(int(latest["step"]), model, state)
 

@@ -28,7 +28,8 @@ COMMANDS: dict[str, str] = {
     "rl": "gated.harness.rl.cli",
 }
 
-EXIT_USAGE, EXIT_FAILURE = 2, 1
+DESCRIPTION = "gated: train, compare and plot gated RNNs on the paper's tasks, and reproduce its experiments"
+EXIT_USAGE, EXIT_FAILURE, EXIT_IN_USE, EXIT_INTERRUPTED = 2, 1, 3, 130
 
 
 def _available(only: str | None = None) -> dict[str, object]:
@@ -47,8 +48,7 @@ def _available(only: str | None = None) -> dict[str, object]:
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gated", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="gated", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module in _available(only).items():
         p = sub.add_parser(name, help=module.HELP, description=module.HELP)
@@ -58,7 +58,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from gated.harness.checkpoint import CheckpointError
+    """Run one command; every expected failure is one line ``gated CMD: error: ...`` on stderr
+    and an exit status (no traceback)."""
+    from gated.harness.checkpoint import CheckpointError, RunInUse
     from gated.harness.compare import RunFailed
     from gated.harness.data.formats import DataError
 
@@ -67,12 +69,20 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(only).parse_args(argv)
     try:
         return int(args._main(args) or 0)
+    except KeyboardInterrupt:
+        print(f"gated {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except RunInUse as e:
+        return _error(args, e, EXIT_IN_USE)
     except ValueError as e:
-        print(f"gated {args.command}: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except (DataError, CheckpointError, RunFailed) as e:
-        print(f"gated {args.command}: error: {e}", file=sys.stderr)
-        return EXIT_FAILURE
+        return _error(args, e, EXIT_USAGE)
+    except (DataError, CheckpointError, RunFailed, OSError) as e:
+        return _error(args, e, EXIT_FAILURE)
+
+
+def _error(args, e: Exception, status: int) -> int:
+    print(f"gated {args.command}: error: {e}", file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":

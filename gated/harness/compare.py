@@ -2,7 +2,9 @@
 process, N at a time; then a markdown table and a learning-curve figure (the paper's Fig. 3 style).
 
 Run directories are ``OUT/<setting>/<variant>/seed<k>``; a finished run is reused and an unfinished
-one resumed, so an interrupted comparison continues where it stopped.
+one resumed (from step 0 if it stopped before its first checkpoint), so an interrupted comparison
+continues where it stopped. A run that another process is training (its lock is held: a second
+``gated compare`` on the same OUT, or a ``gated train --resume``) is skipped and reported.
 """
 
 from __future__ import annotations
@@ -20,15 +22,21 @@ HELP = "run a variants x seeds x settings grid in parallel; write table.md and c
 def add_arguments(parser) -> None:
     from gated.harness import config
 
-    parser.add_argument("--variants", nargs="+", default=["-", "UR"], help="variants to compare (default: - UR)")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds (default: 0)")
+    parser.add_argument("--variants", "--variant", nargs="+", default=["-", "UR"],
+                        help="variants to compare (default: - UR)")
+    parser.add_argument("--seeds", "--seed", nargs="+", type=int, default=[0], help="seeds (default: 0)")
     parser.add_argument("--grid", action="append", default=[], metavar="FIELD=V1,V2",
                         help="a task/config setting to sweep, e.g. --grid delay=50,100 (repeatable)")
     parser.add_argument("--jobs", type=int, default=0, help="runs at a time (default: CPU cores, at most the runs)")
     parser.add_argument("--threshold", type=float, help="main-metric level for 'steps to threshold' "
                         "(default: the task's registry value)")
     parser.add_argument("--config", metavar="FILE", help="JSON config applied to every run")
-    config.add_flags(parser)
+    config.add_flags(parser, exclude=COMPARE_OWN)
+
+
+# Config fields gated compare sets itself: --variants/--seeds (lists) and the run directories
+# under --out; runs write to logs, so there is no progress bar.
+COMPARE_OWN = ("variant", "seed", "progress")
 
 
 class RunFailed(RuntimeError):
@@ -55,7 +63,7 @@ def plan(args) -> list[dict]:
             raise ValueError(f"--grid {item!r}: expected FIELD=V1,V2 with FIELD a config field "
                              f"(not variant/seed/out); fields are {', '.join(sorted(config.FIELDS))}")
         sweeps.append([(name, v) for v in values.split(",")])
-    base = {k: v for k, v in vars(args).items() if k in config.FIELDS and k not in ("variant", "seed", "out")}
+    base = {k: v for k, v in vars(args).items() if k in config.FIELDS and k not in (*COMPARE_OWN, "out")}
     file_values = config.load_file(args.config) if args.config else {}
     runs = []
     for setting in itertools.product(*sweeps) if sweeps else [()]:
@@ -64,44 +72,94 @@ def plan(args) -> list[dict]:
             values = file_values | base | dict(setting) | {"variant": variant, "seed": seed}
             run_dir = Path(args.out) / label / _label(variant) / f"seed{seed}"
             cfg = config.build(values | {"out": str(run_dir)})  # validates every run before any starts
+            check_existing(run_dir, cfg, config)
             runs.append({"setting": label, "variant": variant, "seed": seed, "dir": run_dir, "cfg": cfg})
     return runs
 
 
-def _command(run: dict, threads: int) -> list[str] | None:
-    from gated.harness import checkpoint, config
+def check_existing(run_dir: Path, cfg, config) -> None:
+    """Refuse a grid whose run directory holds a run of another task/model (it would be reused)."""
+    from gated.harness.files import read_json
+
+    if (run_dir / "config.json").exists():
+        saved = config.from_dict(read_json(run_dir / "config.json")).flat()
+        changed = [config.flag(k) for k, v in cfg.flat().items()
+                   if config.FIELDS[k][0] in config.SCHEMA.frozen and saved[k] != v]
+        if changed:
+            raise ValueError(f"{run_dir} holds a run that differs in {', '.join(changed)}; choose another --out")
+
+
+def run_command(run: dict, threads: int, prefix: list[str], config, total: int) -> list[str] | None:
+    """The argv of a run of ``gated train`` (or ``gated rl train``: ``prefix``, its ``config``
+    module and its length ``total`` in checkpoint steps): a fresh run, ``--resume`` (also of a
+    run stopped before its first checkpoint), or None when it already finished."""
+    from gated.harness import checkpoint
 
     cfg, run_dir = run["cfg"], run["dir"]
-    prefix = [sys.executable, "-m", "gated.harness.cli", "train"]
-    if checkpoint.has_checkpoint(run_dir):
-        if checkpoint.load(run_dir).step >= cfg.train.steps:
-            return None  # finished earlier
-        return prefix + ["--resume", str(run_dir), "--steps", str(cfg.train.steps), "--no-progress"]
     flags = []
     for name, value in cfg.flat().items():
-        if value is not None and name != "progress":
+        if value is None or name in ("progress", "threads", "out"):
+            continue
+        if isinstance(value, bool):
+            flags.append(config.flag(name) if value else "--no-" + config.flag(name)[2:])
+        else:
             flags += [config.flag(name), str(value)]
-    return prefix + flags + ["--threads", str(threads), "--no-progress"]
+    flags += ["--threads", str(threads), "--no-progress"]
+    start = [sys.executable, "-m", "gated.harness.cli", *prefix]
+    if not (run_dir / "config.json").exists():
+        return start + flags + ["--out", str(run_dir)]
+    step = checkpoint.latest_step(run_dir)
+    if step is not None and step >= total:
+        return None
+    return start + ["--resume", str(run_dir)] + flags
 
 
-def execute(runs: list[dict], jobs: int, log=print) -> None:
-    """Start the runs as subprocesses, ``jobs`` at a time; raise if any fails.
+def _command(run: dict, threads: int) -> list[str] | None:
+    from gated.harness import config
+
+    return run_command(run, threads, ["train"], config, run["cfg"].train.steps)
+
+
+def execute(runs: list[dict], jobs: int, log=print) -> list[dict]:
+    """Start the runs as subprocesses, ``jobs`` at a time; raise if any fails. Returns the runs
+    skipped because another process is training them (each is logged).
 
     A run may carry its own ``"command": f(run, threads) -> argv | None`` (None: finished);
-    otherwise it is a ``gated train`` run (``gated rl compare`` passes ``gated rl train`` ones)."""
+    otherwise it is a ``gated train`` run (``gated rl compare`` passes ``gated rl train`` ones).
+    A run's threads are its ``--threads``, else the CPU cores shared between the jobs."""
+    from gated.harness import checkpoint
+    from gated.harness.cli import EXIT_IN_USE
+
     cores = os.cpu_count() or 1
     jobs = jobs or min(len(runs), cores)
-    threads = max(1, cores // jobs)
-    pending, active, failed = list(runs), [], []
+    pending, active, failed, skipped = list(runs), [], [], []
     start = time.perf_counter()
+
+    def report(run, status):
+        log(f"  [{time.perf_counter() - start:6.0f} s] {run['setting']} {run['variant']} seed {run['seed']}: {status}")
+
     while pending or active:
         while pending and len(active) < jobs:
             run = pending.pop(0)
-            cmd = run.get("command", _command)(run, threads)
+            threads = run["cfg"].train.threads or max(1, cores // jobs)
+            run["dir"].mkdir(parents=True, exist_ok=True)
+            try:
+                checkpoint.lock_run(run["dir"])  # nobody writes the run while its state is read
+                try:
+                    cmd = run.get("command", _command)(run, threads)
+                finally:
+                    checkpoint.close_run(run["dir"])
+            except checkpoint.RunInUse as e:
+                report(run, f"skipped: {e}")
+                skipped.append(run)
+                continue
+            except checkpoint.CheckpointError as e:
+                report(run, f"FAILED: {e}")
+                failed.append(run)
+                continue
             if cmd is None:
                 log(f"  {run['dir']}: already finished")
                 continue
-            run["dir"].mkdir(parents=True, exist_ok=True)
             logf = open(run["dir"] / "train.log", "a")
             env = dict(os.environ, OMP_NUM_THREADS=str(threads))
             active.append((run, subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env), logf))
@@ -112,16 +170,24 @@ def execute(runs: list[dict], jobs: int, log=print) -> None:
                 continue
             active.remove(item)
             logf.close()
-            status = "done" if not proc.returncode else f"FAILED (exit {proc.returncode}; see its train.log)"
-            elapsed = time.perf_counter() - start
-            log(f"  [{elapsed:6.0f} s] {run['setting']} {run['variant']} seed {run['seed']}: {status}")
-            if proc.returncode:
+            if proc.returncode == EXIT_IN_USE:  # another process took the run after the check above
+                report(run, "skipped: in use by another process (see its train.log)")
+                skipped.append(run)
+            elif proc.returncode:
+                report(run, f"FAILED (exit {proc.returncode}; see its train.log)")
                 failed.append(run)
+            else:
+                report(run, "done")
+    if skipped:
+        log(f"{len(skipped)} of {len(runs)} runs skipped: another process is training them; the results "
+            "show them as they stand (run this again when they finish)")
     if failed:
         raise RunFailed(f"{len(failed)} of {len(runs)} runs failed; e.g. {failed[0]['dir']}/train.log")
+    return skipped
 
 
 def main(args) -> int:
+    from gated.harness.files import write_text
     from gated.harness.plots import learning_curves
     from gated.harness.report import table
 
@@ -132,7 +198,7 @@ def main(args) -> int:
           f"{len({r['setting'] for r in runs})} settings) in {out}", flush=True)
     execute(runs, args.jobs)
     md = table(out, args.threshold)
-    (out / "table.md").write_text(md)
+    write_text(out / "table.md", md)
     fig = learning_curves(out, out / "curves.png")
     print("\n" + md)
     print(f"table: {out / 'table.md'}\nfigure: {fig}")

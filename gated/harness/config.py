@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+
+from gated.harness.files import read_json
 
 
 def _f(default, help: str):
@@ -25,7 +26,7 @@ def _f(default, help: str):
 class TaskConfig:
     """What to learn. Fields a task does not use are ignored by it."""
 
-    task: str = _f("copy", 'a name in gated.harness.tasks.TASKS')
+    task: str = _f("copy", 'the task (listed below)')
     delay: int = _f(480, 'copy: blanks between the 10 symbols and the 10 cues (T = delay + 20)')
     length: int = _f(2000, 'adding: sequence length T')
     pixels_per_step: int = _f(1, "image tasks: pixels read per step (1: the paper's 784 / 1024 steps)")
@@ -39,14 +40,14 @@ class TaskConfig:
 class ModelConfig:
     """The network: an input layer, a gated RNN, a linear readout."""
 
-    core: str = _f("lstm", 'a name in gated.CORES')
-    variant: str = _f("UR", 'a name in gated.VARIANTS the core supports')
+    core: str = _f("lstm", 'lstm | gru | mgu')
+    variant: str = _f("UR", 'a gate variant the core supports (listed below)')
     hidden_size: int = _f(256, 'RNN state width H')
     num_layers: int = _f(1, 'stacked RNN layers')
     dropout: float = _f(0.0, 'between layers, as in torch.nn.LSTM')
     embed_size: int = _f(256, 'language modelling: token embedding width')
     t_max: float | None = _f(None, "chrono (C) variant: longest timescale; None: the task's length")
-    backend: str = _f("auto", 'gated backend name')
+    backend: str = _f("auto", 'auto | fused_cpu | reference (the recurrence implementation)')
     forget_bias: float | None = _f(None, "set the forget-gate bias to this after init (Gers et al.'s 1.0); "
                                    "None: the variant's own init")
 
@@ -74,8 +75,8 @@ class TrainConfig:
     device: str = _f("auto", 'auto | cpu | cuda | cuda:N')
     threads: int = _f(0, "torch CPU threads; 0: torch's default")
     log_every: int = _f(10, 'steps between metrics.jsonl records')
-    eval_every: int = _f(500, 'steps between validation/test evaluations; 0: only at the end')
-    eval_batches: int = _f(10, 'batches per evaluation split; 0: the whole split')
+    eval_every: int = _f(500, 'steps between validation evaluations; 0: only at the end (test: once, at the end)')
+    eval_batches: int = _f(10, 'batches per validation; 0: the whole split (test always uses its whole split)')
     ckpt_every: int = _f(500, 'steps between checkpoints; the last step is always saved')
     progress: bool = _f(True, 'progress bar (on a terminal)')
 
@@ -158,11 +159,13 @@ class Schema:
         kind = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}[tp]
         raise ValueError(f"{flag(name)} expects {kind}{' or none' if optional else ''}, got {value!r}")
 
-    def add_flags(self, parser: argparse.ArgumentParser) -> None:
-        """One flag per field; defaults are suppressed so only given flags override."""
+    def add_flags(self, parser: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -> None:
+        """One flag per field (but ``exclude``); defaults are suppressed so only given flags override."""
         for section, cls in self.sections.items():
-            group = parser.add_argument_group(f"{section} ({cls.__doc__.splitlines()[0]})")
+            group = parser.add_argument_group(f"{section} ({cls.__doc__.splitlines()[0].replace('``', '')})")
             for f in fields(cls):
+                if f.name in exclude:
+                    continue
                 tp = self.fields[f.name][1]
                 default = f.default if f.default is not dataclasses.MISSING else None
                 text = f.metadata.get("help", "")
@@ -187,15 +190,9 @@ class Schema:
 
     def load_file(self, path: str | Path) -> dict:
         """Read a JSON config file (nested by section, as ``config.json``, or flat) into flat fields."""
-        try:
-            data = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise ValueError(f"config file {path} does not exist") from None
-        except json.JSONDecodeError as e:
-            raise ValueError(f"config file {path} is not valid JSON: {e}") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"config file {path} must hold a JSON object")  # noqa: TRY004 (the CLI reports ValueError)
-        return self.flatten(data, str(path))
+        if not Path(path).is_file():
+            raise ValueError(f"config file {path} does not exist")
+        return self.flatten(read_json(path), str(path))
 
     def resumed(self, run: Path, saved: dict, changes: dict) -> dict:
         """The flat values of ``run`` resumed with ``changes`` over its ``saved`` flat config;

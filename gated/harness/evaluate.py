@@ -36,7 +36,8 @@ class Window:
 @torch.no_grad()
 def evaluate(model, task, split: str, batch_size: int, max_batches: int, device) -> dict[str, float]:
     """Average the task's metrics over ``split`` (the first ``max_batches`` batches; 0: all of a
-    finite split, 10 of a synthetic one), carrying the state across windows for language models."""
+    finite split, 10 of an endless one such as a synthetic task's validation stream), carrying the
+    state across windows for language models."""
     n = task.num_batches(split, batch_size)
     if n is None:
         n = max_batches or 10

@@ -7,7 +7,7 @@ histograms of forget / effective gate activations from a checkpoint (paper Fig. 
 
 from __future__ import annotations
 
-import json
+import io
 from pathlib import Path
 
 HELP = "draw learning curves of runs, or gate-activation histograms of a checkpoint"
@@ -22,9 +22,29 @@ def _pyplot():
     return plt
 
 
+def save_figure(fig, out: str | Path) -> Path:
+    """Write ``fig`` as a PNG atomically (a full disk leaves no half-written file) and close it."""
+    from gated.harness.files import atomic_write
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    _pyplot().close(fig)
+    atomic_write(Path(out), buf.getvalue())
+    return Path(out)
+
+
+def describe_metric(key: str) -> tuple[str, str]:
+    """``("validation", "loss")`` for ``val_loss``, ``("test", ...)`` for ``test_*``, else training."""
+    for prefix, split in (("val_", "validation"), ("test_", "test")):
+        if key.startswith(prefix):
+            return split, key[len(prefix):]
+    return "training", key
+
+
 def learning_curves(root: str | Path, out: str | Path, metric: str | None = None) -> Path:
-    """One panel per setting: the training curve of each model (mean over seeds, min-max band),
-    with the task's trivial baseline dashed. Returns the written PNG.
+    """One panel per setting: the curve of ``metric`` (default: the task's main metric on
+    training) of each model (mean over seeds, min-max band), with the task's trivial baseline
+    dashed. ``val_*`` and ``test_*`` metrics are labelled as such. Returns the written PNG.
 
     A run's ``task.json`` may change the presentation (``gated rl`` runs do): ``x_label`` (e.g.
     "environment steps"), ``band: "std"`` (mean ± std over seeds instead of min-max) and
@@ -35,6 +55,13 @@ def learning_curves(root: str | Path, out: str | Path, metric: str | None = None
     runs = find_runs(root)
     if not runs:
         raise ValueError(f"no runs (config.json + metrics.jsonl) under {root}")
+    if metric is not None:
+        logged = {k for r in runs for rec in r["records"] for k, v in rec.items()
+                  if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        # a task's main metric is known even before a record holds it (an RL run with no finished episode)
+        available = sorted((logged | {r["info"].get("main_metric", "loss") for r in runs}) - {"step"})
+        if metric not in available:
+            raise ValueError(f"unknown metric {metric!r} for the runs under {root}; available: {', '.join(available)}")
     settings = sorted({r["setting"] for r in runs})
     plt = _pyplot()
     many = len({(r["core"], r["variant"]) for r in runs}) > 5  # legend beside the axes, not over the curves
@@ -53,7 +80,8 @@ def learning_curves(root: str | Path, out: str | Path, metric: str | None = None
             ys = [[c[s] for s in steps] for c in by_step]
             n = len(steps)
             mean = [sum(y[i] for y in ys) / len(ys) for i in range(n)]
-            line, = ax.plot(steps, mean, label=f"{name} ({len(ys)} seed{'s' * (len(ys) > 1)})")
+            line, = ax.plot(steps, mean, marker="o" if n < 3 else None,  # test_*: one point per run
+                            label=f"{name} ({len(ys)} seed{'s' * (len(ys) > 1)})")
             if len(ys) > 1 and info.get("band") == "std":
                 sd = [(sum((y[i] - mean[i]) ** 2 for y in ys) / (len(ys) - 1)) ** 0.5 for i in range(n)]
                 ax.fill_between(steps, [m - d for m, d in zip(mean, sd, strict=True)],
@@ -61,12 +89,13 @@ def learning_curves(root: str | Path, out: str | Path, metric: str | None = None
             elif len(ys) > 1:
                 ax.fill_between(steps, [min(y[i] for y in ys) for i in range(n)],
                                 [max(y[i] for y in ys) for i in range(n)], color=line.get_color(), alpha=0.2)
-        base = info.get("baseline", {}).get(key)
+        split, base_key = describe_metric(key)
+        base = info.get("baseline", {}).get(base_key)
         if base is not None:
             ax.axhline(base, color="k", ls="--", lw=1, zorder=1,
                        label=f"{info.get('baseline_name', 'trivial baseline')} ({base:.4g})")
         where = f", {setting}" if setting and setting != "default" and setting != info.get("task") else ""
-        ax.set(xlabel=info.get("x_label", "training step"), ylabel=f"training {key}",
+        ax.set(xlabel=info.get("x_label", "training step"), ylabel=f"{split} {base_key}",
                title=f"{info.get('task', '')} (T = {info.get('seq_len', '?')}{where})")
         if many:
             ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
@@ -74,10 +103,7 @@ def learning_curves(root: str | Path, out: str | Path, metric: str | None = None
             ax.legend()
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    out = Path(out)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def gate_statistics(run: str | Path, batch_size: int = 16) -> dict:
@@ -90,13 +116,14 @@ def gate_statistics(run: str | Path, batch_size: int = 16) -> dict:
 
     import gated
     from gated.harness import checkpoint, config
+    from gated.harness.files import read_json
     from gated.harness.model import SequenceModel
     from gated.harness.tasks import build_task
 
     run = Path(run)
     if not (run / "config.json").is_file():
         raise ValueError(f"{run} is not a run directory (no config.json)")
-    cfg = config.from_dict(json.loads((run / "config.json").read_text()))
+    cfg = config.from_dict(read_json(run / "config.json"))
     c = checkpoint.load(run, cfg.to_dict())
     task = build_task(cfg.task, cfg.train.seed)
     torch.manual_seed(cfg.train.seed)  # the run's initial weights (train.py seeds the same way)
@@ -138,10 +165,7 @@ def gate_histograms(run: str | Path, out: str | Path | None = None) -> tuple[Pat
 
     fig.suptitle(f"{label(cfg.model.core, cfg.model.variant)} on {cfg.task.task}, step {stats['step']}")
     fig.tight_layout()
-    out = Path(out) if out else Path(run) / "gates.png"
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out, summary
+    return save_figure(fig, out or Path(run) / "gates.png"), summary
 
 
 def add_arguments(parser) -> None:
@@ -149,7 +173,8 @@ def add_arguments(parser) -> None:
     curves = sub.add_parser("curves", help="learning curves of the runs under a directory")
     curves.add_argument("root", help="a run directory or a gated compare output directory")
     curves.add_argument("--out", help="PNG path (default: ROOT/curves.png)")
-    curves.add_argument("--metric", help="metric key to plot (default: the task's main metric)")
+    curves.add_argument("--metric", help="metric key to plot, e.g. loss, val_loss, grad_norm (default: the task's "
+                        "main metric, on training)")
     gates = sub.add_parser("gates", help="forget/effective gate histograms from a run's checkpoint (paper Fig. 5)")
     gates.add_argument("run", help="a run directory")
     gates.add_argument("--out", help="PNG path (default: RUN/gates.png)")

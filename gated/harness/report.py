@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
+
+from gated.harness.files import read_json, read_jsonl
 
 
 def variant_order(core: str, variant: str) -> tuple:
@@ -27,10 +28,10 @@ def find_runs(root: str | Path) -> list[dict]:
         run = cfg_path.parent
         if not (run / "metrics.jsonl").exists():
             continue
-        cfg = json.loads(cfg_path.read_text())
+        cfg = read_json(cfg_path)
         rel = run.relative_to(root).parts
-        records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-        info = json.loads((run / "task.json").read_text()) if (run / "task.json").exists() else {}
+        records = read_jsonl(run / "metrics.jsonl")
+        info = read_json(run / "task.json") if (run / "task.json").exists() else {}
         runs.append({"dir": run, "setting": rel[0] if len(rel) == 3 else "", "variant": cfg["model"]["variant"],
                      "core": cfg["model"]["core"], "seed": cfg["train"]["seed"], "info": info, "records": records})
     return runs

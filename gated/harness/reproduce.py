@@ -18,7 +18,10 @@ starts from a config file (path relative to the spec) and overrides some of its 
 Each runs as a ``gated compare`` grid in ``OUT/<name>`` (finished runs are reused, unfinished ones
 resumed), then writes ``table.md``, ``curves.png`` and ``summary.json``. A ``check`` asserts an
 ordering on the final main metric: every seed of ``better`` beats every seed of ``worse`` in each
-setting; a failed check makes the command exit with status 1. The mechanism figures (paper
+setting; a failed check makes the command exit with status 1, and so does a check that runs
+in use by another process leave undecided (it says so). Every field of every spec is checked when
+it is read (seeds are integers, grid values lists, the check's variants among the spec's), and
+every run's config is validated, before the first run starts. The mechanism figures (paper
 Fig. 2b and 5, and the UGI timescale law) are drawn by :mod:`gated.harness.mechanism`.
 """
 
@@ -42,41 +45,72 @@ def default_experiments_dir() -> Path:
 
 
 def load_spec(path: str | Path) -> dict:
-    """Read and check one experiment spec; raise ValueError naming the file and the problem."""
+    """Read and check one experiment spec, every field, before any run starts; raise ValueError
+    naming the file and the problem."""
+    import gated
+    from gated.harness.files import read_json
+
     path = Path(path)
-    try:
-        spec = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"experiment spec {path} is not valid JSON: {e}") from None
-    if not isinstance(spec, dict):
-        raise ValueError(f"experiment spec {path} must hold a JSON object")
+    spec = read_json(path)
+
+    def bad(message: str) -> ValueError:
+        return ValueError(f"experiment spec {path}: {message}")
+
     unknown = set(spec) - SPEC_KEYS
     if unknown:
-        raise ValueError(f"experiment spec {path}: unknown keys {sorted(unknown)}; allowed: {sorted(SPEC_KEYS)}")
+        raise bad(f"unknown keys {sorted(unknown)}; allowed: {sorted(SPEC_KEYS)}")
     if spec.get("suite") not in SUITES:
-        raise ValueError(f"experiment spec {path}: 'suite' must be one of {SUITES}, got {spec.get('suite')!r}")
+        raise bad(f"'suite' must be one of {SUITES}, got {spec.get('suite')!r}")
     if isinstance(spec.get("config"), dict) and "extends" in spec["config"]:  # a base config file + overrides
         cfg_path = path.parent / spec["config"]["extends"]
         try:
-            base = json.loads(cfg_path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"experiment spec {path}: cannot read the config it extends, {cfg_path}: {e}") from None
+            base = read_json(cfg_path)
+        except (OSError, ValueError) as e:
+            raise bad(f"cannot read the config it extends, {cfg_path}: {e}") from None
         spec["config"] = [base, {k: v for k, v in spec["config"].items() if k != "extends"}]
-    for key, kind in (("config", (dict, list)), ("variants", list), ("seeds", list), ("grid", dict), ("check", dict)):
+    for key, kind in (("config", (dict, list)), ("variants", list), ("seeds", list), ("grid", dict), ("check", dict),
+                      ("envs", list)):
         if key in spec and not isinstance(spec[key], kind):
-            raise ValueError(f"experiment spec {path}: {key!r} must be a JSON "
-                             f"{'object' if key in ('config', 'grid', 'check') else 'list'}")
+            raise bad(f"{key!r} must be a JSON {'object' if key in ('config', 'grid', 'check') else 'list'}")
     if spec.get("kind", "train") not in KINDS:
-        raise ValueError(f"experiment spec {path}: 'kind' must be one of {KINDS}, got {spec.get('kind')!r}")
+        raise bad(f"'kind' must be one of {KINDS}, got {spec.get('kind')!r}")
     if (spec.get("kind") == "rl") != ("envs" in spec):
-        raise ValueError(f"experiment spec {path}: 'envs' (a list of environment ids) goes with \"kind\": \"rl\"")
+        raise bad("'envs' (a list of environment ids) goes with \"kind\": \"rl\"")
     if spec.get("kind") == "rl" and {"grid", "threshold", "check"} & set(spec):
-        raise ValueError(f"experiment spec {path}: an rl spec takes no 'grid', 'threshold' or 'check'")
+        raise bad("an rl spec takes no 'grid', 'threshold' or 'check'")
     if not spec.get("variants") or not spec.get("seeds"):
-        raise ValueError(f"experiment spec {path}: needs non-empty 'variants' and 'seeds'")
-    if "check" in spec and set(spec["check"]) != {"better", "worse"}:
-        raise ValueError(f"experiment spec {path}: 'check' must be {{\"better\": V, \"worse\": V}}")
+        raise bad("needs non-empty 'variants' and 'seeds'")
+    if not all(_is_int(s) and s >= 0 for s in spec["seeds"]):
+        raise bad(f"'seeds' must be integers >= 0, got {spec['seeds']}")
+    if not all(isinstance(x, str) for x in spec["variants"] + spec.get("envs", [])):
+        raise bad("'variants' and 'envs' must be lists of strings")
+    try:
+        variants = {gated.get_variant(v).name for v in spec["variants"]}
+    except ValueError as e:
+        raise bad(str(e)) from None
+    for field, values in spec.get("grid", {}).items():
+        if not isinstance(values, list) or not values or not all(isinstance(v, (str, int, float)) for v in values):
+            raise bad(f"'grid' maps a config field to a non-empty list of values, e.g. {{{field!r}: [50, 100]}}; "
+                      f"got {field!r}: {json.dumps(values)}")
+    if "threshold" in spec and (isinstance(spec["threshold"], bool) or not isinstance(spec["threshold"], (int, float))):
+        raise bad(f"'threshold' must be a number, got {spec['threshold']!r}")
+    if "jobs" in spec and not (_is_int(spec["jobs"]) and spec["jobs"] >= 0):
+        raise bad(f"'jobs' must be an integer >= 0, got {spec['jobs']!r}")
+    if "check" in spec:
+        if set(spec["check"]) != {"better", "worse"}:
+            raise bad("'check' must be {\"better\": V, \"worse\": V}")
+        for role, v in spec["check"].items():
+            try:
+                name = gated.get_variant(str(v)).name
+            except ValueError as e:
+                raise bad(f"check {role!r}: {e}") from None
+            if name not in variants:
+                raise bad(f"check {role!r} names {v!r}, which is not in the spec's variants {spec['variants']}")
     return spec | {"name": path.stem}
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def find_specs(directory: str | Path, suite: str | None, only: list[str] | None) -> list[dict]:
@@ -174,20 +208,24 @@ def check_ordering(rows: list[dict], better: str, worse: str) -> list[str]:
 def plan_spec(spec: dict, out_root: Path, jobs: int) -> tuple[int, list[dict]]:
     """Validate and plan every run of a spec: ``(jobs, runs)`` for :func:`gated.harness.compare.execute`."""
     out = out_root / spec["name"]
-    if spec.get("kind") == "rl":
-        from gated.harness.rl import compare as rl_compare
+    try:
+        if spec.get("kind") == "rl":
+            from gated.harness.rl import compare as rl_compare
 
-        args = rl_compare_args(spec, out, jobs)
-        return args.jobs, rl_compare.plan(args)
-    from gated.harness import compare
+            args = rl_compare_args(spec, out, jobs)
+            return args.jobs, rl_compare.plan(args)
+        from gated.harness import compare
 
-    args = compare_args(spec, out, jobs)
-    return args.jobs, compare.plan(args)
+        args = compare_args(spec, out, jobs)
+        return args.jobs, compare.plan(args)
+    except ValueError as e:
+        raise ValueError(f"experiment {spec['name']}: {e}") from None
 
 
 def run_spec(spec: dict, out_root: Path, jobs: int, runs: list[dict], log=print) -> dict:
     """Run a planned spec, then write its ``table.md``, ``curves.png`` and ``summary.json``."""
     from gated.harness.compare import execute
+    from gated.harness.files import write_text
     from gated.harness.plots import learning_curves
 
     out = out_root / spec["name"]
@@ -195,7 +233,7 @@ def run_spec(spec: dict, out_root: Path, jobs: int, runs: list[dict], log=print)
     rl = spec.get("kind") == "rl"
     log(f"[{spec['name']}] {len(runs)} {'rl ' if rl else ''}runs -> {out}"
         + (f"  ({spec['claim']})" if spec.get("claim") else ""))
-    execute(runs, jobs, log=log)
+    skipped = execute(runs, jobs, log=log)
     result = {"name": spec["name"], "claim": spec.get("claim"), "check": None}
     if rl:
         from gated.harness.rl.compare import table as rl_table
@@ -208,15 +246,18 @@ def run_spec(spec: dict, out_root: Path, jobs: int, runs: list[dict], log=print)
         rows = result["rows"] = summarize(out, spec.get("threshold"))
         if "check" in spec:
             failures = check_ordering(rows, spec["check"]["better"], spec["check"]["worse"])
-            result["check"] = {**spec["check"], "passed": not failures, "failures": failures}
-    (out / "table.md").write_text(md)
+            # runs that another process is still training cannot decide the check (passed: None)
+            result["check"] = {**spec["check"], "passed": None if skipped else not failures, "failures": failures,
+                               "skipped": [str(r["dir"]) for r in skipped]}
+    write_text(out / "table.md", md)
     learning_curves(out, out / "curves.png", "return" if rl else None)
-    (out / "summary.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
+    write_text(out / "summary.json", json.dumps(result, indent=1, default=str) + "\n")
     log(md)
     if result["check"] is not None:
         c = result["check"]
-        log(f"[{spec['name']}] check {c['better']} beats {c['worse']} in every seed: "
-            + ("PASSED" if c["passed"] else "FAILED\n  " + "\n  ".join(c["failures"])))
+        verdict = ("NOT DECIDED: runs in use by another process" if c["passed"] is None else "PASSED" if c["passed"]
+                   else "FAILED\n  " + "\n  ".join(c["failures"]))
+        log(f"[{spec['name']}] check {c['better']} beats {c['worse']} in every seed: {verdict}")
     return result
 
 
@@ -245,11 +286,18 @@ def main(args) -> int:
 
         for path in all_figures(out, out / "figures"):
             print(f"figure: {path}")
-    failed = [r["name"] for r in results if r["check"] is not None and not r["check"]["passed"]]
-    (out / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
+    from gated.harness.files import write_text
+
+    failed = [r["name"] for r in results if r["check"] is not None and r["check"]["passed"] is False]
+    undecided = [r["name"] for r in results if r["check"] is not None and r["check"]["passed"] is None]
+    write_text(out / "results.json", json.dumps(results, indent=1, default=str) + "\n")
     print(f"results: {out / 'results.json'}")
     if failed:
         print(f"gated reproduce: the ordering check FAILED for {', '.join(failed)}")
+    if undecided:
+        print(f"gated reproduce: the ordering check is not decided for {', '.join(undecided)}: some of their runs "
+              "are in use by another process; run this again when they finish")
+    if failed or undecided:
         return 1
     checked = [r["name"] for r in results if r["check"] is not None]
     if checked:

@@ -3,12 +3,14 @@
 The data of step ``s`` is ``task.batch("train", s - 1, batch_size)``, a function of the seed and
 the step alone; the loop state that is not (optimizer, schedule, RNG, the carried LM state, the
 partial logging window) goes into each checkpoint, so a resumed run reproduces an uninterrupted
-one exactly.
+one exactly. A run stopped before its first checkpoint starts again from step 0.
+
+Validation metrics (``val_*``) are logged at every evaluation; test metrics (``test_*``) once, in
+the last step's record, on the whole test split, so that nothing can be selected on them.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -18,8 +20,8 @@ import torch
 from gated.harness import checkpoint as ckpt
 from gated.harness import distributed
 from gated.harness.config import RunConfig
-from gated.harness.data.fetch import atomic_write
 from gated.harness.evaluate import Window, evaluate, fmt
+from gated.harness.files import append_jsonl, read_json, truncate_jsonl, write_json
 from gated.harness.model import SequenceModel, count_parameters, detach_state, resolve_device
 from gated.harness.tasks import build_task, get_task_spec
 
@@ -43,20 +45,13 @@ def prepare_run_dir(cfg: RunConfig, task, resume: bool) -> Path:
     run = ckpt.open_run(cfg, resume, "gated train")
     info = {"task": cfg.task.task, "main_metric": task.main_metric, "higher_is_better": task.higher_is_better,
             "baseline": task.baseline, "seq_len": task.seq_len, "threshold": get_task_spec(cfg.task.task).threshold}
-    atomic_write(run / "task.json", (json.dumps(info, indent=1) + "\n").encode())
+    write_json(run / "task.json", info)
     for name, value in task.artifacts().items():  # e.g. pMNIST's permutation, saved with the run
         path = run / f"{name}.json"
-        if resume and path.exists() and json.loads(path.read_text()) != value:
+        if path.exists() and read_json(path, None) != value:
             raise ckpt.CheckpointError(f"{path} differs from the one this config and seed produce (incompatible)")
-        atomic_write(path, json.dumps(value).encode())
+        write_json(path, value, indent=None)
     return run
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop records after the checkpoint (logged by an interrupted run past its last save)."""
-    if path.exists():
-        lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
-        atomic_write(path, "".join(ln + "\n" for ln in lines).encode())
 
 
 def train(cfg: RunConfig, resume: bool = False, log=print) -> dict:
@@ -66,6 +61,7 @@ def train(cfg: RunConfig, resume: bool = False, log=print) -> dict:
     try:
         return _train(cfg, resume, log if d.main else (lambda *a, **k: None), device, d)
     finally:
+        ckpt.close_run(cfg.train.out)
         distributed.teardown(d)
 
 
@@ -82,27 +78,31 @@ def _train(cfg: RunConfig, resume: bool, log, device, d) -> dict:
     model = SequenceModel(cfg.model, task).to(device)
     opt, sched = make_optimizer(oc, model, tc.steps)
     step, carry, window = 0, None, Window()
-    if resume:
-        c = ckpt.load(run, json.loads((run / "config.json").read_text()))
+    if resume and ckpt.has_checkpoint(run):
+        c = ckpt.load(run, read_json(run / "config.json"))
         ckpt.load_model_state(model, c.model, str(run))
         try:
             opt.load_state_dict(c.state["optimizer"])
             sched.load_state_dict(c.state["scheduler"])
-        except (ValueError, KeyError, RuntimeError) as e:
-            raise ckpt.CheckpointError(f"checkpoint in {run} has an incompatible optimizer state: {e}") from None
-        step, window = c.step, Window(**c.state["window"])
-        if c.state["world"] != d.world:
-            raise ckpt.CheckpointError(f"{run} was trained with {c.state['world']} process(es); resume it with "
+            step, window, world = c.step, Window(**c.state["window"]), c.state["world"]
+            if world == d.world:
+                torch.set_rng_state(c.state["rng"][d.rank])
+                carry = _to(c.state["carry"][d.rank], device)
+        except (ValueError, KeyError, RuntimeError, TypeError, IndexError, AttributeError) as e:
+            raise ckpt.CheckpointError(f"checkpoint in {run} has an incompatible or corrupted state: "
+                                       f"{e.__class__.__name__}: {e}") from None
+        if world != d.world:
+            raise ckpt.CheckpointError(f"{run} was trained with {world} process(es); resume it with "
                                        f"the same number (got {d.world})")
-        torch.set_rng_state(c.state["rng"][d.rank])
-        carry = _to(c.state["carry"][d.rank], device)
-        if d.main:
-            _truncate_metrics(run / "metrics.jsonl", step)
-        if step >= tc.steps:
-            log(f"{run}: already at step {step} (asked for --steps {tc.steps}); nothing to do")
-            return {"step": step}
-    else:
+    else:  # a new run, or one stopped before its first checkpoint: from step 0
+        if resume:
+            log(f"{run}: no checkpoint yet; starting from step 0")
         torch.manual_seed(tc.seed * 7919 + d.rank + 1)  # dropout masks differ between processes
+    if d.main:  # drop what an interrupted run logged past its checkpoint (and a torn last line)
+        truncate_jsonl(run / "metrics.jsonl", "step", step)
+    if step >= tc.steps:
+        log(f"{run}: already at step {step} (asked for --steps {tc.steps}); nothing to do")
+        return {"step": step}
     log(f"{task.__class__.__name__} ({cfg.task.task}): {count_parameters(model):,} parameters, "
         f"{cfg.model.core} variant {cfg.model.variant}, T = {task.seq_len}, baseline "
         + ", ".join(f"{k} {v:.4g}" for k, v in task.baseline.items()) + f"; device {device}, {d.world} process(es)")
@@ -135,14 +135,15 @@ def _train(cfg: RunConfig, resume: bool, log, device, d) -> dict:
                       "tokens_per_s": rate * oc.batch_size * task.seq_len}
             window = Window()
             if is_eval and d.main:
-                for split in ("val", "test"):
-                    res = evaluate(model, task, split, oc.batch_size, tc.eval_batches, device)
-                    record |= {f"{split}_{k}": v for k, v in res.items()}
+                res = evaluate(model, task, "val", oc.batch_size, tc.eval_batches, device)
+                record |= {f"val_{k}": v for k, v in res.items()}
+                if step == tc.steps:  # test once, at the end, on the whole test split
+                    res = evaluate(model, task, "test", oc.batch_size, 0, device)
+                    record |= {f"test_{k}": v for k, v in res.items()}
                 (bar.write if bar is not None else log)(fmt(record, task.main_metric))
             d.barrier()
             if d.main:
-                with open(run / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(record) + "\n")
+                append_jsonl(run / "metrics.jsonl", record)
             last, tic, tic_step = record, time.perf_counter(), step
         if bar is not None:
             bar.update(1)

@@ -72,8 +72,7 @@ def test_interrupted_run_resumes_exactly(task, extra, fixture_data, tmp_path, mo
         return real(run, step, *rest)
 
     monkeypatch.setattr(checkpoint, "save", crash_at_9)
-    with pytest.raises(KeyboardInterrupt):
-        main([*args, "--out", str(b)])
+    assert main([*args, "--out", str(b)]) == 130  # Ctrl-C: "gated train: interrupted", no traceback
     monkeypatch.setattr(checkpoint, "save", real)
     assert records(b)[-1]["step"] == 8 and checkpoint.load(b).step == 6
     assert main(["train", "--resume", str(b), "--no-progress"]) == 0
@@ -179,11 +178,7 @@ def test_existing_run_and_bad_resume(tmp_path, capsys):
     assert main(["train", "--resume", str(run), "--hidden-size", "9"]) == 2
     assert "cannot change what is trained (--hidden-size)" in capsys.readouterr().err
     assert main(["train", "--resume", str(tmp_path / "nothing")]) == 2
-    shutil_run = tmp_path / "empty"
-    shutil_run.mkdir()
-    (shutil_run / "config.json").write_text((run / "config.json").read_text())
-    assert main(["train", "--resume", str(shutil_run), "--no-progress"]) == 1
-    assert "no checkpoint" in capsys.readouterr().err
+    assert "no run there" in capsys.readouterr().err
 
 
 def test_config_file_then_flags(tmp_path):

@@ -8,7 +8,6 @@ tasks call :func:`load`, which stops with the exact fetch command when the data 
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import numpy as np
 
 from gated.harness.data.formats import DataError, MissingDataError, sha256_file
 from gated.harness.data.registry import DATASETS, Dataset
+from gated.harness.files import BadFile, read_json
 
 __all__ = ["DATASETS", "Dataset", "MissingDataError", "DataError", "data_dir", "load", "status"]
 
@@ -53,7 +53,10 @@ def load(name: str) -> dict[str, np.ndarray]:
     if not cache.exists() or not manifest.exists():
         raise MissingDataError(f"dataset {name!r} is not in {data_dir()}; fetch it with:\n    "
                                f"{fetch_command(name)}\n(set GATED_DATA to use another cache directory)")
-    meta = json.loads(manifest.read_text())
+    try:
+        meta = read_json(manifest)
+    except BadFile as e:
+        raise DataError(f"{e}; fetch it again with: {fetch_command(name)} --force") from None
     digest = sha256_file(cache)
     if digest != meta.get("sha256"):
         raise DataError(f"{cache} is corrupted (sha256 {digest}, manifest says {meta.get('sha256')}); "

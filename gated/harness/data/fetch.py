@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -17,20 +16,7 @@ import numpy as np
 
 from gated.harness.data import get_dataset, paths
 from gated.harness.data.formats import DataError, content_sha256, md5_file, sha256_file
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same directory, fsync, ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+from gated.harness.files import atomic_write
 
 
 def verify_sources(name: str, src: Path, expected: dict[str, str]) -> dict[str, str]:

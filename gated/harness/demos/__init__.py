@@ -1,4 +1,4 @@
-"""The feed-forward demonstrations of issue 5, run as ``gated demo NAME``.
+"""The feed-forward gating demonstrations, run as ``gated demo NAME``.
 
 Each demo module provides ``HELP``, ``add_arguments(parser)``, ``run(args, bar) -> dict``,
 ``total_steps(args)``, ``table(results) -> str`` and ``figure(results, path)`` (and optionally

@@ -1,4 +1,4 @@
-"""Channel-gated small CNN on Fashion-MNIST (issue 5, demonstration 2): ``gated demo channel-gating``.
+"""Channel-gated small CNN on Fashion-MNIST: ``gated demo channel-gating``.
 
 A small CNN whose three inner convolutions are :class:`gated.feedforward.ChannelGatedConv2d` (Hua et
 al. 2019; base path = 1/4 of the input channels) trains briefly with the smooth gate
@@ -21,7 +21,7 @@ from torch import nn
 from gated.feedforward import ChannelGatedConv2d
 from gated.harness.demos import common
 
-HELP = "channel-gated CNN on Fashion-MNIST: accuracy vs counted FLOP reduction (issue 5, demonstration 2)"
+HELP = "channel-gated CNN on Fashion-MNIST: accuracy vs counted FLOP reduction"
 DATASET = "fashion-mnist"
 DENSE = -1e9  # a threshold below every normalised partial sum: every gate open
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from gated.harness.demos import DEMOS
 
-HELP = "run a feed-forward demonstration of issue 5 (" + ", ".join(DEMOS) + ")"
+HELP = "run a feed-forward gating demonstration (" + ", ".join(DEMOS) + ")"
 _POSITIVE = ("steps", "batch_size", "tail", "log_every", "threads", "width", "channels", "eval_batch", "layers",
              "d_model", "heads", "d_ff", "context", "warmup", "val_windows")
 _UNIQUE = ("depths", "models", "seeds", "variants")

@@ -138,7 +138,7 @@ def pyplot():
 def write_outputs(out: str | Path, name: str, results: dict, table, figure) -> tuple[Path, Path, Path]:
     """Write ``NAME.json`` (``results``), ``NAME.md`` (``table(results)``) and ``NAME.png``
     (``figure(results, path)``) into ``out``; returns their paths."""
-    from gated.harness.data.fetch import atomic_write
+    from gated.harness.files import atomic_write
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""GLU-variant Transformer FFNs on character-level King James Bible (issue 5, demonstration 3):
+"""GLU-variant Transformer FFNs on character-level King James Bible:
 ``gated demo glu-ffn``.
 
 A tiny pre-LayerNorm decoder-only Transformer (``--layers`` blocks, ``--d-model``, ``--heads``,
@@ -21,7 +21,7 @@ from torch import nn
 from gated.feedforward import FeedForward, ffn_hidden_size
 from gated.harness.demos import common
 
-HELP = "GLU-variant FFNs in a tiny character-level Transformer on KJV (issue 5, demonstration 3)"
+HELP = "GLU-variant FFNs in a tiny character-level Transformer on KJV"
 DATASET = "kjv"
 VARIANTS = ("relu", "gelu", "swish", "glu", "bilinear", "reglu", "geglu", "swiglu")
 # Shazeer (2020) Table 1, held-out log-perplexity on C4 after 65,536 steps (paper.md §12.5)

@@ -1,4 +1,4 @@
-"""Deep highway MLP on MNIST (issue 5, demonstration 1): ``gated demo highway``.
+"""Deep highway MLP on MNIST: ``gated demo highway``.
 
 Flattened 784 pixels -> Linear to ``--width`` -> ``depth`` blocks -> Linear to 10. Blocks are either
 plain (Linear+ReLU) or :class:`gated.feedforward.Highway` layers with variant "-" (gate bias -2) or
@@ -18,7 +18,7 @@ from torch import nn
 from gated.feedforward import Highway
 from gated.harness.demos import common
 
-HELP = "deep highway MLP vs plain MLP on MNIST (issue 5, demonstration 1)"
+HELP = "deep highway MLP vs plain MLP on MNIST"
 DATASET = "mnist"
 MODELS = ("plain", "highway-", "highway-UR")
 INIT_IMAGES = 512  # T0 and carry0 average over the first this many images of the batch order

@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 HELP = "memory RL (recurrent PPO, gated core): train | compare | envs"
@@ -47,12 +46,9 @@ def main(args) -> int:
         from gated.harness.rl import compare
 
         return compare.main(args)
-    from gated.harness.data.fetch import atomic_write
     from gated.harness.rl.train import train
 
     cfg, resume = resolve(args)
-    if resume:
-        atomic_write(Path(cfg.train.out) / "config.json", (json.dumps(cfg.to_dict(), indent=2) + "\n").encode())
     last = train(cfg, resume=resume)
     print(f"run {cfg.train.out}: {last.get('step', 0):,} env steps; metrics in {Path(cfg.train.out) / 'metrics.jsonl'}")
     return 0

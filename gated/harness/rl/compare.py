@@ -2,15 +2,14 @@
 a time (``gated compare``'s runner), then ``table.md`` and ``curves.png`` (return against
 environment steps, mean ± std over seeds, the random policy dashed).
 
-Run directories are ``OUT/<env>/<variant>/seed<k>``; a finished run is reused and an unfinished
-one resumed. Comparisons with different budgets per environment can share one OUT (run the
+Run directories are ``OUT/<env>/<variant>/seed<k>``; a finished run is reused, an unfinished
+one resumed and one in use by another process skipped, as in ``gated compare``. Comparisons with different budgets per environment can share one OUT (run the
 command once per environment); the table and figure always cover every run under OUT.
 """
 
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
 TABLE_HELP = """Columns: random = the uniform random policy on the evaluation episodes; AUC = mean training
@@ -22,16 +21,22 @@ Each cell is mean ± std over seeds."""
 def add_arguments(parser) -> None:
     from gated.harness.rl import config
 
-    parser.add_argument("--envs", nargs="+", help="environment ids (default: --env)")
-    parser.add_argument("--variants", nargs="+", default=["-", "UR"], help="variants to compare (default: - UR)")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds (default: 0)")
+    parser.add_argument("--envs", "--env", nargs="+", help="environment ids (default: --config's env, else "
+                        f"{config.EnvConfig.env})")
+    parser.add_argument("--variants", "--variant", nargs="+", default=["-", "UR"],
+                        help="variants to compare (default: - UR)")
+    parser.add_argument("--seeds", "--seed", nargs="+", type=int, default=[0], help="seeds (default: 0)")
     parser.add_argument("--jobs", type=int, default=0, help="runs at a time (default: CPU cores, at most the runs)")
     parser.add_argument("--config", metavar="FILE", help="JSON config applied to every run")
-    config.add_flags(parser)
+    config.add_flags(parser, exclude=OWN)
+
+
+OWN = ("env", "variant", "seed", "progress")  # set by --envs/--variants/--seeds; runs log, no progress bar
 
 
 def plan(args) -> list[dict]:
     """One dict per run (setting = env id, variant, seed, dir, cfg, command); validates all first."""
+    from gated.harness.compare import check_existing
     from gated.harness.rl import config
     from gated.harness.rl.envs import resolve_env_id
 
@@ -39,38 +44,28 @@ def plan(args) -> list[dict]:
         raise ValueError(f"--jobs must be >= 0, got {args.jobs}")
     if not getattr(args, "out", None):
         raise ValueError("--out is required: the directory for the runs, table.md and curves.png")
-    base = {k: v for k, v in vars(args).items() if k in config.FIELDS and k not in ("variant", "seed", "out", "env")}
+    base = {k: v for k, v in vars(args).items() if k in config.FIELDS and k not in (*OWN, "out")}
     file_values = config.load_file(args.config) if args.config else {}
-    envs = args.envs or [getattr(args, "env", None) or file_values.get("env") or config.EnvConfig.env]
+    envs = args.envs or [file_values.get("env") or config.EnvConfig.env]
     runs = []
     for env in [resolve_env_id(e) for e in envs]:
         for variant in args.variants:
             for seed in args.seeds:
                 run_dir = Path(args.out) / env / ("base" if variant == "-" else variant) / f"seed{seed}"
                 values = file_values | base | {"env": env, "variant": variant, "seed": seed, "out": str(run_dir)}
-                runs.append({"setting": env, "variant": variant, "seed": seed, "dir": run_dir,
-                             "cfg": config.build(values), "command": command})
+                cfg = config.build(values)
+                check_existing(run_dir, cfg, config)
+                runs.append({"setting": env, "variant": variant, "seed": seed, "dir": run_dir, "cfg": cfg,
+                             "command": command})
     return runs
 
 
 def command(run: dict, threads: int) -> list[str] | None:
     """``gated rl train`` argv for a run: fresh, ``--resume``, or None if it already finished."""
-    from gated.harness import checkpoint
+    from gated.harness.compare import run_command
     from gated.harness.rl import config
 
-    cfg, run_dir = run["cfg"], run["dir"]
-    prefix = [sys.executable, "-m", "gated.harness.cli", "rl", "train"]
-    if checkpoint.has_checkpoint(run_dir):
-        if checkpoint.load(run_dir).step >= cfg.updates:
-            return None
-        return prefix + ["--resume", str(run_dir), "--steps", str(cfg.train.steps), "--no-progress"]
-    flags = []
-    for name, value in cfg.flat().items():
-        if isinstance(value, bool) and name != "progress":
-            flags.append(config.flag(name) if value else "--no-" + config.flag(name)[2:])
-        elif value is not None and name not in ("progress", "threads"):
-            flags += [config.flag(name), str(value)]
-    return prefix + flags + ["--threads", str(cfg.train.threads or threads), "--no-progress"]
+    return run_command(run, threads, ["rl", "train"], config, run["cfg"].updates)
 
 
 def _mean_std(values: list[float]) -> str:
@@ -113,6 +108,7 @@ def table(root: str | Path) -> str:
 
 def main(args) -> int:
     from gated.harness.compare import execute
+    from gated.harness.files import write_text
     from gated.harness.plots import learning_curves
 
     runs = plan(args)
@@ -122,7 +118,7 @@ def main(args) -> int:
           f"{len({r['setting'] for r in runs})} envs) in {out}", flush=True)
     execute(runs, args.jobs)
     md = table(out)
-    (out / "table.md").write_text(md)
+    write_text(out / "table.md", md)
     fig = learning_curves(out, out / "curves.png", "return")
     print("\n" + md)
     print(f"table: {out / 'table.md'}\nfigure: {fig}")

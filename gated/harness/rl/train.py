@@ -8,13 +8,13 @@ curve); ``update`` counts PPO updates.
 Checkpoints are taken between updates and hold the weights, the optimizer, torch's RNG (action
 sampling and minibatch order), the loop carry (core state, previous action/reward, episode
 flags), the env pool (episode numbers and the current episodes' actions, replayed on resume) and
-the episodes not yet logged, so a resumed run continues exactly as an uninterrupted one. The
-evaluation uses its own envs and generator and touches none of that.
+the episodes not yet logged, so a resumed run continues exactly as an uninterrupted one (a run
+stopped before its first checkpoint starts again from update 0). The evaluation uses its own envs
+and generator and touches none of that.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -22,7 +22,7 @@ import torch
 from torch.distributions import Categorical
 
 from gated.harness import checkpoint as ckpt
-from gated.harness.data.fetch import atomic_write
+from gated.harness.files import append_jsonl, read_json, truncate_jsonl, write_json
 from gated.harness.rl import ppo
 from gated.harness.rl.agent import ActorCritic
 from gated.harness.rl.config import RLConfig
@@ -36,7 +36,7 @@ def prepare_run_dir(cfg: RLConfig, pool: EnvPool, resume: bool) -> Path:
                 "baseline": {"return": random_return(pool.name, cfg.train.eval_episodes)},
                 "baseline_name": "random policy", "seq_len": pool.max_episode_steps, "threshold": None,
                 "x_label": "environment steps", "band": "std"}
-        atomic_write(run / "task.json", (json.dumps(info, indent=1) + "\n").encode())
+        write_json(run / "task.json", info)
     return run
 
 
@@ -65,14 +65,15 @@ def evaluate(agent, name: str, episodes: int) -> float:
     return float(returns.mean())
 
 
-def _truncate_metrics(path: Path, update: int) -> None:
-    if path.exists():
-        lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["update"] <= update]
-        atomic_write(path, "".join(ln + "\n" for ln in lines).encode())
-
-
 def train(cfg: RLConfig, resume: bool = False, log=print) -> dict:
     """Run (or continue) the RL experiment ``cfg`` describes; returns the last logged record."""
+    try:
+        return _train(cfg, resume, log)
+    finally:
+        ckpt.close_run(cfg.train.out)
+
+
+def _train(cfg: RLConfig, resume: bool, log) -> dict:
     tc = cfg.train
     if tc.threads:
         torch.set_num_threads(tc.threads)
@@ -82,24 +83,26 @@ def train(cfg: RLConfig, resume: bool = False, log=print) -> dict:
     agent = ActorCritic(pool.obs_size, pool.num_actions, cfg.model)
     opt = torch.optim.Adam(agent.parameters(), lr=cfg.ppo.lr, eps=1e-5)
     update, pending = 0, []  # pending: (return, length) of episodes not yet logged
-    if resume:
-        c = ckpt.load(run, json.loads((run / "config.json").read_text()))
+    if resume and ckpt.has_checkpoint(run):
+        c = ckpt.load(run, read_json(run / "config.json"))
         ckpt.load_model_state(agent, c.model, str(run))
         try:
             opt.load_state_dict(c.state["optimizer"])
             pool.load_state_dict(c.state["pool"])
-        except (ValueError, KeyError, RuntimeError) as e:
-            raise ckpt.CheckpointError(f"checkpoint in {run} cannot be restored: {e}") from None
-        torch.set_rng_state(c.state["rng"])
-        carry = ppo.Carry(**c.state["carry"])
-        update, pending = c.step, [tuple(p) for p in c.state["pending"]]
-        _truncate_metrics(run / "metrics.jsonl", update)
-        if update >= cfg.updates:
-            log(f"{run}: already at update {update} (asked for {cfg.updates}); nothing to do")
-            return {"update": update, "step": update * cfg.steps_per_update}
-    else:
+            torch.set_rng_state(c.state["rng"])
+            carry = ppo.Carry(**c.state["carry"])
+            update, pending = c.step, [tuple(p) for p in c.state["pending"]]
+        except (ValueError, KeyError, RuntimeError, TypeError, IndexError, AttributeError) as e:
+            raise ckpt.CheckpointError(f"checkpoint in {run} cannot be restored: {e.__class__.__name__}: {e}") from None
+    else:  # a new run, or one stopped before its first checkpoint: from update 0
+        if resume:
+            log(f"{run}: no checkpoint yet; starting from update 0")
         pool.reset()
         carry = ppo.Carry.initial(agent, cfg.ppo.num_envs)
+    truncate_jsonl(run / "metrics.jsonl", "update", update)
+    if update >= cfg.updates:
+        log(f"{run}: already at update {update} (asked for {cfg.updates}); nothing to do")
+        return {"update": update, "step": update * cfg.steps_per_update}
     log(f"{pool.name}: {sum(p.numel() for p in agent.parameters()):,} parameters, core {cfg.model.core} variant "
         f"{cfg.model.variant}; {cfg.updates} updates x {cfg.steps_per_update} env steps")
     bar = _progress(tc, cfg.updates, update)
@@ -123,8 +126,7 @@ def train(cfg: RLConfig, resume: bool = False, log=print) -> dict:
             if is_eval:
                 record["val_return"] = evaluate(agent, pool.name, tc.eval_episodes)
                 (bar.write if bar is not None else log)(_fmt(record))
-            with open(run / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+            append_jsonl(run / "metrics.jsonl", record)
             pending, last, tic, tic_update = [], record, time.perf_counter(), update
         if bar is not None:
             bar.update(1)

@@ -1,7 +1,9 @@
 """Synthetic memory tasks: copy (paper §6.1) and adding (paper §6.2).
 
 Every batch is drawn from a generator seeded by ``(seed, split, index)``: the training stream is
-endless, and "val"/"test" are fixed, distinct streams.
+endless, and "val"/"test" are fixed, distinct streams. Validation reads the first
+``--eval-batches`` batches of its stream; the test split is the first ``TEST_SIZE`` examples of
+its stream (rounded up to whole batches), evaluated once at the end of training.
 """
 
 from __future__ import annotations
@@ -14,8 +16,17 @@ from torch.nn import functional as F
 
 from gated.harness.tasks import Batch, Task, TaskSpec, example_generator
 
+TEST_SIZE = 1000  # examples in the test split of a synthetic task
 
-class Copy(Task):
+
+class Synthetic(Task):
+    """An endless training stream and a validation stream; a finite test split."""
+
+    def num_batches(self, split: str, batch_size: int) -> int | None:
+        return math.ceil(TEST_SIZE / batch_size) if split == "test" else None
+
+
+class Copy(Synthetic):
     """Copy: 10 symbols from {1..8}, ``delay`` blanks (0), 10 cues (9), one-hot over 10 tokens.
 
     The model must output the 10 symbols during the 10 cue steps; cross-entropy is scored on those
@@ -40,7 +51,7 @@ class Copy(Task):
         return Batch(F.one_hot(tokens, 10).float(), symbols - 1)
 
 
-class Adding(Task):
+class Adding(Synthetic):
     """Adding: channel 0 holds U[0, 1] values, channel 1 marks one position in each half; the
     target is the sum of the two marked values, read from the last step. Loss and metric: MSE.
     Predicting the constant 1 scores Var(a + b) = 2/12 = 1/6."""

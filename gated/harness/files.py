@@ -1,0 +1,126 @@
+"""The harness's file reads and writes, in one place, with errors that name the file.
+
+- :func:`atomic_write`: temp file in the same directory, fsync, ``os.replace``; a failure
+  (a full disk, a read-only directory, Ctrl-C) leaves the old file or none, never half a file.
+- :func:`read_json`: a JSON file; bad JSON raises :class:`BadFile` naming the file and line.
+- :func:`read_jsonl` / :func:`append_jsonl` / :func:`truncate_jsonl`: ``metrics.jsonl``. A torn
+  last line (the process died mid-write) is skipped with one logged warning; a bad line
+  elsewhere is an error naming its line.
+
+Every ``OSError`` raised here names the file (a write to an open file reports none by itself).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+logger = logging.getLogger("gated.harness")
+_warned: set[Path] = set()
+
+
+class BadFile(ValueError):
+    """A file the harness reads holds something else than it should (the message names it)."""
+
+
+def _named(e: OSError, path: Path) -> OSError:
+    return OSError(e.errno, e.strerror or str(e), str(path))
+
+
+def atomic_write(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temp file in the same directory, fsync, ``os.replace``."""
+    path, tmp = Path(path), None
+    try:
+        if path.exists() and not path.is_file():  # /dev/null, a FIFO: write through, never replace it
+            with open(path, "wb") as f:
+                f.write(data)
+            return
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise _named(e, path) from None
+        raise
+
+
+def write_text(path: str | Path, text: str) -> None:
+    atomic_write(path, text.encode())
+
+
+def write_json(path: str | Path, value, indent: int | None = 1) -> None:
+    atomic_write(path, (json.dumps(value, indent=indent) + "\n").encode())
+
+
+def _loads(text: str, path: Path, line: int | None = None):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        where = f"line {line if line is not None else e.lineno}, column {e.colno}"
+        raise BadFile(f"{path} is not valid JSON ({where}: {e.msg})") from None
+
+
+def read_json(path: str | Path, kind: type | None = dict):
+    """The JSON value in ``path`` (a ``kind`` unless None); :class:`BadFile` names file and line."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise BadFile(f"{path} is not valid JSON (not UTF-8 text)") from None
+    value = _loads(text, path)
+    if kind is not None and not isinstance(value, kind):
+        raise BadFile(f"{path} must hold a JSON {'object' if kind is dict else kind.__name__}, "
+                      f"got {type(value).__name__}")
+    return value
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """The records (JSON objects, one a line) of ``path``; a torn last line is skipped with one
+    logged warning per file."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except FileNotFoundError:
+        return []
+    numbered = [(i, ln) for i, ln in enumerate(lines, 1) if ln.strip()]
+    records = []
+    for k, (i, line) in enumerate(numbered):
+        try:
+            record = _loads(line, path, i)
+            if not isinstance(record, dict):
+                raise BadFile(f"{path}, line {i}: expected a JSON object, got {type(record).__name__}")
+        except BadFile:
+            if k < len(numbered) - 1:
+                raise
+            if path not in _warned:
+                _warned.add(path)
+                logger.warning("%s: skipping its torn last line %d (a process stopped while writing it)", path, i)
+            break
+        records.append(record)
+    return records
+
+
+def append_jsonl(path: str | Path, record: dict) -> None:
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+    except OSError as e:
+        raise _named(e, Path(path)) from None
+
+
+def truncate_jsonl(path: str | Path, key: str, last: int) -> None:
+    """Keep the records with ``record[key] <= last`` (and drop a torn last line): what a run
+    resumed from its checkpoint at ``last`` had logged up to it."""
+    path = Path(path)
+    if path.exists():
+        kept = [r for r in read_jsonl(path) if r.get(key, 0) <= last]
+        atomic_write(path, "".join(json.dumps(r) + "\n" for r in kept).encode())
+        _warned.discard(path)
