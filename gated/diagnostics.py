@@ -13,9 +13,25 @@ from gated.gates import timescale
 __all__ = ["gate_activations"]
 
 
+def _as_gated(module):
+    """A ``torch.nn.LSTM``/``GRU`` as the gated module with variant ``"-"`` and its weights."""
+    from gated.recurrent import GRU, LSTM
+
+    cls = {torch.nn.LSTM: LSTM, torch.nn.GRU: GRU}.get(type(module))
+    if cls is None:
+        raise TypeError(f"gate_activations takes gated.LSTM/GRU/MGU or torch.nn.LSTM/GRU, got {type(module).__name__}")
+    w = next(module.parameters())
+    kw = {"proj_size": module.proj_size} if module.proj_size else {}
+    twin = cls(module.input_size, module.hidden_size, module.num_layers, module.bias, module.batch_first,
+               module.dropout, module.bidirectional, device=w.device, dtype=w.dtype, variant="-", **kw)
+    twin.load_state_dict(module.state_dict())
+    return twin.train(module.training)
+
+
 @torch.no_grad()
 def gate_activations(module, input: Tensor, hx=None) -> dict[str, Tensor | None]:
-    """Run ``module`` (a ``gated.LSTM/GRU/MGU``) on ``input`` and return its gates.
+    """Run ``module`` (a ``gated.LSTM/GRU/MGU``, or a ``torch.nn.LSTM/GRU``, read as variant
+    ``"-"``) on ``input`` and return its gates.
 
     Runs the reference backend, without gradients, on a padded tensor input (time-major, or
     batch-major with ``batch_first``; a PackedSequence works too, with garbage past each length).
@@ -29,6 +45,8 @@ def gate_activations(module, input: Tensor, hx=None) -> dict[str, Tensor | None]
         - ``"effective"``: the keep gate ``g`` that multiplies the state (``f`` when unrefined);
         - ``"timescale"``: ``1 / (1 - g)``, the effective memory length in steps.
     """
+    if not hasattr(module, "_run"):
+        module = _as_gated(module)
     record: dict = {}
     module._run(input, hx, record=record, backend="reference")
     names = ["forget", "refine", "master_forget", "effective"]

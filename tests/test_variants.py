@@ -152,3 +152,20 @@ def test_packed_equals_each_sequence_alone(core, variant):
         assert torch.all(padded[len(s):, b] == 0)
         for a, e in zip(states, st_b if isinstance(st_b, tuple) else (st_b,)):
             torch.testing.assert_close(a[:, b], e[:, 0], rtol=1e-12, atol=1e-12)
+
+
+def test_diagnostics_on_torch_nn_modules():
+    """gate_activations reads a torch.nn.LSTM/GRU as variant '-': its first-step forget gate is
+    sigma(W_if x + b_if + b_hf) with h0 = 0, and a gated copy with its weights gives the same."""
+    t = torch.nn.LSTM(3, 6, num_layers=2).double()
+    x = torch.randn(4, 2, 3, dtype=torch.float64)
+    d = gated.gate_activations(t, x)
+    pre = x[0] @ t.weight_ih_l0.T + t.bias_ih_l0 + t.bias_hh_l0
+    torch.testing.assert_close(d["forget"][0, 0, 0], torch.sigmoid(pre[:, 6:12]))
+    twin = gated.LSTM(3, 6, num_layers=2, variant="-", dtype=torch.float64)
+    twin.load_state_dict(t.state_dict())
+    torch.testing.assert_close(d["effective"], gated.gate_activations(twin, x)["effective"])
+    g = gated.gate_activations(torch.nn.GRU(3, 5, batch_first=True), torch.randn(2, 4, 3))
+    assert g["forget"].shape == (1, 1, 4, 2, 5)
+    with pytest.raises(TypeError, match="takes gated.LSTM/GRU/MGU or torch.nn.LSTM/GRU"):
+        gated.gate_activations(torch.nn.RNN(3, 4), torch.randn(4, 2, 3))
