@@ -71,8 +71,10 @@ inline Vec<float> fast_exp<float>(const Vec<float>& x) {
 }
 #endif
 
-// 1 / x: float uses the hardware's reciprocal estimate refined by one Newton step (about 1e-8
-// relative error) instead of a division, which is the slowest instruction of the gate maths.
+// 1 / x: on AVX-512 float uses the hardware's reciprocal estimate refined by one Newton step
+// (about 1e-8 relative error, and exactly 1 at x = 1, so saturated gates are exactly 1 as in
+// torch) instead of a division, which is the slowest instruction of the gate maths. AVX2's 12-bit
+// estimate would leave sigma(large x) just below 1 after one Newton step, so it divides.
 // Only called on finite values >= 1 here, so the Newton step never meets inf * 0.
 template <typename T>
 inline Vec<T> recip(const Vec<T>& x) {

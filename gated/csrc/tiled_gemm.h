@@ -1,16 +1,22 @@
-// Register-tiled float32 GEMM for the recurrence (AVX-512), included by recurrence.cpp.
+// Register-tiled float32 GEMM for the recurrence (AVX-512 and AVX2), included by recurrence.cpp.
 //
 // C (M x N) = [C or bias or 0] + A (M x K) @ B (K x N), with B packed once per call into panels of
-// 16 columns laid out [group][k][NV * 16], so the K loop streams one contiguous block per group.
+// L columns (L = 16 floats per zmm register on AVX-512, 8 per ymm on AVX2) laid out
+// [group][k][NV * L], so the K loop streams one contiguous block per group.
 // A group holds the NV panels that the caller's pointwise pass needs together: for the forward
-// step, the 16 hidden units of every gate block (i, f, u, o for the LSTM); for the backward step,
-// 16 * NV consecutive columns. So a thread that owns a range of groups owns a range of hidden
+// step, the L hidden units of every gate block (i, f, u, o for the LSTM); for the backward step,
+// L * NV consecutive columns. So a thread that owns a range of groups owns a range of hidden
 // units, and can run the gate maths on them right after its share of the product, before the
 // step's barrier (instead of a GEMM call and then a pointwise pass).
 // Columns past a block's end are zero in the panel and masked out of every load and store.
+//
+// The two instruction sets differ only in the Simd traits below and in the register-tile shapes
+// (tile()): AVX-512 has 32 registers, so a tile is up to 6 rows x 3-4 panels (8 rows x 2-3 for
+// batch 7-8); AVX2 has 16, so a tile is up to 6 rows x 2 panels (12 accumulators, 2 panel
+// registers and one broadcast), BLIS's 6 x 16 Haswell shape.
 #pragma once
 
-#if defined(CPU_CAPABILITY_AVX512)
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
 #define GATED_TILED_GEMM 1
 #include <immintrin.h>
 
@@ -23,12 +29,54 @@
 
 namespace tiled {
 
-constexpr int kLanes = 16;  // floats per zmm register
-constexpr int kMaxRows = 6;  // rows per register tile: 6 x 4 accumulators + 4 panel registers
+#if defined(CPU_CAPABILITY_AVX512)
+struct Simd {
+  using reg = __m512;
+  static constexpr int L = 16;
+  static reg zero() { return _mm512_setzero_ps(); }
+  static reg set1(float x) { return _mm512_set1_ps(x); }
+  static reg load(const float* p) { return _mm512_load_ps(p); }
+  static reg add(reg a, reg b) { return _mm512_add_ps(a, b); }
+  static reg fmadd(reg a, reg b, reg c) { return _mm512_fmadd_ps(a, b, c); }
+  static __mmask16 m(int n) { return static_cast<__mmask16>((1u << n) - 1u); }
+  // the first n lanes of p (the rest zero), and a store of the first n lanes
+  static reg loadn(const float* p, int n) { return _mm512_maskz_loadu_ps(m(n), p); }
+  static void storen(float* p, reg v, int n) { _mm512_mask_storeu_ps(p, m(n), v); }
+  static void store(float* p, reg v) { _mm512_store_ps(p, v); }
+  static void storeu(float* p, reg v) { _mm512_storeu_ps(p, v); }
+};
+#else
+struct Simd {
+  using reg = __m256;
+  static constexpr int L = 8;
+  static reg zero() { return _mm256_setzero_ps(); }
+  static reg set1(float x) { return _mm256_set1_ps(x); }
+  static reg load(const float* p) { return _mm256_load_ps(p); }
+  static reg add(reg a, reg b) { return _mm256_add_ps(a, b); }
+  static reg fmadd(reg a, reg b, reg c) { return _mm256_fmadd_ps(a, b, c); }
+  static __m256i m(int n) { return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)); }
+  static reg loadn(const float* p, int n) { return n == L ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, m(n)); }
+  static void storen(float* p, reg v, int n) {
+    if (n == L) {
+      _mm256_storeu_ps(p, v);
+    } else {
+      _mm256_maskstore_ps(p, m(n), v);
+    }
+  }
+  static void store(float* p, reg v) { _mm256_store_ps(p, v); }
+  static void storeu(float* p, reg v) { _mm256_storeu_ps(p, v); }
+};
+#endif
 
-// register tiles for M rows: up to 8 rows are one tile (7-8 rows run 2-3 panels at a time, so
-// the panels stream once instead of twice), more are split into tiles of at most kMaxRows
-inline int64_t tile_count(int64_t M) { return M <= 8 ? 1 : (M + kMaxRows - 1) / kMaxRows; }
+constexpr int kLanes = Simd::L;  // floats per register
+constexpr int kMaxRows = 6;  // rows per register tile
+
+// register tiles for M rows: on AVX-512 up to 8 rows are one tile (7-8 rows run 2-3 panels at a
+// time, so the panels stream once instead of twice), more are split into tiles of at most kMaxRows
+inline int64_t tile_count(int64_t M) {
+  const int64_t one = Simd::L == 16 ? 8 : kMaxRows;
+  return M <= one ? 1 : (M + kMaxRows - 1) / kMaxRows;
+}
 
 // rows in tile i of M rows split into `tiles` tiles, as even as possible (10 -> 5 + 5, not 6 + 4)
 inline int64_t tile_rows(int64_t M, int64_t tiles, int64_t i) { return M / tiles + (i < M % tiles ? 1 : 0); }
@@ -69,16 +117,14 @@ class Panels {
       for (int64_t q = q0; q < q1; ++q) {
         for (int64_t v = 0; v < nv_; ++v) {
           const int64_t c = col_[q * nv_ + v];
-          const __mmask16 mask = mask_[q * nv_ + v];
+          const int n = lanes_[q * nv_ + v];
           float* p = d + q * K * nv_ * kLanes + v * kLanes;
           if (sn == 1) {
-            for (int64_t k = 0; k < K; ++k) {
-              _mm512_store_ps(p + k * nv_ * kLanes, _mm512_maskz_loadu_ps(mask, b + k * sk + c));
-            }
+            for (int64_t k = 0; k < K; ++k) Simd::store(p + k * nv_ * kLanes, Simd::loadn(b + k * sk + c, n));
           } else {
             for (int64_t k0 = 0; k0 < K; k0 += kLanes) {
               const int64_t kn = std::min<int64_t>(kLanes, K - k0);
-              transpose16(b + c * sn + k0, sn, __builtin_popcount(mask), kn, p + k0 * nv_ * kLanes, nv_ * kLanes);
+              transpose(b + c * sn + k0, sn, n, kn, p + k0 * nv_ * kLanes, nv_ * kLanes);
             }
           }
         }
@@ -96,12 +142,12 @@ class Panels {
     at::parallel_for(0, groups_, 1, [&](int64_t q0, int64_t q1) {
       for (int64_t q = q0; q < q1; ++q) {
         for (int64_t v = 0; v < nv_; ++v) {
-          const int64_t c = col_[q * nv_ + v], n = __builtin_popcount(mask_[q * nv_ + v]);
+          const int64_t c = col_[q * nv_ + v], n = lanes_[q * nv_ + v];
           const bool whole = std::none_of(breaks.begin(), breaks.end(), [&](int64_t x) { return c < x && x < c + n; });
           float* p = d + q * K * nv_ * kLanes + v * kLanes;
           for (int64_t k = 0; k < K; ++k) {
             if (whole) {
-              _mm512_store_ps(p + k * nv_ * kLanes, _mm512_maskz_loadu_ps(mask_[q * nv_ + v], at(k, c)));
+              Simd::store(p + k * nv_ * kLanes, Simd::loadn(at(k, c), int(n)));
             } else {
               for (int64_t l = 0; l < kLanes; ++l) p[k * nv_ * kLanes + l] = l < n ? *at(k, c + l) : 0.0f;
             }
@@ -151,14 +197,14 @@ class Panels {
             const int64_t n = tile_rows(Mb, tiles, i);
             float* dst = pack.data() + (m - m0) * kn;
             if (sam == 1) {  // a transposed view (dA^T): the tile's rows are contiguous at each k
-              const __mmask16 rmask = static_cast<__mmask16>((1u << n) - 1u);
-              __m512 total = sums != nullptr && k0 > 0 ? _mm512_maskz_loadu_ps(rmask, sums + m) : _mm512_setzero_ps();
+              const int rn = int(n);  // <= 8 rows, within one register
+              Simd::reg total = sums != nullptr && k0 > 0 ? Simd::loadn(sums + m, rn) : Simd::zero();
               for (int64_t k = 0; k < kn; ++k) {
-                const __m512 v = _mm512_maskz_loadu_ps(rmask, A + m + (k0 + k) * sak);
-                _mm512_mask_storeu_ps(dst + k * n, rmask, v);
-                total = _mm512_add_ps(total, v);
+                const Simd::reg v = Simd::loadn(A + m + (k0 + k) * sak, rn);
+                Simd::storen(dst + k * n, v, rn);
+                total = Simd::add(total, v);
               }
-              if (sums != nullptr) _mm512_mask_storeu_ps(sums + m, rmask, total);
+              if (sums != nullptr) Simd::storen(sums + m, total, rn);
             } else {
               for (int64_t k = 0; k < kn; ++k) {
                 for (int64_t r = 0; r < n; ++r) dst[k * n + r] = A[(m + r) * sam + (k0 + k) * sak];
@@ -201,14 +247,14 @@ class Panels {
     data_ = scratch(groups_ * K * nv_ * kLanes);
     base_ = data_.data_ptr<float>();  // the kernel reads it per tile: no type check each time
     col_.resize(groups_ * nv_);
-    mask_.resize(groups_ * nv_);
+    lanes_.resize(groups_ * nv_);
     for (int64_t q = 0; q < groups_; ++q) {
       for (int64_t g = 0; g < blocks; ++g) {
         for (int64_t s = 0; s < per_block_; ++s) {
           const int64_t v = g * per_block_ + s, u0 = q * units_ + s * kLanes;
           const int64_t n = std::clamp<int64_t>(width - u0, 0, kLanes);
           col_[q * nv_ + v] = g * width + std::min(u0, width);
-          mask_[q * nv_ + v] = static_cast<__mmask16>((1u << n) - 1u);
+          lanes_[q * nv_ + v] = int(n);
         }
       }
     }
@@ -226,11 +272,11 @@ class Panels {
     }
   }
 
-  // dst[j * ldd + i] = src[i * lds + j] for i < 16, j < cols; rows i >= n read as zero
-  static void transpose16(const float* src, int64_t lds, int64_t n, int64_t cols, float* dst, int64_t ldd) {
-    const __mmask16 cmask = static_cast<__mmask16>((1u << cols) - 1u);
+  // dst[j * ldd + i] = src[i * lds + j] for i < L, j < cols; rows i >= n read as zero
+#if defined(CPU_CAPABILITY_AVX512)
+  static void transpose(const float* src, int64_t lds, int64_t n, int64_t cols, float* dst, int64_t ldd) {
     __m512 r[kLanes], t[kLanes], u[kLanes];
-    for (int i = 0; i < kLanes; ++i) r[i] = i < n ? _mm512_maskz_loadu_ps(cmask, src + i * lds) : _mm512_setzero_ps();
+    for (int i = 0; i < kLanes; ++i) r[i] = i < n ? Simd::loadn(src + i * lds, int(cols)) : Simd::zero();
     for (int i = 0; i < kLanes; i += 2) {  // interleave row pairs (within 128-bit lanes)
       t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
       t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
@@ -249,58 +295,87 @@ class Panels {
       const __m512 col[4] = {_mm512_shuffle_f32x4(lo0, lo1, 0x88), _mm512_shuffle_f32x4(lo0, lo1, 0xDD),
                              _mm512_shuffle_f32x4(hi0, hi1, 0x88), _mm512_shuffle_f32x4(hi0, hi1, 0xDD)};
       for (int L = 0; L < 4; ++L) {
-        if (4 * L + c < cols) _mm512_storeu_ps(dst + (4 * L + c) * ldd, col[L]);
+        if (4 * L + c < cols) Simd::storeu(dst + (4 * L + c) * ldd, col[L]);
       }
     }
   }
+#else
+  static void transpose(const float* src, int64_t lds, int64_t n, int64_t cols, float* dst, int64_t ldd) {
+    __m256 r[8], t[8], u[8];
+    for (int i = 0; i < 8; ++i) r[i] = i < n ? Simd::loadn(src + i * lds, int(cols)) : Simd::zero();
+    for (int i = 0; i < 8; i += 2) {  // interleave row pairs (within 128-bit lanes)
+      t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+      t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 8; i += 4) {  // u[i + c], 128-bit lane L: column 4L + c of rows i..i+3
+      u[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+      u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+      u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+      u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+    }
+    for (int c = 0; c < 4; ++c) {  // column c: low halves of u[c], u[4 + c]; column 4 + c: high halves
+      if (c < cols) Simd::storeu(dst + c * ldd, _mm256_permute2f128_ps(u[c], u[4 + c], 0x20));
+      if (4 + c < cols) Simd::storeu(dst + (4 + c) * ldd, _mm256_permute2f128_ps(u[c], u[4 + c], 0x31));
+    }
+  }
+#endif
 
   // MR rows x panels [v0, v0 + NV) of group q
   template <int MR, int NV>
   void kernel(const float* A, int64_t sam, int64_t sak, int64_t k0, int64_t k1, int64_t q, float* C, int64_t ldc,
               const float* init, int64_t ld_init, int64_t v0 = 0) const {
     const int64_t* col = col_.data() + q * nv_ + v0;
-    const __mmask16* mask = mask_.data() + q * nv_ + v0;
-    __m512 acc[MR][NV];
+    const int* lanes = lanes_.data() + q * nv_ + v0;
+    typename Simd::reg acc[MR][NV];
     for (int m = 0; m < MR; ++m) {
-      for (int v = 0; v < NV; ++v) {
-        acc[m][v] = init != nullptr ? _mm512_maskz_loadu_ps(mask[v], init + m * ld_init + col[v]) : _mm512_setzero_ps();
-      }
+      for (int v = 0; v < NV; ++v) acc[m][v] = init != nullptr ? Simd::loadn(init + m * ld_init + col[v], lanes[v]) : Simd::zero();
     }
     const int64_t row = nv_ * kLanes;  // floats per panel row of the group
     const float* p = base_ + (q * K_ + k0) * row + v0 * kLanes;
     for (int64_t k = k0; k < k1; ++k, p += row) {
-      __m512 w[NV];
+      typename Simd::reg w[NV];
       for (int v = 0; v < NV; ++v) {
         _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetch + v * kLanes), _MM_HINT_T0);
-        w[v] = _mm512_load_ps(p + v * kLanes);
+        w[v] = Simd::load(p + v * kLanes);
         // keep the panel in a register: folded into each FMA it would be loaded MR times
         asm("" : "+v"(w[v]));
       }
       for (int m = 0; m < MR; ++m) {
-        const __m512 a = _mm512_set1_ps(A[m * sam + k * sak]);
-        for (int v = 0; v < NV; ++v) acc[m][v] = _mm512_fmadd_ps(a, w[v], acc[m][v]);
+        const typename Simd::reg a = Simd::set1(A[m * sam + k * sak]);
+        for (int v = 0; v < NV; ++v) acc[m][v] = Simd::fmadd(a, w[v], acc[m][v]);
       }
     }
     for (int m = 0; m < MR; ++m) {
-      for (int v = 0; v < NV; ++v) _mm512_mask_storeu_ps(C + m * ldc + col[v], mask[v], acc[m][v]);
+      for (int v = 0; v < NV; ++v) Simd::storen(C + m * ldc + col[v], acc[m][v], lanes[v]);
     }
   }
 
+  // rows <= kMaxRows x panels [v0, v0 + NV)
   template <int NV>
-  void tile_nv(int64_t rows, const float* A, int64_t sam, int64_t sak, int64_t k0, int64_t k1, int64_t q, float* C,
-               int64_t ldc, const float* init, int64_t ld_init) const {
+  void tile_rows_nv(int64_t rows, const float* A, int64_t sam, int64_t sak, int64_t k0, int64_t k1, int64_t q,
+                    float* C, int64_t ldc, const float* init, int64_t ld_init, int64_t v0 = 0) const {
     switch (rows) {
-      case 1: return kernel<1, NV>(A, sam, sak, k0, k1, q, C, ldc, init, ld_init);
-      case 2: return kernel<2, NV>(A, sam, sak, k0, k1, q, C, ldc, init, ld_init);
-      case 3: return kernel<3, NV>(A, sam, sak, k0, k1, q, C, ldc, init, ld_init);
-      case 4: return kernel<4, NV>(A, sam, sak, k0, k1, q, C, ldc, init, ld_init);
-      case 5: return kernel<5, NV>(A, sam, sak, k0, k1, q, C, ldc, init, ld_init);
-      default: return kernel<6, NV>(A, sam, sak, k0, k1, q, C, ldc, init, ld_init);
+      case 1: return kernel<1, NV>(A, sam, sak, k0, k1, q, C, ldc, init, ld_init, v0);
+      case 2: return kernel<2, NV>(A, sam, sak, k0, k1, q, C, ldc, init, ld_init, v0);
+      case 3: return kernel<3, NV>(A, sam, sak, k0, k1, q, C, ldc, init, ld_init, v0);
+      case 4: return kernel<4, NV>(A, sam, sak, k0, k1, q, C, ldc, init, ld_init, v0);
+      case 5: return kernel<5, NV>(A, sam, sak, k0, k1, q, C, ldc, init, ld_init, v0);
+      default: return kernel<6, NV>(A, sam, sak, k0, k1, q, C, ldc, init, ld_init, v0);
     }
   }
 
   void tile(int64_t rows, const float* A, int64_t sam, int64_t sak, int64_t k0, int64_t k1, int64_t q, float* C,
             int64_t ldc, const float* init, int64_t ld_init) const {
+#if !defined(CPU_CAPABILITY_AVX512)
+    // AVX2: up to 6 rows x 2 panels per pass (15 of 16 registers), the group's panels two by two
+    for (int64_t v0 = 0; v0 < nv_; v0 += 2) {
+      if (nv_ - v0 >= 2) {
+        tile_rows_nv<2>(rows, A, sam, sak, k0, k1, q, C, ldc, init, ld_init, v0);
+      } else {
+        tile_rows_nv<1>(rows, A, sam, sak, k0, k1, q, C, ldc, init, ld_init, v0);
+      }
+    }
+#else
     if (rows > kMaxRows) {  // 7 or 8 rows (small batches) in one pass over the panels, 2-3 at a time
       const bool eight = rows == 8;
       if (nv_ == 3) {
@@ -317,16 +392,17 @@ class Panels {
       return;
     }
     switch (nv_) {
-      case 3: return tile_nv<3>(rows, A, sam, sak, k0, k1, q, C, ldc, init, ld_init);
-      case 4: return tile_nv<4>(rows, A, sam, sak, k0, k1, q, C, ldc, init, ld_init);
+      case 3: return tile_rows_nv<3>(rows, A, sam, sak, k0, k1, q, C, ldc, init, ld_init);
+      case 4: return tile_rows_nv<4>(rows, A, sam, sak, k0, k1, q, C, ldc, init, ld_init);
       default: TORCH_CHECK(false, "gated tiled GEMM: unexpected panel count ", nv_);
     }
+#endif
   }
 
   at::Tensor data_;
   const float* base_ = nullptr;
   std::vector<int64_t> col_;
-  std::vector<__mmask16> mask_;
+  std::vector<int> lanes_;  // columns of each panel that B has (the rest are zero padding)
   int64_t K_ = 0, width_ = 0, per_block_ = 1, nv_ = 1, units_ = kLanes, groups_ = 0;
 };
 
