@@ -317,3 +317,49 @@ def test_fused_backward_paths(core, variant, bias, onednn, input_grad, monkeypat
         results.append(torch.autograd.grad((out * torch.randn_like(out)).sum(), leaves))
     for a, b in zip(*results, strict=True):
         torch.testing.assert_close(a, b, **TOL[torch.float32])
+
+
+STREAM = [("LSTM", "UR"), ("LSTM", "-"), ("GRU", "UR"), ("MGU", "UR")]
+
+
+@pytest.mark.parametrize("core,variant", STREAM, ids=[f"{c}-{v}" for c, v in STREAM])
+def test_one_step_calls_equal_the_sequence(core, variant):
+    """Streaming: T = 1 calls with the state carried give the whole sequence's outputs, at
+    B = 1, 2, 3 on 2 threads (where one thread may own no rows of the input projection)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for batch in (1, 2, 3):
+            m = _module(core, variant, torch.float32)
+            x = torch.randn(6, batch, 5)
+            with torch.no_grad():
+                ref, ref_state = m._run(x, backend="reference")
+                state, outs = None, []
+                for t in range(6):
+                    out, state = m._run(x[t:t + 1], state, backend="fused_cpu")
+                    outs.append(out)
+            torch.testing.assert_close(torch.cat(outs), ref, **TOL[torch.float32])
+            for a, b in zip(state if isinstance(state, tuple) else (state,),
+                            ref_state if isinstance(ref_state, tuple) else (ref_state,)):
+                torch.testing.assert_close(a, b, **TOL[torch.float32])
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_one_step_calls_do_not_corrupt_the_heap():
+    """A thread that owned no rows of a register tile used to write 6 rows past the buffer (heap
+    corruption, then a crash in free()) at B = 1 on 2 threads: many such calls in a fresh process."""
+    code = (
+        "import torch, gated\n"
+        "torch.set_num_threads(2)\n"
+        "for core in ('LSTM', 'GRU'):\n"
+        "    m = getattr(gated, core)(256, 256)\n"
+        "    x = torch.randn(1, 1, 256)\n"
+        "    for _ in range(300):\n"
+        "        with torch.no_grad():\n"
+        "            m(x)\n"
+        "        m(x)[0].sum().backward()\n"
+        "print('ok')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]

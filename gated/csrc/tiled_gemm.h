@@ -71,10 +71,11 @@ struct Simd {
 constexpr int kLanes = Simd::L;  // floats per register
 constexpr int kMaxRows = 6;  // rows per register tile
 
-// register tiles for M rows: on AVX-512 up to 8 rows are one tile (7-8 rows run 2-3 panels at a
+// register tiles for M rows (none for M <= 0): on AVX-512 up to 8 rows are one tile (7-8 rows run 2-3 panels at a
 // time, so the panels stream once instead of twice), more are split into tiles of at most kMaxRows
 inline int64_t tile_count(int64_t M) {
   const int64_t one = Simd::L == 16 ? 8 : kMaxRows;
+  if (M <= 0) return 0;  // a thread with no rows (B = 1 split over two threads) writes none
   return M <= one ? 1 : (M + kMaxRows - 1) / kMaxRows;
 }
 
