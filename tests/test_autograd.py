@@ -196,10 +196,10 @@ def test_opcheck_fused_ops():
     for core, blocks, refine in ((0, 4, True), (1, 4, True), (2, 2, False)):
         G = blocks * H
         x, w_ih, w_hh = torch.randn(T, B, I), torch.randn(G, I), torch.randn(G, H)
-        bias, b_hn, fb = torch.randn(G), (None if core == 0 else torch.randn(H)), torch.randn(H)
+        b_ih, b_hh, fb = torch.randn(G), torch.randn(G), torch.randn(H)
         h0, c0 = torch.randn(B, H), (torch.randn(B, H) if core == 0 else None)
         lengths = torch.tensor([4, 2, 3])
-        args = (x, w_ih, w_hh, bias, b_hn, fb if refine else None, h0, c0, lengths, None, core, refine, True)
+        args = (x, w_ih, w_hh, b_ih, b_hh, fb if refine else None, h0, c0, lengths, None, core, refine, True)
         torch.library.opcheck(torch.ops.gated_fused.recurrence_forward.default, args)
         out, h_n, c_n, A, aux, _ = torch.ops.gated_fused.recurrence_forward(*args)
         dc = torch.randn(B, H) if core == 0 else None

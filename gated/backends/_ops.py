@@ -22,7 +22,7 @@ from torch import Tensor
 _registered = False
 
 
-def _recurrence_forward_fake(x, w_ih, w_hh, bias_x, b_hn, fb, h0, c0, lengths, w_hr, core, refine, save):
+def _recurrence_forward_fake(x, w_ih, w_hh, b_ih, b_hh, fb, h0, c0, lengths, w_hr, core, refine, save):
     T, B, _ = x.shape
     G, P = w_ih.shape[0], w_hh.shape[1]  # P: the width of h (proj_size with projections)
     H = P if w_hr is None else w_hr.shape[1]

@@ -68,18 +68,9 @@ def _kernel_ids(layout: Layout) -> tuple[int, bool]:
 
 
 def _forward(x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0, lengths, layout, save: bool):
-    n_rows = _n_rows(layout)
-    bias_x = b_hn = None
-    if b_ih is not None:
-        b_rec = b_hh
-        if n_rows is not None:
-            b_rec = b_hh.clone()
-            b_rec[n_rows] = 0
-            b_hn = b_hh[n_rows].contiguous()
-        bias_x = b_ih + b_rec
     core, refine = _kernel_ids(layout)
     return torch.ops.gated_fused.recurrence_forward(
-        x.contiguous(), w_ih.contiguous(), w_hh.contiguous(), bias_x, b_hn, fb, h0, c0, lengths,
+        x.contiguous(), w_ih.contiguous(), w_hh.contiguous(), b_ih, b_hh, fb, h0, c0, lengths,
         None if w_hr is None else w_hr.contiguous(), core, refine, save,
     )
 
@@ -87,7 +78,8 @@ def _forward(x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0, lengths, layout, save:
 def _input_grad(dA2: Tensor, w_ih: Tensor) -> Tensor:
     """``dA2 @ w_ih``: (T*B, G) @ (G, I). On oneDNN with a packed weight in float32 (3-4x faster than
     ATen's MKL call on the development machine's AMD CPU, where MKL runs generic kernels)."""
-    if not transformed() and dA2.dtype == torch.float32 and onednn_linear_available():
+    # packing w_ih pays off only over many rows (a one-step call has B)
+    if dA2.shape[0] >= 64 and not transformed() and dA2.dtype == torch.float32 and onednn_linear_available():
         packed = torch.ops.mkldnn._reorder_linear_weight(w_ih.t().contiguous(), dA2.shape[0])
         return torch.ops.mkldnn._linear_pointwise(dA2, packed, None, "none", [], "")
     return dA2 @ w_ih

@@ -193,10 +193,11 @@ int64_t g_gemm = kAuto;  // tests pin each path
 // product accumulates in place, else a new tensor.
 class RecurrentGemm {
  public:
-  RecurrentGemm(const Tensor& w, bool transpose, int64_t M) : w_(w), transpose_(transpose), M_(M) {
+  // steps: how many products will use the weight; with one, preparing it costs more than it saves
+  RecurrentGemm(const Tensor& w, bool transpose, int64_t M, int64_t steps) : w_(w), transpose_(transpose), M_(M) {
     K_ = transpose ? w.size(1) : w.size(0);
     N_ = transpose ? w.size(0) : w.size(1);
-    const bool f32 = w.scalar_type() == at::kFloat;
+    const bool f32 = w.scalar_type() == at::kFloat && (steps > 1 || g_gemm != kAuto);
     if (f32 && (g_gemm == kAuto || g_gemm == kOneDnn) && onednn().ok()) {
       Tensor wt = transpose ? w : w.t().contiguous();  // oneDNN's linear takes (N, K)
       packed_ = onednn().reorder->typed<Tensor(const Tensor&, std::optional<int64_t>)>().call(wt, M);
@@ -508,7 +509,10 @@ std::vector<Tensor> forward_impl(const Tensor& x, const Tensor& w_ih, const Tens
 #if defined(GATED_TILED_GEMM)
   std::optional<tiled::Panels> wh, wi;
   if constexpr (use_tiled<T>()) {
-    if (tiled_chosen() && !proj) {  // projections run the per-step GEMMs below
+    // projections run the per-step GEMMs below; so do calls of fewer than 4 rows (T x B), where
+    // packing the weights (a copy of each) costs more than the products (one-step streaming at
+    // batch 1: 83 us against 117 us for a UR-LSTM with H = 256, one thread)
+    if (tiled_chosen() && !proj && (Tn * B >= 4 || g_gemm == kTiled)) {
       wh.emplace(w_hh.data_ptr<float>(), 1, H, H, G / H, H);  // B(k, n) = W_hh[n, k]
       wi.emplace(w_ih.data_ptr<float>(), 1, I, I, G / H, H);
     }
@@ -568,9 +572,9 @@ std::vector<Tensor> forward_impl(const Tensor& x, const Tensor& w_ih, const Tens
   }
 #endif
   if (!tiled) {
-    gemm.emplace(w_hh, /*transpose=*/true, B);
+    gemm.emplace(w_hh, /*transpose=*/true, B, Tn);
     std::optional<RecurrentGemm> projection;  // m_t (B, H) @ W_hr^T -> h_t (B, P)
-    if (proj) projection.emplace(*w_hr, /*transpose=*/true, B);
+    if (proj) projection.emplace(*w_hr, /*transpose=*/true, B, Tn);
     for (int64_t t0 = 0; t0 < Tn; t0 += chunk) {
       const int64_t n = std::min(chunk, Tn - t0);
       Tensor a2 = A.narrow(0, 0, n).view({n * B, G}), x2 = x.narrow(0, t0, n).reshape({n * B, I});
@@ -653,7 +657,7 @@ std::vector<Tensor> backward_impl(const Tensor& dout, const Tensor& dh_n, const 
     Tensor dH = empty({Tn, B, P}, opts), dm = empty({B, H}, opts);
     Tensor zero = at::zeros({B, H}, opts), unused = empty({B, H}, opts), scratch = empty({B, P}, opts);
     Tensor carry0 = empty({B, P}, opts), carry1 = empty({B, P}, opts);
-    RecurrentGemm gemm(w_hh, /*transpose=*/false, B);  // dgates (B, G) @ W_hh -> (B, P)
+    RecurrentGemm gemm(w_hh, /*transpose=*/false, B, Tn);  // dgates (B, G) @ W_hh -> (B, P)
     for (int64_t t = Tn - 1; t >= 0; --t) {
       Tensor d = dH[t];
       at::add_out(d, dout[t], dh);
@@ -679,7 +683,7 @@ std::vector<Tensor> backward_impl(const Tensor& dout, const Tensor& dh_n, const 
   }
 #if defined(GATED_TILED_GEMM)
   if constexpr (use_tiled<T>()) {
-    if (tiled_chosen()) {
+    if (tiled_chosen() && (Tn * B >= 4 || g_gemm == kTiled)) {
       // step t, per thread: dh_t = src_{t+1} @ W_hh + dhn_{t+1} for its units, then step t's
       // pointwise on them (which overwrites dhn with dhn_t); the last pass only finishes dh_0
       const tiled::Panels wh(w_hh.data_ptr<float>(), H, 1, G, 1, H);  // B(k, n) = W_hh[k, n]
@@ -701,7 +705,7 @@ std::vector<Tensor> backward_impl(const Tensor& dout, const Tensor& dh_n, const 
     }
   }
 #endif
-  RecurrentGemm gemm(w_hh, /*transpose=*/false, B);  // dgates (B, G) @ W_hh -> (B, H)
+  RecurrentGemm gemm(w_hh, /*transpose=*/false, B, Tn);  // dgates (B, G) @ W_hh -> (B, H)
   Tensor scratch = empty({B, H}, opts);
   for (int64_t t = Tn - 1; t >= 0; --t) {
     Step s{B, H, G, t, lp, refine, 0, H};
@@ -726,14 +730,28 @@ void check(const Tensor& x, const Tensor& w_hh) {
 using Tensors6 = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
 using Tensors5 = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>;
 
-Tensors6 recurrence_forward(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh,
-                                       const std::optional<Tensor>& bias_x, const std::optional<Tensor>& b_hn,
-                                       const std::optional<Tensor>& fb, const Tensor& h0,
-                                       const std::optional<Tensor>& c0, const std::optional<Tensor>& lengths,
-                                       const std::optional<Tensor>& w_hr, int64_t core, bool refine, bool save) {
+// torch's two biases as the kernels take them: b_ih + b_hh added to the input projection, except
+// that GRU/MGU keep the candidate block's b_hn apart (it sits inside the reset product)
+std::pair<std::optional<Tensor>, std::optional<Tensor>> split_biases(const std::optional<Tensor>& b_ih,
+                                                                    const std::optional<Tensor>& b_hh, int64_t core,
+                                                                    int64_t H) {
+  if (!b_ih) return {std::nullopt, std::nullopt};
+  if (core == LSTM) return {*b_ih + *b_hh, std::nullopt};
+  const int64_t kn = core == GRU ? 2 : 1;  // the candidate block
+  Tensor rec = b_hh->clone(), b_hn = b_hh->narrow(0, kn * H, H).contiguous();
+  rec.narrow(0, kn * H, H).zero_();
+  return {*b_ih + rec, b_hn};
+}
+
+Tensors6 recurrence_forward(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, const std::optional<Tensor>& b_ih,
+                            const std::optional<Tensor>& b_hh, const std::optional<Tensor>& fb, const Tensor& h0,
+                            const std::optional<Tensor>& c0, const std::optional<Tensor>& lengths,
+                            const std::optional<Tensor>& w_hr, int64_t core, bool refine, bool save) {
   check(x, w_hh);
   TORCH_CHECK(!w_hr || (core == LSTM && w_hr->is_contiguous()), "gated fused CPU backend: projections are LSTM only");
+  TORCH_CHECK(b_ih.has_value() == b_hh.has_value(), "gated fused CPU backend: both biases or neither");
   at::NoGradGuard no_grad;
+  const auto [bias_x, b_hn] = split_biases(b_ih, b_hh, core, w_hr ? w_hr->size(1) : w_hh.size(1));
   auto r = AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gated_recurrence_forward", [&] {
     return forward_impl<scalar_t>(x, w_ih, w_hh, bias_x, b_hn, fb, h0.contiguous(),
                                   c0 ? std::optional<Tensor>(c0->contiguous()) : c0, lengths, w_hr, core, refine,
@@ -870,7 +888,7 @@ TORCH_LIBRARY(gated_fused, m) {
   m.def("tiled_mm(Tensor a, Tensor b, bool transpose_a, bool append_sums) -> Tensor");
   m.def("xh_mm(Tensor a, Tensor? a2, Tensor x2, Tensor h0, Tensor out, bool append_sums) -> (Tensor, Tensor)");
   m.def(
-      "recurrence_forward(Tensor x, Tensor w_ih, Tensor w_hh, Tensor? bias_x, Tensor? b_hn, Tensor? fb, Tensor h0, "
+      "recurrence_forward(Tensor x, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? fb, Tensor h0, "
       "Tensor? c0, Tensor? lengths, Tensor? w_hr, int core, bool refine, bool save) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def(
