@@ -30,8 +30,10 @@
 #include <malloc.h>
 #endif
 
+#include <atomic>
 #include <limits>
 #include <optional>
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -187,6 +189,7 @@ const OneDnn& onednn() {
 
 enum GemmKind : int64_t { kAuto = 0, kOneDnn = 1, kMklPacked = 2, kAddmm = 3, kTiled = 4 };
 int64_t g_gemm = kAuto;  // tests pin each path
+std::atomic<int64_t> g_tiled_runs{0};  // time loops run on the tiled kernel (gated bench reports it)
 
 // C + A (M x K) @ op(W), with op(W) = W^T for W (N, K) or W for W (K, N); the recurrent weight is
 // prepared once per call and reused by the T steps. run() returns the result: C itself where the
@@ -518,6 +521,7 @@ std::vector<Tensor> forward_impl(const Tensor& x, const Tensor& w_ih, const Tens
     }
   }
   const bool tiled = wh.has_value();
+  if (tiled) ++g_tiled_runs;
 #else
   const bool tiled = false;
 #endif
@@ -862,6 +866,16 @@ std::tuple<Tensor, Tensor> xh_mm(const Tensor& a, const std::optional<Tensor>& a
 }
 
 void set_gemm(int64_t kind) { g_gemm = kind; }
+int64_t tiled_runs() { return g_tiled_runs.load(); }
+std::string isa() {  // the instruction set this build's kernels use
+#if defined(CPU_CAPABILITY_AVX512)
+  return "avx512";
+#elif defined(CPU_CAPABILITY_AVX2)
+  return "avx2";
+#else
+  return "default";
+#endif
+}
 // the pooled buffers (pool.h): switching reuse on and off, and dropping the idle buffers
 void set_pool(bool on) { pool::enabled() = on; }
 int64_t empty_cache() { return pool::release(); }
@@ -883,6 +897,8 @@ TORCH_LIBRARY(gated_fused, m) {
   m.def("tune_malloc", &tune_malloc);
   m.def("set_gemm", &set_gemm);
   m.def("gemm_kinds", &gemm_kinds);
+  m.def("tiled_runs", &tiled_runs);
+  m.def("isa", &isa);
   m.def("set_pool", &set_pool);
   m.def("empty_cache", &empty_cache);
   m.def("tiled_mm(Tensor a, Tensor b, bool transpose_a, bool append_sums) -> Tensor");

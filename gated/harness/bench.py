@@ -7,7 +7,11 @@ machine's float32 matmul peak, measured in the same run with a large square matm
 of MKL and oneDNN, see :func:`matmul_peak`). Times are the
 minimum over ``--repeats`` runs after a warm-up; "train" is forward + backward of ``out.sum()``,
 "infer" a forward under ``torch.no_grad()``. ``--memory`` adds the peak memory of a train step,
-each measured in a fresh process (the growth of its peak RSS during one step).
+each measured in a fresh process (the growth of its peak RSS during one step). ``--stream`` times
+one-step calls with the state carried (agents, streaming decoders) instead of the grid. ``--gemm``
+pins the fused kernels' matmul path, so one machine can compare them. The header names the CPU's
+instruction set as torch sees it, the one the extension was built for, and whether the
+register-tiled kernel ran.
 """
 
 from __future__ import annotations
@@ -26,12 +30,14 @@ import torch
 import gated
 
 HELP = "time gated's backends against torch.nn.LSTM/GRU (train and inference, GFLOP/s, memory)"
-SHAPES = ["256x64x32x256", "784x64x1x128", "1000x32x10x256", "64x8x64x512"]
+SHAPES = ["256x64x32x256", "784x64x1x128", "1000x32x10x256", "64x8x64x512", "100x64x512x512"]
+GEMMS = {"auto": 0, "onednn": 1, "mkl-packed": 2, "addmm": 3, "tiled": 4}  # recurrence.cpp's GemmKind
 _TORCH = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "mgu": torch.nn.GRU}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--shapes", nargs="+", default=SHAPES, help="TxBxIxH (default: the issue's four shapes)")
+    p.add_argument("--shapes", nargs="+", default=SHAPES,
+                   help="TxBxIxH (default: four task shapes and fastrnns' 100x64x512x512)")
     p.add_argument("--cores", nargs="+", default=["lstm", "gru", "mgu"], choices=sorted(gated.CORES))
     p.add_argument("--variants", nargs="+", default=["-", "C", "U", "R", "UR"])
     p.add_argument("--layers", nargs="+", type=int, default=[1, 2])
@@ -46,6 +52,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="instead of the grid: time the first shape/core/variant at these sequence lengths")
     p.add_argument("--sweep-b", nargs="*", type=int, default=None,
                    help="instead of the grid: time the first shape/core/variant at these batch sizes")
+    p.add_argument("--stream", nargs="*", type=int, default=None, metavar="B",
+                   help="instead of the grid: one-step inference calls with the state carried, at these batch "
+                        "sizes (default 1 16 64), with the first shape's I and H")
+    p.add_argument("--gemm", default="auto", choices=list(GEMMS),
+                   help="pin the fused kernels' matmul path (default: auto, the tiled kernel where built)")
 
 
 def _parse_shape(s: str) -> tuple[int, int, int, int]:
@@ -187,8 +198,59 @@ def _sweep(args, dtype, shape, name: str, values: list[int]) -> None:
               f"{r['fused_train'] / r['torch_train']:.2f} | {r['fused_train'] / v * 1e3:.3f} |", flush=True)
 
 
+def _stream(args, dtype, shape, batches: list[int]) -> None:
+    """Per-step time of T = 1 calls with the state carried (inference), against torch.nn the same way."""
+    _, _, I, H = shape
+    print(f"\n| core | variant | B | torch us per step | fused us per step | ratio | reference us per step |"
+          f"\n|---|---|---|---|---|---|---|")
+    steps = 200
+    for core in args.cores:
+        for variant in args.variants:
+            if gated.get_variant(variant).name not in gated.CORES[core].variants:
+                continue
+            for B in batches:
+                xs = torch.randn(steps, 1, B, I, device=args.device, dtype=dtype)
+                times = []
+                for v, backend in ((None, None), (variant, "auto"), (variant, "reference")):
+                    m = _build(core, v, (1, B, I, H), 1, 1, dtype, args.device, backend=backend or "auto")
+
+                    def run(m=m):
+                        with torch.no_grad():
+                            state = None
+                            for x in xs:
+                                _, state = m(x, state)
+
+                    times.append(_time(run, args.repeats, args.device) / steps * 1e6)
+                print(f"| {core} | {variant} | {B} | {times[0]:.0f} | {times[1]:.0f} | {times[1] / times[0]:.2f} | "
+                      f"{times[2]:.0f} |", flush=True)
+
+
+def _kernel_info(args, dtype, shape) -> str:
+    """The instruction sets (torch's, the extension's) and whether the tiled kernel runs here."""
+    from gated.backends import _build as ext
+
+    info = f"torch CPU capability {torch.backends.cpu.get_cpu_capability()}"
+    ops = ext.load() if args.device == "cpu" else None
+    if ops is None:
+        return info + ("; fused extension unavailable" if args.device == "cpu" else "")
+    before = int(ops.tiled_runs())
+    with torch.no_grad():
+        _build(args.cores[0], args.variants[0], shape, 1, 1, dtype, "cpu")(
+            torch.randn(shape[0], shape[1], shape[2], dtype=dtype))
+    ran = int(ops.tiled_runs()) > before
+    return (f"{info}; extension built for {ops.isa()}, GEMM path {args.gemm}; "
+            f"tiled kernel {'ran' if ran else 'did not run'} on the first shape")
+
+
 def main(args) -> int:
     torch.set_num_threads(args.threads)
+    from gated.backends import _build as ext
+
+    if args.gemm != "auto":
+        ops = ext.load()
+        if ops is None or GEMMS[args.gemm] not in ops.gemm_kinds():
+            raise SystemExit(f"gated bench: error: GEMM path {args.gemm!r} is not available in this build")
+        ops.set_gemm(GEMMS[args.gemm])
     dtype = getattr(torch, args.dtype)
     shapes = [_parse_shape(s) for s in args.shapes]
     for v in args.variants:
@@ -199,6 +261,10 @@ def main(args) -> int:
     print(f"# gated bench: gated {gated.__version__} (commit {commit}), torch {torch.__version__}, "
           f"{platform.machine()} {os.cpu_count()} cores, {args.threads} threads, {args.device}, {args.dtype}; "
           f"load average {os.getloadavg()[0]:.2f}; matmul peak {peak / 1e9:.0f} GFLOP/s")
+    print(f"# {_kernel_info(args, dtype, shapes[0])}")
+    if args.stream is not None:
+        _stream(args, dtype, shapes[0], args.stream or [1, 16, 64])
+        return 0
     for name, values in (("T", args.sweep_t), ("B", args.sweep_b)):
         if values:
             _sweep(args, dtype, shapes[0], name, values)

@@ -43,3 +43,37 @@ def test_grid_row_ratios_match_their_times(capsys):
     torch_infer, fused_infer, infer_ratio = float(row[9]), float(row[10]), float(row[11])
     assert _quotient_ok(train_ratio, fused_train, torch_train)
     assert _quotient_ok(infer_ratio, fused_infer, torch_infer)
+
+
+def test_stream_rows_and_header(capsys):
+    """--stream: one row per core, variant and batch with the per-step times' ratio; the header
+    names torch's and the extension's instruction sets and whether the tiled kernel ran."""
+    assert main(["bench", "--shapes", "6x4x3x8", "--cores", "gru", "lstm", "--variants", "UR", "--stream", "1", "3",
+                 "--repeats", "1", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if line.startswith("# torch CPU capability"))
+    from gated.backends import _build
+
+    ops = _build.load()
+    if ops is not None:
+        assert f"extension built for {ops.isa()}" in header
+        assert ("tiled kernel ran" in header) == (4 in ops.gemm_kinds())
+    rows = [r for r in _table(out) if r[0] in ("gru", "lstm")]
+    assert [(r[0], r[2]) for r in rows] == [("gru", "1"), ("gru", "3"), ("lstm", "1"), ("lstm", "3")]
+    for r in rows:
+        torch_us, fused_us, ratio = float(r[3]), float(r[4]), float(r[5])
+        assert abs(ratio - fused_us / torch_us) <= 0.01 + 0.5 * (1 / torch_us + fused_us / torch_us**2)
+
+
+def test_gemm_pin(capsys):
+    from gated.backends import _build
+
+    ops = _build.load()
+    if ops is None:
+        pytest.skip("no extension")
+    try:
+        assert main(["bench", "--shapes", "5x8x3x8", "--cores", "gru", "--variants", "UR", "--layers", "1",
+                     "--directions", "1", "--no-reference", "--repeats", "1", "--threads", "1", "--gemm", "addmm"]) == 0
+    finally:
+        ops.set_gemm(0)
+    assert "GEMM path addmm; tiled kernel did not run" in capsys.readouterr().out
