@@ -45,17 +45,20 @@ class GatedModule(nn.Module):
 
     core: str = ""
 
-    def _setup(self, input_size, hidden_size, bias, variant, t_max, chunk_size, proj_size=0):
+    def _setup(self, input_size, hidden_size, bias, variant, t_max, chunk_size, proj_size=0, cell=False):
+        """``cell``: torch's RNNCellBase checks less than RNNBase (a bias is taken for its truth
+        value, hidden_size 0 is allowed); the cells follow it."""
         self.input_size = _check_int("input_size", input_size)
-        self.hidden_size = _check_int("hidden_size", hidden_size)
+        self.hidden_size = _check_int("hidden_size", hidden_size, low=0 if cell else 1)
         self.layout = make_layout(self.core, variant, hidden_size, _check_int("chunk_size", chunk_size))
         self.variant = self.layout.variant
-        self.bias = _check_bool("bias", bias)
+        self.bias = bool(bias) if cell else _check_bool("bias", bias)
         if isinstance(proj_size, bool) or not isinstance(proj_size, int) or proj_size < 0:
             raise ValueError("proj_size should be a positive integer or zero to disable projections")
-        if proj_size and self.core != "lstm":
-            raise ValueError(f"proj_size argument is only supported for LSTM, not {self.core.upper()}")
-        if proj_size >= hidden_size:
+        if proj_size and self.core != "lstm":  # torch's wording for GRU
+            raise ValueError("proj_size argument is only supported for LSTM, not "
+                             + ("RNN or GRU" if self.core == "gru" else self.core.upper()))
+        if proj_size and proj_size >= hidden_size:
             raise ValueError("proj_size has to be smaller than hidden_size")
         self.proj_size = proj_size
         if self.variant.init is not None and not self.bias and not self.variant.has_forget_bias:
@@ -111,7 +114,7 @@ class GatedModule(nn.Module):
         """torch's init (every parameter ~ U(-1/sqrt(H), 1/sqrt(H)), in the same order, so that
         ``variant="-"`` draws exactly what torch.nn draws under the same seed), then ``b_f = 0``,
         then the variant's initialiser (UGI or chrono)."""
-        k = 1.0 / math.sqrt(self.hidden_size)
+        k = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0.0  # as torch (cells allow 0)
         for p in self.parameters():
             nn.init.uniform_(p, -k, k)
         with torch.no_grad():

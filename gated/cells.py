@@ -28,7 +28,7 @@ class _Cell(GatedModule):
         chunk_size: int = 4,
     ) -> None:
         super().__init__()
-        self._setup(input_size, hidden_size, bias, variant, t_max, chunk_size)
+        self._setup(input_size, hidden_size, bias, variant, t_max, chunk_size, cell=True)
         self._add_params("", input_size, {"device": device, "dtype": dtype})
         self.reset_parameters()
 
@@ -41,8 +41,7 @@ class _Cell(GatedModule):
             raise TypeError(f"gated.{name}: input must be a Tensor, got {type(input).__name__}")
         if input.dim() not in (1, 2):
             self._fail(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
-        self._check_like_weights("input", input)
-        if input.shape[-1] != self.input_size:
+        if input.shape[-1] != self.input_size:  # sizes first, then dtype and device, in torch's order
             self._fail(f"input has inconsistent input_size: got {input.shape[-1]} expected {self.input_size}")
         batched = input.dim() == 2
         x = input if batched else input.unsqueeze(0)
@@ -66,9 +65,11 @@ class _Cell(GatedModule):
                     self._fail(f"hidden{k} has inconsistent hidden_size: got {s.shape[-1]}, expected {H}")
                 if batched and s.shape[0] != B:
                     self._fail(f"Input batch size {B} doesn't match hidden{k} batch size {s.shape[0]}")
+            for label, s in zip(labels, state):
                 self._check_like_weights(label, s)
             if not batched:
                 state = tuple(s.unsqueeze(0) for s in state)
+        self._check_like_weights("input", input)
         w_ih, w_hh, b_ih, b_hh, fb = self._params("")
         gi = F.linear(x, w_ih, b_ih)  # (B, G)
         gh = F.linear(state[0], w_hh, b_hh)  # (B, G)

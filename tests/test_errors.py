@@ -43,7 +43,7 @@ def test_dropout_with_one_layer_warns_like_torch():
 
 
 def test_proj_size_is_lstm_only():
-    with pytest.raises(ValueError, match="proj_size argument is only supported for LSTM, not GRU"):
+    with pytest.raises(ValueError, match="proj_size argument is only supported for LSTM, not RNN or GRU"):
         gated.GRU(3, 4, proj_size=2)
     assert gated.GRU(3, 4, proj_size=0).proj_size == 0  # torch's default, passed on by wrappers
 

@@ -79,7 +79,7 @@ def _input_grad(dA2: Tensor, w_ih: Tensor) -> Tensor:
     """``dA2 @ w_ih``: (T*B, G) @ (G, I). On oneDNN with a packed weight in float32 (3-4x faster than
     ATen's MKL call on the development machine's AMD CPU, where MKL runs generic kernels)."""
     # packing w_ih pays off only over many rows (a one-step call has B)
-    if dA2.shape[0] >= 64 and not transformed() and dA2.dtype == torch.float32 and onednn_linear_available():
+    if not transformed() and dA2.shape[0] >= 64 and dA2.dtype == torch.float32 and onednn_linear_available():
         packed = torch.ops.mkldnn._reorder_linear_weight(w_ih.t().contiguous(), dA2.shape[0])
         return torch.ops.mkldnn._linear_pointwise(dA2, packed, None, "none", [], "")
     return dA2 @ w_ih
@@ -152,13 +152,11 @@ class _Recurrence(torch.autograd.Function):
         dW = grads[0]
         dw_hh, dw_ih = dW[:, :H].contiguous(), dW[:, H:H + I].contiguous()
         if n_rows is not None:
-            dw_hh[n_rows] = grads[1][:, :H]
+            dw_hh = _splice(dw_hh, n_rows, grads[1].narrow(1, 0, H))
         db_ih = db_hh = dfb = None
         if has_bias:
             db_ih = dW[:, -1].contiguous()
-            db_hh = db_ih.clone()
-            if n_rows is not None:
-                db_hh[n_rows] = grads[1][:, H]
+            db_hh = db_ih if n_rows is None else _splice(db_ih, n_rows, grads[1][:, H])
         if fb is not None:  # b_f enters the keep gate with + and the refine gate with -
             total = dW[:, -1] if has_bias else dA2.sum(0)  # dA summed over steps and batch
             dfb = total[layout.keep] - total[layout.refine]
@@ -166,6 +164,14 @@ class _Recurrence(torch.autograd.Function):
         if w_hr is not None:  # dL/dW_hr = sum over steps of dh_t^T m_t
             dw_hr = torch.ops.gated_fused.tiled_mm(dH.view(T * B, H), m.view(T * B, -1), True, False)
         return dx, dw_ih, dw_hh, db_ih, db_hh, dfb, dw_hr, dh0, (dc0 if c0 is not None else None), None, None
+
+
+def _splice(t: Tensor, rows: slice, block: Tensor) -> Tensor:
+    """``t`` with ``rows`` replaced by ``block``, built by cat from the non-empty pieces, not written
+    in place: torch's batched gradients (the vmap behind gradcheck's batched check) take neither
+    in-place writes into views nor cat's no-op aliases."""
+    pieces = [t[:rows.start], block, t[rows.stop:]]
+    return torch.cat([p for p in pieces if p.shape[0] > 0])
 
 
 def _differentiable_backward(ctx, dout, dh_n, dc_n):
