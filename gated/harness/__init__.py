@@ -1,7 +1,7 @@
 """Experiments harness for ``gated``: tasks, data, training, comparisons and figures.
 
 Nothing in the core library imports this package (a test enforces it); it needs the ``harness``
-extra (``pip install "gated[harness]"``: numpy, safetensors, tqdm, matplotlib).
+extra (numpy, safetensors, tqdm, matplotlib; from a checkout ``pip install -e ".[harness]"``).
 
 Layout:
     config.py      RunConfig = ModelConfig + TaskConfig + OptimConfig + TrainConfig (dataclasses)
@@ -11,9 +11,12 @@ Layout:
     checkpoint.py  atomic checkpoints (safetensors weights + optimizer/RNG state), the run directory lock
     files.py       atomic writes, JSON / metrics.jsonl reading with errors that name the file
     train.py       the training loop (single process or torchrun DDP)
-    compare.py     variant x seed x setting grids run as subprocesses; markdown table
+    compare.py     variant x seed x setting grids, each run a process; markdown table
+    launch.py      where a grid's runs execute: subprocesses, submitit's local executor, Slurm
+    tensorboard.py the optional TensorBoard sink (``--tensorboard``)
     plots.py       learning curves and gate histograms (matplotlib)
-    reproduce.py   ``gated reproduce``: experiment specs (repository ``experiments/*.json``) and checks
+    reproduce.py   ``gated reproduce``: experiment specs (``experiments/*.json``, package data) and checks
+    experiments/   the specs behind every number in REPORT.md (``gated reproduce`` reads them)
     mechanism.py   figures for the paper's mechanism claims (refine bands, UGI timescales, Fig. 5)
     demos/         ``gated demo``: the feed-forward gating demonstrations (highway, channel gating, GLU FFN)
     bench.py       ``gated bench``: speed and memory against torch.nn

@@ -4,6 +4,9 @@ Layout of ``RUN/checkpoints/``::
 
     latest.json          {"step", "dir", "files": {name: sha256}, "format", "fingerprint"}
     step-000120/         model.safetensors, state.pt
+    best/                with ``--keep-best``: the checkpoint of the best validation metric so far,
+      best.json          as latest.json plus {"metric", "value", "higher_is_better"}
+      step-000060/       (later saves of latest never touch it; a better evaluation replaces it)
 
 A checkpoint is written into a temp directory (every file fsync'd), renamed into place, and only
 then published by atomically replacing ``latest.json``; older step directories are removed after
@@ -36,6 +39,7 @@ from gated.harness.files import BadFile, read_json, write_json
 
 FORMAT = "gated-harness-ckpt-1"
 LOCK = ".lock"
+BEST = "best"  # RUN/checkpoints/best/, indexed by best.json
 _held: dict[Path, int] = {}  # run directory -> descriptor of its locked .lock file
 
 
@@ -74,13 +78,20 @@ def _write(path: Path, writer) -> None:
         os.fsync(f.fileno())
 
 
-def save(run: Path, step: int, model_state: dict, state: dict, cfg_dict: dict) -> Path:
-    """Write a checkpoint for ``step`` and publish it; returns its directory.
+def _slot(run: Path, best: bool) -> tuple[Path, str]:
+    """The directory and index file of the latest checkpoint, or of the best one."""
+    root = Path(run) / "checkpoints"
+    return (root / BEST, "best.json") if best else (root, "latest.json")
+
+
+def save(run: Path, step: int, model_state: dict, state: dict, cfg_dict: dict, best: dict | None = None) -> Path:
+    """Write a checkpoint for ``step`` and publish it; returns its directory. With ``best``
+    (``{"metric", "value", "higher_is_better"}``) it is the keep-best checkpoint, in ``best/``.
 
     Raises:
         CheckpointError: writing failed; the previous checkpoint (if any) is untouched.
     """
-    root = Path(run) / "checkpoints"
+    root, index = _slot(run, best is not None)
     name = f"step-{step:06d}"
     tmp = final = None
     try:
@@ -93,7 +104,7 @@ def save(run: Path, step: int, model_state: dict, state: dict, cfg_dict: dict) -
         files = {f: sha256_file(tmp / f) for f in ("model.safetensors", "state.pt")}
         _fsync_dir(tmp)
         final = root / name
-        current = _read_latest(root, missing_ok=True)
+        current = _read_latest(root, missing_ok=True, index=index)
         if final.exists() and (current is None or current["dir"] != name):
             shutil.rmtree(final)
         if final.exists():  # re-saving the published step: publish under a fresh name first
@@ -101,10 +112,10 @@ def save(run: Path, step: int, model_state: dict, state: dict, cfg_dict: dict) -
         os.replace(tmp, final)
         _fsync_dir(root)
         latest = {"format": FORMAT, "step": step, "dir": final.name, "files": files,
-                  "fingerprint": fingerprint(cfg_dict)}
-        write_json(root / "latest.json", latest)
+                  "fingerprint": fingerprint(cfg_dict)} | (best or {})
+        write_json(root / index, latest)
     except BaseException as e:  # a full disk, Ctrl-C, ...: remove what this save wrote, keep the rest
-        prev = _published(root)
+        prev = _published(root, index)
         for path in (tmp, final):
             if path is not None and path.exists() and (prev is None or path.name != prev["dir"]):
                 shutil.rmtree(path, ignore_errors=True)
@@ -119,16 +130,16 @@ def save(run: Path, step: int, model_state: dict, state: dict, cfg_dict: dict) -
     return final
 
 
-def _published(root: Path) -> dict | None:
-    """``latest.json`` if it is readable, else None."""
+def _published(root: Path, index: str = "latest.json") -> dict | None:
+    """The index (``latest.json``) if it is readable, else None."""
     try:
-        return _read_latest(root, missing_ok=True)
+        return _read_latest(root, missing_ok=True, index=index)
     except (CheckpointError, OSError):
         return None
 
 
-def _read_latest(root: Path, missing_ok: bool = False) -> dict | None:
-    path = root / "latest.json"
+def _read_latest(root: Path, missing_ok: bool = False, index: str = "latest.json") -> dict | None:
+    path = root / index
     if not path.exists():
         if missing_ok:
             return None
@@ -162,7 +173,8 @@ def open_run(cfg, resume: bool, command: str) -> Path:
     try:
         if not resume:
             _refuse_other_run(run, cfg, command)
-        for tmp in [*run.glob(".*.tmp"), *(run / "checkpoints").glob(".*.tmp"), *(run / "checkpoints").glob(".tmp-*")]:
+        slots = (run / "checkpoints", run / "checkpoints" / BEST)
+        for tmp in [*run.glob(".*.tmp"), *(t for s in slots for t in (*s.glob(".*.tmp"), *s.glob(".tmp-*")))]:
             if tmp.is_dir():
                 shutil.rmtree(tmp)
             else:
@@ -222,8 +234,14 @@ def latest_step(run: Path) -> int | None:
     return None if latest is None else int(latest["step"])
 
 
-def load(run: Path, cfg_dict: dict | None = None) -> Checkpoint:
-    """Load and verify the latest checkpoint of a run (tensors on CPU).
+def best_record(run: Path) -> dict | None:
+    """``best.json`` of the keep-best checkpoint (step, metric, value, ...), None if there is none."""
+    root, index = _slot(run, True)
+    return _read_latest(root, missing_ok=True, index=index)
+
+
+def load(run: Path, cfg_dict: dict | None = None, best: bool = False) -> Checkpoint:
+    """Load and verify the latest checkpoint of a run (``best``: the keep-best one), tensors on CPU.
 
     Args:
         run: the run directory.
@@ -232,8 +250,8 @@ def load(run: Path, cfg_dict: dict | None = None) -> Checkpoint:
     Raises:
         CheckpointError: missing, corrupted (checksum, unreadable) or incompatible.
     """
-    root = Path(run) / "checkpoints"
-    latest = _read_latest(root)
+    root, index = _slot(run, best)
+    latest = _read_latest(root, index=index)
     ckpt_dir = root / latest["dir"]
     for fname, digest in latest["files"].items():
         path = ckpt_dir / fname

@@ -30,6 +30,12 @@ COMMANDS: dict[str, str] = {
 
 DESCRIPTION = "gated: train, compare and plot gated RNNs on the paper's tasks, and reproduce its experiments"
 EXIT_USAGE, EXIT_FAILURE, EXIT_IN_USE, EXIT_INTERRUPTED = 2, 1, 3, 130
+HARNESS_EXTRA = ("numpy", "safetensors", "tqdm", "matplotlib")  # pyproject's harness extra (a test compares them)
+
+
+def install_hint(extra: str) -> str:
+    """How to install an extra, from an index or from a checkout (gated is not on an index yet)."""
+    return f"install the {extra} extra: pip install 'gated[{extra}]' (from a checkout: pip install -e '.[{extra}]')"
 
 
 def _available(only: str | None = None) -> dict[str, object]:
@@ -59,7 +65,18 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; every expected failure is one line ``gated CMD: error: ...`` on stderr
-    and an exit status (no traceback)."""
+    and an exit status (no traceback). Without the harness extra (a core-only install), say how
+    to install it and exit with status 1."""
+    try:
+        return _main(argv)
+    except ModuleNotFoundError as e:
+        if (e.name or "").partition(".")[0] not in HARNESS_EXTRA:
+            raise
+        print(f"gated: the command needs {e.name}, which is not installed; {install_hint('harness')}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def _main(argv: list[str] | None) -> int:
     from gated.harness.checkpoint import CheckpointError, RunInUse
     from gated.harness.compare import RunFailed
     from gated.harness.data.formats import DataError

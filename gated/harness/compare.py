@@ -10,8 +10,6 @@ continues where it stopped. A run that another process is training (its lock is 
 from __future__ import annotations
 
 import itertools
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,17 +18,19 @@ HELP = "run a variants x seeds x settings grid in parallel; write table.md and c
 
 
 def add_arguments(parser) -> None:
-    from gated.harness import config
+    from gated.harness import config, launch
 
     parser.add_argument("--variants", "--variant", nargs="+", default=["-", "UR"],
                         help="variants to compare (default: - UR)")
     parser.add_argument("--seeds", "--seed", nargs="+", type=int, default=[0], help="seeds (default: 0)")
     parser.add_argument("--grid", action="append", default=[], metavar="FIELD=V1,V2",
                         help="a task/config setting to sweep, e.g. --grid delay=50,100 (repeatable)")
-    parser.add_argument("--jobs", type=int, default=0, help="runs at a time (default: CPU cores, at most the runs)")
+    parser.add_argument("--jobs", type=int, default=0, help="runs at a time (default: CPU cores, at most the runs; "
+                        "with --launcher slurm all of them)")
     parser.add_argument("--threshold", type=float, help="main-metric level for 'steps to threshold' "
                         "(default: the task's registry value)")
     parser.add_argument("--config", metavar="FILE", help="JSON config applied to every run")
+    launch.add_arguments(parser)
     config.add_flags(parser, exclude=COMPARE_OWN)
 
 
@@ -120,18 +120,21 @@ def _command(run: dict, threads: int) -> list[str] | None:
     return run_command(run, threads, ["train"], config, run["cfg"].train.steps)
 
 
-def execute(runs: list[dict], jobs: int, log=print) -> list[dict]:
-    """Start the runs as subprocesses, ``jobs`` at a time; raise if any fails. Returns the runs
-    skipped because another process is training them (each is logged).
+def execute(runs: list[dict], jobs: int, log=print, launcher=None) -> list[dict]:
+    """Start the runs, ``jobs`` at a time, through ``launcher`` (:mod:`gated.harness.launch`;
+    default: subprocesses on this machine); raise if any fails. Returns the runs skipped because
+    another process is training them (each is logged).
 
     A run may carry its own ``"command": f(run, threads) -> argv | None`` (None: finished);
     otherwise it is a ``gated train`` run (``gated rl compare`` passes ``gated rl train`` ones).
-    A run's threads are its ``--threads``, else the CPU cores shared between the jobs."""
+    A run's threads are its ``--threads``, else the launcher's (the CPU cores shared between the
+    jobs; a Slurm job's CPUs)."""
     from gated.harness import checkpoint
     from gated.harness.cli import EXIT_IN_USE
+    from gated.harness.launch import Subprocess
 
-    cores = os.cpu_count() or 1
-    jobs = jobs or min(len(runs), cores)
+    launcher = launcher or Subprocess()
+    jobs = jobs or launcher.default_jobs(len(runs))
     pending, active, failed, skipped = list(runs), [], [], []
     start = time.perf_counter()
 
@@ -141,7 +144,7 @@ def execute(runs: list[dict], jobs: int, log=print) -> list[dict]:
     while pending or active:
         while pending and len(active) < jobs:
             run = pending.pop(0)
-            threads = run["cfg"].train.threads or max(1, cores // jobs)
+            threads = run["cfg"].train.threads or launcher.threads(jobs)
             run["dir"].mkdir(parents=True, exist_ok=True)
             try:
                 checkpoint.lock_run(run["dir"])  # nobody writes the run while its state is read
@@ -160,21 +163,20 @@ def execute(runs: list[dict], jobs: int, log=print) -> list[dict]:
             if cmd is None:
                 log(f"  {run['dir']}: already finished")
                 continue
-            logf = open(run["dir"] / "train.log", "a")
-            env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-            active.append((run, subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env), logf))
+            name = f"gated-{run['setting']}-{_label(run['variant'])}-seed{run['seed']}"
+            active.append((run, launcher.start(cmd, run["dir"] / "train.log", {"OMP_NUM_THREADS": str(threads)}, name)))
         time.sleep(0.2)
         for item in list(active):
-            run, proc, logf = item
-            if proc.poll() is None:
+            run, handle = item
+            code = handle.poll()
+            if code is None:
                 continue
             active.remove(item)
-            logf.close()
-            if proc.returncode == EXIT_IN_USE:  # another process took the run after the check above
+            if code == EXIT_IN_USE:  # another process took the run after the check above
                 report(run, "skipped: in use by another process (see its train.log)")
                 skipped.append(run)
-            elif proc.returncode:
-                report(run, f"FAILED (exit {proc.returncode}; see its train.log)")
+            elif code:
+                report(run, f"FAILED (exit {code}; see its train.log)")
                 failed.append(run)
             else:
                 report(run, "done")
@@ -187,19 +189,21 @@ def execute(runs: list[dict], jobs: int, log=print) -> list[dict]:
 
 
 def main(args) -> int:
+    from gated.harness import launch
     from gated.harness.files import write_text
     from gated.harness.plots import learning_curves
     from gated.harness.report import table
 
     runs = plan(args)
     out = Path(args.out)
+    launcher = launch.from_args(args, out)
     out.mkdir(parents=True, exist_ok=True)
     print(f"compare: {len(runs)} runs ({len(args.variants)} variants x {len(args.seeds)} seeds x "
           f"{len({r['setting'] for r in runs})} settings) in {out}", flush=True)
-    execute(runs, args.jobs)
+    execute(runs, args.jobs, launcher=launcher)
     md = table(out, args.threshold)
     write_text(out / "table.md", md)
-    fig = learning_curves(out, out / "curves.png")
+    figs = learning_curves(out, out / "curves.png")
     print("\n" + md)
-    print(f"table: {out / 'table.md'}\nfigure: {fig}")
+    print(f"table: {out / 'table.md'}\nfigure: {', '.join(map(str, figs))}")
     return 0

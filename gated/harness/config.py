@@ -17,16 +17,41 @@ from pathlib import Path
 from gated.harness.files import read_json
 
 
-def _f(default, help: str):
-    """A dataclass field whose ``help`` becomes its flag's help text."""
-    return field(default=default, metadata={"help": help})
+def _f(default, help: str, choices=None):
+    """A dataclass field whose ``help`` becomes its flag's help text and whose ``choices`` (names,
+    or a function returning them, read when ``--help`` is built) its metavar: ``--core {lstm,gru,mgu}``.
+    The values are checked by :func:`validate` (variant names are case-insensitive, with aliases)."""
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+def task_names() -> tuple[str, ...]:
+    from gated.harness.tasks import TASKS
+
+    return tuple(TASKS)
+
+
+def core_names() -> tuple[str, ...]:
+    from gated.harness.model import CORE_MODULES
+
+    return tuple(CORE_MODULES)
+
+
+def variant_names() -> tuple[str, ...]:
+    import gated
+
+    return tuple(gated.VARIANTS)
+
+
+OPTIMIZERS = ("adam", "adamw")
+SCHEDULES = ("constant", "cosine", "linear")
+DEVICES = ("auto", "cpu", "cuda", "cuda:N")
 
 
 @dataclass
 class TaskConfig:
     """What to learn. Fields a task does not use are ignored by it."""
 
-    task: str = _f("copy", 'the task (listed below)')
+    task: str = _f("copy", 'the task (listed below)', task_names)
     delay: int = _f(480, 'copy: blanks between the 10 symbols and the 10 cues (T = delay + 20)')
     length: int = _f(2000, 'adding: sequence length T')
     pixels_per_step: int = _f(1, "image tasks: pixels read per step (1: the paper's 784 / 1024 steps)")
@@ -40,14 +65,14 @@ class TaskConfig:
 class ModelConfig:
     """The network: an input layer, a gated RNN, a linear readout."""
 
-    core: str = _f("lstm", 'lstm | gru | mgu')
-    variant: str = _f("UR", 'a gate variant the core supports (listed below)')
+    core: str = _f("lstm", 'the recurrent core', core_names)
+    variant: str = _f("UR", 'a gate variant the core supports (listed below)', variant_names)
     hidden_size: int = _f(256, 'RNN state width H')
     num_layers: int = _f(1, 'stacked RNN layers')
     dropout: float = _f(0.0, 'between layers, as in torch.nn.LSTM')
     embed_size: int = _f(256, 'language modelling: token embedding width')
     t_max: float | None = _f(None, "chrono (C) variant: longest timescale; None: the task's length")
-    backend: str = _f("auto", 'auto | fused_cpu | reference (the recurrence implementation)')
+    backend: str = _f("auto", 'the recurrence implementation', ("auto", "fused_cpu", "reference"))
     forget_bias: float | None = _f(None, "set the forget-gate bias to this after init (Gers et al.'s 1.0); "
                                    "None: the variant's own init")
 
@@ -56,10 +81,10 @@ class ModelConfig:
 class OptimConfig:
     """Optimisation. ``batch_size`` is global: torchrun processes split it."""
 
-    optimizer: str = _f("adam", 'adam | adamw')
+    optimizer: str = _f("adam", 'the optimizer', OPTIMIZERS)
     lr: float = _f(1e-3, 'peak learning rate')
     weight_decay: float = _f(0.0, 'L2 (adam) or decoupled (adamw) weight decay')
-    schedule: str = _f("constant", 'constant | cosine | linear (decay to 0 at the last step)')
+    schedule: str = _f("constant", 'learning-rate schedule (cosine, linear: decay to 0 at the last step)', SCHEDULES)
     warmup: int = _f(0, 'linear warm-up steps')
     clip: float = _f(1.0, 'gradient-norm clipping; 0 disables')
     batch_size: int = _f(10, 'global batch size (split over torchrun processes)')
@@ -72,18 +97,21 @@ class TrainConfig:
     steps: int = _f(10000, 'total optimizer steps (a resumed run continues to this)')
     seed: int = _f(0, 'seeds weights, data and the pMNIST permutation')
     out: str | None = _f(None, 'run directory (config.json, metrics.jsonl, checkpoints/)')
-    device: str = _f("auto", 'auto | cpu | cuda | cuda:N')
+    device: str = _f("auto", "auto: cuda if available, else cpu; under torchrun, cuda is each process's "
+                     "cuda:LOCAL_RANK", DEVICES)
     threads: int = _f(0, "torch CPU threads; 0: torch's default")
     log_every: int = _f(10, 'steps between metrics.jsonl records')
     eval_every: int = _f(500, 'steps between validation evaluations; 0: only at the end (test: once, at the end)')
     eval_batches: int = _f(10, 'batches per validation; 0: the whole split (test always uses its whole split)')
     ckpt_every: int = _f(500, 'steps between checkpoints; the last step is always saved')
+    keep_best: bool = _f(False, "also keep the checkpoint of the best validation main metric in "
+                         "checkpoints/best/ (never removed by later saves)")
+    tensorboard: bool = _f(False, "also log to RUN/tensorboard: the metrics, and gate histograms at each "
+                           "evaluation (pip install 'gated[tensorboard]')")
     progress: bool = _f(True, 'progress bar (on a terminal)')
 
 
 SECTIONS = {"task": TaskConfig, "model": ModelConfig, "optim": OptimConfig, "train": TrainConfig}
-OPTIMIZERS = ("adam", "adamw")
-SCHEDULES = ("constant", "cosine", "linear")
 # Fields that define what is trained; a resumed run may not change them.
 FROZEN_SECTIONS = ("task", "model")
 
@@ -171,8 +199,12 @@ class Schema:
                 text = f.metadata.get("help", "")
                 kw = {"dest": f.name, "default": argparse.SUPPRESS,
                       "help": f"{text} (default: {default})" if text else f"default: {default}"}
+                choices = f.metadata.get("choices")
                 if tp is bool:
                     group.add_argument(flag(f.name), action=argparse.BooleanOptionalAction, **kw)
+                elif choices:
+                    names = choices() if callable(choices) else choices
+                    group.add_argument(flag(f.name), metavar="{" + ",".join(names) + "}", **kw)
                 else:
                     group.add_argument(flag(f.name), metavar=tp.__name__.upper(), **kw)
 

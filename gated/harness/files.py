@@ -20,6 +20,8 @@ from pathlib import Path
 
 logger = logging.getLogger("gated.harness")
 _warned: set[Path] = set()
+_UMASK = os.umask(0o022)  # read once, at import: a new file gets 0o666 & ~umask, as open() would give it
+os.umask(_UMASK)
 
 
 class BadFile(ValueError):
@@ -40,6 +42,7 @@ def atomic_write(path: str | Path, data: bytes) -> None:
             return
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~_UMASK)  # mkstemp's 0o600 would hide results from a shared group
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

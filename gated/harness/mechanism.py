@@ -49,8 +49,9 @@ def ugi_law_distance(f: torch.Tensor, d: int) -> dict:
 
 
 def timescale_figure(out: Path, hidden_size: int = 4096) -> tuple[Path, dict]:
-    """Survival of initial timescales; returns the PNG and :func:`ugi_law_distance` of UGI."""
-    from gated.harness.plots import _pyplot
+    """Survival of initial timescales; returns the PNG (PDF and SVG beside it) and
+    :func:`ugi_law_distance` of UGI."""
+    from gated.harness.plots import PANEL, _pyplot, save_figure
 
     ts = torch.logspace(0, 4, 200, dtype=torch.float64)
     curves = {
@@ -59,7 +60,7 @@ def timescale_figure(out: Path, hidden_size: int = 4096) -> tuple[Path, dict]:
         "default init (variant -)": initial_forget_gates("lstm", "-", hidden_size),
     }
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+    fig, ax = plt.subplots(figsize=(PANEL[0] + 0.5, PANEL[1] + 0.5), layout="constrained")
     for name, f in curves.items():
         ax.loglog(ts, survival(1 / (1 - f), ts).clamp_min(1e-6), label=name)
     ax.loglog(ts, 1 / ts, "k--", lw=1, label="1 / t (the paper's law)")
@@ -67,21 +68,19 @@ def timescale_figure(out: Path, hidden_size: int = 4096) -> tuple[Path, dict]:
            title=f"initial forget-gate timescales, H = {hidden_size}")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, which="both")
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
     stats = {"hidden_size": hidden_size} | ugi_law_distance(curves["UGI (variant U)"], hidden_size)
-    return out, stats
+    return save_figure(fig, out)[0], stats
 
 
 def bands_figure(out: Path) -> tuple[Path, dict]:
-    """Paper Fig. 2b from the library's refine gate; returns the PNG and g(f = 0.9, r = 1)."""
+    """Paper Fig. 2b from the library's refine gate; returns the PNG (PDF and SVG beside it) and
+    g(f = 0.9, r = 1)."""
     from gated.gates import refine_gate
-    from gated.harness.plots import _pyplot
+    from gated.harness.plots import PANEL, _pyplot, save_figure
 
     f = torch.linspace(0, 1, 401, dtype=torch.float64)
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    fig, ax = plt.subplots(figsize=(PANEL[0], PANEL[1] + 0.5), layout="constrained")
     ax.fill_between(f, f**2, 1 - (1 - f) ** 2, color="0.85", label="reachable band")
     for r in (0.0, 0.25, 0.5, 0.75, 1.0):
         ax.plot(f, refine_gate(f, torch.full_like(f, r)), lw=1.2, label=f"g, r = {r:g}")
@@ -89,28 +88,25 @@ def bands_figure(out: Path) -> tuple[Path, dict]:
     ax.set(xlabel="forget gate f", ylabel="effective gate g", title="refine gate: g = f² + 2 r f (1 - f)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    path = save_figure(fig, out)[0]
     g = refine_gate(torch.tensor(0.9, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64))
-    return out, {"g_at_f0.9_r1": float(g)}
+    return path, {"g_at_f0.9_r1": float(g)}
 
 
 def gate_histogram_figure(runs: dict[str, Path], out: Path) -> tuple[Path, dict]:
     """Rows: the given runs; columns: forget gate f, effective gate g; init (outline) vs trained
-    (filled). Returns the PNG and, per run, the fraction of activations below 0.1 or above 0.9."""
-    from gated.harness.plots import _pyplot, draw_gate_histograms, gate_statistics
+    (filled). Returns the PNG (PDF and SVG beside it) and, per run, the fraction of activations
+    below 0.1 or above 0.9."""
+    from gated.harness.plots import PANEL, _pyplot, draw_gate_histograms, gate_statistics, save_figure
 
     plt = _pyplot()
-    fig, axes = plt.subplots(len(runs), 2, figsize=(11, 3.3 * len(runs)), squeeze=False)
+    fig, axes = plt.subplots(len(runs), 2, figsize=(2 * PANEL[0], PANEL[1] * len(runs)), squeeze=False,
+                             layout="constrained")
     summary = {}
     for row, (name, run) in zip(axes, runs.items(), strict=True):
         stats = gate_statistics(run)
         summary[name] = {"step": stats["step"], **draw_gate_histograms(row, stats, name)}
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out, summary
+    return save_figure(fig, out)[0], summary
 
 
 def all_figures(out_root: Path, figdir: Path) -> list[Path]:

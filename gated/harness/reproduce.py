@@ -1,11 +1,11 @@
-"""``gated reproduce``: re-run the paper's claims from the experiment specs committed under
-``experiments/`` and write one summary per experiment.
+"""``gated reproduce``: re-run the paper's claims from the experiment specs that ship with the
+package (``gated/harness/experiments/``) and write one summary per experiment.
 
     gated reproduce --quick                 # copy task, LSTM vs UR-LSTM, 2 seeds (~2 min on 2 cores)
     gated reproduce --full                  # everything in REPORT.md (about 2.5 h on 2 cores)
     gated reproduce --only copy-grid adding # chosen experiments
 
-An experiment spec is a JSON file (``experiments/<name>.json``)::
+An experiment spec is a JSON file (``gated/harness/experiments/<name>.json``)::
 
     {"suite": "full", "claim": "...", "config": {<run config fields>},
      "variants": ["-", "UR"], "seeds": [0, 1, 2], "grid": {"core": ["gru", "mgu"]},
@@ -32,7 +32,7 @@ import json
 import math
 from pathlib import Path
 
-HELP = "re-run the paper's experiments from experiments/*.json; --quick checks LSTM < UR-LSTM on copy"
+HELP = "re-run the paper's experiments (the specs shipped in gated/harness/experiments); --quick checks LSTM < UR-LSTM"
 
 SPEC_KEYS = {"suite", "claim", "config", "variants", "seeds", "grid", "threshold", "check", "jobs", "kind", "envs"}
 KINDS = ("train", "rl")  # a ``gated compare`` grid of ``gated train`` runs, or a ``gated rl compare`` one
@@ -40,8 +40,8 @@ SUITES = ("quick", "full")
 
 
 def default_experiments_dir() -> Path:
-    """``experiments/`` beside the package (a source checkout or an editable install)."""
-    return Path(__file__).resolve().parents[2] / "experiments"
+    """The specs shipped inside the package (package data: a wheel, an editable install or a checkout)."""
+    return Path(__file__).resolve().parent / "experiments"
 
 
 def load_spec(path: str | Path) -> dict:
@@ -117,7 +117,7 @@ def find_specs(directory: str | Path, suite: str | None, only: list[str] | None)
     directory = Path(directory)
     if not directory.is_dir():
         raise ValueError(f"no experiments directory at {directory}; pass --experiments DIR "
-                         "(the repository's experiments/ folder)")
+                         "(a folder of spec files such as gated/harness/experiments/)")
     specs = {p.stem: p for p in sorted(directory.glob("*.json"))}
     if only:
         missing = [n for n in only if n not in specs]
@@ -222,8 +222,9 @@ def plan_spec(spec: dict, out_root: Path, jobs: int) -> tuple[int, list[dict]]:
         raise ValueError(f"experiment {spec['name']}: {e}") from None
 
 
-def run_spec(spec: dict, out_root: Path, jobs: int, runs: list[dict], log=print) -> dict:
-    """Run a planned spec, then write its ``table.md``, ``curves.png`` and ``summary.json``."""
+def run_spec(spec: dict, out_root: Path, jobs: int, runs: list[dict], log=print, launcher=None) -> dict:
+    """Run a planned spec (through ``launcher``, :mod:`gated.harness.launch`), then write its
+    ``table.md``, ``curves.png`` and ``summary.json``."""
     from gated.harness.compare import execute
     from gated.harness.files import write_text
     from gated.harness.plots import learning_curves
@@ -233,7 +234,7 @@ def run_spec(spec: dict, out_root: Path, jobs: int, runs: list[dict], log=print)
     rl = spec.get("kind") == "rl"
     log(f"[{spec['name']}] {len(runs)} {'rl ' if rl else ''}runs -> {out}"
         + (f"  ({spec['claim']})" if spec.get("claim") else ""))
-    skipped = execute(runs, jobs, log=log)
+    skipped = execute(runs, jobs, log=log, launcher=launcher)
     result = {"name": spec["name"], "claim": spec.get("claim"), "check": None}
     if rl:
         from gated.harness.rl.compare import table as rl_table
@@ -262,32 +263,39 @@ def run_spec(spec: dict, out_root: Path, jobs: int, runs: list[dict], log=print)
 
 
 def add_arguments(parser) -> None:
+    from gated.harness import launch
+
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--quick", action="store_true", help="the quick suite: copy task, LSTM vs UR-LSTM, 2 seeds")
     which.add_argument("--full", action="store_true", help="every experiment in REPORT.md")
     which.add_argument("--only", nargs="+", metavar="NAME", help="named experiments (file stems in --experiments)")
-    parser.add_argument("--experiments", metavar="DIR", help="experiment specs (default: the repository's "
-                        "experiments/)")
+    parser.add_argument("--experiments", metavar="DIR", help="a folder of experiment specs (default: the ones "
+                        "shipped with gated, in gated/harness/experiments/)")
     parser.add_argument("--out", default="runs/reproduce", help="output root (default: runs/reproduce)")
-    parser.add_argument("--jobs", type=int, default=0, help="runs at a time (default: the spec's, else CPU cores)")
+    parser.add_argument("--jobs", type=int, default=0, help="runs at a time (default: the spec's, else CPU cores; "
+                        "with --launcher slurm all of them)")
     parser.add_argument("--no-figures", action="store_true", help="skip the mechanism figures (full suite)")
+    launch.add_arguments(parser)
 
 
 def main(args) -> int:
+    from gated.harness import launch
+    from gated.harness.files import write_text
+
     suite = "quick" if args.quick else "full" if args.full else None
     specs = find_specs(args.experiments or default_experiments_dir(), suite, args.only)
     if not specs:
         raise ValueError(f"no experiment specs of suite {suite!r} in {args.experiments or default_experiments_dir()}")
     out = Path(args.out)
     plans = [plan_spec(spec, out, args.jobs) for spec in specs]  # every run validated before the first starts
-    results = [run_spec(spec, out, jobs, runs) for spec, (jobs, runs) in zip(specs, plans, strict=True)]
+    launcher = launch.from_args(args, out)
+    results = [run_spec(spec, out, jobs, runs, launcher=launcher)
+               for spec, (jobs, runs) in zip(specs, plans, strict=True)]
     if args.full and not args.no_figures:
         from gated.harness.mechanism import all_figures
 
         for path in all_figures(out, out / "figures"):
             print(f"figure: {path}")
-    from gated.harness.files import write_text
-
     failed = [r["name"] for r in results if r["check"] is not None and r["check"]["passed"] is False]
     undecided = [r["name"] for r in results if r["check"] is not None and r["check"]["passed"] is None]
     write_text(out / "results.json", json.dumps(results, indent=1, default=str) + "\n")

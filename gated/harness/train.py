@@ -7,6 +7,8 @@ one exactly. A run stopped before its first checkpoint starts again from step 0.
 
 Validation metrics (``val_*``) are logged at every evaluation; test metrics (``test_*``) once, in
 the last step's record, on the whole test split, so that nothing can be selected on them.
+``--keep-best`` also keeps the checkpoint of the best validation main metric (``checkpoints/best/``);
+``--tensorboard`` also writes the records, and gate histograms at evaluations, for TensorBoard.
 """
 
 from __future__ import annotations
@@ -56,16 +58,27 @@ def prepare_run_dir(cfg: RunConfig, task, resume: bool) -> Path:
 
 def train(cfg: RunConfig, resume: bool = False, log=print) -> dict:
     """Run (or continue) the experiment ``cfg`` describes; returns the last logged record."""
-    device = resolve_device(cfg.train.device)
-    d = distributed.setup(device)
+    d = distributed.setup(resolve_device(cfg.train.device))  # under torchrun on CUDA: this rank's GPU
+    sink = []  # the TensorBoard writer, once opened
     try:
-        return _train(cfg, resume, log if d.main else (lambda *a, **k: None), device, d)
+        return _train(cfg, resume, log if d.main else (lambda *a, **k: None), d.device, d, sink)
     finally:
+        for tb in sink:
+            tb.close()
         ckpt.close_run(cfg.train.out)
         distributed.teardown(d)
 
 
-def _train(cfg: RunConfig, resume: bool, log, device, d) -> dict:
+def restore_rng(state: dict, rank: int, device: torch.device) -> None:
+    """Set torch's CPU generator and, on CUDA, this process's device generator from a checkpoint
+    (``cuda_rng`` is absent in checkpoints of CPU runs and of versions before it was saved)."""
+    torch.set_rng_state(state["rng"][rank])
+    cuda = state.get("cuda_rng")
+    if device.type == "cuda" and cuda and cuda[rank] is not None:
+        torch.cuda.set_rng_state(cuda[rank], device)
+
+
+def _train(cfg: RunConfig, resume: bool, log, device, d, sink: list) -> dict:
     tc, oc = cfg.train, cfg.optim
     if tc.threads:
         torch.set_num_threads(tc.threads)
@@ -86,7 +99,7 @@ def _train(cfg: RunConfig, resume: bool, log, device, d) -> dict:
             sched.load_state_dict(c.state["scheduler"])
             step, window, world = c.step, Window(**c.state["window"]), c.state["world"]
             if world == d.world:
-                torch.set_rng_state(c.state["rng"][d.rank])
+                restore_rng(c.state, d.rank, device)
                 carry = _to(c.state["carry"][d.rank], device)
         except (ValueError, KeyError, RuntimeError, TypeError, IndexError, AttributeError) as e:
             raise ckpt.CheckpointError(f"checkpoint in {run} has an incompatible or corrupted state: "
@@ -103,10 +116,18 @@ def _train(cfg: RunConfig, resume: bool, log, device, d) -> dict:
     if step >= tc.steps:
         log(f"{run}: already at step {step} (asked for --steps {tc.steps}); nothing to do")
         return {"step": step}
+    tb = None
+    if tc.tensorboard and d.main:
+        from gated.harness.tensorboard import TensorBoard
+
+        tb = TensorBoard(run, step)
+        sink.append(tb)
+    best = ckpt.best_record(run) if tc.keep_best and d.main else None
+    best_key = f"val_{task.main_metric}"
     log(f"{task.__class__.__name__} ({cfg.task.task}): {count_parameters(model):,} parameters, "
         f"{cfg.model.core} variant {cfg.model.variant}, T = {task.seq_len}, baseline "
         + ", ".join(f"{k} {v:.4g}" for k, v in task.baseline.items()) + f"; device {device}, {d.world} process(es)")
-    net = torch.nn.parallel.DistributedDataParallel(model) if d.enabled else model
+    net = d.wrap(model)
     bar = _progress(tc, step) if d.main else None
     last: dict = {"step": step}
     tic, tic_step = time.perf_counter(), step
@@ -141,10 +162,17 @@ def _train(cfg: RunConfig, resume: bool, log, device, d) -> dict:
                     res = evaluate(model, task, "test", oc.batch_size, 0, device)
                     record |= {f"test_{k}": v for k, v in res.items()}
                 (bar.write if bar is not None else log)(fmt(record, task.main_metric))
+                if tb is not None:
+                    tb.gates(step, model, task.batch("val", 0, oc.batch_size).x.to(device))
             d.barrier()
             if d.main:
                 append_jsonl(run / "metrics.jsonl", record)
+                if tb is not None:
+                    tb.record(record)
             last, tic, tic_step = record, time.perf_counter(), step
+            if tc.keep_best and is_eval and d.gather(_better(record.get(best_key), best, task))[0]:
+                best = {"metric": best_key, "value": record[best_key], "higher_is_better": task.higher_is_better}
+                _save(run, step, model, opt, sched, window, carry, cfg, d, best=best)
         if bar is not None:
             bar.update(1)
             bar.set_postfix_str(fmt(last, task.main_metric, short=True), refresh=False)
@@ -155,13 +183,23 @@ def _train(cfg: RunConfig, resume: bool, log, device, d) -> dict:
     return last
 
 
-def _save(run, step, model, opt, sched, window, carry, cfg, d) -> None:
+def _better(value, best: dict | None, task) -> bool:
+    """Whether a validation value beats the keep-best checkpoint's (NaN never does)."""
+    if value is None or not math.isfinite(value):
+        return False
+    return best is None or (value > best["value"] if task.higher_is_better else value < best["value"])
+
+
+def _save(run, step, model, opt, sched, window, carry, cfg, d, best: dict | None = None) -> None:
+    """Checkpoint every process's state (the latest one, or with ``best`` the keep-best one)."""
     rngs = d.gather(torch.get_rng_state())
+    # the CUDA generator of this process's device only (each rank drives one GPU)
+    cuda_rngs = d.gather(torch.cuda.get_rng_state(d.device) if d.device.type == "cuda" else None)
     carries = d.gather(_to(carry, "cpu"))
     if d.main:
-        state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": rngs, "carry": carries,
-                 "window": window.state(), "world": d.world, "step": step}
-        ckpt.save(run, step, model.state_dict(), state, cfg.to_dict())
+        state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": rngs, "cuda_rng": cuda_rngs,
+                 "carry": carries, "window": window.state(), "world": d.world, "step": step}
+        ckpt.save(run, step, model.state_dict(), state, cfg.to_dict(), best)
     d.barrier()
 
 

@@ -17,7 +17,7 @@ from gated.harness import checkpoint
 from gated.harness.cli import main
 from gated.harness.rl import config, ppo
 from gated.harness.rl.agent import ActorCritic
-from gated.harness.rl.envs import EnvPool, make_encoder, random_return, resolve_env_id
+from gated.harness.rl.envs import LockstepEnvs, make_encoder, random_return, resolve_env_id
 
 TOY = "GatedTestToy-v0"
 
@@ -97,7 +97,7 @@ def test_gae_matches_hand_computed_values():
 
 def test_state_is_reset_exactly_at_episode_boundaries_in_rollout_and_replay():
     cfg = _cfg()
-    pool = EnvPool(TOY, 4, seed=3)
+    pool = LockstepEnvs(TOY, 4, seed=3)
     pool.reset()
     agent = ActorCritic(pool.obs_size, pool.num_actions, cfg.model)
     fed, out = [], []
@@ -135,7 +135,7 @@ def test_state_is_reset_exactly_at_episode_boundaries_in_rollout_and_replay():
 
 def test_truncated_episodes_bootstrap_from_their_final_observation():
     cfg = _cfg()
-    pool = EnvPool(TOY, 4, seed=3)
+    pool = LockstepEnvs(TOY, 4, seed=3)
     pool.reset()
     agent = ActorCritic(pool.obs_size, pool.num_actions, cfg.model)
     ro, _, _ = ppo.collect(agent, pool, ppo.Carry.initial(agent, 4), 12)
@@ -208,7 +208,7 @@ def test_unknown_environment_lists_the_installed_memory_envs(tmp_path, capsys):
 
 def test_unsupported_observation_space_is_a_clear_error():
     with pytest.raises(ValueError, match=r"observation space Text\(.*supported: Discrete, MultiDiscrete"):
-        EnvPool("GatedTestText-v0", 1, seed=0)
+        LockstepEnvs("GatedTestText-v0", 1, seed=0)
     with pytest.raises(ValueError, match="observation space Graph"):
         make_encoder(gym.spaces.Graph(gym.spaces.Box(0, 1, (2,)), gym.spaces.Discrete(2)))
     with pytest.raises(ValueError, match="observation space Text"):
@@ -218,7 +218,7 @@ def test_unsupported_observation_space_is_a_clear_error():
 def test_encoders_one_hot_discrete_parts_and_minigrid_images():
     size, enc = make_encoder(gym.spaces.MultiDiscrete([3, 2]))
     assert size == 5 and enc(np.array([2, 0])).tolist() == [0, 0, 1, 1, 0]
-    pool = EnvPool("MiniGrid-MemoryS7-v0", 1, seed=0)
+    pool = LockstepEnvs("MiniGrid-MemoryS7-v0", 1, seed=0)
     obs = pool.reset()
     assert pool.obs_size == 7 * 7 * 20 + 4 and obs.shape == (1, 984)
     assert obs[0, :980].sum() == 7 * 7 * 3 and obs[0, 980:].sum() == 1  # one hot per channel, direction

@@ -20,7 +20,7 @@ import pytest
 import torch
 from safetensors import SafetensorError
 
-from gated.harness import checkpoint, compare, files, plots
+from gated.harness import checkpoint, compare, files, launch, plots
 from gated.harness.cli import build_parser, main
 from gated.harness.files import BadFile, read_jsonl
 
@@ -341,7 +341,7 @@ def test_a_check_over_runs_in_use_is_not_decided(tmp_path, monkeypatch, capsys):
     (exp / "tiny.json").write_text(json.dumps(GOOD | {"suite": "quick", "check": {"better": "UR", "worse": "-"}}))
     argv = ["reproduce", "--quick", "--experiments", str(exp), "--out", str(out), "--jobs", "2"]
     assert main(argv) in (0, 1)  # trains both runs; the verdict at 2 steps does not matter here
-    monkeypatch.setattr(compare, "execute", lambda runs, jobs, log=print: runs[:1])  # as if one were in use
+    monkeypatch.setattr(compare, "execute", lambda runs, jobs, **kw: runs[:1])  # as if one were in use
     assert main(argv) == 1
     assert "the ordering check is not decided for tiny" in capsys.readouterr().out
     summary = json.loads((out / "tiny" / "summary.json").read_text())
@@ -370,7 +370,7 @@ def test_compare_honours_variant_seed_and_threads(tmp_path, monkeypatch):
         def poll(self):
             return 0
 
-    monkeypatch.setattr(compare.subprocess, "Popen", Done)
+    monkeypatch.setattr(launch.subprocess, "Popen", Done)
     assert compare.execute(runs, args.jobs, log=lambda *a: None) == []
     for cmd, env in started:
         i = cmd.index("--threads")
@@ -407,7 +407,7 @@ def test_plot_curves_rejects_unknown_metrics_and_labels_validation(tmp_path, mon
     assert "unknown metric 'unknown'" in err and "available: accuracy, grad_norm, loss, lr" in err
     assert "val_loss" in err and not (run / "curves.png").exists()
     figures = []
-    monkeypatch.setattr(plots, "save_figure", lambda fig, out: figures.append(fig) or Path(out))
+    monkeypatch.setattr(plots, "save_figure", lambda fig, out, *rest: figures.append(fig) or [Path(out)])
     for metric, label in (("val_loss", "validation loss"), ("loss", "training loss"), ("test_loss", "test loss")):
         assert main(["plot", "curves", str(run), "--metric", metric]) == 0
         ax = figures[-1].axes[0]

@@ -196,3 +196,21 @@ def test_config_file_then_flags(tmp_path):
 def test_import_gated_does_not_load_harness():
     code = "import sys, gated; sys.exit(any(m.startswith('gated.harness') for m in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_help_lists_the_choices_of_fields_that_have_them(capsys):
+    from gated import VARIANTS
+    from gated.harness.tasks import TASKS
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    for expected in ("--task {" + ",".join(TASKS) + "}", "--core {lstm,gru,mgu}",
+                     "--variant {" + ",".join(VARIANTS) + "}", "--optimizer {adam,adamw}",
+                     "--schedule {constant,cosine,linear}", "--device {auto,cpu,cuda,cuda:N}",
+                     "--backend {auto,fused_cpu,reference}"):
+        assert f"\n  {expected}" in text, expected
+    with pytest.raises(SystemExit):
+        main(["rl", "train", "--help"])
+    text = capsys.readouterr().out
+    assert "\n  --core {lstm,gru,mgu}" in text and "\n  --variant {" + ",".join(VARIANTS) + "}" in text

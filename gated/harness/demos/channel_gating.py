@@ -20,6 +20,7 @@ from torch import nn
 
 from gated.feedforward import ChannelGatedConv2d
 from gated.harness.demos import common
+from gated.harness.plots import save_figure
 
 HELP = "channel-gated CNN on Fashion-MNIST: accuracy vs counted FLOP reduction"
 DATASET = "fashion-mnist"
@@ -242,5 +243,4 @@ def figure(results: dict, path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)  # PNG (200 dpi), PDF, SVG

@@ -20,6 +20,7 @@ from torch import nn
 
 from gated.feedforward import FeedForward, ffn_hidden_size
 from gated.harness.demos import common
+from gated.harness.plots import save_figure
 
 HELP = "GLU-variant FFNs in a tiny character-level Transformer on KJV"
 DATASET = "kjv"
@@ -209,5 +210,4 @@ def figure(results: dict, path) -> None:
     ax2.grid(alpha=0.3)
     ax2.set_title("ordering: this run vs Shazeer")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)  # PNG (200 dpi), PDF, SVG

@@ -17,6 +17,7 @@ from torch import nn
 
 from gated.feedforward import Highway
 from gated.harness.demos import common
+from gated.harness.plots import save_figure
 
 HELP = "deep highway MLP vs plain MLP on MNIST"
 DATASET = "mnist"
@@ -171,5 +172,4 @@ def figure(results: dict, path) -> None:
     fig.suptitle(f"MNIST MLP, width {c['width']}: plain vs highway ('-' and 'UR'), one line per seed "
                  f"({len(c['seeds'])} seeds); dotted: ln 10")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)  # PNG (200 dpi), PDF, SVG

@@ -4,7 +4,7 @@ The paper swaps the LSTM core of an IMPALA agent for each gate variant on DMLab'
 Active Visual Match. This package is the small, CPU-sized analogue: a recurrent PPO actor-critic
 whose core is any ``gated`` cell and variant, trained on MiniGrid-Memory and popgym card games.
 
-    envs.py     environment registry, observation encoders, the vectorised ``EnvPool``
+    envs.py     environment registry, observation encoders, the vectorised ``LockstepEnvs``
     agent.py    ``ActorCritic``: encoder -> gated cell -> policy and value heads
     ppo.py      rollouts, GAE, recurrent replay with episode masks, the clipped PPO update
     config.py   ``RLConfig`` dataclasses and their flags

@@ -38,9 +38,10 @@ def resolve(args):
 
 def main(args) -> int:
     if args.rl_command == "envs":
+        from gated.harness.cli import install_hint
         from gated.harness.rl.envs import memory_envs
 
-        print("\n".join(memory_envs()) or "none installed (pip install 'gated[rl]')")
+        print("\n".join(memory_envs()) or f"none installed ({install_hint('rl')})")
         return 0
     if args.rl_command == "compare":
         from gated.harness.rl import compare

@@ -19,6 +19,7 @@ Each cell is mean ± std over seeds."""
 
 
 def add_arguments(parser) -> None:
+    from gated.harness import launch
     from gated.harness.rl import config
 
     parser.add_argument("--envs", "--env", nargs="+", help="environment ids (default: --config's env, else "
@@ -26,8 +27,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--variants", "--variant", nargs="+", default=["-", "UR"],
                         help="variants to compare (default: - UR)")
     parser.add_argument("--seeds", "--seed", nargs="+", type=int, default=[0], help="seeds (default: 0)")
-    parser.add_argument("--jobs", type=int, default=0, help="runs at a time (default: CPU cores, at most the runs)")
+    parser.add_argument("--jobs", type=int, default=0, help="runs at a time (default: CPU cores, at most the runs; "
+                        "with --launcher slurm all of them)")
     parser.add_argument("--config", metavar="FILE", help="JSON config applied to every run")
+    launch.add_arguments(parser)
     config.add_flags(parser, exclude=OWN)
 
 
@@ -107,19 +110,21 @@ def table(root: str | Path) -> str:
 
 
 def main(args) -> int:
+    from gated.harness import launch
     from gated.harness.compare import execute
     from gated.harness.files import write_text
     from gated.harness.plots import learning_curves
 
     runs = plan(args)
     out = Path(args.out)
+    launcher = launch.from_args(args, out)
     out.mkdir(parents=True, exist_ok=True)
     print(f"rl compare: {len(runs)} runs ({len(args.variants)} variants x {len(args.seeds)} seeds x "
           f"{len({r['setting'] for r in runs})} envs) in {out}", flush=True)
-    execute(runs, args.jobs)
+    execute(runs, args.jobs, launcher=launcher)
     md = table(out)
     write_text(out / "table.md", md)
-    fig = learning_curves(out, out / "curves.png", "return")
+    figs = learning_curves(out, out / "curves.png", "return")
     print("\n" + md)
-    print(f"table: {out / 'table.md'}\nfigure: {fig}")
+    print(f"table: {out / 'table.md'}\nfigure: {', '.join(map(str, figs))}")
     return 0

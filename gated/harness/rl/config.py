@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from gated.harness.config import Schema, _f, flag
+from gated.harness.config import Schema, _f, flag, variant_names
 
 
 @dataclass
@@ -24,8 +24,8 @@ class EnvConfig:
 class AgentConfig:
     """The actor-critic: observation embedding, a gated core, linear policy and value heads."""
 
-    core: str = _f("lstm", "lstm | gru | mgu")
-    variant: str = _f("UR", "a gate variant the core supports (gated.CORES[core].variants)")
+    core: str = _f("lstm", "the recurrent core (a gated cell)", ("lstm", "gru", "mgu"))
+    variant: str = _f("UR", "a gate variant the core supports (gated.CORES[core].variants)", variant_names)
     hidden_size: int = _f(64, "core state width H")
     embed_size: int = _f(64, "observation embedding width")
     t_max: float | None = _f(None, "chrono (C) variant: longest timescale; None: the library default")

@@ -1,8 +1,8 @@
-"""Environments: the registry of memory tasks, observation encoders, and ``EnvPool``.
+"""Environments: the registry of memory tasks, observation encoders, and ``LockstepEnvs``.
 
 Glossary: N environments, F encoded observation features, A actions.
 
-``EnvPool`` steps N gymnasium environments in lockstep (a synchronous vector env written out so
+``LockstepEnvs`` steps N gymnasium environments in lockstep (a synchronous vector env written out so
 that three things are explicit rather than hidden in an autoreset mode):
 
 - every episode starts from ``reset(seed=s)`` with ``s`` a function of (run seed, stream, env
@@ -35,8 +35,10 @@ def _gym():
     try:
         import gymnasium
     except ModuleNotFoundError:
-        raise ValueError("gated rl needs gymnasium (and minigrid / popgym for the memory tasks): "
-                         "pip install 'gated[rl]'") from None
+        from gated.harness.cli import install_hint
+
+        raise ValueError(f"gated rl needs gymnasium (and minigrid / popgym for the memory tasks): {install_hint('rl')}"
+                         ) from None
     for name in ("minigrid", "popgym"):
         try:
             importlib.import_module(name)
@@ -62,7 +64,12 @@ def resolve_env_id(name: str) -> str:
         if candidate in gym.registry:
             return candidate
     installed = memory_envs()
-    listing = ", ".join(installed) if installed else "none (pip install 'gated[rl]' for minigrid and popgym)"
+    if not installed:
+        from gated.harness.cli import install_hint
+
+        listing = f"none (for minigrid and popgym, {install_hint('rl')})"
+    else:
+        listing = ", ".join(installed)
     raise ValueError(f"unknown environment {name!r}; installed memory environments: {listing}")
 
 
@@ -134,7 +141,7 @@ def _minigrid_encoder(space) -> tuple[int, Encoder]:
 
 @dataclass
 class StepResult:
-    """What one ``EnvPool.step`` returns; arrays are ``(N,)``."""
+    """What one ``LockstepEnvs.step`` returns; arrays are ``(N,)``."""
 
     rewards: np.ndarray
     terminated: np.ndarray
@@ -143,7 +150,7 @@ class StepResult:
     finished: list  # (env index, return, length) of the episodes that ended in this step
 
 
-class EnvPool:
+class LockstepEnvs:
     """N environments stepped in lockstep, reset automatically, seeded per episode.
 
     Args:
@@ -240,7 +247,7 @@ class EnvPool:
 
 def random_return(name: str, episodes: int, seed: int = EVAL_SEED) -> float:
     """Mean return of the uniform random policy over ``episodes`` evaluation episodes (one per env)."""
-    pool = EnvPool(name, episodes, seed, stream=1)
+    pool = LockstepEnvs(name, episodes, seed, stream=1)
     pool.reset()
     rng = np.random.default_rng(seed)
     done, returns = np.zeros(episodes, bool), np.zeros(episodes)

@@ -26,10 +26,10 @@ from gated.harness.files import append_jsonl, read_json, truncate_jsonl, write_j
 from gated.harness.rl import ppo
 from gated.harness.rl.agent import ActorCritic
 from gated.harness.rl.config import RLConfig
-from gated.harness.rl.envs import EVAL_SEED, EnvPool, random_return
+from gated.harness.rl.envs import EVAL_SEED, LockstepEnvs, random_return
 
 
-def prepare_run_dir(cfg: RLConfig, pool: EnvPool, resume: bool) -> Path:
+def prepare_run_dir(cfg: RLConfig, pool: LockstepEnvs, resume: bool) -> Path:
     run = ckpt.open_run(cfg, resume, "gated rl train")
     if not (run / "task.json").exists():
         info = {"task": pool.name, "kind": "rl", "main_metric": "return", "higher_is_better": True,
@@ -46,7 +46,7 @@ def evaluate(agent, name: str, episodes: int) -> float:
 
     Uses its own envs and ``torch.Generator``, so evaluating does not change the training run.
     """
-    pool = EnvPool(name, episodes, EVAL_SEED, stream=1)
+    pool = LockstepEnvs(name, episodes, EVAL_SEED, stream=1)
     pool.reset()
     gen = torch.Generator().manual_seed(EVAL_SEED)
     carry = ppo.Carry.initial(agent, episodes)
@@ -77,7 +77,7 @@ def _train(cfg: RLConfig, resume: bool, log) -> dict:
     tc = cfg.train
     if tc.threads:
         torch.set_num_threads(tc.threads)
-    pool = EnvPool(cfg.task.env, cfg.ppo.num_envs, tc.seed, stream=0)
+    pool = LockstepEnvs(cfg.task.env, cfg.ppo.num_envs, tc.seed, stream=0)
     run = prepare_run_dir(cfg, pool, resume)
     torch.manual_seed(tc.seed)
     agent = ActorCritic(pool.obs_size, pool.num_actions, cfg.model)
