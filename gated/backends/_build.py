@@ -52,6 +52,15 @@ def cache_dir() -> Path:
     return Path(os.environ.get("GATED_CACHE", Path.home() / ".cache" / "gated")) / "ext"
 
 
+def march() -> str:
+    """The target of ``-march``: ``native`` (this CPU), or ``$GATED_MARCH`` (e.g. ``x86-64-v3`` for an
+    AVX2 build, ``x86-64-v2`` for one without AVX, to test those kernels on a newer CPU)."""
+    value = os.environ.get("GATED_MARCH", "native")
+    if not value or not all(c.isalnum() or c in "-_." for c in value):
+        raise RuntimeError(f"GATED_MARCH={value!r} is not a -march target such as native or x86-64-v3")
+    return value
+
+
 def _command(src: Path, out: Path, cxx: str) -> list[str]:
     from torch.utils import cpp_extension
 
@@ -59,7 +68,7 @@ def _command(src: Path, out: Path, cxx: str) -> list[str]:
     lib = os.path.join(os.path.dirname(torch.__file__), "lib")
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
     return [
-        cxx, "-O3", "-std=c++20", "-fPIC", "-shared", "-march=native", "-fopenmp",
+        cxx, "-O3", "-std=c++20", "-fPIC", "-shared", f"-march={march()}", "-fopenmp",
         f"-D_GLIBCXX_USE_CXX11_ABI={abi}", *[f"-I{p}" for p in inc], f"-I{sysconfig.get_paths()['include']}",
         str(src), "-o", str(out), f"-L{lib}", "-lc10", "-ltorch_cpu", "-ltorch", f"-Wl,-rpath,{lib}",
     ]
@@ -203,8 +212,8 @@ def load():
                     _state["ops"].set_pool(False)
                 if 4 not in _state["ops"].gemm_kinds():  # the slower GEMM path, said once
                     logging.getLogger("gated").warning(
-                        "gated: compiled without AVX-512, so the fused kernels' float32 matmuls use oneDNN/MKL "
-                        "instead of the register-tiled kernel (slower, most at small batch)")
+                        "gated: compiled without AVX2 (-march=%s), so the fused kernels' float32 matmuls use "
+                        "oneDNN/MKL per step instead of the register-tiled kernel (slower)", march())
             except Exception as exc:  # no compiler, missing headers, a failed build: fall back
                 # reported once, with context, by gated.backends.resolve
                 _state["error"] = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
