@@ -4,7 +4,7 @@ Supports every core in its plain (``-``, ``C``, ``U``) and sigmoid-refine (``R``
 float32 and float64 on the CPU. Same signature and results as :func:`gated.backends.reference.run_layer`
 (tests/test_fused.py). Backward is hand-written: the C++ pass returns the gradients of every step's
 pre-activations ``(T, B, G)``; the weight gradients are then single large matmuls here. In float32
-on AVX-512 CPUs every matmul but the input gradient runs on the register-tiled kernel of
+on AVX-512 and AVX2 CPUs every matmul but the input gradient runs on the register-tiled kernel of
 gated/csrc/tiled_gemm.h; buffers above 32 MiB are reused across calls (gated/csrc/pool.h,
 :func:`empty_cache`).
 
