@@ -26,7 +26,7 @@ FUSED = [(c, v) for c in ("LSTM", "GRU", "MGU") for v in gated.CORES[c.lower()].
 TOL = {torch.float64: {"rtol": 1e-10, "atol": 1e-10}, torch.float32: {"rtol": 2e-5, "atol": 2e-5}}
 
 
-GEMMS = {0: "auto", 1: "onednn", 2: "mkl-packed", 3: "addmm", 4: "tiled"}  # recurrent GEMM paths of the kernel
+GEMMS = {0: "auto", 1: "onednn", 3: "addmm", 4: "tiled"}  # recurrent GEMM paths of the kernel
 
 
 @pytest.fixture(autouse=True)

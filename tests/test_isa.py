@@ -46,7 +46,7 @@ def test_kernels_on_a_lower_instruction_set(target):
     assert check.returncode == 0 and check.stdout.split()[-1] == isa, check.stderr[-3000:]
     # the parametrised cases in f32 only (f64 runs the same code on every instruction set), fewer GEMM pins
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *SUBSET,
-                           "-k", "not f64 and not onednn and not mkl-packed"],
+                           "-k", "not f64 and not onednn"],
                           capture_output=True, text=True, env=env, timeout=900, cwd=TESTS.parent)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert " passed" in proc.stdout

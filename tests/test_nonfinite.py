@@ -18,7 +18,7 @@ from gated.backends import _build
 
 pytestmark = pytest.mark.skipif(shutil.which(os.environ.get("CXX", "c++")) is None, reason="no C++ compiler")
 
-GEMMS = {0: "auto", 1: "onednn", 2: "mkl-packed", 3: "addmm", 4: "tiled"}
+GEMMS = {0: "auto", 1: "onednn", 3: "addmm", 4: "tiled"}
 SOURCES = ["x-nan", "x-inf", "x-neginf", "h0-nan", "c0-nan", "w_hh-nan", "w_ih-inf", "bias-nan", "forget_bias-nan"]
 TORCH = {"LSTM": torch.nn.LSTM, "GRU": torch.nn.GRU}
 

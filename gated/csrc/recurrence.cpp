@@ -25,7 +25,6 @@
 #include <omp.h>
 #include <torch/library.h>
 
-#include <dlfcn.h>
 #if defined(__GLIBC__)
 #include <malloc.h>
 #endif
@@ -142,33 +141,6 @@ inline void fill_units(const Step& s, T* row, T v) {
 
 // ---------------------------------------------------------------- recurrent GEMM
 
-// MKL's packed GEMM (shipped inside libtorch_cpu on x86): the recurrent weight is packed once per
-// call and reused at every step, instead of being re-packed by each of the T small GEMMs. Looked up
-// at run time; without it (another BLAS, float64) the steps use at::addmm.
-struct MklPacked {
-  using size_fn = size_t (*)(int, int, int, int);
-  using pack_fn = void (*)(int, int, int, int, int, int, float, const float*, int, float*);
-  using compute_fn = void (*)(int, int, int, int, int, int, const float*, int, const float*, int, float, float*, int);
-  size_fn size = nullptr;
-  pack_fn pack = nullptr;
-  compute_fn compute = nullptr;
-  MklPacked() {
-    void* lib = dlopen("libtorch_cpu.so", RTLD_LAZY | RTLD_NOLOAD);
-    void* h = lib != nullptr ? lib : RTLD_DEFAULT;
-    size = reinterpret_cast<size_fn>(dlsym(h, "cblas_sgemm_pack_get_size"));
-    pack = reinterpret_cast<pack_fn>(dlsym(h, "cblas_sgemm_pack"));
-    compute = reinterpret_cast<compute_fn>(dlsym(h, "cblas_sgemm_compute"));
-  }
-  bool ok() const { return size != nullptr && pack != nullptr && compute != nullptr; }
-};
-
-const MklPacked& mkl() {
-  static MklPacked m;
-  return m;
-}
-
-constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112, kPacked = 151, kBMatrix = 162;
-
 // oneDNN's matmul with a weight reordered once into its blocked layout (torch's mkldnn ops,
 // the same kernels its own LSTM uses). Looked up in the dispatcher; absent without mkldnn.
 struct OneDnn {
@@ -187,7 +159,9 @@ const OneDnn& onednn() {
   return o;
 }
 
-enum GemmKind : int64_t { kAuto = 0, kOneDnn = 1, kMklPacked = 2, kAddmm = 3, kTiled = 4 };
+// 2 was MKL's packed GEMM, removed: the tiled kernel serves AVX2 and AVX-512, and oneDNN (in every
+// torch CPU build) the rest
+enum GemmKind : int64_t { kAuto = 0, kOneDnn = 1, kAddmm = 3, kTiled = 4 };
 int64_t g_gemm = kAuto;  // tests pin each path
 std::atomic<int64_t> g_tiled_runs{0};  // time loops run on the tiled kernel (gated bench reports it)
 
@@ -205,12 +179,6 @@ class RecurrentGemm {
       Tensor wt = transpose ? w : w.t().contiguous();  // oneDNN's linear takes (N, K)
       packed_ = onednn().reorder->typed<Tensor(const Tensor&, std::optional<int64_t>)>().call(wt, M);
       kind_ = kOneDnn;
-    } else if (f32 && (g_gemm == kAuto || g_gemm == kMklPacked) && mkl().ok()) {
-      size_t bytes = mkl().size(kBMatrix, int(M), int(N_), int(K_));
-      packed_ = at::empty({int64_t(bytes / sizeof(float)) + 16}, w.options());
-      mkl().pack(kRowMajor, kBMatrix, transpose ? kTrans : kNoTrans, int(M), int(N_), int(K_), 1.0f,
-                 w.data_ptr<float>(), int(w.size(1)), packed_.data_ptr<float>());
-      kind_ = kMklPacked;
     }
   }
   // C may be undefined (no accumulation); out is scratch of shape (M, N) for that case.
@@ -228,10 +196,7 @@ class RecurrentGemm {
       return stack[0].toTensor();
     }
     Tensor dst = acc ? C : out;
-    if (kind_ == kMklPacked) {
-      mkl().compute(kRowMajor, kNoTrans, kPacked, int(M_), int(N_), int(K_), A.data_ptr<float>(), int(K_),
-                    packed_.data_ptr<float>(), int(N_), acc ? 1.0f : 0.0f, dst.data_ptr<float>(), int(N_));
-    } else if (acc) {
+    if (acc) {
       dst.addmm_(A, transpose_ ? w_.t() : w_);
     } else {
       at::mm_out(dst, A, transpose_ ? w_.t() : w_);
@@ -882,7 +847,6 @@ int64_t empty_cache() { return pool::release(); }
 std::vector<int64_t> gemm_kinds() {  // which recurrent GEMMs this build can use
   std::vector<int64_t> k{kAddmm};
   if (onednn().ok()) k.push_back(kOneDnn);
-  if (mkl().ok()) k.push_back(kMklPacked);
 #if defined(GATED_TILED_GEMM)
   k.push_back(kTiled);
 #endif

@@ -31,7 +31,7 @@ import gated
 
 HELP = "time gated's backends against torch.nn.LSTM/GRU (train and inference, GFLOP/s, memory)"
 SHAPES = ["256x64x32x256", "784x64x1x128", "1000x32x10x256", "64x8x64x512", "100x64x512x512"]
-GEMMS = {"auto": 0, "onednn": 1, "mkl-packed": 2, "addmm": 3, "tiled": 4}  # recurrence.cpp's GemmKind
+GEMMS = {"auto": 0, "onednn": 1, "addmm": 3, "tiled": 4}  # recurrence.cpp's GemmKind
 _TORCH = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "mgu": torch.nn.GRU}
 
 
