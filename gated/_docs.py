@@ -81,6 +81,39 @@ def _params(core_name: str, v: Variant) -> str:
     return f"{rows}(n + d + 2){extra}"
 
 
+_SCAN = """
+## Scan cores: minGRU and minLSTM
+
+`gated.MinGRU` and `gated.MinLSTM` (Feng et al. 2024, "Were RNNs All We Needed?") have gates that read
+`x_t` only: `P = W_ih x_t + b_ih` (no recurrent weight, one bias), so a layer is the linear recurrence
+`h_t = k_t h_{t-1} + w_t P_n`, solved by a scan ([scan.md](scan.md)). Blocks: minGRU `(f, n)`, minLSTM
+`(f, i, n)`, and `ρ` appended with a refine gate; `f` is the keep gate (Feng et al.'s update gate is
+`z = 1 - f`), the candidate `P_n` has no activation. Variants `-`, `C`, `U`, `R`, `UR` (cumax and master
+gates are not defined for them). Weights and biases start as torch.nn.Linear's, `U(-1/√n, 1/√n)` with
+`n` the layer's input width. On minLSTM, UGI and chrono also set the input gate's bias to `-b` (so
+`i = 1 - f` and `k = f` at init), and the normalisation is computed in log space.
+
+| variant | minGRU: k, w | minLSTM: k, w | minGRU params | minLSTM params |
+|---|---|---|---|---|
+"""
+
+
+def _scan_rows() -> list[str]:
+    rows = []
+    for v in VARIANTS.values():
+        if v.name not in CORES["mingru"].variants:
+            continue
+        refine = v.auxiliary == "refine"
+        g = "g = f² + 2rf(1-f), f = σ(P_f + b_f), r = σ(P_ρ - b_f)" if refine else "f = σ(P_f)"
+        k = "g" if refine else "f"
+        cells = [f"`{v.name}`", f"{g}; k = {k}, w = 1 - {k}", f"k = {k} / ({k} + σ(P_i)), w = 1 - k",
+                 f"{2 + refine}d(n + 1){' + d' if refine else ''}", f"{3 + refine}d(n + 1){' + d' if refine else ''}"]
+        for core, blocks in (("mingru", 2), ("minlstm", 3)):  # sanity: the formula is the modules' layout
+            assert make_layout(core, v, 8).rows == (blocks + refine) * 8
+        rows.append("| " + " | ".join(cells) + " |")
+    return rows
+
+
 def variants_markdown() -> str:
     lines = [_HEADER, "| variant | long name | equations | init | LSTM params | GRU params | MGU params |",
              "|---|---|---|---|---|---|---|"]
@@ -92,4 +125,4 @@ def variants_markdown() -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "| variant | summary | assumed |", "|---|---|---|"]
     lines += [f"| `{v.name}` | {v.summary} | {v.assumed} |" for v in VARIANTS.values()]
-    return "\n".join(lines) + "\n" + _FOOTER
+    return "\n".join(lines) + "\n" + _FOOTER + _SCAN + "\n".join(_scan_rows()) + "\n"

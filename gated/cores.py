@@ -1,4 +1,4 @@
-"""Recurrent cores (LSTM, GRU, MGU) as pointwise step functions over torch's weight layout.
+"""Recurrent cores (LSTM, GRU, MGU, minGRU, minLSTM) as pointwise step functions over torch's weight layout.
 
 Glossary: B batch, H hidden_size, G rows of the gate pre-activations (``layout.rows``),
 m master units (``ceil(H / chunk_size)``).
@@ -17,6 +17,16 @@ Block order is torch's, so ``load_state_dict`` moves weights between torch.nn an
   paper's gates act; refine appends a block.
 
 Master variants append two blocks of ``m`` rows (master forget, master input) to any core.
+
+Scan cores (``scan=True``: minGRU, minLSTM of Feng et al. 2024) have gates that read ``x_t`` only, so
+``h_t = a_t h_{t-1} + b_t`` is a linear recurrence solved by a scan; they have no recurrent weight,
+and their step gets ``gh=None``:
+
+- minGRU ``(f, n)``: ``h' = k h + w n`` with ``n = P_n`` (no activation), ``f`` the keep gate
+  (Feng et al.'s ``z`` is ``1 - f``); refine appends a block;
+- minLSTM ``(f, i, n)``: the keep and write gates are normalised, ``k = f / (f + i)``,
+  ``w = i / (f + i)`` (``normalised=True``); refine appends a block and refines ``f`` before the
+  normalisation.
 """
 
 from __future__ import annotations
@@ -26,12 +36,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from gated.gates import cumax, master_gates, refine_gate
 from gated.variants import VARIANTS, Variant, get_variant
 
-__all__ = ["Core", "Layout", "CORES", "get_core", "make_layout"]
+__all__ = ["Core", "Layout", "CORES", "get_core", "make_layout", "scan_gates"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +56,12 @@ class Core:
     num_states: int  # 2 for (h, c), 1 for h
     step: Callable  # (gi, gh, state, forget_bias, layout) -> (state, gates)
     supports: Callable[[Variant], bool] = lambda v: True  # pickled by name, see __reduce__
+    # gates read x_t only (no weight_hh): h_t = a_t h_{t-1} + b_t, solved by a scan (gated/backends/scan.py)
+    scan: bool = False
+    # keep and write gates divided by their sum (minLSTM): refine variants keep the write gate and append
+    # the refine block (tying w = 1 - g would give back minGRU), and initialisers set the write gate's
+    # bias to -b with the keep gate's b, so that the pair starts at k = f
+    normalised: bool = False
 
     def __reduce__(self):  # a pickled module refers to the registry's core, not to its functions
         return get_core, (self.name,)
@@ -92,7 +109,7 @@ def make_layout(core: Core | str, variant: Variant | str, hidden_size: int, chun
     write = blk(core.write) if core.write is not None else None
     refine = master = None
     if variant.auxiliary == "refine":
-        if write is not None:  # LSTM: the input gate's rows hold the refine gate
+        if write is not None and not core.normalised:  # LSTM: the input gate's rows hold the refine gate
             refine, write = write, None
         else:
             refine, rows = slice(rows, rows + H), rows + H
@@ -171,6 +188,50 @@ def mgu_step(gi: Tensor, gh: Tensor, state, fb: Tensor | None, L: Layout):
     return (keep * h + write * n,), (f, r, mf, keep)
 
 
+def scan_gates(gi: Tensor, fb: Tensor | None, L: Layout):
+    """Keep gate ``k`` and write gate ``w`` of a scan core, from the input projection alone.
+
+    ``w`` is computed from ``sigma(-x)`` rather than as ``1 - k``, so it keeps its relative precision
+    when ``k`` is near 1 (the long memories UGI creates), as the C++ kernel computes it; minGRU with a
+    refine gate uses the band symmetry
+    ``1 - g(f, r) = g(1 - f, 1 - r)``. minLSTM normalises in log space, ``k = sigma(D)``,
+    ``w = sigma(-D)`` with ``D = log k_raw - log i`` (its gates may both underflow to 0, where
+    ``k_raw / (k_raw + i)`` would be 0/0); ``log v`` of the refined gate ``g = f v``,
+    ``v = f + 2 r (1 - f)``, is taken on ``v`` clamped to the dtype's smallest normal number.
+
+    Args:
+        gi: ``(..., G)`` pre-activations ``x W_ih^T + b_ih``.
+        fb: the shared forget bias ``(H,)`` of refine variants, else ``None``.
+
+    Returns:
+        ``(keep, write, f, r)``: ``f`` the primary gate, ``r`` the refine gate (``None`` without one).
+    """
+    refine = L.variant.auxiliary == "refine"
+    p = gi[..., L.keep] if fb is None else gi[..., L.keep] + fb
+    f, fc = torch.sigmoid(p), torch.sigmoid(-p)  # f and 1 - f
+    r = None
+    if refine:
+        q = gi[..., L.refine] if fb is None else gi[..., L.refine] - fb
+        r, rc = torch.sigmoid(q), torch.sigmoid(-q)
+    if not L.core.normalised:
+        if not refine:
+            return f, fc, f, None
+        return f * (f + 2.0 * r * fc), fc * (fc + 2.0 * rc * f), f, r  # g = f^2 + 2 r f (1 - f), 1 - g
+    d = F.logsigmoid(p) - F.logsigmoid(gi[..., L.write])  # log f - log i
+    if refine:
+        v = f + 2.0 * r * fc  # g = f v
+        d = d + torch.log(v.clamp_min(torch.finfo(v.dtype).tiny))
+    return torch.sigmoid(d), torch.sigmoid(-d), f, r
+
+
+def mingru_step(gi: Tensor, gh, state, fb: Tensor | None, L: Layout):
+    """``h' = k h + w P_n`` with ``k``, ``w`` from ``x`` only (Feng et al. 2024, minGRU; minLSTM
+    when ``L.core`` is normalised). ``gh`` is unused (scan cores have no recurrent weight)."""
+    (h,) = state
+    keep, write, f, r = scan_gates(gi, fb, L)
+    return (keep * h + write * gi[..., L.block("n")],), (f, r, None, keep)
+
+
 def _sigmoid_primary_no_master(v: Variant) -> bool:
     return v.primary is not cumax and v.auxiliary != "master"
 
@@ -181,6 +242,11 @@ CORES: dict[str, Core] = {
     # MGU takes the paper's init and refine gate on its one gate, not the ordered-neurons family
     "mgu": Core("mgu", ("f", "n"), keep=0, write=None, num_states=1, step=mgu_step,
                 supports=_sigmoid_primary_no_master),
+    # Feng et al. 2024 ("Were RNNs All We Needed?"): gates from x_t only, trained with a scan
+    "mingru": Core("mingru", ("f", "n"), keep=0, write=None, num_states=1, step=mingru_step,
+                   supports=_sigmoid_primary_no_master, scan=True),
+    "minlstm": Core("minlstm", ("f", "i", "n"), keep=0, write=1, num_states=1, step=mingru_step,
+                    supports=_sigmoid_primary_no_master, scan=True, normalised=True),
 }
 
 

@@ -19,7 +19,8 @@ def _as_gated(module):
 
     cls = {torch.nn.LSTM: LSTM, torch.nn.GRU: GRU}.get(type(module))
     if cls is None:
-        raise TypeError(f"gate_activations takes gated.LSTM/GRU/MGU or torch.nn.LSTM/GRU, got {type(module).__name__}")
+        raise TypeError("gate_activations takes gated.LSTM/GRU/MGU or torch.nn.LSTM/GRU (or gated.MinGRU/MinLSTM), "
+                        f"got {type(module).__name__}")
     w = next(module.parameters())
     kw = {"proj_size": module.proj_size} if module.proj_size else {}
     twin = cls(module.input_size, module.hidden_size, module.num_layers, module.bias, module.batch_first,
@@ -30,8 +31,8 @@ def _as_gated(module):
 
 @torch.no_grad()
 def gate_activations(module, input: Tensor, hx=None) -> dict[str, Tensor | None]:
-    """Run ``module`` (a ``gated.LSTM/GRU/MGU``, or a ``torch.nn.LSTM/GRU``, read as variant
-    ``"-"``) on ``input`` and return its gates.
+    """Run ``module`` (a ``gated.LSTM/GRU/MGU/MinGRU/MinLSTM``, or a ``torch.nn.LSTM/GRU``, read as
+    variant ``"-"``) on ``input`` and return its gates.
 
     Runs the reference backend, without gradients, on a padded tensor input (time-major, or
     batch-major with ``batch_first``; a PackedSequence works too, with garbage past each length).
@@ -42,7 +43,8 @@ def gate_activations(module, input: Tensor, hx=None) -> dict[str, Tensor | None]
         - ``"forget"``: the primary gate ``f`` (the fine-grained sigmoid gate in ``*M`` variants);
         - ``"refine"``: the refine gate ``r`` (``None`` without one);
         - ``"master_forget"``: the upsampled master forget gate (``None`` without one);
-        - ``"effective"``: the keep gate ``g`` that multiplies the state (``f`` when unrefined);
+        - ``"effective"``: the keep gate ``g`` that multiplies the state (``f`` when unrefined; the
+          normalised ``g / (g + i)`` of a MinLSTM);
         - ``"timescale"``: ``1 / (1 - g)``, the effective memory length in steps.
     """
     if not hasattr(module, "_run"):

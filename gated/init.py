@@ -11,7 +11,9 @@ On gated modules the initialiser follows the module's variant (see :mod:`gated.v
   to the target, and the ``f`` and refine rows of ``b_ih``/``b_hh`` are zeroed, so that at
   init ``f = sigma(P_f + b_f)`` and ``r = sigma(P_r - b_f)`` exactly (paper §4.2);
 - master variants set the master forget and master input rows (their primary gates);
-- the other variants set the keep gate's rows like the torch modules.
+- the other variants set the keep gate's rows like the torch modules;
+- on ``gated.MinLSTM``, whose keep gate is normalised, ``k = f / (f + i)``, the input gate's rows
+  get ``-b`` wherever the keep gate gets ``b``, so that ``i = 1 - f`` and ``k = f`` at init.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ def _targets(module: nn.Module) -> tuple[Layout, list[str]]:
     torch_cores = {nn.LSTM: "lstm", nn.LSTMCell: "lstm", nn.GRU: "gru", nn.GRUCell: "gru"}
     core = torch_cores.get(type(module))
     if core is None:
-        names = "gated.LSTM/GRU/MGU and their cells, torch.nn.LSTM, GRU, LSTMCell, GRUCell"
+        names = "gated.LSTM/GRU/MGU/MinGRU/MinLSTM, the cells, torch.nn.LSTM, GRU, LSTMCell, GRUCell"
         raise TypeError(f"cannot initialise gates of {type(module).__name__}; expected one of {names}")
     layout = make_layout(core, "-", module.hidden_size)
     if isinstance(module, nn.RNNBase):
@@ -61,7 +63,8 @@ def _apply(module: nn.Module, sample, what: str, set_input_gate: bool) -> nn.Mod
 
             def put(rows: slice, value):
                 b_ih[rows] = value
-                b_hh[rows] = 0.0
+                if b_hh is not None:  # the scan cores (MinGRU, MinLSTM) have one bias
+                    b_hh[rows] = 0.0
 
             if layout.master is not None:
                 # master gates are the primary gates; the master input gate is 1 - sigma(P),
@@ -74,10 +77,12 @@ def _apply(module: nn.Module, sample, what: str, set_input_gate: bool) -> nn.Mod
                 if b_ih is not None:  # the refine gate is tied to -b_f by the cell itself
                     put(layout.keep, 0.0)
                     put(layout.refine, 0.0)
+                    if layout.core.normalised:  # minLSTM: i = 1 - f at init, so k = f / (f + i) starts at f
+                        put(layout.write, -fb)
             else:
                 b = sample(layout.hidden_size).to(b_ih)
                 put(layout.keep, b)
-                if set_input_gate and layout.write is not None:
+                if (set_input_gate or layout.core.normalised) and layout.write is not None:
                     put(layout.write, -b)
     return module
 

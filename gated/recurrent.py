@@ -66,7 +66,7 @@ class _RNN(GatedModule):
                           stacklevel=2)
         self.dropout = float(dropout)
         self.bidirectional = bool(bidirectional)
-        self.backend = backends.check_name(backend)
+        self.backend = self._check_backend(backend)
         factory_kwargs = {"device": device, "dtype": dtype}
         D = 2 if bidirectional else 1
         for layer in range(self.num_layers):
@@ -86,6 +86,13 @@ class _RNN(GatedModule):
 
     def flatten_parameters(self) -> None:
         """No-op, for code written against torch.nn.LSTM."""
+
+    def _check_backend(self, name: str) -> str:
+        return backends.check_name(name)
+
+    def _resolve_backend(self, name: str, x: Tensor):
+        """The ``run_layer`` of one call (gated.MinGRU/MinLSTM bring the scan backends)."""
+        return backends.resolve(name, self.layout, x)
 
     def _initial_states(self, hx, batch: int, batched: bool, ref: Tensor) -> list[Tensor]:
         """``hx`` checked as torch.nn.LSTM/GRU check it (same conditions and wording), as a list of
@@ -154,7 +161,7 @@ class _RNN(GatedModule):
             lens = lengths.to(x.device).unsqueeze(0)  # (1, B)
             mask = (t < lens).unsqueeze(-1)  # (T, B, 1)
             rev = torch.where(t < lens, lens - 1 - t, t)  # (T, B): time reversal inside each length
-        run = backends.resolve(backend or self.backend, self.layout, x)
+        run = self._resolve_backend(backend or self.backend, x)
         finals: list[list[Tensor]] = [[] for _ in h0]
         for layer in range(self.num_layers):
             outs = []

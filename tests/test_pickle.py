@@ -24,6 +24,8 @@ MODULES = [
     ("LSTMCell", lambda: gated.LSTMCell(4, 8), "cell"),
     ("GRUCell", lambda: gated.GRUCell(4, 8, variant="UM"), "cell"),
     ("MGUCell", lambda: gated.MGUCell(4, 8), "cell"),
+    ("MinGRU", lambda: gated.MinGRU(4, 8, num_layers=2, bidirectional=True), "seq"),
+    ("MinLSTM", lambda: gated.MinLSTM(4, 8, variant="C"), "seq"),
     ("GLU", lambda: gated.GLU(), "vec"),
     ("FeedForward", lambda: gated.FeedForward(8, 16, "swiglu"), "vec"),
     ("Highway", lambda: gated.Highway(8, variant="UR"), "vec"),

@@ -5,13 +5,17 @@ weights in the same layout:
 
 - ``"reference"``: a Python loop over time (:mod:`gated.backends.reference`), the oracle;
 - ``"fused_cpu"``: the time loop and gate maths in C++ (:mod:`gated.backends.fused_cpu`), for the
-  plain and refine variants in float32/float64 on the CPU, built on first use.
+  plain and refine variants in float32/float64 on the CPU, built on first use;
+- ``"triton"``: Triton kernels for the gate maths and cuBLAS for the matmuls
+  (:mod:`gated.backends.triton_gpu`), for the same variants on CUDA tensors (and on CPU tensors in
+  Triton's interpreter, ``TRITON_INTERPRET=1``, for tests), when triton is installed.
 
-``"auto"`` picks ``fused_cpu`` where it can run the call and otherwise the reference, logging each
-reason for a fallback once. Under ``torch.compile`` the fused kernels are opaque operators with
-fake implementations (gated/backends/_ops.py); under ``torch.export``, ``torch.jit.trace``, ONNX
-export, torch.func transforms and forward-mode AD ``"auto"`` uses the reference, whose plain
-torch ops all of those understand (and an exported program then needs no extension).
+``"auto"`` picks ``fused_cpu`` for CPU tensors and ``triton`` for CUDA tensors where they can run
+the call and otherwise the reference, logging each reason for a fallback once. Under
+``torch.compile`` the fused kernels are opaque operators with fake implementations
+(gated/backends/_ops.py); under ``torch.export``, ``torch.jit.trace``, ONNX export, torch.func
+transforms and forward-mode AD ``"auto"`` uses the reference, whose plain torch ops all of those
+understand (and an exported program then needs no extension).
 """
 
 from __future__ import annotations
@@ -20,14 +24,14 @@ import logging
 
 import torch
 
-from gated.backends import fused_cpu, reference
+from gated.backends import fused_cpu, reference, triton_gpu
 
 __all__ = ["BACKENDS", "resolve", "check_name"]
 
 logger = logging.getLogger("gated")
 
-BACKENDS = {"reference": reference.run_layer, "fused_cpu": fused_cpu.run_layer}
-_CHECKS = {"fused_cpu": fused_cpu.why_not}
+BACKENDS = {"reference": reference.run_layer, "fused_cpu": fused_cpu.run_layer, "triton": triton_gpu.run_layer}
+_CHECKS = {"fused_cpu": fused_cpu.why_not, "triton": triton_gpu.why_not}
 _logged: set[str] = set()
 
 
@@ -53,7 +57,7 @@ def resolve(name: str, layout, x: torch.Tensor):
     check_name(name)
     if name != "auto":
         reason = _CHECKS[name](layout, x) if name in _CHECKS else None
-        if reason is None and name == "fused_cpu" and _forward_ad():
+        if reason is None and name in ("fused_cpu", "triton") and _forward_ad():
             reason = "forward-mode AD (torch.func.jvp, forward_ad.dual_level) needs backend='reference' or 'auto'"
         if reason is not None:
             raise RuntimeError(f"backend {name!r} cannot run this call: {reason}")
@@ -63,10 +67,18 @@ def resolve(name: str, layout, x: torch.Tensor):
         # (whose exporters go through torch.export or torch.jit.trace) can translate
         return BACKENDS["reference"]
     if torch.compiler.is_compiling():  # the fused ops are opaque calls with fake implementations
-        return BACKENDS["fused_cpu"] if fused_cpu.why_not(layout, x) is None else BACKENDS["reference"]
+        fast = "triton" if x.device.type == "cuda" else "fused_cpu"
+        return BACKENDS[fast] if _CHECKS[fast](layout, x) is None else BACKENDS["reference"]
     if torch._C._functorch.peek_interpreter_stack() is not None or _forward_ad():
         _log_once("gated: using the reference backend under a torch.func transform or forward-mode AD "
                   "(it composes with every transform; the fused kernels have no forward-mode derivative)")
+        return BACKENDS["reference"]
+    if x.device.type == "cuda":
+        reason = triton_gpu.why_not(layout, x)
+        if reason is None:
+            return BACKENDS["triton"]
+        _log_once(f"gated: using the reference backend (a Python loop over time, slower than the Triton kernels) "
+                  f"for {layout.core.name.upper()}: no Triton kernel for {reason}")
         return BACKENDS["reference"]
     reason = fused_cpu.why_not(layout, x)
     if reason is None:

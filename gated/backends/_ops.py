@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from gated.backends import _scan_ops
+
 _registered = False
 
 
@@ -86,4 +88,5 @@ def register() -> None:
         qualname = f"gated_fused::{name}"
         torch.library.register_fake(qualname)(fake)
         torch.library.register_vmap(qualname)(_per_element(getattr(torch.ops.gated_fused, name).default))
+    _scan_ops.register()  # the scan kernels' ops (gated/csrc/scan.h)
     _registered = True

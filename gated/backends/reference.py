@@ -16,7 +16,7 @@ def run_layer(
     x: Tensor,
     state: tuple[Tensor, ...],
     w_ih: Tensor,
-    w_hh: Tensor,
+    w_hh: Tensor | None,
     b_ih: Tensor | None,
     b_hh: Tensor | None,
     forget_bias: Tensor | None,
@@ -30,6 +30,8 @@ def run_layer(
     Args:
         x: ``(T, B, I)`` input (already reversed for a backward direction).
         state: initial states, each ``(B, H)``; ``state[0]`` is ``h``.
+        w_hh: the recurrent weight, or None for the scan cores (minGRU, minLSTM: gates from ``x_t``
+            only; their step gets ``gh=None``), for which this loop is also the oracle of the scan.
         mask: optional ``(T, B, 1)`` bool, False past each sequence's end: the state is held and
             the output is zero there (PackedSequence semantics).
         record: if a list, each step's gates ``(f, r, master_f, keep)`` are appended to it.
@@ -44,7 +46,7 @@ def run_layer(
     outs = []
     # unbind, not gi_all[t]: each indexed slice's backward would write a full (T, B, G) zero tensor
     for t, gi in enumerate(gi_all.unbind(0)):
-        gh = F.linear(state[0], w_hh, b_hh)  # (B, G)
+        gh = None if w_hh is None else F.linear(state[0], w_hh, b_hh)  # (B, G); None for the scan cores
         new, gates = step(gi, gh, state, forget_bias, layout)
         if w_hr is not None:
             new = (F.linear(new[0], w_hr), *new[1:])

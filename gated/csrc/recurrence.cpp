@@ -883,3 +883,4 @@ TORCH_LIBRARY_IMPL(gated_fused, CPU, m) {
   m.impl("recurrence_forward", &recurrence_forward);
   m.impl("recurrence_backward", &recurrence_backward);
 }
+#include "scan.h"  // the scan cores (MinGRU, MinLSTM): their own ops in the same library

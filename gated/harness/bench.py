@@ -33,6 +33,7 @@ HELP = "time gated's backends against torch.nn.LSTM/GRU (train and inference, GF
 SHAPES = ["256x64x32x256", "784x64x1x128", "1000x32x10x256", "64x8x64x512", "100x64x512x512"]
 GEMMS = {"auto": 0, "onednn": 1, "addmm": 3, "tiled": 4}  # recurrence.cpp's GemmKind
 _TORCH = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "mgu": torch.nn.GRU}
+CUDA_SHAPES = ["1000x256x128x1024"]  # added to the default shapes with --device cuda (issue 16)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -44,7 +45,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--directions", nargs="+", type=int, default=[1, 2], choices=[1, 2])
     p.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (the minimum is kept)")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu",
+                   help="cpu, or cuda: torch.nn on cuDNN against gated's Triton backend (the 'fused' columns), "
+                        "--memory then reads torch.cuda.max_memory_allocated in this process; the default shapes "
+                        f"add {' '.join(CUDA_SHAPES)}")
+    p.add_argument("--autocast", default=None, choices=["bfloat16", "float16"],
+                   help="run both sides under torch.autocast in this dtype, with float32 parameters (mixed precision)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16"])
     p.add_argument("--no-reference", action="store_true", help="skip the (slow) reference backend")
     p.add_argument("--memory", action="store_true", help="also measure peak train-step memory (fresh processes)")
@@ -153,20 +159,54 @@ def _peak_rss_growth(spec: dict) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
+def _amp(fns, args):
+    """The step functions, run under ``torch.autocast(args.autocast)`` if that is set."""
+    if not getattr(args, "autocast", None):
+        return fns
+    kind, dt = torch.device(args.device).type, getattr(torch, args.autocast)
+
+    def wrap(fn):
+        def run():
+            with torch.autocast(kind, dtype=dt):
+                fn()
+
+        return run
+
+    return tuple(wrap(f) for f in fns)
+
+
+def _cuda_peak_growth(module, x, args) -> float:
+    """Peak CUDA memory growth (bytes) of one train step: ``torch.cuda.max_memory_allocated`` over
+    what is already held after two warm-up steps (weights, input, gradients, and gated's
+    per-shape workspaces and CUDA graphs, which persist)."""
+    train = _amp(_steps(module, x), args)[0]
+    train()
+    train()
+    torch.cuda.synchronize(args.device)
+    base = torch.cuda.memory_allocated(args.device)
+    torch.cuda.reset_peak_memory_stats(args.device)
+    train()
+    torch.cuda.synchronize(args.device)
+    return float(torch.cuda.max_memory_allocated(args.device) - base)
+
+
 def measure(core, variant, shape, layers, dirs, args, dtype) -> dict:
     x = torch.randn(shape[0], shape[1], shape[2], device=args.device, dtype=dtype)
     row = {"shape": "x".join(map(str, shape)), "core": core, "variant": variant, "layers": layers, "dirs": dirs}
     anchor = _build(core, None, shape, layers, dirs, dtype, args.device)
     fused = _build(core, variant, shape, layers, dirs, dtype, args.device, backend="auto")
-    row["torch_train"], row["torch_infer"] = (_time(f, args.repeats, args.device) for f in _steps(anchor, x))
-    row["fused_train"], row["fused_infer"] = (_time(f, args.repeats, args.device) for f in _steps(fused, x))
+    for name, module in (("torch", anchor), ("fused", fused)):
+        row[f"{name}_train"], row[f"{name}_infer"] = (_time(f, args.repeats, args.device)
+                                                      for f in _amp(_steps(module, x), args))
     if not args.no_reference:
         ref = _build(core, variant, shape, layers, dirs, dtype, args.device, backend="reference")
-        row["ref_train"] = _time(_steps(ref, x)[0], 1, args.device)
+        row["ref_train"] = _time(_amp(_steps(ref, x), args)[0], 1, args.device)
     flops = matmul_flops(fused, shape, layers, dirs)
     row["gflops_train"] = 3 * flops / row["fused_train"] / 1e9  # backward does twice the forward's matmuls
     row["gflops_infer"] = flops / row["fused_infer"] / 1e9
-    if args.memory:
+    if args.memory and args.device.startswith("cuda"):
+        row["torch_mem"], row["fused_mem"] = _cuda_peak_growth(anchor, x, args), _cuda_peak_growth(fused, x, args)
+    elif args.memory:
         spec = {"core": core, "shape": list(shape), "layers": layers, "dirs": dirs, "threads": args.threads,
                 "dtype": args.dtype}
         row["torch_mem"] = _peak_rss_growth({**spec, "variant": None})
@@ -229,6 +269,15 @@ def _kernel_info(args, dtype, shape) -> str:
     """The instruction sets (torch's, the extension's) and whether the tiled kernel runs here."""
     from gated.backends import _build as ext
 
+    if args.device.startswith("cuda"):
+        import triton
+
+        from gated.backends import triton_gpu
+
+        return (f"{torch.cuda.get_device_name(args.device)}; cuDNN {torch.backends.cudnn.version()}, triton "
+                f"{triton.__version__}; TF32 in cuDNN {torch.backends.cudnn.allow_tf32}, in cuBLAS "
+                f"{torch.backends.cuda.matmul.allow_tf32}; fused = gated's Triton backend, CUDA graphs "
+                f"{'on' if triton_gpu._graphs_enabled() else 'off'}; autocast {args.autocast or 'off'}")
     info = f"torch CPU capability {torch.backends.cpu.get_cpu_capability()}"
     ops = ext.load() if args.device == "cpu" else None
     if ops is None:
@@ -252,10 +301,16 @@ def main(args) -> int:
             raise SystemExit(f"gated bench: error: GEMM path {args.gemm!r} is not available in this build")
         ops.set_gemm(GEMMS[args.gemm])
     dtype = getattr(torch, args.dtype)
+    if {"mingru", "minlstm"} & set(args.cores):  # the scan cores have tables of their own
+        from gated.harness import bench_scan
+
+        return bench_scan.main(args, dtype)
+    if args.device.startswith("cuda") and args.shapes is SHAPES:
+        args.shapes = SHAPES + CUDA_SHAPES
     shapes = [_parse_shape(s) for s in args.shapes]
     for v in args.variants:
         gated.get_variant(v)
-    peak = matmul_peak(args.device, dtype)
+    peak = matmul_peak(args.device, getattr(torch, args.autocast) if args.autocast else dtype)
     commit = subprocess.run(["git", "-C", str(Path(__file__).parent), "rev-parse", "--short", "HEAD"],
                             capture_output=True, text=True).stdout.strip() or "unknown"
     print(f"# gated bench: gated {gated.__version__} (commit {commit}), torch {torch.__version__}, "

@@ -72,7 +72,7 @@ class ModelConfig:
     dropout: float = _f(0.0, 'between layers, as in torch.nn.LSTM')
     embed_size: int = _f(256, 'language modelling: token embedding width')
     t_max: float | None = _f(None, "chrono (C) variant: longest timescale; None: the task's length")
-    backend: str = _f("auto", 'the recurrence implementation', ("auto", "fused_cpu", "reference"))
+    backend: str = _f("auto", 'the recurrence implementation', ("auto", "fused_cpu", "triton", "reference"))
     forget_bias: float | None = _f(None, "set the forget-gate bias to this after init (Gers et al.'s 1.0); "
                                    "None: the variant's own init")
 

@@ -1,4 +1,4 @@
-"""The network every task trains: input layer -> gated RNN (``gated.LSTM/GRU/MGU``) -> linear head.
+"""The network every task trains: input layer -> gated RNN (``gated.LSTM/GRU/MGU/MinGRU/MinLSTM``) -> linear head.
 
 Glossary: T time, B batch, I input features, E embedding, H hidden_size, O task outputs.
 """
@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 import gated
 
-CORE_MODULES = {"lstm": gated.LSTM, "gru": gated.GRU, "mgu": gated.MGU}
+CORE_MODULES = {"lstm": gated.LSTM, "gru": gated.GRU, "mgu": gated.MGU, "mingru": gated.MinGRU, "minlstm": gated.MinLSTM}
 
 
 class SequenceModel(nn.Module):

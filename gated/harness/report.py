@@ -37,9 +37,13 @@ def find_runs(root: str | Path) -> list[dict]:
     return runs
 
 
+_NAMES = {"mingru": "minGRU", "minlstm": "minLSTM"}  # Feng et al.'s spelling; the others upper-cased
+
+
 def label(core: str, variant: str) -> str:
-    """The paper's names: LSTM, UR-LSTM, C-GRU, ..."""
-    return core.upper() if variant == "-" else f"{variant}-{core.upper()}"
+    """The paper's names: LSTM, UR-LSTM, C-GRU, ..., UR-minGRU."""
+    name = _NAMES.get(core, core.upper())
+    return name if variant == "-" else f"{variant}-{name}"
 
 
 def _mean_std(values: list[float], digits: int = 4, integer: bool = False) -> str:

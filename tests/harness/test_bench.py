@@ -77,3 +77,22 @@ def test_gemm_pin(capsys):
     finally:
         ops.set_gemm(0)
     assert "GEMM path addmm; tiled kernel did not run" in capsys.readouterr().out
+
+
+def test_scan_core_tables_match_their_times(capsys):
+    """--cores mingru: the bare scan against its memory floor, one row per core and variant against
+    torch.nn.GRU, and the T sweep, each ratio the quotient of its own columns."""
+    assert main(["bench", "--cores", "mingru", "--shapes", "12x2x4x8", "--variants", "UR", "--sweep-t", "3", "12",
+                 "--no-reference", "--repeats", "1", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("# gated bench (scan cores)")
+    scan_row, layer_row = (r for r in _table(out) if r[0].startswith("12x2"))
+    floor, fused, ratio = float(scan_row[2]), float(scan_row[4]), float(scan_row[5])
+    assert _quotient_ok(ratio, fused, floor)
+    assert layer_row[:3] == ["12x2x4x8", "mingru", "UR"]
+    assert _quotient_ok(float(layer_row[6]), float(layer_row[5]), float(layer_row[3]))
+    sweep = [line for line in out.splitlines() if line.startswith(("| 3 |", "| 12 |"))]
+    assert len(sweep) == 2
+    for line in sweep:
+        t, ms, per = (float(c) for c in line.strip("|").split("|"))
+        assert abs(per - ms / t) <= 0.05 / t + 5e-4

@@ -167,3 +167,10 @@ def test_rl_spec_extends_its_config_file(tmp_path):
         assert cfg.ppo.lr == 0.003 != base["ppo"]["lr"]  # the override wins
         assert cfg.ppo.rollout_len == base["ppo"]["rollout_len"] == 51  # the rest comes from the file
         assert cfg.model.hidden_size == base["model"]["hidden_size"] and cfg.train.steps == 64000
+
+
+def test_labels_use_the_papers_names():
+    from gated.harness.report import label
+
+    assert [label("lstm", "-"), label("gru", "UR"), label("mingru", "-"), label("minlstm", "UR")] == [
+        "LSTM", "UR-GRU", "minGRU", "UR-minLSTM"]

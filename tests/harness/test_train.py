@@ -205,10 +205,10 @@ def test_help_lists_the_choices_of_fields_that_have_them(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     text = capsys.readouterr().out
-    for expected in ("--task {" + ",".join(TASKS) + "}", "--core {lstm,gru,mgu}",
+    for expected in ("--task {" + ",".join(TASKS) + "}", "--core {lstm,gru,mgu,mingru,minlstm}",
                      "--variant {" + ",".join(VARIANTS) + "}", "--optimizer {adam,adamw}",
                      "--schedule {constant,cosine,linear}", "--device {auto,cpu,cuda,cuda:N}",
-                     "--backend {auto,fused_cpu,reference}"):
+                     "--backend {auto,fused_cpu,triton,reference}"):
         assert f"\n  {expected}" in text, expected
     with pytest.raises(SystemExit):
         main(["rl", "train", "--help"])

@@ -1,0 +1,47 @@
+"""Fake (meta) implementations and batching rules of the scan ops (gated/csrc/scan.h).
+
+``gated_fused::scan_forward``, ``scan_backward``, ``linear_scan`` and ``linear_scan_backward`` get
+output shapes from input shapes, so ``torch.compile`` and ``torch.export`` keep each as one opaque
+call, and per-element batching rules for ``torch.func.vmap``, as :mod:`gated.backends._ops` does for
+the recurrent kernels (called from its ``register``). Autograd is in :mod:`gated.backends.scan`.
+"""
+
+from __future__ import annotations
+
+
+def _scan_forward_fake(P, bias, fb, h0, lengths, cell, refine):
+    T, B, _ = P.shape
+    H = h0.shape[-1]
+    return P.new_empty(T, B, H), P.new_empty(B, H)
+
+
+def _scan_backward_fake(dout, dh_n, P, bias, fb, out, h0, lengths, cell, refine):
+    return P.new_empty(P.shape), P.new_empty(h0.shape)
+
+
+def _linear_scan_fake(a, b, h0):
+    return a.new_empty(a.shape)
+
+
+def _linear_scan_backward_fake(dout, a, out, h0):
+    return a.new_empty(a.shape), a.new_empty(a.shape), a.new_empty(h0.shape)
+
+
+def register() -> None:
+    """Register the fakes and batching rules (``_ops.register`` calls this once, after the library loaded)."""
+    import torch
+
+    from gated.backends._ops import _per_element
+
+    if not hasattr(torch.ops.gated_fused, "scan_forward"):  # a build without scan.h: the scan backend says so
+        return
+    fakes = {
+        "scan_forward": _scan_forward_fake,
+        "scan_backward": _scan_backward_fake,
+        "linear_scan": _linear_scan_fake,
+        "linear_scan_backward": _linear_scan_backward_fake,
+    }
+    for name, fake in fakes.items():
+        qualname = f"gated_fused::{name}"
+        torch.library.register_fake(qualname)(fake)
+        torch.library.register_vmap(qualname)(_per_element(getattr(torch.ops.gated_fused, name).default))

@@ -1,0 +1,347 @@
+"""The Triton kernels of the GPU backend: one launch per time step for the pointwise gate maths.
+
+Each kernel covers the ``B x H`` units of one step (program ``p`` takes units ``[p * BLOCK,
+(p + 1) * BLOCK)`` of the row-major ``(B, H)`` grid; unit ``(b, j)`` reads gate ``k`` at
+``b * G + k * H + j``); the recurrent matmuls run between launches on cuBLAS (``torch.mm``). The
+equations are those of gated/cores.py and of the C++ kernels (gated/csrc/recurrence.cpp):
+
+- LSTM ``(i|r, f, g, o)``: ``c' = k c + w tanh(P_g)``, ``h' = sigma(P_o) tanh(c')``;
+- GRU ``(s, z, n[, rho])`` and MGU ``(f, n[, rho])``: ``n = tanh(gx_n + reset (W_hn h + b_hn))``,
+  ``h' = k h + (1 - k) n``, with ``reset = s`` (GRU) or ``1 - f`` (MGU);
+- refine: ``g = f^2 + 2 r f (1 - f)`` with ``f = sigma(P_f + b_f)``, ``r = sigma(P_r - b_f)``.
+
+**Addressing.** The per-call arrays (``(T, B, .)``: gate activations, outputs, saved states and
+their gradients) are not kernel arguments: each kernel reads their positions from ``TAB``, a
+small int64 tensor of element offsets from ``BASE`` (a fixed tensor of the compute dtype), in
+the slots below, and adds the step's offset ``t * B * width``. Everything else a step touches
+(states, the recurrent products, the weights' copies) lives in a fixed per-shape workspace. So
+the launches of a whole time loop have the same arguments for every call of one shape, and a
+CUDA graph captured once replays them for any call after its table is rewritten
+(gated/backends/triton_gpu.py).
+
+The functions are plain Python; :func:`kernels` wraps them with ``triton.jit`` for CUDA tensors
+or with Triton's interpreter for CPU tensors. They call only Triton builtins (``tl.exp``,
+``tl.where``, ...), not ``tl.sigmoid``, which is itself a jitted function that the interpreter
+runs only when ``TRITON_INTERPRET=1`` was set before triton was imported. Arithmetic runs in the
+state dtype (float32, or float64): bfloat16/float16 operands are widened on load (the
+interpreter mis-computes arithmetic on unwidened bfloat16) and rounded on store. Masked steps
+(``t >= len[b]``, PackedSequence) hold the state, write a zero output and pass gradients
+through, as the reference backend's ``torch.where`` does.
+
+Only APIs present in Triton 3.6 (the GPU machine's) are used.
+"""
+
+from __future__ import annotations
+
+import functools
+import types
+
+import triton.language as tl
+
+# slots of the offset table (host side); the kernels read them as the constexprs below
+A_, OUT_, AUX_, M_, DOUT_, DA_, DGHN_, DH_ = range(8)
+SLOTS = 8
+_A, _OUT, _AUX, _M, _DOUT, _DA, _DGHN, _DH = (tl.constexpr(k) for k in range(SLOTS))
+
+# sigma(v) = 1 / (1 + exp(-v)): sigma(-inf) = 0, sigma(inf) = 1, NaN in, NaN out (as tl.sigmoid)
+# tanh(v) = 2 sigma(2 v) - 1: exact limits +-1, NaN in, NaN out
+
+
+def lstm_fwd(TAB, BASE, GH, Cp, Cn, HS, FB, LEN, t, B, H, G,
+             REFINE: tl.constexpr, HAS_FB: tl.constexpr, MASKED: tl.constexpr, SAVE: tl.constexpr,
+             PROJ: tl.constexpr, BLOCK: tl.constexpr):
+    """One LSTM step. Reads A_t (``x_t W_ih^T + b``) and GH (``h_{t-1} W_hh^T``); writes c_t
+    into Cn (from Cp, the state dtype), h_t into HS (the next product's input; m_t =
+    o tanh(c_t) with projections) and OUT_t; if SAVE, the activations into A_t, c_t into AUX_t
+    and m_t into M_t."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    inb = offs < B * H
+    b = offs // H
+    j = offs - b * H
+    step = t.to(tl.int64) * B
+    a = BASE + tl.load(TAB + _A) + step * G + b * G + j
+    g = GH + b * G + j
+    cp = tl.load(Cp + offs, mask=inb, other=0.0)
+    sd = cp.dtype
+    pi = tl.load(a, mask=inb, other=0.0).to(sd) + tl.load(g, mask=inb, other=0.0).to(sd)
+    pf = tl.load(a + H, mask=inb, other=0.0).to(sd) + tl.load(g + H, mask=inb, other=0.0).to(sd)
+    pg = tl.load(a + 2 * H, mask=inb, other=0.0).to(sd) + tl.load(g + 2 * H, mask=inb, other=0.0).to(sd)
+    po = tl.load(a + 3 * H, mask=inb, other=0.0).to(sd) + tl.load(g + 3 * H, mask=inb, other=0.0).to(sd)
+    if HAS_FB:
+        bf = tl.load(FB + j, mask=inb, other=0.0).to(sd)
+        pf = pf + bf
+        pi = pi - bf
+    i = 1.0 / (1.0 + tl.exp(-pi))
+    f = 1.0 / (1.0 + tl.exp(-pf))
+    u = 2.0 / (1.0 + tl.exp(-2.0 * pg)) - 1.0
+    o = 1.0 / (1.0 + tl.exp(-po))
+    if REFINE:  # i holds the refine gate r; the input gate is tied to 1 - g
+        keep = f * f + 2.0 * i * f * (1.0 - f)
+        c = keep * cp + (1.0 - keep) * u
+    else:
+        c = f * cp + i * u
+    h = o * (2.0 / (1.0 + tl.exp(-2.0 * c)) - 1.0)
+    if MASKED:
+        live = t < tl.load(LEN + b, mask=inb, other=0)
+        c = tl.where(live, c, cp)
+        h = tl.where(live, h, 0.0)
+    tl.store(Cn + offs, c, mask=inb)
+    tl.store(HS + offs, h, mask=inb)
+    if PROJ:
+        if SAVE:
+            tl.store(BASE + tl.load(TAB + _M) + step * H + offs, h, mask=inb)
+    else:
+        tl.store(BASE + tl.load(TAB + _OUT) + step * H + offs, h, mask=inb)
+    if SAVE:
+        tl.store(BASE + tl.load(TAB + _AUX) + step * H + offs, c, mask=inb)
+        tl.store(a, i, mask=inb)
+        tl.store(a + H, f, mask=inb)
+        tl.store(a + 2 * H, u, mask=inb)
+        tl.store(a + 3 * H, o, mask=inb)
+
+
+def gru_fwd(TAB, BASE, GH, Hp, Hn, HS, BHN, FB, LEN, t, B, H, G,
+            GRU: tl.constexpr, KZ: tl.constexpr, KN: tl.constexpr, KR: tl.constexpr, REFINE: tl.constexpr,
+            HAS_FB: tl.constexpr, HAS_BHN: tl.constexpr, MASKED: tl.constexpr, SAVE: tl.constexpr,
+            BLOCK: tl.constexpr):
+    """One GRU/MGU step. Reads A_t (the input projection with every bias but b_hn), GH
+    (``h_{t-1} W_hh^T``) and Hp (h_{t-1}, state dtype); writes h_t into Hn, HS (the next
+    product's input, zero past a sequence's end) and OUT_t; if SAVE, the activations s, z, n,
+    rho into A_t and ``W_hn h + b_hn`` into AUX_t."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    inb = offs < B * H
+    b = offs // H
+    j = offs - b * H
+    step = t.to(tl.int64) * B
+    a = BASE + tl.load(TAB + _A) + step * G + b * G + j
+    g = GH + b * G + j
+    hp = tl.load(Hp + offs, mask=inb, other=0.0)
+    sd = hp.dtype
+    pz = tl.load(a + KZ * H, mask=inb, other=0.0).to(sd) + tl.load(g + KZ * H, mask=inb, other=0.0).to(sd)
+    if HAS_FB:
+        bf = tl.load(FB + j, mask=inb, other=0.0).to(sd)
+        pz = pz + bf
+    z = 1.0 / (1.0 + tl.exp(-pz))
+    ghn = tl.load(g + KN * H, mask=inb, other=0.0).to(sd)
+    if HAS_BHN:
+        ghn = ghn + tl.load(BHN + j, mask=inb, other=0.0).to(sd)
+    if GRU:
+        ps = tl.load(a, mask=inb, other=0.0).to(sd) + tl.load(g, mask=inb, other=0.0).to(sd)
+        reset = 1.0 / (1.0 + tl.exp(-ps))
+    else:  # MGU: the candidate's reset is 1 - f
+        reset = 1.0 - z
+    pn = tl.load(a + KN * H, mask=inb, other=0.0).to(sd) + reset * ghn
+    cand = 2.0 / (1.0 + tl.exp(-2.0 * pn)) - 1.0
+    keep = z
+    if REFINE:
+        pr = tl.load(a + KR * H, mask=inb, other=0.0).to(sd) + tl.load(g + KR * H, mask=inb, other=0.0).to(sd)
+        if HAS_FB:
+            pr = pr - bf
+        r = 1.0 / (1.0 + tl.exp(-pr))
+        keep = z * z + 2.0 * r * z * (1.0 - z)
+    h = keep * hp + (1.0 - keep) * cand
+    tl.store(Hn + offs, h, mask=inb)  # rows past their end stay so: their state is never read again
+    if MASKED:
+        h = tl.where(t < tl.load(LEN + b, mask=inb, other=0), h, 0.0)
+    tl.store(HS + offs, h, mask=inb)
+    tl.store(BASE + tl.load(TAB + _OUT) + step * H + offs, h, mask=inb)
+    if SAVE:
+        if GRU:
+            tl.store(a, reset, mask=inb)
+        tl.store(a + KZ * H, z, mask=inb)
+        tl.store(a + KN * H, cand, mask=inb)
+        if REFINE:
+            tl.store(a + KR * H, r, mask=inb)
+        tl.store(BASE + tl.load(TAB + _AUX) + step * H + offs, ghn, mask=inb)
+
+
+def proj_out(TAB, BASE, HS, t, B, P, BLOCK: tl.constexpr):
+    """LSTM with projections: OUT_t = HS (``h_t = m_t W_hr^T``, computed into the workspace)."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    inb = offs < B * P
+    tl.store(BASE + tl.load(TAB + _OUT) + t.to(tl.int64) * B * P + offs, tl.load(HS + offs, mask=inb), mask=inb)
+
+
+def lstm_bwd(TAB, BASE, C0, D1, D2, DC, DAS, DHN, DM, LEN, t, B, H, G,
+             REFINE: tl.constexpr, HAS_D1: tl.constexpr, HAS_D2: tl.constexpr, MASKED: tl.constexpr,
+             FIRST: tl.constexpr, PROJ: tl.constexpr, BLOCK: tl.constexpr):
+    """One LSTM step backwards. dL/dh_t = DOUT_t + D1 (``dA_{t+1} W_hh``) + D2 (dh_n at the last
+    step, else the carry of rows past their end); with projections dL/dm_t = DM instead. DC:
+    dL/dc_t, updated in place to dL/dc_{t-1}; writes the pre-activation gradients into DA_t and
+    DAS (the next product's input) and, if MASKED, the part of dL/dh_{t-1} that bypasses W_hh
+    (the carry, nonzero only past a sequence's end) into DHN. FIRST: t = 0, c_{-1} = C0."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    inb = offs < B * H
+    b = offs // H
+    j = offs - b * H
+    step = t.to(tl.int64) * B
+    a = BASE + tl.load(TAB + _A) + step * G + b * G + j
+    da = BASE + tl.load(TAB + _DA) + step * G + b * G + j
+    das = DAS + b * G + j
+    dc = tl.load(DC + offs, mask=inb, other=0.0)
+    sd = dc.dtype
+    carry = tl.full([BLOCK], 0.0, dtype=sd)
+    if HAS_D1:
+        carry = carry + tl.load(D1 + offs, mask=inb, other=0.0).to(sd)
+    if HAS_D2:
+        carry = carry + tl.load(D2 + offs, mask=inb, other=0.0).to(sd)
+    if PROJ:
+        dht = tl.load(DM + offs, mask=inb, other=0.0).to(sd)
+    else:
+        dht = tl.load(BASE + tl.load(TAB + _DOUT) + step * H + offs, mask=inb, other=0.0).to(sd) + carry
+    i = tl.load(a, mask=inb, other=0.0).to(sd)
+    f = tl.load(a + H, mask=inb, other=0.0).to(sd)
+    u = tl.load(a + 2 * H, mask=inb, other=0.0).to(sd)
+    o = tl.load(a + 3 * H, mask=inb, other=0.0).to(sd)
+    aux = BASE + tl.load(TAB + _AUX) + step * H + offs
+    if FIRST:
+        c0 = tl.load(C0 + offs, mask=inb, other=0.0).to(sd)
+    else:
+        c0 = tl.load(aux - B * H, mask=inb, other=0.0).to(sd)
+    ct = tl.load(aux, mask=inb, other=0.0).to(sd)
+    tc = 2.0 / (1.0 + tl.exp(-2.0 * ct)) - 1.0
+    dct = dc + dht * o * (1.0 - tc * tc)
+    dpo = dht * tc * o * (1.0 - o)
+    if REFINE:
+        keep = f * f + 2.0 * i * f * (1.0 - f)
+        dgdf = 2.0 * (i * (1.0 - f) + (1.0 - i) * f)
+        dgdr = 2.0 * f * (1.0 - f)
+        dg = dct * (c0 - u)
+        dpu = dct * (1.0 - keep) * (1.0 - u * u)
+        dpf = dg * dgdf * f * (1.0 - f)
+        dpi = dg * dgdr * i * (1.0 - i)
+        dcp = dct * keep
+    else:
+        dpu = dct * i * (1.0 - u * u)
+        dpf = dct * c0 * f * (1.0 - f)
+        dpi = dct * u * i * (1.0 - i)
+        dcp = dct * f
+    if MASKED:  # past the sequence's end the state was held: gradients pass through
+        live = t < tl.load(LEN + b, mask=inb, other=0)
+        dpi = tl.where(live, dpi, 0.0)
+        dpf = tl.where(live, dpf, 0.0)
+        dpu = tl.where(live, dpu, 0.0)
+        dpo = tl.where(live, dpo, 0.0)
+        dcp = tl.where(live, dcp, dc)
+        if not PROJ:
+            tl.store(DHN + offs, tl.where(live, 0.0, carry), mask=inb)
+    tl.store(da, dpi, mask=inb)
+    tl.store(da + H, dpf, mask=inb)
+    tl.store(da + 2 * H, dpu, mask=inb)
+    tl.store(da + 3 * H, dpo, mask=inb)
+    tl.store(das, dpi, mask=inb)
+    tl.store(das + H, dpf, mask=inb)
+    tl.store(das + 2 * H, dpu, mask=inb)
+    tl.store(das + 3 * H, dpo, mask=inb)
+    tl.store(DC + offs, dcp, mask=inb)
+
+
+def gru_bwd(TAB, BASE, H0, D1, D2, S, DHN, LEN, t, B, H, G,
+            GRU: tl.constexpr, KZ: tl.constexpr, KN: tl.constexpr, KR: tl.constexpr, REFINE: tl.constexpr,
+            HAS_D1: tl.constexpr, MASKED: tl.constexpr, FIRST: tl.constexpr, BLOCK: tl.constexpr):
+    """One GRU/MGU step backwards. dL/dh_t = DOUT_t + D1 (``S_{t+1} W_hh``) + D2 (the direct part
+    of dL/dh_t from step t+1, or dh_n); writes DA_t (gradients of the input projection), S (of
+    the recurrent projection: they differ in the candidate block), DGHN_t (S's candidate block,
+    for W_hh's gradient) and DHN (the direct part of dL/dh_{t-1}, state dtype). h_{t-1} is
+    OUT_{t-1}, or H0 at t = 0 (FIRST)."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    inb = offs < B * H
+    b = offs // H
+    j = offs - b * H
+    step = t.to(tl.int64) * B
+    a = BASE + tl.load(TAB + _A) + step * G + b * G + j
+    da = BASE + tl.load(TAB + _DA) + step * G + b * G + j
+    sr = S + b * G + j
+    carry = tl.load(D2 + offs, mask=inb, other=0.0)
+    sd = carry.dtype
+    if HAS_D1:
+        carry = carry + tl.load(D1 + offs, mask=inb, other=0.0).to(sd)
+    dht = tl.load(BASE + tl.load(TAB + _DOUT) + step * H + offs, mask=inb, other=0.0).to(sd) + carry
+    z = tl.load(a + KZ * H, mask=inb, other=0.0).to(sd)
+    cand = tl.load(a + KN * H, mask=inb, other=0.0).to(sd)
+    q = tl.load(BASE + tl.load(TAB + _AUX) + step * H + offs, mask=inb, other=0.0).to(sd)
+    if FIRST:
+        h0 = tl.load(H0 + offs, mask=inb, other=0.0).to(sd)
+    else:
+        h0 = tl.load(BASE + tl.load(TAB + _OUT) + step * H - B * H + offs, mask=inb, other=0.0).to(sd)
+    keep = z
+    dgdf = 1.0
+    if REFINE:
+        r = tl.load(a + KR * H, mask=inb, other=0.0).to(sd)
+        keep = z * z + 2.0 * r * z * (1.0 - z)
+        dgdf = 2.0 * (r * (1.0 - z) + (1.0 - r) * z)
+        dgdr = 2.0 * z * (1.0 - z)
+    dkeep = dht * (h0 - cand)
+    dpn = dht * (1.0 - keep) * (1.0 - cand * cand)  # grad of the candidate's pre-activation
+    dz = dkeep * dgdf
+    if GRU:
+        rs = tl.load(a, mask=inb, other=0.0).to(sd)
+        dps = dpn * q * rs * (1.0 - rs)
+        sn = dpn * rs
+    else:
+        dz = dz - dpn * q  # the reset 1 - f also depends on f
+        sn = dpn * (1.0 - z)
+    dpz = dz * z * (1.0 - z)
+    dhn = dht * keep
+    if REFINE:
+        dpr = dkeep * dgdr * r * (1.0 - r)
+    if MASKED:  # past the sequence's end: no gradient into the gates, dh passes through
+        live = t < tl.load(LEN + b, mask=inb, other=0)
+        dpn = tl.where(live, dpn, 0.0)
+        sn = tl.where(live, sn, 0.0)
+        dpz = tl.where(live, dpz, 0.0)
+        dhn = tl.where(live, dhn, carry)
+        if GRU:
+            dps = tl.where(live, dps, 0.0)
+        if REFINE:
+            dpr = tl.where(live, dpr, 0.0)
+    if GRU:
+        tl.store(da, dps, mask=inb)
+        tl.store(sr, dps, mask=inb)
+    tl.store(da + KZ * H, dpz, mask=inb)
+    tl.store(sr + KZ * H, dpz, mask=inb)
+    tl.store(da + KN * H, dpn, mask=inb)
+    tl.store(sr + KN * H, sn, mask=inb)
+    tl.store(BASE + tl.load(TAB + _DGHN) + step * H + offs, sn, mask=inb)
+    if REFINE:
+        tl.store(da + KR * H, dpr, mask=inb)
+        tl.store(sr + KR * H, dpr, mask=inb)
+    tl.store(DHN + offs, dhn, mask=inb)
+
+
+def proj_dh(TAB, BASE, D1, D2, DHS, CARRY, LEN, t, B, P,
+            HAS_D1: tl.constexpr, HAS_D2: tl.constexpr, MASKED: tl.constexpr, BLOCK: tl.constexpr):
+    """LSTM with projections, one step backwards: dL/dh_t = DOUT_t + D1 + D2 into DH_t (for
+    W_hr's gradient) and DHS (the next product's input); CARRY: D1 + D2 on rows past their end
+    (their state was held), else 0."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    inb = offs < B * P
+    b = offs // P
+    step = t.to(tl.int64) * B * P
+    d = tl.full([BLOCK], 0.0, dtype=CARRY.dtype.element_ty)
+    if HAS_D1:
+        d = d + tl.load(D1 + offs, mask=inb, other=0.0).to(d.dtype)
+    if HAS_D2:
+        d = d + tl.load(D2 + offs, mask=inb, other=0.0).to(d.dtype)
+    dh = tl.load(BASE + tl.load(TAB + _DOUT) + step + offs, mask=inb, other=0.0).to(d.dtype) + d
+    tl.store(BASE + tl.load(TAB + _DH) + step + offs, dh, mask=inb)
+    tl.store(DHS + offs, dh, mask=inb)
+    if MASKED:
+        live = t < tl.load(LEN + b, mask=inb, other=0)
+        tl.store(CARRY + offs, tl.where(live, 0.0, d), mask=inb)
+
+
+_FUNCTIONS = (lstm_fwd, gru_fwd, proj_out, lstm_bwd, gru_bwd, proj_dh)
+
+
+@functools.cache
+def kernels(interpret: bool) -> types.SimpleNamespace:
+    """The kernels, jitted for the GPU or run by Triton's interpreter (CPU tensors)."""
+    if interpret:
+        from triton.runtime.interpreter import InterpretedFunction
+
+        return types.SimpleNamespace(**{fn.__name__: InterpretedFunction(fn) for fn in _FUNCTIONS})
+    import triton
+
+    # t changes every step: no specialisation on its value (t == 1, t % 16 == 0)
+    return types.SimpleNamespace(**{fn.__name__: triton.jit(fn, do_not_specialize=["t"]) for fn in _FUNCTIONS})

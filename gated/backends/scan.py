@@ -1,0 +1,362 @@
+"""Scan backends of the input-gated cores (minGRU, minLSTM) and the bare linear scan.
+
+The gates of a scan core read ``x_t`` only, so a layer is one GEMM for the projection
+``P = x W^T + b`` of every step and then the diagonal linear recurrence
+``h_t = a_t h_{t-1} + b_t`` with ``a_t``, ``b_t`` pointwise functions of ``P_t``. Three ways to run it,
+each with the contract of :func:`gated.backends.reference.run_layer` (``w_hh``/``b_hh`` are None):
+
+- ``"fused_cpu"``: the C++ kernels of ``gated/csrc/scan.h``: one sequential pass over T, vectorised
+  over the units and split over threads, with the gates computed inside; the backward is the
+  reverse scan with the gate derivatives in the same pass, returning ``dP``, so the weight and bias
+  gradients are one GEMM (the register-tiled kernel in float32 on AVX-512);
+- ``"torch"``: the pure-torch fallback (any device and dtype): the gates as whole-sequence torch ops,
+  the recurrence as a Python loop inside an autograd.Function whose backward is the reverse scan;
+- ``"reference"``: the sequential step loop of :mod:`gated.backends.reference` (its step gets ``gh=None``), the oracle.
+
+``"auto"`` takes ``fused_cpu`` where it can run (CPU, float32/float64, the extension built) and the
+``torch`` fallback elsewhere, logging the reason once; under tracing, export, torch.func transforms
+and forward-mode AD it takes the reference (plain torch ops), as :func:`gated.backends.resolve` does.
+
+Glossary: T time, B batch, I input features, H hidden_size, G gate rows (``layout.rows``).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from gated.backends import _build, fused_cpu, reference
+from gated.cores import Layout, scan_gates
+
+__all__ = ["linear_scan", "resolve", "check_name", "why_not", "BACKENDS"]
+
+logger = logging.getLogger("gated")
+_CELL_ID = {"mingru": 0, "minlstm": 1}  # scan.h's Cell
+_logged: set[str] = set()
+
+
+def _log_once(msg: str) -> None:
+    if msg not in _logged:
+        _logged.add(msg)
+        logger.warning(msg)
+
+
+def available() -> bool:
+    """Whether the extension is built and has the scan kernels."""
+    ops = _build.load()
+    return ops is not None and hasattr(ops, "scan_forward")
+
+
+available._dynamo_marked_constant = True  # as fused_cpu.available: a constant for torch.compile
+
+
+def why_not(layout: Layout | None, x: Tensor) -> str | None:
+    """None if the fused scan can run the call, else the reason (for the one-time log)."""
+    if layout is not None and layout.core.name not in _CELL_ID:
+        return f"core {layout.core.name!r}"
+    if x.device.type != "cpu":
+        return f"device {x.device.type!r}"
+    if x.dtype not in (torch.float32, torch.float64):
+        return f"dtype {x.dtype}"
+    if not available():
+        return f"the extension could not be built ({_build._state.get('error') or 'it has no scan kernels'})"
+    return None
+
+
+def _ids(layout: Layout) -> tuple[int, bool]:
+    return _CELL_ID[layout.core.name], layout.variant.auxiliary == "refine"
+
+
+def _lengths_mask(lengths: Tensor | None, T: int) -> Tensor | None:
+    if lengths is None:
+        return None
+    return (torch.arange(T, device=lengths.device).unsqueeze(1) < lengths.unsqueeze(0)).unsqueeze(-1)  # (T, B, 1)
+
+
+def _project(x: Tensor, w: Tensor) -> Tensor:
+    """``x W^T`` ``(T, B, G)``; the kernels add the bias as they read it. In float32 on the
+    register-tiled kernel, whose output comes from the extension's buffer pool: ATen's matmul is 2-4x
+    slower at these shapes here, and a fresh buffer above 32 MiB page-faults on every call."""
+    T, B, I = x.shape
+    if x.dtype != torch.float32 or fused_cpu.transformed():
+        return F.linear(x, w)
+    return torch.ops.gated_fused.tiled_mm(x.reshape(T * B, I), w.t().contiguous(), False, False).view(T, B, -1)
+
+
+def _weight_grads(dP2: Tensor, x2: Tensor, with_bias: bool) -> tuple[Tensor, Tensor | None]:
+    """``dW = dP^T x`` ``(G, I)`` and ``db = sum dP`` ``(G,)`` in one pass over ``dP`` ``(T*B, G)``:
+    for thin inputs as ``[x, 1]^T dP`` (a wide product), else on the tiled kernel with the sums as
+    an extra column."""
+    I = x2.shape[1]
+    if I < 16:
+        xa = torch.cat([x2, x2.new_ones(x2.shape[0], 1)], 1) if with_bias else x2
+        res = xa.t() @ dP2  # (I [+ 1], G)
+        return res[:I].t().contiguous(), (res[I].contiguous() if with_bias else None)
+    dWb = torch.ops.gated_fused.tiled_mm(dP2, x2, True, with_bias)  # (G, I [+ 1])
+    return dWb[:, :I].contiguous(), (dWb[:, I].contiguous() if with_bias else None)
+
+
+class _ScanLayer(torch.autograd.Function):
+    """One fused layer: ``P = x W^T + b``, then the scan kernel. The backward runs the reverse-scan
+    kernel for ``dP`` and then one GEMM each for ``dx`` and for ``[dW, db]``."""
+
+    @staticmethod
+    def forward(x, w, b, fb, h0, lengths, layout):
+        P = _project(x, w)  # (T, B, G), without the bias
+        cell, refine = _ids(layout)
+        out, h_n = torch.ops.gated_fused.scan_forward(P, b, fb, h0, lengths, cell, refine)
+        return out, h_n, P
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, w, b, fb, h0, lengths, layout = inputs
+        out, _, P = output
+        ctx.mark_non_differentiable(P)
+        ctx.set_materialize_grads(False)  # no zero (T, B, G) gradient for P, nor (T, B, H) when only h_n is used
+        ctx.save_for_backward(x, w, b, fb, h0, lengths, P, out)
+        ctx.layout = layout
+
+    @staticmethod
+    def backward(ctx, dout, dh_n, _dP):
+        x, w, b, fb, h0, lengths, P, out = ctx.saved_tensors
+        if dout is None and dh_n is None:
+            return (None,) * 7
+        if torch.is_grad_enabled():  # create_graph: gradients that can be differentiated again
+            dout = torch.zeros_like(out) if dout is None else dout
+            return _differentiable_backward(ctx, dout, torch.zeros_like(h0) if dh_n is None else dh_n)
+        cell, refine = _ids(ctx.layout)
+        dP, dh0 = torch.ops.gated_fused.scan_backward(dout, dh_n, P, b, fb, out, h0, lengths, cell, refine)
+        T, B, G = dP.shape
+        I = x.shape[-1]
+        dP2 = dP.view(T * B, G)
+        dx = fused_cpu._input_grad(dP2, w).view_as(x) if ctx.needs_input_grad[0] else None
+        dw, db = _weight_grads(dP2, x.reshape(T * B, I), b is not None)
+        dfb = None
+        if fb is not None:  # b_f enters the keep gate with + and the refine gate with -
+            total = db if db is not None else dP2.sum(0)
+            dfb = total[ctx.layout.keep] - total[ctx.layout.refine]
+        return dx, dw, db, dfb, dh0, None, None
+
+
+def _differentiable_backward(ctx, dout, dh_n):
+    """The vector-Jacobian product on the reference loop (whose ops all have derivatives), for
+    double backward; slower, taken only when the caller asks for a differentiable gradient."""
+    x, w, b, fb, h0, lengths = ctx.saved_tensors[:6]
+    inputs = (x, w, b, fb, h0)
+    wanted = [k for k, t in enumerate(inputs) if t is not None and ctx.needs_input_grad[k]]
+    mask = _lengths_mask(lengths, x.shape[0])
+
+    def layer(*diff):
+        args = list(inputs)
+        for k, t in zip(wanted, diff):
+            args[k] = t
+        out, (h_n,) = reference.run_layer(args[0], (args[4],), args[1], None, args[2], None, args[3],
+                                               ctx.layout, mask)
+        return out, h_n
+
+    _, vjp = torch.func.vjp(layer, *(inputs[k] for k in wanted))
+    grads: list = [None] * 7
+    for k, g in zip(wanted, vjp((dout, dh_n))):
+        grads[k] = g
+    return tuple(grads)
+
+
+def run_layer(x, state, w_ih, w_hh, b_ih, b_hh, forget_bias, layout, mask=None, record=None, w_hr=None):
+    """The fused scan; the contract of :func:`gated.backends.reference.run_layer` (no ``record``)."""
+    if record is not None:
+        raise ValueError("the fused scan records no gates; gate_activations uses the reference backend")
+    if x.shape[1] == 0:  # an empty batch: nothing to scan
+        return reference.run_layer(x, state, w_ih, None, b_ih, None, forget_bias, layout, mask)
+    lengths = None if mask is None else mask[:, :, 0].sum(0).to(torch.int64)
+    args = (x, w_ih, b_ih, forget_bias, state[0].contiguous(), lengths, layout)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args[:5]):
+        out, h_n, _ = _ScanLayer.apply(*args)
+    else:  # inference: no graph, nothing saved
+        cell, refine = _ids(layout)
+        out, h_n = torch.ops.gated_fused.scan_forward(_project(x, w_ih), b_ih, forget_bias, args[4], lengths,
+                                                      cell, refine)
+    return out, (h_n,)
+
+
+class _LoopScan(torch.autograd.Function):
+    """``h_t = a_t h_{t-1} + b_t`` as a Python loop over time, with the reverse scan as backward
+    (``g_{t-1} = a_t g_t + dout_{t-1}``, ``da_t = g_t h_{t-1}``, ``db_t = g_t``): the pure-torch
+    fallback, any device and dtype. Each step works on ``unbind`` slices (an indexed slice's
+    backward would write a whole zero tensor per step)."""
+
+    @staticmethod
+    def forward(a, b, h0):
+        h, outs = h0, []
+        for a_t, b_t in zip(a.unbind(0), b.unbind(0)):
+            h = torch.addcmul(b_t, a_t, h)
+            outs.append(h)
+        return torch.stack(outs)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        a, _, h0 = inputs
+        ctx.save_for_backward(a, h0, output)
+
+    @staticmethod
+    def backward(ctx, dout):
+        a, h0, out = ctx.saved_tensors
+        if torch.is_grad_enabled():  # double backward: differentiate the plain loop instead
+            return _vjp_of(lambda a_, b_, h_: _reference_scan(a_, b_, h_), (a, None, h0), ctx, dout, out)
+        g = torch.zeros_like(h0)
+        da, db = [], []
+        prev = [h0, *out.unbind(0)[:-1]]
+        for t in range(a.shape[0] - 1, -1, -1):
+            g = g + dout[t]
+            da.append(g * prev[t])
+            db.append(g)
+            g = g * a[t]
+        return torch.stack(da[::-1]), torch.stack(db[::-1]), g
+
+
+class _LinearScanOp(torch.autograd.Function):
+    """The C++ linear scan (``gated_fused::linear_scan``) with its reverse-scan backward."""
+
+    @staticmethod
+    def forward(a, b, h0):
+        return torch.ops.gated_fused.linear_scan(a, b, h0)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        a, _, h0 = inputs
+        ctx.save_for_backward(a, h0, output)
+
+    @staticmethod
+    def backward(ctx, dout):
+        a, h0, out = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            return _vjp_of(lambda a_, b_, h_: _reference_scan(a_, b_, h_), (a, None, h0), ctx, dout, out)
+        return torch.ops.gated_fused.linear_scan_backward(dout, a, out, h0)
+
+
+def _reference_scan(a: Tensor, b: Tensor, h0: Tensor) -> Tensor:
+    """The plain loop with autograd: the oracle of :func:`linear_scan`."""
+    h, outs = h0, []
+    for a_t, b_t in zip(a.unbind(0), b.unbind(0)):
+        h = a_t * h + b_t
+        outs.append(h)
+    return torch.stack(outs)
+
+
+def _vjp_of(fn, inputs, ctx, dout, out):
+    """Differentiable VJP of ``fn(a, b, h0)`` for double backward; ``b`` is recovered from ``out``."""
+    a, _, h0 = inputs
+    prev = torch.cat([h0.unsqueeze(0), out[:-1]])
+    b = out - a * prev  # h_t = a_t h_{t-1} + b_t; b itself is not saved
+    _, vjp = torch.func.vjp(fn, a, b, h0)
+    return vjp(dout)
+
+
+def _linear_backend(name: str, a: Tensor) -> str:
+    check_name(name)
+    if name != "auto":
+        if name == "fused_cpu" and why_not(None, a) is not None:
+            raise RuntimeError(f"backend 'fused_cpu' cannot run this call: {why_not(None, a)}")
+        return name
+    if _traced() or _transformed():
+        return "reference"
+    return "fused_cpu" if why_not(None, a) is None else "torch"
+
+
+def linear_scan(a: Tensor, b: Tensor, h0: Tensor | None = None, backend: str = "auto") -> Tensor:
+    r"""Every state of the diagonal linear recurrence :math:`h_t = a_t \odot h_{t-1} + b_t`.
+
+    Args:
+        a, b: ``(T, *S)`` coefficients (any trailing shape ``S``, e.g. ``(B, H)``), time first.
+        h0: ``(*S)`` initial state; zeros if None.
+        backend: ``"auto"`` (the C++ kernel on CPU float32/float64, else the pure-torch loop),
+            ``"fused_cpu"``, ``"torch"`` or ``"reference"`` (the plain loop with autograd).
+
+    Returns:
+        ``(T, *S)``: ``h_1 ... h_T``. Differentiable in ``a``, ``b`` and ``h0`` (the backward is the
+        reverse scan); NaN and infinity propagate as in the plain loop.
+
+    Example:
+        >>> h = gated.linear_scan(torch.rand(1024, 32, 256), torch.randn(1024, 32, 256))
+    """
+    if not (isinstance(a, Tensor) and isinstance(b, Tensor)) or a.shape != b.shape or a.dim() < 1:
+        raise ValueError("linear_scan: a and b must be tensors of one shape (T, ...), got "
+                         f"{getattr(a, 'shape', type(a).__name__)} and {getattr(b, 'shape', type(b).__name__)}")
+    if a.dtype != b.dtype or a.device != b.device:
+        raise ValueError(f"linear_scan: a and b differ in dtype or device ({a.dtype}/{a.device}, {b.dtype}/{b.device})")
+    if h0 is None:
+        h0 = a.new_zeros(a.shape[1:])
+    elif not isinstance(h0, Tensor) or h0.shape != a.shape[1:] or h0.dtype != a.dtype or h0.device != a.device:
+        raise ValueError(f"linear_scan: h0 must be a {tuple(a.shape[1:])} tensor of a's dtype and device, got "
+                         f"{getattr(h0, 'shape', type(h0).__name__)}")
+    T = a.shape[0]
+    if T == 0:
+        return a.new_empty(a.shape)
+    how = _linear_backend(backend, a)
+    if how == "reference":
+        return _reference_scan(a, b, h0)
+    if how == "torch":
+        return _LoopScan.apply(a, b, h0)
+    shape = a.shape
+    flat = (T, 1, h0.numel())  # (T, B, H) for the kernel; contiguous copies of strided inputs
+    out = _LinearScanOp.apply(a.reshape(flat), b.reshape(flat), h0.reshape(1, -1))
+    return out.view(shape)
+
+
+def run_layer_torch(x, state, w_ih, w_hh, b_ih, b_hh, forget_bias, layout, mask=None, record=None, w_hr=None):
+    """The pure-torch fallback: the gates for all steps at once, then :class:`_LoopScan`."""
+    if record is not None:
+        raise ValueError("the torch scan records no gates; gate_activations uses the reference backend")
+    P = F.linear(x, w_ih, b_ih)  # (T, B, G)
+    keep, write, _, _ = scan_gates(P, forget_bias, layout)
+    c = write * P[..., layout.block("n")]  # (T, B, H)
+    if mask is not None:  # past a sequence's end the state is held: a = 1, b = 0
+        keep, c = torch.where(mask, keep, 1.0), torch.where(mask, c, 0.0)
+    out = _LoopScan.apply(keep, c, state[0])
+    h_n = out[-1]
+    return (out * mask if mask is not None else out), (h_n,)
+
+
+BACKENDS = {"reference": reference.run_layer, "torch": run_layer_torch, "fused_cpu": run_layer}
+
+
+def check_name(name: str) -> str:
+    if name != "auto" and name not in BACKENDS:
+        choices = ", ".join(repr(k) for k in ["auto", *BACKENDS])
+        raise ValueError(f"unknown backend {name!r}; choose one of {choices}")
+    return name
+
+
+def _traced() -> bool:
+    return torch.compiler.is_exporting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+
+
+def _transformed() -> bool:
+    return torch._C._functorch.peek_interpreter_stack() is not None or torch.autograd.forward_ad._current_level >= 0
+
+
+def resolve(name: str, layout: Layout, x: Tensor):
+    """The ``run_layer`` that runs ``layout`` (a scan core) on ``x`` (``name``: "auto" or a backend)."""
+    check_name(name)
+    if name != "auto":
+        reason = why_not(layout, x) if name == "fused_cpu" else None
+        if reason is None and name != "reference" and torch.autograd.forward_ad._current_level >= 0:
+            reason = "forward-mode AD (torch.func.jvp, forward_ad.dual_level) needs backend='reference' or 'auto'"
+        if reason is not None:
+            raise RuntimeError(f"backend {name!r} cannot run this call: {reason}")
+        return BACKENDS[name]
+    if _traced():  # plain torch ops: an exported program then needs no extension
+        return BACKENDS["reference"]
+    if torch.compiler.is_compiling():  # the scan ops are opaque calls with fake implementations
+        return BACKENDS["fused_cpu"] if why_not(layout, x) is None else BACKENDS["reference"]
+    if _transformed():
+        _log_once("gated: the scan cores use the reference backend under a torch.func transform or forward-mode AD")
+        return BACKENDS["reference"]
+    reason = why_not(layout, x)
+    if reason is None:
+        return BACKENDS["fused_cpu"]
+    _log_once(f"gated: {layout.core.name} runs the pure-torch scan (a Python loop over time, slower than the "
+              f"fused kernel): no fused scan for {reason}")
+    return BACKENDS["torch"]

@@ -1,0 +1,612 @@
+"""GPU backend: Triton kernels for the gate maths, cuBLAS for the matmuls, a CUDA graph per loop.
+
+Supports what the fused CPU backend supports: every core in its plain (``-``, ``C``, ``U``) and
+sigmoid-refine (``R``, ``UR``) variants, ``proj_size``, masks (PackedSequence), in float32,
+float64, and bfloat16/float16 (as parameters, or under ``torch.autocast``). Same signature and
+results as :func:`gated.backends.reference.run_layer` (tests/test_triton.py). ``"auto"`` picks it
+for CUDA tensors when triton imports (``pip install 'gated[gpu]'``).
+
+Per layer and direction, forward:
+
+1. the input projection of all steps as one GEMM, ``x W_ih^T + b`` into ``A`` ``(T, B, G)``;
+2. per step, the recurrent product ``h_{t-1} W_hh^T`` (``torch.mm``: cuBLAS) into a fixed
+   ``(B, G)`` buffer, then one Triton kernel for the gate maths, which writes ``h_t``, ``c_t``
+   and, when training, the activations back into ``A`` (gated/backends/_triton_kernels.py).
+
+Backward walks time in reverse with one Triton kernel and one ``torch.mm`` per step, writing the
+gradients of every step's pre-activations into one ``(T, B, G)`` buffer; the weight gradients are
+then single large GEMMs (``dA^T [x | h_{t-1}]``), as in the CPU backend. A differentiable gradient
+(``create_graph=True``) is recomputed on the reference backend instead (fused_cpu's
+``_differentiable_backward``).
+
+**CUDA graphs.** The per-step launches of a loop only touch a fixed per-shape workspace
+(:class:`_Workspace`) and the per-call arrays through an offset table (see _triton_kernels.py),
+so on CUDA the second call of a shape captures the loop into a CUDA graph and every later call
+replays it: one launch per loop instead of two to four per step. ``GATED_CUDA_GRAPHS=1`` turns
+this on; it is off by default until it has run on a GPU (this code was written without one). Graphs are never used on CPU tensors (Triton's interpreter) or inside another
+capture; a failed capture falls back to the launches, logged once.
+
+**Mixed precision.** Under ``torch.autocast`` (or with bfloat16/float16 tensors) the GEMMs run in
+the low-precision dtype (cuBLAS accumulates in float32), the recurrent state (``c``, and ``h`` of
+GRU/MGU) and the gate maths stay float32, and the outputs, final states and saved activations are
+in the low-precision dtype, as torch.nn.LSTM/GRU return them under autocast. Weight gradients
+come back in the parameters' dtype.
+
+**CPU tensors** run only through Triton's interpreter, when ``TRITON_INTERPRET=1``: slow, for
+tests (CI has no GPU). The same kernels and the same loop run as on the GPU.
+
+Glossary: T time, B batch, I input features, H hidden_size, P the width of h (proj_size, else
+H), G gate rows.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import logging
+import os
+import types
+
+import torch
+from torch import Tensor
+
+from gated.backends import _ops, fused_cpu, reference
+from gated.cores import Layout
+from gated.gates import sigmoid_gate
+
+logger = logging.getLogger("gated")
+
+_CORE_ID = {"lstm": 0, "gru": 1, "mgu": 2}
+LSTM, GRU, MGU = 0, 1, 2
+_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+_LOW = (torch.bfloat16, torch.float16)
+_state: dict = {}  # "error": why triton could not be imported (None: it could)
+_poison = [False]  # tests: every buffer the backend allocates starts as NaN
+_said: set[str] = set()
+
+
+def import_error() -> str | None:
+    """None if triton and the kernels import, else the reason (one line)."""
+    if "error" not in _state:
+        try:
+            from gated.backends import _triton_kernels  # noqa: F401  (imports triton)
+
+            _state["error"] = None
+        except Exception as e:  # ImportError, or a broken install
+            _state["error"] = f"{type(e).__name__}: {e}".splitlines()[0]
+    return _state["error"]
+
+
+def available() -> bool:
+    """Whether triton is installed and the kernels import (checked once, on first use)."""
+    return import_error() is None
+
+
+def interpreting() -> bool:
+    """Whether ``TRITON_INTERPRET`` asks for Triton's interpreter (as triton reads it)."""
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on", "y")
+
+
+# torch.compile calls these at trace time and keeps the answers as constants
+available._dynamo_marked_constant = True
+interpreting._dynamo_marked_constant = True
+
+
+def why_not(layout: Layout, x: Tensor) -> str | None:
+    """None if this backend can run the call, else the reason (for the one-time log)."""
+    v = layout.variant
+    if v.primary is not sigmoid_gate or v.auxiliary not in (None, "refine"):
+        return f"variant {v.name!r} (only -, C, U, R, UR have fused kernels)"
+    if x.device.type == "cpu":
+        if not interpreting():
+            return "CPU tensors (they run the Triton kernels only in Triton's interpreter, TRITON_INTERPRET=1)"
+    elif x.device.type != "cuda":
+        return f"device {x.device.type!r}"
+    elif interpreting():  # the interpreter copies each argument to the host: the offset table would miss
+        return "CUDA tensors under TRITON_INTERPRET=1 (the interpreter runs this backend on CPU tensors only)"
+    if x.dtype not in _DTYPES:
+        return f"dtype {x.dtype}"
+    if not available():
+        return f"triton could not be imported ({import_error()}; pip install 'gated[gpu]')"
+    return None
+
+
+def set_poison(on: bool) -> None:
+    """Tests: fill every buffer the backend allocates (and its workspaces, at every call) with NaN,
+    so that a value the kernels forget to write shows up."""
+    _poison[0] = bool(on)
+
+
+def _empty(shape, dtype, device) -> Tensor:
+    t = torch.empty(shape, dtype=dtype, device=device)
+    return t.fill_(float("nan")) if _poison[0] and dtype.is_floating_point else t
+
+
+def _state_dtype(cd: torch.dtype) -> torch.dtype:
+    return torch.float32 if cd in _LOW else cd
+
+
+def compute_dtype(x: Tensor) -> torch.dtype:
+    """The GEMMs' dtype: autocast's low-precision dtype where autocast is on, else ``x``'s."""
+    dev = x.device.type
+    if x.dtype != torch.float64 and torch.is_autocast_enabled(dev):
+        return torch.get_autocast_dtype(dev)
+    return x.dtype
+
+
+def _kernel_ids(layout: Layout) -> tuple[int, bool]:
+    return _CORE_ID[layout.core.name], layout.variant.auxiliary == "refine"
+
+
+def _split_biases(b_ih, b_hh, core: int, H: int):
+    """torch's two biases as the loop takes them (as in recurrence.cpp): ``b_ih + b_hh`` added to
+    the input projection, except that GRU/MGU keep the candidate's ``b_hn`` apart (it sits
+    inside the reset product)."""
+    if b_ih is None:
+        return None, None
+    if core == LSTM:
+        return b_ih + b_hh, None
+    kn = 2 if core == GRU else 1
+    rec = torch.cat([b_hh[: kn * H], torch.zeros_like(b_hh[kn * H:(kn + 1) * H]), b_hh[(kn + 1) * H:]])
+    return b_ih + rec, b_hh[kn * H:(kn + 1) * H]
+
+
+# ---------------------------------------------------------------- the loops and their workspaces
+
+@dataclasses.dataclass(frozen=True)
+class _Spec:
+    """Everything that fixes a loop's sequence of launches (one workspace, one graph, per spec)."""
+
+    backward: bool
+    core: int
+    refine: bool
+    has_fb: bool
+    has_bhn: bool
+    masked: bool
+    save: bool
+    proj: bool
+    T: int
+    B: int
+    G: int
+    H: int
+    P: int
+    cd: torch.dtype
+    device: torch.device
+    stream: int  # the CUDA stream the calls run on (0 on the CPU)
+
+
+def _block(n: int, interpret: bool) -> int:
+    # the interpreter runs each program in Python: one program per step where possible
+    if interpret:
+        return min(4096, 1 << max(n - 1, 0).bit_length())
+    return 256
+
+
+class _Workspace:
+    """The fixed buffers of one loop shape: states, the per-step products, copies of the weights
+    and inputs, and the offset table through which the kernels reach the per-call arrays. The
+    loop (:meth:`loop`) reads nothing else, so a CUDA graph of it serves every call."""
+
+    def __init__(self, spec: _Spec):
+        from gated.backends import _triton_kernels as tk
+
+        self.spec, s = spec, spec
+        self.interpret = s.device.type == "cpu"  # CPU tensors: Triton's interpreter (why_not checks TRITON_INTERPRET)
+        self.k = tk.kernels(self.interpret)
+        self.graphs = s.device.type == "cuda" and not self.interpret  # CUDA graphs may capture the loop
+        self.slots = tk.SLOTS
+        cd, sd, dev = s.cd, _state_dtype(s.cd), s.device
+        self.sd = sd
+        self.base = torch.zeros(1, dtype=cd, device=dev)  # the table's offsets count from here
+        self.tab = torch.zeros(tk.SLOTS, dtype=torch.int64, device=dev)
+        self.w_hh = torch.empty(s.G, s.P, dtype=cd, device=dev)
+        self.w_hr = torch.empty(s.P, s.H, dtype=cd, device=dev) if s.proj else None
+        self.len = torch.zeros(s.B, dtype=torch.int64, device=dev)
+        B, H, P, G = s.B, s.H, s.P, s.G
+        if not s.backward:
+            self.gh = torch.empty(B, G, dtype=cd, device=dev)  # h_{t-1} W_hh^T
+            self.hs = torch.empty(B, P, dtype=cd, device=dev)  # h_{t-1}, the product's input
+            self.ms = torch.empty(B, H, dtype=cd, device=dev) if s.proj else None  # m_t
+            self.ring = torch.empty(2, B, H, dtype=sd, device=dev)  # c (LSTM) or h (GRU/MGU), t % 2
+            self.fb = torch.empty(H, dtype=sd, device=dev)
+            self.bhn = torch.empty(H, dtype=sd, device=dev)
+        else:
+            self.src = torch.empty(B, G, dtype=cd, device=dev)  # dA_t (LSTM) or S_t: the product's input
+            self.g = torch.empty(B, P, dtype=cd, device=dev)  # src W_hh
+            self.dhn = torch.empty(B, P, dtype=sd, device=dev)  # dh_n
+            self.carry = torch.empty(2, B, P, dtype=sd, device=dev)  # the part of dh bypassing W_hh, t % 2
+            self.dc = torch.empty(B, H, dtype=sd, device=dev)  # dc_t, in place
+            self.h0 = torch.empty(B, H if s.core == LSTM else P, dtype=sd, device=dev)  # c0 (LSTM) or h0
+            self.dhs = torch.empty(B, P, dtype=cd, device=dev) if s.proj else None  # dh_t, projections
+            self.dm = torch.empty(B, H, dtype=cd, device=dev) if s.proj else None  # dh_t W_hr
+        self.calls = 0  # loops run by their launches
+        self.graph = None  # the replay function, once captured
+
+    def poison(self) -> None:
+        for t in vars(self).values():
+            if isinstance(t, Tensor) and t.dtype.is_floating_point and t is not self.base:
+                t.fill_(float("nan"))
+
+    def write_table(self, arrays: dict[int, Tensor]) -> None:
+        """Point the table's slots at this call's arrays (offsets in elements from ``base``)."""
+        base, size = self.base.data_ptr(), self.base.element_size()
+        offs = [0] * self.slots
+        for slot, t in arrays.items():
+            if t is not None and t.numel() > 0:
+                assert t.dtype == self.base.dtype and t.is_contiguous()
+                delta = t.data_ptr() - base
+                assert delta % size == 0
+                offs[slot] = delta // size
+        if self.tab.device.type == "cpu":
+            self.tab.copy_(torch.tensor(offs, dtype=torch.int64))
+        elif _capturing(self.tab.device):  # inside a caller's graph: values baked into fills
+            for slot, v in enumerate(offs):
+                self.tab[slot].fill_(v)
+        else:  # pinned and asynchronous: no synchronisation with the stream (the host allocator keeps
+            # the pinned block until the copy has run)
+            self.tab.copy_(torch.tensor(offs, dtype=torch.int64).pin_memory(), non_blocking=True)
+
+    def run(self) -> None:
+        """Run the loop: by its CUDA graph where there is one, else by its launches."""
+        if _capturing(self.spec.device):  # inside a caller's capture: the launches go into that graph
+            self.loop()
+            return
+        if self.graph is not None:
+            self.graph()
+            return
+        if self.calls >= 1 and self.graphs and _graphs_enabled():
+            try:
+                self.graph = _capture(self)
+            except Exception as e:  # never fatal: the launches do the same work
+                _graphs_failed(e)
+            else:
+                self.graph()
+                return
+        self.calls += 1
+        self.loop()
+
+    def loop(self) -> None:
+        (self._backward_loop if self.spec.backward else self._forward_loop)()
+
+    def _forward_loop(self) -> None:
+        s, k = self.spec, self.k
+        B, H, G, P = s.B, s.H, s.G, s.P
+        blk = _block(B * H, self.interpret)
+        grid = ((B * H + blk - 1) // blk,)
+        blk_p = _block(B * P, self.interpret)
+        grid_p = ((B * P + blk_p - 1) // blk_p,)
+        w_t = self.w_hh.t()
+        kz, kn = (1, 2) if s.core == GRU else (0, 1)
+        for t in range(s.T):
+            torch.mm(self.hs, w_t, out=self.gh)
+            prev, new = self.ring[(t + 1) % 2], self.ring[t % 2]  # t = 0 reads ring[1], the initial state
+            if s.core == LSTM:
+                k.lstm_fwd[grid](self.tab, self.base, self.gh, prev, new, self.ms if s.proj else self.hs, self.fb,
+                                 self.len, t, B, H, G, REFINE=s.refine, HAS_FB=s.has_fb, MASKED=s.masked,
+                                 SAVE=s.save, PROJ=s.proj, BLOCK=blk)
+                if s.proj:
+                    torch.mm(self.ms, self.w_hr.t(), out=self.hs)
+                    k.proj_out[grid_p](self.tab, self.base, self.hs, t, B, P, BLOCK=blk_p)
+            else:
+                k.gru_fwd[grid](self.tab, self.base, self.gh, prev, new, self.hs, self.bhn, self.fb, self.len,
+                                t, B, H, G, GRU=s.core == GRU, KZ=kz, KN=kn, KR=kn + 1, REFINE=s.refine,
+                                HAS_FB=s.has_fb, HAS_BHN=s.has_bhn, MASKED=s.masked, SAVE=s.save, BLOCK=blk)
+
+    def _backward_loop(self) -> None:
+        s, k = self.spec, self.k
+        B, H, G, P, T = s.B, s.H, s.G, s.P, s.T
+        blk = _block(B * H, self.interpret)
+        grid = ((B * H + blk - 1) // blk,)
+        blk_p = _block(B * P, self.interpret)
+        grid_p = ((B * P + blk_p - 1) // blk_p,)
+        kz, kn = (1, 2) if s.core == GRU else (0, 1)
+        for t in range(T - 1, -1, -1):
+            last = t == T - 1
+            carry_in, carry_out = self.carry[(t + 1) % 2], self.carry[t % 2]
+            if s.core == LSTM:
+                d2 = self.dhn if last else carry_in  # dh_n, or the carry of rows past their end
+                has_d2 = last or s.masked
+                if s.proj:
+                    k.proj_dh[grid_p](self.tab, self.base, self.g, d2, self.dhs, carry_out, self.len, t, B, P,
+                                      HAS_D1=not last, HAS_D2=has_d2, MASKED=s.masked, BLOCK=blk_p)
+                    torch.mm(self.dhs, self.w_hr, out=self.dm)
+                k.lstm_bwd[grid](self.tab, self.base, self.h0, self.g, d2, self.dc, self.src, carry_out,
+                                 self.dm if s.proj else self.dc, self.len, t, B, H, G, REFINE=s.refine,
+                                 HAS_D1=not last and not s.proj, HAS_D2=has_d2 and not s.proj, MASKED=s.masked,
+                                 FIRST=t == 0, PROJ=s.proj, BLOCK=blk)
+            else:
+                k.gru_bwd[grid](self.tab, self.base, self.h0, self.g, self.dhn if last else carry_in, self.src,
+                                carry_out, self.len, t, B, H, G, GRU=s.core == GRU, KZ=kz, KN=kn, KR=kn + 1,
+                                REFINE=s.refine, HAS_D1=not last, MASKED=s.masked, FIRST=t == 0, BLOCK=blk)
+            torch.mm(self.src, self.w_hh, out=self.g)
+
+    def dh0(self) -> Tensor:
+        """dL/dh_0 after the backward loop: the last product plus the carry (rows past their end)."""
+        s = self.spec
+        if s.core != LSTM or s.masked:
+            return (self.g.to(self.sd) + self.carry[0]).to(s.cd)
+        return self.g.clone()
+
+
+_workspaces: collections.OrderedDict = collections.OrderedDict()
+_MAX_WORKSPACES = 64  # least recently used ones (and their graphs) go beyond this
+_graph_pools: dict = {}
+
+
+def _workspace(spec: _Spec) -> _Workspace:
+    ws = _workspaces.get(spec)
+    if ws is None:
+        ws = _workspaces[spec] = _Workspace(spec)
+        while len(_workspaces) > _MAX_WORKSPACES:
+            _workspaces.popitem(last=False)
+    else:
+        _workspaces.move_to_end(spec)
+    if _poison[0]:
+        ws.poison()
+    return ws
+
+
+def empty_cache() -> None:
+    """Drop every workspace and CUDA graph (they are rebuilt on the next call)."""
+    _workspaces.clear()
+    _graph_pools.clear()
+
+
+def _capturing(device: torch.device) -> bool:
+    """Whether the current CUDA stream is being captured (by a caller's graph, or by ours)."""
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
+def _graphs_enabled() -> bool:
+    # opt-in until the graphs have been checked on a GPU (scripts/gpu_check.sh): never a default
+    # that no machine has run
+    return os.environ.get("GATED_CUDA_GRAPHS", "0") == "1" and "graphs" not in _said
+
+
+def _graphs_failed(e: Exception) -> None:
+    _said.add("graphs")  # no further attempts in this process
+    logger.warning("gated: capturing the Triton backend's time loop into a CUDA graph failed (%s: %s); "
+                   "running its launches instead", type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+
+
+def _capture(ws: _Workspace):
+    """Capture ``ws``'s loop (already run once: the kernels are compiled) into a CUDA graph and
+    return its replay. The graphs of one stream share a memory pool: they hold no tensors, only
+    what cuBLAS allocates, and one stream replays them one at a time."""
+    key = (ws.spec.device, ws.spec.stream)
+    if key not in _graph_pools:
+        side = torch.cuda.Stream(ws.spec.device)  # the capture stream, warmed up once: cuBLAS sets up
+        side.wait_stream(torch.cuda.current_stream(ws.spec.device))  # its handle and workspace there
+        with torch.cuda.stream(side):
+            torch.mm(ws.w_hh, ws.w_hh.t())
+        torch.cuda.current_stream(ws.spec.device).wait_stream(side)
+        _graph_pools[key] = (torch.cuda.graph_pool_handle(), side)
+    pool, side = _graph_pools[key]
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool, stream=side, capture_error_mode="thread_local"):
+        ws.loop()
+    return graph.replay
+
+
+def _spec(backward, core, refine, has_fb, has_bhn, masked, save, proj, T, B, G, H, P, x) -> _Spec:
+    stream = torch.cuda.current_stream(x.device).cuda_stream if x.device.type == "cuda" else 0
+    return _Spec(backward, core, refine, has_fb, has_bhn, masked, save, proj, T, B, G, H, P, x.dtype, x.device,
+                 stream)
+
+
+# ---------------------------------------------------------------- operators
+
+def _forward_impl(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None, b_hh: Tensor | None,
+                  fb: Tensor | None, h0: Tensor, c0: Tensor | None, lengths: Tensor | None,
+                  w_hr: Tensor | None, core: int, refine: bool, save: bool):
+    T, B, I = x.shape
+    G, P = w_ih.shape[0], w_hh.shape[1]
+    H = P if w_hr is None else w_hr.shape[1]
+    cd, dev = x.dtype, x.device
+    bias_x, b_hn = _split_biases(b_ih, b_hh, core, H)
+    A = _empty((T, B, G), cd, dev)
+    x2, A2 = x.reshape(T * B, I), A.view(T * B, G)
+    if bias_x is None:
+        torch.mm(x2, w_ih.t(), out=A2)
+    else:
+        torch.addmm(bias_x.to(cd), x2, w_ih.t(), out=A2)
+    out = _empty((T, B, P), cd, dev)
+    aux = _empty((T, B, H), cd, dev) if save else x.new_empty(0)
+    m = _empty((T, B, H), cd, dev) if save and w_hr is not None else x.new_empty(0)
+    ws = _workspace(_spec(False, core, refine, fb is not None, b_hn is not None, lengths is not None, save,
+                          w_hr is not None, T, B, G, H, P, x))
+    ws.w_hh.copy_(w_hh)
+    if w_hr is not None:
+        ws.w_hr.copy_(w_hr)
+    if fb is not None:
+        ws.fb.copy_(fb)
+    if b_hn is not None:
+        ws.bhn.copy_(b_hn)
+    if lengths is not None:
+        ws.len.copy_(lengths)
+    ws.hs.copy_(h0)
+    ws.ring[1].copy_(c0 if core == LSTM else h0)
+    from gated.backends._triton_kernels import A_, AUX_, M_, OUT_
+
+    ws.write_table({A_: A, OUT_: out, AUX_: aux, M_: m})
+    ws.run()
+    if lengths is None:
+        h_n = out[T - 1].clone()
+    else:  # each sequence's output at its last step
+        h_n = out[(lengths - 1).clamp_min(0), torch.arange(B, device=dev)]
+    c_n = ws.ring[(T - 1) % 2].to(cd, copy=True) if core == LSTM else x.new_empty(0)
+    return out, h_n, c_n, A if save else x.new_empty(0), aux, m
+
+
+def _backward_impl(dout: Tensor, dh_n: Tensor, dc_n: Tensor | None, A: Tensor, aux: Tensor, out: Tensor,
+                   h0: Tensor, c0: Tensor | None, w_hh: Tensor, lengths: Tensor | None, w_hr: Tensor | None,
+                   core: int, refine: bool):
+    T, B, G = A.shape
+    P = w_hh.shape[1]
+    H = P if w_hr is None else w_hr.shape[1]
+    cd, dev = A.dtype, A.device
+    dA = _empty((T, B, G), cd, dev)
+    dghn = _empty((T, B, H), cd, dev) if core != LSTM else A.new_empty(0)
+    dH = _empty((T, B, P), cd, dev) if w_hr is not None else A.new_empty(0)
+    ws = _workspace(_spec(True, core, refine, False, False, lengths is not None, True, w_hr is not None,
+                          T, B, G, H, P, A))
+    ws.w_hh.copy_(w_hh)
+    if w_hr is not None:
+        ws.w_hr.copy_(w_hr)
+    if lengths is not None:
+        ws.len.copy_(lengths)
+    ws.dhn.copy_(dh_n)
+    if core == LSTM:
+        ws.dc.copy_(dc_n)
+        ws.h0.copy_(c0)
+    else:
+        ws.h0.copy_(h0)
+    from gated.backends._triton_kernels import A_, AUX_, DA_, DGHN_, DH_, DOUT_, OUT_
+
+    dout = dout.to(cd).contiguous()
+    ws.write_table({A_: A, AUX_: aux, OUT_: out, DOUT_: dout, DA_: dA, DGHN_: dghn, DH_: dH})
+    ws.run()
+    dc0 = ws.dc.to(cd, copy=True) if core == LSTM else A.new_empty(0)
+    return dA, dghn, ws.dh0(), dc0, dH
+
+
+_FWD_SCHEMA = ("(Tensor x, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? fb, Tensor h0, Tensor? c0, "
+               "Tensor? lengths, Tensor? w_hr, int core, bool refine, bool save) "
+               "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)")
+_BWD_SCHEMA = ("(Tensor dout, Tensor dh_n, Tensor? dc_n, Tensor A, Tensor aux, Tensor out, Tensor h0, Tensor? c0, "
+               "Tensor w_hh, Tensor? lengths, Tensor? w_hr, int core, bool refine) "
+               "-> (Tensor, Tensor, Tensor, Tensor, Tensor)")
+
+# The two loops as operators with the fused CPU kernels' schemas, fake implementations and batching
+# rules (gated/backends/_ops.py), so torch.compile keeps each layer as one opaque call on both
+# devices and torch.func's vmap runs them per element
+recurrence_forward = torch.library.custom_op("gated_triton::recurrence_forward", _forward_impl, mutates_args=(),
+                                             schema=_FWD_SCHEMA)
+recurrence_backward = torch.library.custom_op("gated_triton::recurrence_backward", _backward_impl,
+                                              mutates_args=(), schema=_BWD_SCHEMA)
+for _op, _fake in ((recurrence_forward, _ops._recurrence_forward_fake),
+                   (recurrence_backward, _ops._recurrence_backward_fake)):
+    _op.register_fake(_fake)
+    torch.library.register_vmap(_op)(_ops._per_element(_op))
+
+
+# ---------------------------------------------------------------- autograd
+
+def _forward(x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0, lengths, layout, cd, save: bool):
+    """The forward operator on ``x`` and the weights cast to the compute dtype ``cd`` and the states
+    to the state dtype (autocast is off inside: the casts are explicit)."""
+    core, refine = _kernel_ids(layout)
+    sd = _state_dtype(cd)
+    with torch.autocast(x.device.type, enabled=False):
+        return torch.ops.gated_triton.recurrence_forward(
+            x.to(cd).contiguous(), w_ih.to(cd).contiguous(), w_hh.to(cd).contiguous(), b_ih, b_hh, fb,
+            h0.to(sd).contiguous(), None if c0 is None else c0.to(sd).contiguous(), lengths,
+            None if w_hr is None else w_hr.to(cd).contiguous(), core, refine, save)
+
+
+def _hprev_mm(d: Tensor, h0: Tensor, out: Tensor) -> Tensor:
+    """``sum_t d_t^T h_{t-1}`` with ``h_{-1} = h0``, ``h_t = out_t``, as two GEMMs (no copy of the
+    shifted outputs); ``d`` may be a column slice of a ``(T, B, G)`` buffer."""
+    if d.shape[-1] == 0:  # an absent block (GRU/MGU without refine)
+        return h0.new_empty(0, h0.shape[-1])
+    r = d[0].t() @ h0
+    if d.shape[0] > 1:
+        r = torch.addmm(r, d[1:].reshape(-1, d.shape[-1]).t(), out[:-1].reshape(-1, out.shape[-1]))
+    return r
+
+
+def _cat(parts: list[Tensor]) -> Tensor:
+    return torch.cat([p for p in parts if p.shape[0] > 0])
+
+
+class _Recurrence(torch.autograd.Function):
+    """Autograd around the operators, as fused_cpu._Recurrence (``setup_context``, vmap rule);
+    the forward also returns the saved activations, which are not differentiable."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0, lengths, layout, cd):
+        return _forward(x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0, lengths, layout, cd, save=True)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0, lengths, layout, cd = inputs
+        out, h_n, c_n, A, aux, m = output
+        ctx.mark_non_differentiable(A, aux, m)
+        ctx.save_for_backward(x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0, lengths, A, aux, m, out)
+        ctx.layout, ctx.cd = layout, cd
+        ctx.autocast = cd if cd != w_ih.dtype else None  # the forward ran under autocast
+
+    @staticmethod
+    def backward(ctx, dout, dh_n, dc_n, _dA, _daux, _dm):
+        if torch.is_grad_enabled():  # create_graph: recompute on the reference, differentiably
+            view = types.SimpleNamespace(saved_tensors=ctx.saved_tensors, layout=ctx.layout,
+                                         needs_input_grad=ctx.needs_input_grad[:11])
+            device = ctx.saved_tensors[0].device.type
+            cast = torch.autocast(device, dtype=ctx.autocast) if ctx.autocast else contextlib.nullcontext()
+            with cast:  # the recomputation under the forward's autocast
+                return (*fused_cpu._differentiable_backward(view, dout, dh_n, dc_n), None)
+        x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0, lengths, A, aux, m, out = ctx.saved_tensors
+        layout, cd = ctx.layout, ctx.cd
+        sd = _state_dtype(cd)
+        core, refine = _kernel_ids(layout)
+        need = ctx.needs_input_grad
+        with torch.autocast(x.device.type, enabled=False):
+            h0s = h0.to(sd).contiguous()
+            w_hh_c = w_hh.to(cd).contiguous()
+            w_hr_c = None if w_hr is None else w_hr.to(cd).contiguous()
+            dA, dghn, dh0, dc0, dH = torch.ops.gated_triton.recurrence_backward(
+                dout.contiguous(), dh_n.contiguous(), None if c0 is None else dc_n.contiguous(), A, aux, out, h0s,
+                None if c0 is None else c0.to(sd).contiguous(), w_hh_c, lengths, w_hr_c, core, refine)
+            T, B, G = dA.shape
+            I, H = x.shape[-1], layout.hidden_size
+            dA2 = dA.view(T * B, G)
+            dx = (dA2 @ w_ih.to(cd)).view(T, B, I).to(x.dtype) if need[0] else None
+            dw_ih = (dA2.t() @ x.to(cd).reshape(T * B, I)).to(w_ih.dtype) if need[1] else None
+            h0c = h0s.to(cd)
+            dw_hh = None
+            if need[2]:
+                if core == LSTM:
+                    dw_hh = _hprev_mm(dA, h0c, out)
+                else:  # the candidate block's recurrent gradients are dghn, not dA
+                    kn = 2 if core == GRU else 1
+                    dw_hh = _cat([_hprev_mm(dA[..., :kn * H], h0c, out), _hprev_mm(dghn, h0c, out),
+                                  _hprev_mm(dA[..., (kn + 1) * H:], h0c, out)])
+                dw_hh = dw_hh.to(w_hh.dtype)
+            total = dA2.sum(0, dtype=sd)  # dA summed over steps and batch
+            db_ih = db_hh = dfb = None
+            if b_ih is not None:
+                db_ih = total.to(b_ih.dtype)
+                if core == LSTM:
+                    db_hh = db_ih
+                else:
+                    kn = 2 if core == GRU else 1
+                    db_hh = _cat([total[:kn * H], dghn.sum((0, 1), dtype=sd), total[(kn + 1) * H:]]).to(b_hh.dtype)
+            if fb is not None:  # b_f enters the keep gate with + and the refine gate with -
+                dfb = (total[layout.keep] - total[layout.refine]).to(fb.dtype)
+            dw_hr = None
+            if w_hr is not None and need[6]:  # dL/dW_hr = sum over steps of dh_t^T m_t
+                dw_hr = (dH.view(T * B, -1).t() @ m.view(T * B, -1)).to(w_hr.dtype)
+            dh0 = dh0.to(h0.dtype)
+            dc0 = dc0.to(c0.dtype) if c0 is not None else None
+        return dx, dw_ih, dw_hh, db_ih, db_hh, dfb, dw_hr, dh0, dc0, None, None, None
+
+
+def run_layer(x, state, w_ih, w_hh, b_ih, b_hh, forget_bias, layout, mask=None, record=None, w_hr=None):
+    """Same contract as :func:`gated.backends.reference.run_layer` (``record`` is not supported).
+    Under autocast the outputs and states are in autocast's dtype, as torch.nn's."""
+    if record is not None:
+        raise ValueError("the triton backend records no gates; gate_activations uses the reference backend")
+    if x.shape[1] == 0:  # an empty batch: nothing to compute
+        return reference.run_layer(x, state, w_ih, w_hh, b_ih, b_hh, forget_bias, layout, mask, w_hr=w_hr)
+    cd = compute_dtype(x)
+    lengths = None if mask is None else mask[:, :, 0].sum(0).to(torch.int64)
+    c0 = state[1] if len(state) == 2 else None
+    args = (x, w_ih, w_hh, b_ih, b_hh, forget_bias, w_hr, state[0], c0, lengths, layout, cd)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args[:9]):
+        out, h_n, c_n = _Recurrence.apply(*args)[:3]
+    else:  # inference: no graph, and no activations kept
+        out, h_n, c_n = _forward(*args, save=False)[:3]
+    return out, (h_n, c_n) if c0 is not None else (h_n,)
