@@ -2,7 +2,7 @@
 timescale distributions of minGRU -, U, R, UR beside LSTM and UR-LSTM, seed 0 of each, on one task.
 
     python scripts/scan_figures.py --task copy      # runs/reproduce/scan-copy + copy-T500
-    python scripts/scan_figures.py --task adding    # runs/reproduce/scan-adding + scan-adding-lstm
+    python scripts/scan_figures.py --task adding    # runs/reproduce/scan-adding (2 layers) + scan-adding-lstm
 
 Writes docs/figures/reproduce_scan_<task>_gates.png (and .pdf, .svg): forget f and effective g, at
 init (outline) and trained (filled), with the share below 0.1 or above 0.9; and
@@ -27,8 +27,8 @@ RUNS = {  # label -> (experiment, setting, variant folder)
              "minGRU": ("scan-copy", "default", "base"), "U-minGRU": ("scan-copy", "default", "U"),
              "R-minGRU": ("scan-copy", "default", "R"), "UR-minGRU": ("scan-copy", "default", "UR")},
     "adding": {"LSTM": ("scan-adding-lstm", "default", "base"), "UR-LSTM": ("scan-adding-lstm", "default", "UR"),
-               "minGRU": ("scan-adding", "num_layers=1", "base"), "U-minGRU": ("scan-adding", "num_layers=1", "U"),
-               "R-minGRU": ("scan-adding", "num_layers=1", "R"), "UR-minGRU": ("scan-adding", "num_layers=1", "UR")},
+               "minGRU": ("scan-adding", "num_layers=2", "base"), "U-minGRU": ("scan-adding", "num_layers=2", "U"),
+               "R-minGRU": ("scan-adding", "num_layers=2", "R"), "UR-minGRU": ("scan-adding", "num_layers=2", "UR")},
 }
 
 
