@@ -52,6 +52,19 @@ def _forward_ad() -> bool:
     return torch.autograd.forward_ad._current_level >= 0
 
 
+def _traced() -> bool:
+    """torch.export, torch.jit.trace or ONNX export is recording the call."""
+    return torch.compiler.is_exporting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+
+
+def _transformed() -> bool:
+    """A torch.func transform or forward-mode AD is active."""
+    return torch._C._functorch.peek_interpreter_stack() is not None or _forward_ad()
+
+
+_SLOWER = {"fused_cpu": ("the fused kernels", "fused kernel"), "triton": ("the Triton kernels", "Triton kernel")}
+
+
 def resolve(name: str, layout, x: torch.Tensor):
     """The ``run_layer`` function that runs ``layout`` on input ``x`` (``name``: "auto" or a backend)."""
     check_name(name)
@@ -62,27 +75,21 @@ def resolve(name: str, layout, x: torch.Tensor):
         if reason is not None:
             raise RuntimeError(f"backend {name!r} cannot run this call: {reason}")
         return BACKENDS[name]
-    if torch.compiler.is_exporting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+    if _traced():
         # plain torch ops, which an exported program runs without the extension and which ONNX
         # (whose exporters go through torch.export or torch.jit.trace) can translate
         return BACKENDS["reference"]
+    fast = "triton" if x.device.type == "cuda" else "fused_cpu"
     if torch.compiler.is_compiling():  # the fused ops are opaque calls with fake implementations
-        fast = "triton" if x.device.type == "cuda" else "fused_cpu"
         return BACKENDS[fast] if _CHECKS[fast](layout, x) is None else BACKENDS["reference"]
-    if torch._C._functorch.peek_interpreter_stack() is not None or _forward_ad():
+    if _transformed():
         _log_once("gated: using the reference backend under a torch.func transform or forward-mode AD "
                   "(it composes with every transform; the fused kernels have no forward-mode derivative)")
         return BACKENDS["reference"]
-    if x.device.type == "cuda":
-        reason = triton_gpu.why_not(layout, x)
-        if reason is None:
-            return BACKENDS["triton"]
-        _log_once(f"gated: using the reference backend (a Python loop over time, slower than the Triton kernels) "
-                  f"for {layout.core.name.upper()}: no Triton kernel for {reason}")
-        return BACKENDS["reference"]
-    reason = fused_cpu.why_not(layout, x)
+    reason = _CHECKS[fast](layout, x)
     if reason is None:
-        return BACKENDS["fused_cpu"]
-    _log_once(f"gated: using the reference backend (a Python loop over time, slower than the fused kernels) "
-              f"for {layout.core.name.upper()}: no fused kernel for {reason}")
+        return BACKENDS[fast]
+    kernels, kernel = _SLOWER[fast]
+    _log_once(f"gated: using the reference backend (a Python loop over time, slower than {kernels}) "
+              f"for {layout.core.name.upper()}: no {kernel} for {reason}")
     return BACKENDS["reference"]

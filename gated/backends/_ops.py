@@ -84,9 +84,10 @@ def register() -> None:
         "xh_mm": _xh_mm_fake,
         "tiled_mm": _tiled_mm_fake,
     }
+    if hasattr(torch.ops.gated_fused, "scan_forward"):  # the scan kernels (gated/csrc/scan.h), if built
+        fakes |= _scan_ops.FAKES
     for name, fake in fakes.items():
         qualname = f"gated_fused::{name}"
         torch.library.register_fake(qualname)(fake)
         torch.library.register_vmap(qualname)(_per_element(getattr(torch.ops.gated_fused, name).default))
-    _scan_ops.register()  # the scan kernels' ops (gated/csrc/scan.h)
     _registered = True

@@ -3,7 +3,7 @@
 ``gated_fused::scan_forward``, ``scan_backward``, ``linear_scan`` and ``linear_scan_backward`` get
 output shapes from input shapes, so ``torch.compile`` and ``torch.export`` keep each as one opaque
 call, and per-element batching rules for ``torch.func.vmap``, as :mod:`gated.backends._ops` does for
-the recurrent kernels (called from its ``register``). Autograd is in :mod:`gated.backends.scan`.
+the recurrent kernels (its ``register`` registers :data:`FAKES`). Autograd is in :mod:`gated.backends.scan`.
 """
 
 from __future__ import annotations
@@ -27,21 +27,9 @@ def _linear_scan_backward_fake(dout, a, out, h0):
     return a.new_empty(a.shape), a.new_empty(a.shape), a.new_empty(h0.shape)
 
 
-def register() -> None:
-    """Register the fakes and batching rules (``_ops.register`` calls this once, after the library loaded)."""
-    import torch
-
-    from gated.backends._ops import _per_element
-
-    if not hasattr(torch.ops.gated_fused, "scan_forward"):  # a build without scan.h: the scan backend says so
-        return
-    fakes = {
-        "scan_forward": _scan_forward_fake,
-        "scan_backward": _scan_backward_fake,
-        "linear_scan": _linear_scan_fake,
-        "linear_scan_backward": _linear_scan_backward_fake,
-    }
-    for name, fake in fakes.items():
-        qualname = f"gated_fused::{name}"
-        torch.library.register_fake(qualname)(fake)
-        torch.library.register_vmap(qualname)(_per_element(getattr(torch.ops.gated_fused, name).default))
+FAKES = {  # registered with the recurrent kernels' fakes by gated.backends._ops.register
+    "scan_forward": _scan_forward_fake,
+    "scan_backward": _scan_backward_fake,
+    "linear_scan": _linear_scan_fake,
+    "linear_scan_backward": _linear_scan_backward_fake,
+}

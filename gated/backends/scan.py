@@ -22,26 +22,16 @@ Glossary: T time, B batch, I input features, H hidden_size, G gate rows (``layou
 
 from __future__ import annotations
 
-import logging
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gated.backends import _build, fused_cpu, reference
+from gated.backends import _build, _forward_ad, _log_once, _traced, _transformed, fused_cpu, reference
 from gated.cores import Layout, scan_gates
 
 __all__ = ["linear_scan", "resolve", "check_name", "why_not", "BACKENDS"]
 
-logger = logging.getLogger("gated")
 _CELL_ID = {"mingru": 0, "minlstm": 1}  # scan.h's Cell
-_logged: set[str] = set()
-
-
-def _log_once(msg: str) -> None:
-    if msg not in _logged:
-        _logged.add(msg)
-        logger.warning(msg)
 
 
 def available() -> bool:
@@ -181,6 +171,12 @@ def run_layer(x, state, w_ih, w_hh, b_ih, b_hh, forget_bias, layout, mask=None, 
     return out, (h_n,)
 
 
+def _save_scan(ctx, inputs, output):
+    """``setup_context`` of both linear scans: ``a``, ``h0`` and every state (``b`` is not needed)."""
+    a, _, h0 = inputs
+    ctx.save_for_backward(a, h0, output)
+
+
 class _LoopScan(torch.autograd.Function):
     """``h_t = a_t h_{t-1} + b_t`` as a Python loop over time, with the reverse scan as backward
     (``g_{t-1} = a_t g_t + dout_{t-1}``, ``da_t = g_t h_{t-1}``, ``db_t = g_t``): the pure-torch
@@ -195,16 +191,13 @@ class _LoopScan(torch.autograd.Function):
             outs.append(h)
         return torch.stack(outs)
 
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        a, _, h0 = inputs
-        ctx.save_for_backward(a, h0, output)
+    setup_context = staticmethod(_save_scan)
 
     @staticmethod
     def backward(ctx, dout):
         a, h0, out = ctx.saved_tensors
         if torch.is_grad_enabled():  # double backward: differentiate the plain loop instead
-            return _vjp_of(lambda a_, b_, h_: _reference_scan(a_, b_, h_), (a, None, h0), ctx, dout, out)
+            return _reference_vjp(a, h0, out, dout)
         g = torch.zeros_like(h0)
         da, db = [], []
         prev = [h0, *out.unbind(0)[:-1]]
@@ -223,16 +216,13 @@ class _LinearScanOp(torch.autograd.Function):
     def forward(a, b, h0):
         return torch.ops.gated_fused.linear_scan(a, b, h0)
 
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        a, _, h0 = inputs
-        ctx.save_for_backward(a, h0, output)
+    setup_context = staticmethod(_save_scan)
 
     @staticmethod
     def backward(ctx, dout):
         a, h0, out = ctx.saved_tensors
         if torch.is_grad_enabled():
-            return _vjp_of(lambda a_, b_, h_: _reference_scan(a_, b_, h_), (a, None, h0), ctx, dout, out)
+            return _reference_vjp(a, h0, out, dout)
         return torch.ops.gated_fused.linear_scan_backward(dout, a, out, h0)
 
 
@@ -245,12 +235,11 @@ def _reference_scan(a: Tensor, b: Tensor, h0: Tensor) -> Tensor:
     return torch.stack(outs)
 
 
-def _vjp_of(fn, inputs, ctx, dout, out):
-    """Differentiable VJP of ``fn(a, b, h0)`` for double backward; ``b`` is recovered from ``out``."""
-    a, _, h0 = inputs
+def _reference_vjp(a: Tensor, h0: Tensor, out: Tensor, dout: Tensor):
+    """Differentiable VJP of :func:`_reference_scan` for double backward; ``b`` is recovered from ``out``."""
     prev = torch.cat([h0.unsqueeze(0), out[:-1]])
     b = out - a * prev  # h_t = a_t h_{t-1} + b_t; b itself is not saved
-    _, vjp = torch.func.vjp(fn, a, b, h0)
+    _, vjp = torch.func.vjp(_reference_scan, a, b, h0)
     return vjp(dout)
 
 
@@ -329,20 +318,12 @@ def check_name(name: str) -> str:
     return name
 
 
-def _traced() -> bool:
-    return torch.compiler.is_exporting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
-
-
-def _transformed() -> bool:
-    return torch._C._functorch.peek_interpreter_stack() is not None or torch.autograd.forward_ad._current_level >= 0
-
-
 def resolve(name: str, layout: Layout, x: Tensor):
     """The ``run_layer`` that runs ``layout`` (a scan core) on ``x`` (``name``: "auto" or a backend)."""
     check_name(name)
     if name != "auto":
         reason = why_not(layout, x) if name == "fused_cpu" else None
-        if reason is None and name != "reference" and torch.autograd.forward_ad._current_level >= 0:
+        if reason is None and name != "reference" and _forward_ad():
             reason = "forward-mode AD (torch.func.jvp, forward_ad.dual_level) needs backend='reference' or 'auto'"
         if reason is not None:
             raise RuntimeError(f"backend {name!r} cannot run this call: {reason}")
