@@ -241,8 +241,8 @@ def _sweep(args, dtype, shape, name: str, values: list[int]) -> None:
 def _stream(args, dtype, shape, batches: list[int]) -> None:
     """Per-step time of T = 1 calls with the state carried (inference), against torch.nn the same way."""
     _, _, I, H = shape
-    print(f"\n| core | variant | B | torch us per step | fused us per step | ratio | reference us per step |"
-          f"\n|---|---|---|---|---|---|---|")
+    print("\n| core | variant | B | torch us per step | fused us per step | ratio | reference us per step |"
+          "\n|---|---|---|---|---|---|---|")
     steps = 200
     for core in args.cores:
         for variant in args.variants:
@@ -263,6 +263,12 @@ def _stream(args, dtype, shape, batches: list[int]) -> None:
                     times.append(_time(run, args.repeats, args.device) / steps * 1e6)
                 print(f"| {core} | {variant} | {B} | {times[0]:.0f} | {times[1]:.0f} | {times[1] / times[0]:.2f} | "
                       f"{times[2]:.0f} |", flush=True)
+
+
+def _commit() -> str:
+    """The checkout's short commit hash for the table headers ("unknown" outside a git checkout)."""
+    return subprocess.run(["git", "-C", str(Path(__file__).parent), "rev-parse", "--short", "HEAD"],
+                          capture_output=True, text=True).stdout.strip() or "unknown"
 
 
 def _kernel_info(args, dtype, shape) -> str:
@@ -311,9 +317,7 @@ def main(args) -> int:
     for v in args.variants:
         gated.get_variant(v)
     peak = matmul_peak(args.device, getattr(torch, args.autocast) if args.autocast else dtype)
-    commit = subprocess.run(["git", "-C", str(Path(__file__).parent), "rev-parse", "--short", "HEAD"],
-                            capture_output=True, text=True).stdout.strip() or "unknown"
-    print(f"# gated bench: gated {gated.__version__} (commit {commit}), torch {torch.__version__}, "
+    print(f"# gated bench: gated {gated.__version__} (commit {_commit()}), torch {torch.__version__}, "
           f"{platform.machine()} {os.cpu_count()} cores, {args.threads} threads, {args.device}, {args.dtype}; "
           f"load average {os.getloadavg()[0]:.2f}; matmul peak {peak / 1e9:.0f} GFLOP/s")
     print(f"# {_kernel_info(args, dtype, shapes[0])}")

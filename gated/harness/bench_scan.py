@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import os
 import platform
-import subprocess
-from pathlib import Path
 
 import torch
 
@@ -122,10 +120,8 @@ def main(args, dtype) -> int:
     variants = ["-", "UR"] if args.variants == _DEFAULT_VARIANTS else args.variants
     for v in variants:
         gated.get_variant(v)
-    commit = subprocess.run(["git", "-C", str(Path(__file__).parent), "rev-parse", "--short", "HEAD"],
-                            capture_output=True, text=True).stdout.strip() or "unknown"
     ops = ext.load()
-    print(f"# gated bench (scan cores): gated {gated.__version__} (commit {commit}), torch {torch.__version__}, "
+    print(f"# gated bench (scan cores): gated {gated.__version__} (commit {_bench._commit()}), torch {torch.__version__}, "
           f"{platform.machine()} {os.cpu_count()} cores, {args.threads} threads, {args.dtype}; load average "
           f"{os.getloadavg()[0]:.2f}; extension built for {ops.isa() if ops is not None else 'none (torch scan)'}; "
           f"mingru-pytorch {'installed' if _lucidrains('mingru') else 'not installed'}")
