@@ -123,7 +123,8 @@ def main(args, dtype) -> int:
     ops = ext.load()
     print(f"# gated bench (scan cores): gated {gated.__version__} (commit {_bench._commit()}), torch {torch.__version__}, "
           f"{platform.machine()} {os.cpu_count()} cores, {args.threads} threads, {args.dtype}; load average "
-          f"{os.getloadavg()[0]:.2f}; extension built for {ops.isa() if ops is not None else 'none (torch scan)'}; "
+          f"{os.getloadavg()[0]:.2f}; torch CPU capability {torch.backends.cpu.get_cpu_capability()}; "
+          f"extension built for {ops.isa() if ops is not None else 'none (torch scan)'}; "
           f"mingru-pytorch {'installed' if _lucidrains('mingru') else 'not installed'}")
     print("\n| T x B x H | floor fwd ms | floor fwd+bwd ms | gated fwd ms | gated fwd+bwd ms | fwd+bwd / floor | "
           "torch loop fwd+bwd ms | mingru-pytorch log-space fwd+bwd ms |\n" + "|---" * 8 + "|", flush=True)

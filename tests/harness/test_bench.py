@@ -86,6 +86,9 @@ def test_scan_core_tables_match_their_times(capsys):
                  "--no-reference", "--repeats", "1", "--threads", "1"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("# gated bench (scan cores)")
+    import torch
+
+    assert f"torch CPU capability {torch.backends.cpu.get_cpu_capability()};" in out.splitlines()[0]
     scan_row, layer_row = (r for r in _table(out) if r[0].startswith("12x2"))
     floor, fused, ratio = float(scan_row[2]), float(scan_row[4]), float(scan_row[5])
     assert _quotient_ok(ratio, fused, floor)
