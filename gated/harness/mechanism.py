@@ -84,7 +84,8 @@ def bands_figure(out: Path) -> tuple[Path, dict]:
     ax.fill_between(f, f**2, 1 - (1 - f) ** 2, color="0.85", label="reachable band")
     for r in (0.0, 0.25, 0.5, 0.75, 1.0):
         ax.plot(f, refine_gate(f, torch.full_like(f, r)), lw=1.2, label=f"g, r = {r:g}")
-    ax.plot(f, f, "k:", lw=1, label="g = f (no refine gate)")
+    # wide and light, behind the curves: g at r = 0.5 is exactly f and must stay visible on it
+    ax.plot(f, f, color="0.6", lw=4.5, solid_capstyle="butt", zorder=1.5, label="g = f (no refine gate)")
     ax.set(xlabel="forget gate f", ylabel="effective gate g", title="refine gate: g = f² + 2 r f (1 - f)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)

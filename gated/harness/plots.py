@@ -1,4 +1,4 @@
-"""Figures (matplotlib, Agg): learning curves with the trivial baseline (paper Fig. 3 style) and
+"""Figures (matplotlib, Agg): learning curves over the trivial baseline (paper Fig. 3 style) and
 histograms of forget / effective gate activations from a checkpoint (paper Fig. 5), each written
 as PNG (200 dpi), PDF and SVG.
 
@@ -21,15 +21,21 @@ PER_ROW = 3
 # One colour family per primary gate: grey for the standard sigmoid (-, R), orange chrono (C),
 # blue cumax (O, OM, OR), green UGI (U, UM); refine variants darker and solid, plain ones lighter
 # and dashed, master-gate ones dash-dot. UR, the paper's model, is vermilion, thick and on top.
+# Each model of a figure also gets its own marker, on points no other model marks (``_markers``), so
+# two models with the same values (both stuck on the baseline) are both seen.
 STYLES = {
     "-": {"color": "#8c8c8c", "ls": "--"}, "R": {"color": "#333333", "ls": "-"},
     "C": {"color": "#e69f00", "ls": "--"},
     "O": {"color": "#80bbe6", "ls": "--"}, "OM": {"color": "#3d8fcc", "ls": "-."},
     "OR": {"color": "#0b5394", "ls": "-"},
     "U": {"color": "#7fcfae", "ls": "--"}, "UM": {"color": "#2e9e74", "ls": "-."},
-    "UR": {"color": "#d55e00", "ls": "-", "lw": 2.6, "zorder": 6},
+    "UR": {"color": "#d55e00", "ls": "-", "lw": 2.6, "ms": 5.5, "zorder": 6},
 }
-BASELINE_STYLE = {"color": "k", "ls": (0, (1, 1.5)), "lw": 1.3, "zorder": 8}  # dotted, above every curve
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h", "*", "p")
+MARKS_PER_CURVE = 8  # about this many markers on a long curve
+# The trivial baseline: a light lavender band (a colour no model has) behind every curve and seed
+# band, so a curve lying on it stays visible; labelled in the legend with its value.
+BASELINE_STYLE = {"color": "#cdb8e8", "lw": 5, "ls": "-", "solid_capstyle": "butt", "zorder": 1}
 
 
 def _pyplot():
@@ -66,7 +72,19 @@ def style(variant: str) -> dict:
         name = gated.get_variant(variant).name
     except ValueError:
         name = variant
-    return {"lw": 1.5, "zorder": 3} | STYLES.get(name, {})
+    return {"lw": 1.5, "ms": 4.5, "zorder": 3} | STYLES.get(name, {})
+
+
+def _markers(index: int, groups: int, points: int) -> dict:
+    """Marker of the ``index``-th of ``groups`` models of a figure on a curve of ``points`` points:
+    its own shape, on every ``step``-th point from an offset no other model has (``step >= groups``),
+    so that models lying on each other show each other's markers; every point of a short curve
+    (``test_*`` metrics: one point per run)."""
+    look = {"marker": MARKERS[index % len(MARKERS)], "markeredgecolor": "white", "markeredgewidth": 0.6}
+    if points < 3:
+        return look
+    step = max(groups, points // MARKS_PER_CURVE)
+    return look | {"markevery": ((index * step // groups) % points, step)}
 
 
 def describe_metric(key: str) -> tuple[str, str]:
@@ -117,12 +135,15 @@ def curves_figure(root: str | Path, metric: str | None = None, yscale: str = "au
     fig = plt.figure(figsize=(PANEL[0] * cols + (1.9 if shared_legend else 0), PANEL[1] * rows), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False).flatten()
     legend: dict = {}
+    # every (model, variant) of the figure in drawing order: its index picks its marker in every panel
+    names = list(dict.fromkeys((label(r["core"], r["variant"]), r["variant"]) for r in sorted(
+        runs, key=lambda r: (style(r["variant"])["zorder"], variant_order(r["core"], r["variant"])))))
     for ax, setting in zip(axes, settings):
         panel = [r for r in runs if r["setting"] == setting]
         info = panel[0]["info"]
         key = _panel_metric(panel, metric, info)
         groups: dict = {}
-        # UR last, so it is drawn over the others (and is the last of ax.lines)
+        # UR last, so it is drawn over the others (and is the last curve of ax.lines)
         for r in sorted(panel, key=lambda r: (style(r["variant"])["zorder"], variant_order(r["core"], r["variant"]))):
             groups.setdefault((label(r["core"], r["variant"]), r["variant"]), []).append(r["records"])
         plotted = []
@@ -134,8 +155,8 @@ def curves_figure(root: str | Path, metric: str | None = None, yscale: str = "au
             mean = [sum(y[i] for y in ys) / len(ys) for i in range(n)]
             plotted += mean
             look = style(variant)
-            line, = ax.plot(steps, mean, marker="o" if n < 3 else None,  # test_*: one point per run
-                            label=f"{name} ({len(ys)} seed{'s' * (len(ys) > 1)})", **look)
+            line, = ax.plot(steps, mean, label=f"{name} ({len(ys)} seed{'s' * (len(ys) > 1)})",
+                            **look, **_markers(names.index((name, variant)), len(names), n))
             legend.setdefault(name, line)
             if len(ys) > 1:
                 if info.get("band") == "std":
@@ -172,9 +193,10 @@ def learning_curves(root: str | Path, out: str | Path, metric: str | None = None
                     dpi: int = DPI, yscale: str = "auto") -> list[Path]:
     """One panel per setting (at most three a row): the curve of ``metric`` (default: the
     metric the table reports, the task's main metric on validation where it was evaluated, else
-    on training) of each model, mean over seeds with a min-max band, with the task's trivial
-    baseline dotted above the curves; a log y-axis where the values span more than two decades
-    (``yscale``). Written as ``out`` in each of ``formats`` (:func:`save_figure`); returns the paths.
+    on training) of each model, mean over seeds with a min-max band, each model with its own
+    marker on points no other model marks, over the task's trivial baseline drawn as a light band
+    behind every curve; a log y-axis where the values span more than two decades (``yscale``).
+    Written as ``out`` in each of ``formats`` (:func:`save_figure`); returns the paths.
 
     A run's ``task.json`` may change the presentation (``gated rl`` runs do): ``x_label`` (e.g.
     "environment steps"), ``band: "std"`` (mean ± std over seeds instead of min-max) and

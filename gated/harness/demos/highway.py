@@ -9,6 +9,7 @@ plain (Linear+ReLU) or :class:`gated.feedforward.Highway` layers with variant "-
 
 from __future__ import annotations
 
+import textwrap
 import time
 
 import numpy as np
@@ -17,7 +18,7 @@ from torch import nn
 
 from gated.feedforward import Highway
 from gated.harness.demos import common
-from gated.harness.plots import save_figure
+from gated.harness.plots import BASELINE_STYLE, save_figure
 
 HELP = "deep highway MLP vs plain MLP on MNIST"
 DATASET = "mnist"
@@ -151,25 +152,32 @@ def table(results: dict) -> str:
 
 
 def figure(results: dict, path) -> None:
-    """Training-loss curves, one panel per depth, one line per (model, seed)."""
+    """Training-loss curves, one panel per depth, one line per (model, seed); the plain MLP's lines
+    wider, so that where a highway's lie on them (both at chance) they still show at the edges."""
     c = results["config"]
     plt = common.pyplot()
-    fig, axes = plt.subplots(1, len(c["depths"]), figsize=(5 * len(c["depths"]), 4), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, len(c["depths"]), figsize=(5 * len(c["depths"]), 4), sharey=True, squeeze=False,
+                             layout="constrained")
     colors = {"plain": "tab:gray", "highway-": "tab:blue", "highway-UR": "tab:red"}
+    widths = {"plain": 2.8}  # drawn first, under the others
     k = max(1, min(20, c["steps"] // 10))
     for ax, depth in zip(axes[0], c["depths"], strict=True):
         for model in c["models"]:
             rs = [r for r in results["runs"] if r["depth"] == depth and r["model"] == model]
             for i, r in enumerate(rs):
                 ax.plot(*common.moving_mean(r["losses"], k), label=model if i == 0 else None, color=colors[model],
-                        lw=1.1, alpha=0.8)
-        ax.axhline(np.log(10), ls=":", color="k", lw=0.8)
+                        lw=widths.get(model, 1.1), alpha=0.8)
+        ax.axhline(np.log(10), **BASELINE_STYLE)  # chance: a light band behind the curves that reach it
         ax.set_title(f"depth {depth}")
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel(f"training loss ({k}-step moving mean)")
     axes[0][0].legend()
-    fig.suptitle(f"MNIST MLP, width {c['width']}: plain vs highway ('-' and 'UR'), one line per seed "
-                 f"({len(c['seeds'])} seeds); dotted: ln 10")
-    fig.tight_layout()
+    parts = (f"MNIST MLP, width {c['width']}: plain vs highway ('-' and 'UR')",
+             f"one line per seed ({len(c['seeds'])} seeds); band: ln 10")
+    # one line where it fits the figure (about 11 characters an inch at the suptitle's 12 pt), else a
+    # line per part: one 5-inch panel is narrower than the single line
+    fits = int(11 * fig.get_figwidth())
+    title = ", ".join(parts)
+    fig.suptitle(title if len(title) <= fits else "\n".join(textwrap.fill(p, fits) for p in parts))
     save_figure(fig, path)  # PNG (200 dpi), PDF, SVG
