@@ -1,4 +1,4 @@
-"""Channel-gated small CNN on Fashion-MNIST (issue 5, demonstration 2):
+"""Channel-gated small CNN on Fashion-MNIST (feed-forward demonstration 2):
 thin wrapper around ``gated demo channel-gating``.
 
 The demonstration's code lives in ``gated/harness/demos/``; this script passes its arguments on,

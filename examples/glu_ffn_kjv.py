@@ -1,4 +1,4 @@
-"""GLU-variant Transformer FFNs on character-level KJV (issue 5, demonstration 3):
+"""GLU-variant Transformer FFNs on character-level KJV (feed-forward demonstration 3):
 thin wrapper around ``gated demo glu-ffn``.
 
 The demonstration's code lives in ``gated/harness/demos/``; this script passes its arguments on,

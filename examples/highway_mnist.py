@@ -1,4 +1,4 @@
-"""Deep highway MLP on MNIST (issue 5, demonstration 1):
+"""Deep highway MLP on MNIST (feed-forward demonstration 1):
 thin wrapper around ``gated demo highway``.
 
 The demonstration's code lives in ``gated/harness/demos/``; this script passes its arguments on,

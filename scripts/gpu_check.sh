@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check of the Triton backend (issue 16), for a session that is lent a GPU machine: one
+# The GPU check of the Triton backend, for a session that is lent a GPU machine: one
 # prepared run of at most 8 minutes (each part has its own time limit; what a part printed comes
 # back even if it runs out). Nothing in it has been run on a GPU yet: see docs/gpu.md.
 #
@@ -11,7 +11,7 @@
 #   tests.txt  tests/test_triton.py on CUDA: compiled kernels, real CUDA graphs, float16 too
 #   graphs.txt CUDA graphs on and off give the same results; their train and inference times
 #   bench_f32.md, bench_bf16.md  gated bench --device cuda against torch.nn (cuDNN), with peak
-#              training memory (torch.cuda.max_memory_allocated), the six shapes of issue 16
+#              training memory (torch.cuda.max_memory_allocated), the six GPU benchmark shapes
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-check-out}

@@ -7,7 +7,7 @@ For each recurrent core (LSTM, GRU, MGU) and each of its variants (``-``, ``C``,
 final states and the gradients of a random scalar loss with respect to the input, the initial
 states and *every* parameter are compared, in float64 at rtol=1e-10 / atol=1e-12, with a
 transcription of the equations of Gu et al. 2020 ("Improving the Gating Mechanism of Recurrent
-Neural Networks", see docs/spec paper.md §1-5) and of Shen et al. 2019 (ON-LSTM master gates).
+Neural Networks", arXiv 1910.09890, Sections 2-3) and of Shen et al. 2019 (ON-LSTM master gates).
 
 Why it is independent
 ---------------------

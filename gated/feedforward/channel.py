@@ -1,4 +1,4 @@
-"""Two different things called "channel gating" (paper.md §12.6), under two names.
+"""Two different things called "channel gating", under two names.
 
 - :class:`SqueezeExcite`: the SE block (Hu, Shen, Sun, CVPR 2018) scales each channel by a gate
   computed from the whole feature map: ``y = x ⊙ σ(W2 act(W1 mean_hw(x) + b1) + b2)``.

@@ -1,5 +1,5 @@
 """Transformer feed-forward blocks, plain and GLU-gated (Shazeer 2020, "GLU Variants Improve
-Transformer"; paper.md §12.5).
+Transformer", arXiv 2002.05202).
 
 .. code-block:: text
 

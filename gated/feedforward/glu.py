@@ -1,4 +1,4 @@
-"""The GLU family in its two-argument form, ``a ⊙ act(b)`` (paper.md §12.4).
+"""The GLU family in its two-argument form, ``a ⊙ act(b)`` (Dauphin et al. 2017, arXiv 1612.08083; Shazeer 2020, arXiv 2002.05202).
 
 References: Dauphin, Fan, Auli, Grangier, "Language Modeling with Gated Convolutional Networks",
 ICML 2017 (GLU); Shazeer, "GLU Variants Improve Transformer", 2020 (Bilinear, ReGLU, GEGLU, SwiGLU).

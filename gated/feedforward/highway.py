@@ -1,4 +1,4 @@
-"""Highway layers (Srivastava, Greff, Schmidhuber 2015; paper.md §12.6), with the transform gate
+"""Highway layers (Srivastava, Greff, Schmidhuber 2015, arXiv 1505.00387), with the transform gate
 optionally built like Gu et al. 2020's keep gate (UGI and/or refine gate) — our extension.
 
 .. code-block:: text
@@ -11,7 +11,8 @@ optionally built like Gu et al. 2020's keep gate (UGI and/or refine gate) — ou
 
 with ``refine(t, r) = t² + 2rt(1 − t)`` (:func:`gated.gates.refine_gate`) and, in the refine
 variants, ``b_T`` one trainable vector shared by ``t`` (``+b_T``) and ``r`` (``−b_T``), as in the
-paper's pseudo-code (paper.md §4.1). Labels follow :data:`gated.variants.VARIANTS`. Because
+paper's pseudo-code (Gu et al. 2020, arXiv 1910.09890, Section 3). Labels follow
+:data:`gated.variants.VARIANTS`. Because
 ``refine(1 − t, 1 − r) = 1 − refine(t, r)``, refining ``T`` or the carry gate ``C = 1 − T`` gives the
 same family. Glossary: ``d`` size.
 """

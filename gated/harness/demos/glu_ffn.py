@@ -5,7 +5,7 @@ A tiny pre-LayerNorm decoder-only Transformer (``--layers`` blocks, ``--d-model`
 context ``--context``) whose FFN is ``FeedForward(d_model, ffn_hidden_size(act, d_ff), act,
 bias=False)`` for each of Shazeer's (2020) eight variants; the 2/3 rule keeps the FFN parameter
 count (nearly) equal. Every variant trains for the same steps on the same batches from the same
-init seed; the table gives validation bits per character beside Shazeer's T5 numbers (paper.md §12.5).
+init seed; the table gives validation bits per character beside Shazeer's T5 numbers (Shazeer 2020, arXiv 2002.05202, Table 1).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from gated.harness.plots import save_figure
 HELP = "GLU-variant FFNs in a tiny character-level Transformer on KJV"
 DATASET = "kjv"
 VARIANTS = ("relu", "gelu", "swish", "glu", "bilinear", "reglu", "geglu", "swiglu")
-# Shazeer (2020) Table 1, held-out log-perplexity on C4 after 65,536 steps (paper.md §12.5)
+# Shazeer (2020) Table 1, held-out log-perplexity on C4 after 65,536 steps (Shazeer 2020, arXiv 2002.05202, Table 1)
 SHAZEER_65K = {"relu": 1.997, "gelu": 1.983, "swish": 1.994, "glu": 1.982, "bilinear": 1.960,
                "geglu": 1.942, "swiglu": 1.944, "reglu": 1.953}
 VAL_BATCH = 64  # validation windows per forward pass
@@ -169,7 +169,7 @@ def table(results: dict) -> str:
          f"`FeedForward(d_model, ffn_hidden_size(act, {a['d_ff']}), act, bias=False)`."),
         (f"- validation: bits per character over {a['val_windows']} fixed random windows of the validation split "
          f"({a['val_windows'] * a['context']:,} predicted characters; each window starts with no context)."),
-        ("- Shazeer column: held-out log-perplexity on C4 after 65,536 steps, T5-base (paper.md §12.5); a different "
+        ("- Shazeer column: held-out log-perplexity on C4 after 65,536 steps, T5-base (Shazeer 2020, arXiv 2002.05202, Table 1); a different "
          "task, scale and metric, compared only by rank. Spearman rank correlation of the two orderings: "
          f"{'n/a (fewer than 3 variants)' if rho is None else f'{rho:.2f}'}."),
         "",
