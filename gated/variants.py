@@ -62,7 +62,7 @@ class Variant:
 _ENTRIES = [
     Variant("-", "standard", sigmoid_gate, None, None,
             "standard gates, framework default init (the baseline)",
-            "untied input gate (paper.md §1 recommends the untied LSTM as baseline)"),
+            "untied input gate (the paper takes the untied LSTM as its baseline)"),
     Variant("C", "chrono", sigmoid_gate, "chrono", None,
             "chrono init: b_f ~ log U[1, t_max - 1], input-gate bias -b_f",
             "t_max defaults to hidden_size (the longest UGI timescale) unless given"),
@@ -97,7 +97,8 @@ _ALIASES = {v.long_name: v.name for v in _ENTRIES} | {"--": "-", "": "-", "on": 
 
 def get_variant(name: str | Variant) -> Variant:
     """Look up a variant by label or long name, case-insensitively (``"ur"``, ``"UR-"``,
-    ``"uniform-refine"`` all give ``UR``). Raises ``ValueError`` listing the choices."""
+    ``"uniform-refine"`` all give ``UR``). Raises ``ValueError`` listing the choices and the
+    closest names (``"unknown variant 'UX'; ...; did you mean 'U', 'UR' or 'UM'?"``)."""
     if isinstance(name, Variant):
         return name
     if not isinstance(name, str):
@@ -109,5 +110,37 @@ def get_variant(name: str | Variant) -> Variant:
     if key not in VARIANTS:
         choices = ", ".join(repr(k) for k in VARIANTS)
         longs = ", ".join(repr(v.long_name) for v in _ENTRIES)
-        raise ValueError(f"unknown variant {name!r}; choose one of {choices} (or {longs})")
+        raise ValueError(f"unknown variant {name!r}; choose one of {choices} (or {longs}){_hint(name)}")
     return VARIANTS[key]
+
+
+def did_you_mean(name: str, names) -> str:
+    """``"; did you mean 'UR'?"``: the (at most three) ``names`` closest to ``name``, compared
+    case-insensitively with :func:`difflib.get_close_matches`; ``""`` when none is close."""
+    import difflib
+
+    spelled: dict[str, str] = {}
+    for n in names:
+        spelled.setdefault(n.lower(), n)
+    close = [repr(spelled[c]) for c in difflib.get_close_matches(name.strip().lower(), spelled, n=3, cutoff=0.5)]
+    if not close:
+        return ""
+    return f"; did you mean {close[0] if len(close) == 1 else ', '.join(close[:-1]) + ' or ' + close[-1]}?"
+
+
+def _hint(name: str) -> str:
+    """The suggestion for an unknown variant name: the variant of a model name as the tables
+    print it (``"UR-LSTM"``: core lstm, variant UR; ``"GRU"``: variant ``-``), else the closest labels."""
+    from gated.cores import CORES  # here, not at the top: gated.cores imports this module
+
+    head, _, tail = name.strip().rpartition("-")
+    if tail.lower() in CORES:
+        try:
+            variant = get_variant(head).name
+        except ValueError:
+            pass
+        else:
+            return (f"; did you mean {variant!r}? ({name.strip()!r} is a model: the {tail.lower()} core with "
+                    f"variant {variant})")
+    longs = [v.long_name for v in _ENTRIES] if len(name.strip()) > 2 else []  # "UX" is a label's typo, not cumax's
+    return did_you_mean(name, [*VARIANTS, *longs])

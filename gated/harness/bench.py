@@ -11,7 +11,8 @@ each measured in a fresh process (the growth of its peak RSS during one step). `
 one-step calls with the state carried (agents, streaming decoders) instead of the grid. ``--gemm``
 pins the fused kernels' matmul path, so one machine can compare them. The header names the CPU's
 instruction set as torch sees it, the one the extension was built for, and whether the
-register-tiled kernel ran.
+register-tiled kernel ran. ``--quick`` times a small grid (:data:`QUICK`) in seconds; a header note
+says when the other cores are busy (the times then include waits for them).
 """
 
 from __future__ import annotations
@@ -28,23 +29,36 @@ from pathlib import Path
 import torch
 
 import gated
+from gated.harness.config import auto_threads, choose_threads, machine_load
 
 HELP = "time gated's backends against torch.nn.LSTM/GRU (train and inference, GFLOP/s, memory)"
 SHAPES = ["256x64x32x256", "784x64x1x128", "1000x32x10x256", "64x8x64x512", "100x64x512x512"]
 GEMMS = {"auto": 0, "onednn": 1, "addmm": 3, "tiled": 4}  # recurrence.cpp's GemmKind
 _TORCH = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "mgu": torch.nn.GRU}
 CUDA_SHAPES = ["1000x256x128x1024"]  # added to the default shapes with --device cuda (issue 16)
+# The grid of a plain run and of --quick; a flag given on the command line wins over either.
+FULL = {"shapes": SHAPES, "cores": ["lstm", "gru", "mgu"], "variants": ["-", "C", "U", "R", "UR"], "layers": [1, 2],
+        "directions": [1, 2], "repeats": 3}
+QUICK = {"shapes": ["64x16x32x64", "128x32x32x128"], "cores": ["lstm", "gru"], "variants": ["-", "UR"], "layers": [1],
+         "directions": [1], "repeats": 2}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--shapes", nargs="+", default=SHAPES,
+    p.add_argument("--quick", action="store_true",
+                   help=f"a few small shapes ({' '.join(QUICK['shapes'])}), cores {' '.join(QUICK['cores'])}, "
+                        f"variants {' '.join(QUICK['variants'])}, 1 layer and direction, {QUICK['repeats']} repeats, "
+                        "no reference backend: 6-20 s on a loaded 2-core CPU (flags given as well win)")
+    p.add_argument("--shapes", nargs="+", default=None,
                    help="TxBxIxH (default: four task shapes and fastrnns' 100x64x512x512)")
-    p.add_argument("--cores", nargs="+", default=["lstm", "gru", "mgu"], choices=sorted(gated.CORES))
-    p.add_argument("--variants", nargs="+", default=["-", "C", "U", "R", "UR"])
-    p.add_argument("--layers", nargs="+", type=int, default=[1, 2])
-    p.add_argument("--directions", nargs="+", type=int, default=[1, 2], choices=[1, 2])
-    p.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (the minimum is kept)")
-    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--cores", nargs="+", default=None, choices=sorted(gated.CORES),
+                   help=f"default: {' '.join(FULL['cores'])}")
+    p.add_argument("--variants", nargs="+", default=None, help=f"default: {' '.join(FULL['variants'])}")
+    p.add_argument("--layers", nargs="+", type=int, default=None, help="default: 1 2")
+    p.add_argument("--directions", nargs="+", type=int, default=None, choices=[1, 2], help="default: 1 2")
+    p.add_argument("--repeats", type=int, default=None,
+                   help=f"timed runs per measurement, the minimum is kept (default: {FULL['repeats']})")
+    p.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                   help="torch CPU threads (default: torch's, here %(default)s; 0: gated train's automatic rule)")
     p.add_argument("--device", default="cpu",
                    help="cpu, or cuda: torch.nn on cuDNN against gated's Triton backend (the 'fused' columns), "
                         "--memory then reads torch.cuda.max_memory_allocated in this process; the default shapes "
@@ -63,6 +77,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "sizes (default 1 16 64), with the first shape's I and H")
     p.add_argument("--gemm", default="auto", choices=list(GEMMS),
                    help="pin the fused kernels' matmul path (default: auto, the tiled kernel where built)")
+
+
+def plan(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill in the grid flags not given on the command line from :data:`FULL`, or :data:`QUICK`
+    with ``--quick`` (which also skips the reference backend); variants become the registry's labels."""
+    args.quick = getattr(args, "quick", False)
+    grid = QUICK if args.quick else FULL
+    args.defaulted = [name for name in grid if getattr(args, name, None) is None]  # not given: the plan's
+    for name in args.defaulted:
+        value = grid[name]
+        setattr(args, name, list(value) if isinstance(value, list) else value)
+    if args.quick:
+        args.no_reference = True
+    labels = [gated.get_variant(v).name for v in args.variants]  # "ur" and "UR" are one row
+    args.variants = list(dict.fromkeys(labels))
+    if args.repeats < 1:
+        raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
+    if args.threads < 0:
+        raise ValueError(f"--threads must be >= 0, got {args.threads}")
+    if args.threads == 0:  # automatic, as gated train's --threads 0
+        args.threads = auto_threads(torch.get_num_threads(), *machine_load())
+    return args
 
 
 def _parse_shape(s: str) -> tuple[int, int, int, int]:
@@ -298,6 +334,7 @@ def _kernel_info(args, dtype, shape) -> str:
 
 
 def main(args) -> int:
+    plan(args)
     torch.set_num_threads(args.threads)
     from gated.backends import _build as ext
 
@@ -311,16 +348,18 @@ def main(args) -> int:
         from gated.harness import bench_scan
 
         return bench_scan.main(args, dtype)
-    if args.device.startswith("cuda") and args.shapes is SHAPES:
+    if args.device.startswith("cuda") and "shapes" in args.defaulted and not args.quick:
         args.shapes = SHAPES + CUDA_SHAPES
     shapes = [_parse_shape(s) for s in args.shapes]
-    for v in args.variants:
-        gated.get_variant(v)
     peak = matmul_peak(args.device, getattr(torch, args.autocast) if args.autocast else dtype)
     print(f"# gated bench: gated {gated.__version__} (commit {_commit()}), torch {torch.__version__}, "
           f"{platform.machine()} {os.cpu_count()} cores, {args.threads} threads, {args.device}, {args.dtype}; "
-          f"load average {os.getloadavg()[0]:.2f}; matmul peak {peak / 1e9:.0f} GFLOP/s")
+          f"load average {os.getloadavg()[0]:.2f}; matmul peak {peak / 1e9:.0f} GFLOP/s"
+          + ("; --quick plan" if args.quick else ""))
     print(f"# {_kernel_info(args, dtype, shapes[0])}")
+    _, note = choose_threads(args.threads, args.threads, *machine_load())
+    if note:
+        print(f"# note: {note} (these times include waits for the busy cores)")
     if args.stream is not None:
         _stream(args, dtype, shapes[0], args.stream or [1, 16, 64])
         return 0

@@ -25,7 +25,6 @@ from gated.harness.bench import _parse_shape, _steps, _time
 
 SCAN_CORES = ("mingru", "minlstm")
 SHAPES = ["1024x32x256x256"]  # the issue's shape: T = 1024, B = 32, I = H = 256
-_DEFAULT_VARIANTS = ["-", "C", "U", "R", "UR"]  # gated bench's default, replaced by - and UR here
 _TORCH = {"mingru": torch.nn.GRU, "minlstm": torch.nn.LSTM}
 _GATED = {"mingru": gated.MinGRU, "minlstm": gated.MinLSTM}
 
@@ -116,8 +115,10 @@ def main(args, dtype) -> int:
         raise SystemExit("gated bench: error: the scan cores' bench times CPU kernels; use --device cpu")
     if any(c not in SCAN_CORES for c in args.cores):
         raise SystemExit("gated bench: error: time the scan cores (mingru, minlstm) in a run of their own")
-    shapes = [_parse_shape(s) for s in (SHAPES if args.shapes == _bench.SHAPES else args.shapes)]
-    variants = ["-", "UR"] if args.variants == _DEFAULT_VARIANTS else args.variants
+    # the grid's defaults are gated bench's; this bench has its own (--quick's are small enough as they are)
+    defaulted = set(args.defaulted) if hasattr(args, "defaulted") and not args.quick else set()
+    shapes = [_parse_shape(s) for s in (SHAPES if "shapes" in defaulted else args.shapes)]
+    variants = ["-", "UR"] if "variants" in defaulted else args.variants
     for v in variants:
         gated.get_variant(v)
     ops = ext.load()

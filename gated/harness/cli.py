@@ -9,6 +9,7 @@ one line here (modules are imported only when needed).
     gated plot gates runs/demo        gated plot curves runs/cmp
     gated demo highway --out runs/demos/highway      (also: gated demo channel-gating, gated demo glu-ffn)
     gated reproduce --quick           gated reproduce --full
+    gated bench --quick               gated --version
 """
 
 from __future__ import annotations
@@ -53,9 +54,57 @@ def _available(only: str | None = None) -> dict[str, object]:
     return modules
 
 
+def version() -> str:
+    """The installed distribution's version (importlib.metadata), else ``gated.__version__`` (a
+    checkout on ``sys.path`` without an install)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("gated")
+    except PackageNotFoundError:
+        import gated
+
+        return getattr(gated, "__version__", "unknown")
+
+
+class CommandParser(argparse.ArgumentParser):
+    """The parser of a subcommand (and of theirs: argparse gives nested subparsers their parent's
+    class). argparse hands a subcommand's unknown arguments back to the top-level parser, whose
+    error shows ``usage: gated [-h] COMMAND ...``; this one reports them itself, with its own usage
+    (``usage: gated train ...``) and the closest flag: ``--hiden-size``: did you mean ``--hidden-size``?"""
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(unrecognized(self, extras))
+        return namespace, extras
+
+
+def unrecognized(parser: argparse.ArgumentParser, extras: list[str]) -> str:
+    """argparse's message for ``extras``, and the parser's flags closest to the unknown ones."""
+    import difflib
+
+    flags = {s[2:]: s for s in parser._option_string_actions if s.startswith("--")}
+    hints = {}
+    for arg in extras:
+        name = arg.partition("=")[0]
+        if name.startswith("-") and name not in parser._option_string_actions:
+            close = difflib.get_close_matches(name.lstrip("-"), flags, n=1, cutoff=0.7)  # compared without the dashes
+            if close:
+                hints[name] = flags[close[0]]
+    text = f"unrecognized arguments: {' '.join(extras)}"
+    if len(hints) == 1:
+        return text + f" (did you mean {next(iter(hints.values()))}?)"
+    if hints:
+        return text + " (did you mean " + ", ".join(f"{v} for {k}" for k, v in hints.items()) + "?)"
+    return text
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gated", description=DESCRIPTION)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    parser.add_argument("--version", action="version", version=f"gated {version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=CommandParser)
     for name, module in _available(only).items():
         p = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(p)
@@ -82,8 +131,16 @@ def _main(argv: list[str] | None) -> int:
     from gated.harness.data.formats import DataError
 
     argv = sys.argv[1:] if argv is None else list(argv)
-    only = argv[0] if argv and argv[0] in COMMANDS else None
-    args = build_parser(only).parse_args(argv)
+    # one subcommand's module when it is named, none for --version (fast), else all of them (help)
+    only = argv[0] if argv and argv[0] in COMMANDS else "" if argv[:1] == ["--version"] else None
+    parser = build_parser(only)
+    if argv and only is None and not argv[0].startswith("-"):  # a misspelt command: argparse lists them all
+        import difflib
+
+        close = difflib.get_close_matches(argv[0], COMMANDS, n=1, cutoff=0.6)
+        if close:
+            parser.error(f"unknown command {argv[0]!r} (did you mean {close[0]!r}?); choose from {', '.join(COMMANDS)}")
+    args = parser.parse_args(argv)
     try:
         return int(args._main(args) or 0)
     except KeyboardInterrupt:

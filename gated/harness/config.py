@@ -42,6 +42,45 @@ def variant_names() -> tuple[str, ...]:
     return tuple(gated.VARIANTS)
 
 
+def machine_load() -> tuple[int | None, float | None]:
+    """``(os.cpu_count(), 1-minute load average)``; None where the platform does not say."""
+    import os
+
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):  # Windows; an unreadable /proc/loadavg
+        load = None
+    return os.cpu_count(), load
+
+
+def auto_threads(default: int, cpus: int | None, load: float | None) -> int:
+    """The ``--threads 0`` rule: torch's ``default``, lowered to the cores the 1-minute load
+    average leaves free (``cpus - load``, rounded), at least 1; ``default`` where ``cpus`` or
+    ``load`` is unknown.
+
+    A thread that shares a busy core stalls the others at every parallel region, and a small
+    model has many short ones: on 2 AVX2 cores with the other one busy, a train step of the copy
+    task's UR-LSTM (hidden 64, batch 10, T 70) took 160 ms with 2 threads and 20 ms with 1
+    (torch.nn.LSTM: 293 and 8 ms); ``gated train`` on that task ran 1-17 steps/s with 2 threads
+    and 110 with 1 when other work kept the load at 5.
+    """
+    if not cpus or load is None or default <= 1:
+        return max(1, default)
+    return max(1, min(default, int(cpus - load + 0.5)))
+
+
+def choose_threads(requested: int, default: int, cpus: int | None, load: float | None) -> tuple[int, str | None]:
+    """The torch threads of ``--threads requested`` (0: :func:`auto_threads`) and a note to log
+    when the load changed the choice, or when an explicit count exceeds the free cores."""
+    busy = f"the other cores are busy (load {load:.1f} on {cpus} cores)" if load is not None else ""
+    if requested == 0:
+        threads = auto_threads(default, cpus, load)
+        return threads, (None if threads == default else
+                         f"--threads 0 (automatic): {threads} thread(s), not torch's {default}: {busy}")
+    best = auto_threads(requested, cpus, load)
+    return requested, (None if best == requested else f"{busy}: a small model runs faster with --threads {best}")
+
+
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("constant", "cosine", "linear")
 DEVICES = ("auto", "cpu", "cuda", "cuda:N")
@@ -66,7 +105,9 @@ class ModelConfig:
     """The network: an input layer, a gated RNN, a linear readout."""
 
     core: str = _f("lstm", 'the recurrent core', core_names)
-    variant: str = _f("UR", 'a gate variant the core supports (listed below)', variant_names)
+    variant: str = _f("UR", "a gate variant the core supports (listed below; also a model name as the tables "
+                      "print it: UR-LSTM, or LSTM for '-' with lstm, which sets --core when it is not given); "
+                      "config.json stores the label", variant_names)
     hidden_size: int = _f(256, 'RNN state width H')
     num_layers: int = _f(1, 'stacked RNN layers')
     dropout: float = _f(0.0, 'between layers, as in torch.nn.LSTM')
@@ -99,7 +140,9 @@ class TrainConfig:
     out: str | None = _f(None, 'run directory (config.json, metrics.jsonl, checkpoints/)')
     device: str = _f("auto", "auto: cuda if available, else cpu; under torchrun, cuda is each process's "
                      "cuda:LOCAL_RANK", DEVICES)
-    threads: int = _f(0, "torch CPU threads; 0: torch's default")
+    threads: int = _f(0, "torch CPU threads; 0: automatic: torch's default (the cores, or OMP_NUM_THREADS), lowered "
+                      "to the cores the 1-minute load average leaves free, at least 1 (a small model on 2 busy cores "
+                      "ran 7-100x slower with 2 threads than with 1)")
     log_every: int = _f(10, 'steps between metrics.jsonl records')
     eval_every: int = _f(500, 'steps between validation evaluations; 0: only at the end (test: once, at the end)')
     eval_batches: int = _f(10, 'batches per validation; 0: the whole split (test always uses its whole split)')
@@ -144,10 +187,14 @@ class Schema:
     Args:
         sections: section name -> dataclass (its fields' ``metadata["help"]`` becomes flag help).
         frozen: the sections that define what is trained; a resumed run may not change them.
+        canonical: flat values -> the same values, each spelled one way (``gated train``'s
+            variant label), so that ``--resume`` compares meanings, not spellings.
     """
 
-    def __init__(self, sections: dict[str, type], frozen: tuple[str, ...]):
+    def __init__(self, sections: dict[str, type], frozen: tuple[str, ...], canonical=None):
         self.sections, self.frozen = sections, frozen
+        # flat values -> the same values spelled one way (e.g. variant "ur" -> "UR"), to compare them
+        self.canonical = canonical or (lambda flat: flat)
         self.fields: dict[str, tuple[str, type, bool]] = {}  # name -> (section, base type, optional)
         for section, cls in sections.items():
             hints = typing.get_type_hints(cls)
@@ -228,24 +275,79 @@ class Schema:
 
     def resumed(self, run: Path, saved: dict, changes: dict) -> dict:
         """The flat values of ``run`` resumed with ``changes`` over its ``saved`` flat config;
-        raise ValueError if a change touches a frozen section or names another ``--out``."""
-        frozen = [k for k, v in changes.items()
-                  if self.fields[k][0] in self.frozen and self.coerce(k, v) != saved[k]]
+        raise ValueError if a change touches a frozen section or names another ``--out``. A frozen
+        value given again in another spelling (``--variant ur`` for ``UR``) is no change, and the
+        saved spelling is kept (the checkpoint's fingerprint was computed from it)."""
+        coerced = {k: self.coerce(k, v) for k, v in changes.items()}
+        before, after = self.canonical(dict(saved)), self.canonical(saved | coerced)
+        frozen = [k for k in changes if self.fields[k][0] in self.frozen and after[k] != before[k]]
         if frozen:
             raise ValueError(f"--resume cannot change what is trained ({', '.join(flag(k) for k in frozen)}); "
                              "start a new run with another --out")
         if "out" in changes and Path(changes["out"]) != run:
             raise ValueError("--out and --resume name different runs")
-        return saved | changes | {"out": str(run)}
+        kept = {k: v for k, v in changes.items() if self.fields[k][0] not in self.frozen}
+        return saved | kept | {"out": str(run)}
 
 
-SCHEMA = Schema(SECTIONS, FROZEN_SECTIONS)
+def _model_label(name: str) -> tuple[str | None, str]:
+    """``(core, variant part)`` of a model name as the tables print it (:func:`gated.harness.report.label`):
+    ``"UR-LSTM"`` -> ``("lstm", "UR")``, ``"GRU"`` -> ``("gru", "")`` (``""`` is ``-``), ``"UR-minGRU"`` ->
+    ``("mingru", "UR")``; a bare variant name gives ``(None, name)``."""
+    import gated
+
+    head, _, tail = name.strip().rpartition("-")
+    return (tail.lower(), head) if tail.lower() in gated.CORES else (None, name)
+
+
+def canonical_variant(name: str, core: str) -> str:
+    """The registry label (``gated.get_variant(...).name``) of ``--variant name`` with ``--core core``.
+
+    ``name`` is any spelling :func:`gated.get_variant` takes (``"ur"``, ``"uniform-refine"``, ``"UR-"``)
+    or a model name as the tables print it (``"UR-LSTM"``; ``"LSTM"`` is ``-`` with lstm), whose core
+    must then be ``core``. Raises ValueError naming the choices and the closest names; whether
+    ``core`` supports the variant is :func:`validate`'s check.
+    """
+    import gated
+    from gated.harness.report import label
+    from gated.variants import did_you_mean
+
+    named, part = _model_label(name)
+    if named is not None and named != core:
+        try:
+            variant = gated.get_variant(part).name
+        except ValueError:
+            variant = None
+        if variant is not None:
+            raise ValueError(f"--variant {name!r} names the {named} core, but --core is {core!r}; use "
+                             f"--variant {variant} (or {label(core, variant)}) with --core {core}, or --core {named}")
+    try:
+        return gated.get_variant(part).name
+    except (ValueError, TypeError):
+        pass
+    supported = gated.CORES[core].variants if core in gated.CORES else tuple(gated.VARIANTS)
+    names = [*supported, *(label(core, v) for v in supported)] if core in gated.CORES else list(supported)
+    if len(name.strip()) > 2:  # "UX" is a label's typo; "unifrom" a long name's
+        names += [gated.VARIANTS[v].long_name for v in supported]
+    raise ValueError(f"unknown variant {name!r} for core {core!r}; choose from {', '.join(supported)}"
+                     + did_you_mean(str(name), names))
+
+
+def _canonical(flat: dict) -> dict:
+    """``flat`` with its variant as the registry's label (for comparisons; raises on a bad name)."""
+    if "variant" not in flat:
+        return flat
+    return flat | {"variant": canonical_variant(flat["variant"], flat.get("core", ModelConfig.core))}
+
+
+SCHEMA = Schema(SECTIONS, FROZEN_SECTIONS, _canonical)
 FIELDS = SCHEMA.fields
 _coerce, add_flags, _flatten, load_file = SCHEMA.coerce, SCHEMA.add_flags, SCHEMA.flatten, SCHEMA.load_file
 
 
 def build(*layers: dict) -> RunConfig:
-    """Merge flat override dicts (later wins) over the dataclass and task defaults; validate."""
+    """Merge flat override dicts (later wins) over the dataclass and task defaults; validate, and
+    store the variant as the registry's label (``ur``, ``uniform-refine``, ``UR-LSTM`` -> ``UR``)."""
     from gated.harness.tasks import get_task_spec
 
     merged: dict = {}
@@ -253,6 +355,9 @@ def build(*layers: dict) -> RunConfig:
         merged.update({k: _coerce(k, v) for k, v in _flatten(layer, "config").items()})
     spec = get_task_spec(merged.get("task", TaskConfig.task))
     values = {k: _coerce(k, v) for k, v in spec.defaults.items()} | merged
+    named, _ = _model_label(values.get("variant", ModelConfig.variant))
+    if named is not None and "core" not in merged:  # --variant UR-GRU without --core: the gru core
+        values["core"] = named
     sections = {s: {} for s in SECTIONS}
     for name, value in values.items():
         sections[FIELDS[name][0]][name] = value
@@ -261,14 +366,17 @@ def build(*layers: dict) -> RunConfig:
     return cfg
 
 
-def from_dict(data: dict) -> RunConfig:
-    """Rebuild a config from ``config.json`` exactly (no task defaults applied)."""
+def from_dict(data: dict, canonical: bool = True) -> RunConfig:
+    """Rebuild a config from ``config.json`` (no task defaults applied), with its variant as the
+    registry's label (a run configured before labels were stored may hold ``"ur"``);
+    ``canonical=False``: exactly as written (``--resume`` keeps the spelling its checkpoints'
+    fingerprint was computed from)."""
     flat = {k: _coerce(k, v) for k, v in _flatten(data, "config.json").items()}
     sections = {s: {} for s in SECTIONS}
     for name, value in flat.items():
         sections[FIELDS[name][0]][name] = value
     cfg = RunConfig(**{s: SECTIONS[s](**kv) for s, kv in sections.items()})
-    validate(cfg)
+    validate(cfg, canonical)
     return cfg
 
 
@@ -277,8 +385,9 @@ def _choice(name: str, value: str, choices) -> None:
         raise ValueError(f"unknown {name} {value!r}; choose from {', '.join(map(str, choices))}")
 
 
-def validate(cfg: RunConfig) -> None:
-    """Raise ValueError (naming the flag and the valid choices) on any bad value."""
+def validate(cfg: RunConfig, canonical: bool = True) -> None:
+    """Raise ValueError (naming the flag and the valid choices) on any bad value; with
+    ``canonical``, set the variant to the registry's label (:func:`canonical_variant`)."""
     import gated
     from gated.harness.tasks import get_task_spec
 
@@ -287,13 +396,12 @@ def validate(cfg: RunConfig) -> None:
 
     _choice("core", cfg.model.core, sorted(set(gated.CORES) & set(CORE_MODULES)))
     supported = gated.CORES[cfg.model.core].variants
-    try:
-        variant = gated.get_variant(cfg.model.variant).name
-    except ValueError:
-        variant = None
+    variant = canonical_variant(cfg.model.variant, cfg.model.core)
     if variant not in supported:
         raise ValueError(f"unknown variant {cfg.model.variant!r} for core {cfg.model.core!r}; "
                          f"choose from {', '.join(supported)}")
+    if canonical:
+        cfg.model.variant = variant
     _choice("optimizer", cfg.optim.optimizer, OPTIMIZERS)
     _choice("schedule", cfg.optim.schedule, SCHEDULES)
     positive = ["delay", "length", "pixels_per_step", "bptt", "vocab_size", "hidden_size", "num_layers",
@@ -317,7 +425,7 @@ def validate(cfg: RunConfig) -> None:
         raise ValueError(f"--t-max must be > 2, got {cfg.model.t_max}")
     if cfg.model.forget_bias is not None:  # the initialiser says which variants it cannot serve
         try:
-            gated.init.forget_bias_(CORE_MODULES[cfg.model.core](1, 4, variant=cfg.model.variant), cfg.model.forget_bias)
+            gated.init.forget_bias_(CORE_MODULES[cfg.model.core](1, 4, variant=variant), cfg.model.forget_bias)
         except (ValueError, TypeError) as e:
             raise ValueError(f"--forget-bias with {cfg.model.core} variant {cfg.model.variant!r}: {e}") from None
     dev = cfg.train.device

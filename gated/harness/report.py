@@ -32,12 +32,24 @@ def find_runs(root: str | Path) -> list[dict]:
         rel = run.relative_to(root).parts
         records = read_jsonl(run / "metrics.jsonl")
         info = read_json(run / "task.json") if (run / "task.json").exists() else {}
-        runs.append({"dir": run, "setting": rel[0] if len(rel) == 3 else "", "variant": cfg["model"]["variant"],
+        runs.append({"dir": run, "setting": rel[0] if len(rel) == 3 else "",
+                     "variant": _canonical(cfg["model"]["variant"]),
                      "core": cfg["model"]["core"], "seed": cfg["train"]["seed"], "info": info, "records": records})
     return runs
 
 
 _NAMES = {"mingru": "minGRU", "minlstm": "minLSTM"}  # Feng et al.'s spelling; the others upper-cased
+
+
+def _canonical(variant: str) -> str:
+    """The registry label of a variant as a run stored it (older runs kept the spelling typed:
+    ``ur`` and ``uniform-refine`` are one series, ``UR``); an unknown name is kept as it is."""
+    import gated
+
+    try:
+        return gated.get_variant(variant).name
+    except ValueError:
+        return variant
 
 
 def label(core: str, variant: str) -> str:

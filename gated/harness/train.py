@@ -21,7 +21,7 @@ import torch
 
 from gated.harness import checkpoint as ckpt
 from gated.harness import distributed
-from gated.harness.config import RunConfig
+from gated.harness.config import RunConfig, choose_threads, machine_load
 from gated.harness.evaluate import Window, evaluate, fmt
 from gated.harness.files import append_jsonl, read_json, truncate_jsonl, write_json
 from gated.harness.model import SequenceModel, count_parameters, detach_state, resolve_device
@@ -60,9 +60,11 @@ def train(cfg: RunConfig, resume: bool = False, log=print) -> dict:
     """Run (or continue) the experiment ``cfg`` describes; returns the last logged record."""
     d = distributed.setup(resolve_device(cfg.train.device))  # under torchrun on CUDA: this rank's GPU
     sink = []  # the TensorBoard writer, once opened
+    threads = torch.get_num_threads()  # restored at the end: --threads holds for this run only
     try:
         return _train(cfg, resume, log if d.main else (lambda *a, **k: None), d.device, d, sink)
     finally:
+        torch.set_num_threads(threads)
         for tb in sink:
             tb.close()
         ckpt.close_run(cfg.train.out)
@@ -80,11 +82,17 @@ def restore_rng(state: dict, rank: int, device: torch.device) -> None:
 
 def _train(cfg: RunConfig, resume: bool, log, device, d, sink: list) -> dict:
     tc, oc = cfg.train, cfg.optim
-    if tc.threads:
-        torch.set_num_threads(tc.threads)
+    threads, note = choose_threads(tc.threads, torch.get_num_threads(), *machine_load())  # 0: automatic
+    torch.set_num_threads(threads)
+    if note:
+        log(note)
     if oc.batch_size % d.world:
         raise ValueError(f"--batch-size {oc.batch_size} must be divisible by the {d.world} processes")
     task = build_task(cfg.task, tc.seed)  # stops here, with the fetch command, if data is missing
+    if tc.tensorboard and d.main:  # before the run directory is written: a missing package leaves nothing
+        from gated.harness.tensorboard import require
+
+        require()
     run = prepare_run_dir(cfg, task, resume) if d.main else Path(cfg.train.out)
     d.barrier()
     torch.manual_seed(tc.seed)  # the same initial weights in every process

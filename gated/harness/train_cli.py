@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 from pathlib import Path
 
@@ -52,8 +53,11 @@ def resolve(args, config=None) -> tuple:
     run = Path(args.resume)
     if not (run / "config.json").is_file():
         raise ValueError(f"--resume {run}: no run there ({run / 'config.json'} is missing)")
-    saved = config.from_dict(read_json(run / "config.json"))
-    cfg = config.from_dict(config.SCHEMA.resumed(run, saved.flat(), file_values | given))
+    # as written: a run configured before variants were stored as labels keeps its "ur", which its
+    # checkpoints' fingerprint was computed from (--variant UR on resume is no change)
+    exact = {"canonical": False} if "canonical" in inspect.signature(config.from_dict).parameters else {}
+    saved = config.from_dict(read_json(run / "config.json"), **exact)
+    cfg = config.from_dict(config.SCHEMA.resumed(run, saved.flat(), file_values | given), **exact)
     return cfg, True
 
 
