@@ -3,28 +3,40 @@
 Layout of ``RUN/checkpoints/``::
 
     latest.json          {"step", "dir", "files": {name: sha256}, "format", "fingerprint"}
-    step-000120/         model.safetensors, state.pt
+    step-000120/         model.safetensors, state.pt, manifest.json (latest.json's record less "dir")
     best/                with ``--keep-best``: the checkpoint of the best validation metric so far,
       best.json          as latest.json plus {"metric", "value", "higher_is_better"}
       step-000060/       (later saves of latest never touch it; a better evaluation replaces it)
 
 A checkpoint is written into a temp directory (every file fsync'd), renamed into place, and only
 then published by atomically replacing ``latest.json``; older step directories are removed after
-that. A failure at any point (a full disk) leaves the previous checkpoint intact and raises
+that. Only step directories of earlier steps are removed (superseded); one of a later step is kept.
+A failure at any point (a full disk) leaves the previous checkpoint intact and raises
 :class:`CheckpointError`. Loading checks every file's sha256 and the config fingerprint and
 raises on any mismatch: a damaged checkpoint is reported, never silently replaced.
 
+``latest.json`` is only an index: each step directory carries its own ``manifest.json``. When
+the index is missing or unreadable but step directories exist, loading takes the newest one whose
+files match their manifest's checksums and logs that it did; with none intact it raises an error
+naming each directory and what is wrong with it. A run is never restarted from step 0 while a
+step directory exists.
+
 A training process holds an exclusive lock on its run directory (``flock`` on ``RUN/.lock``,
-which the kernel drops when the process ends, even by kill -9): see :func:`open_run`.
+which the kernel drops when the process ends, even by kill -9): see :func:`open_run`. The lock
+file is opened without following symbolic links and must be a regular file with one link, so
+the lock can never write through a link to a file outside the run.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import pickle
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -35,11 +47,15 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from gated.harness.data.formats import sha256_file
-from gated.harness.files import BadFile, read_json, write_json
+from gated.harness.files import BadFile, open_regular, read_json, write_json
 
 FORMAT = "gated-harness-ckpt-1"
 LOCK = ".lock"
+MANIFEST = "manifest.json"  # in each step directory: its step, files' sha256, format and fingerprint
+_STEP_DIR = re.compile(r"step-(\d+)(-.+)?")  # step-000120, or step-000120-PID-XXXXXX (a re-save of a step)
+logger = logging.getLogger("gated.harness")
 BEST = "best"  # RUN/checkpoints/best/, indexed by best.json
+OUTSIDE_RESULTS = ("out", "progress", "tensorboard")  # flags that change no result: a restart may differ in them
 _held: dict[Path, int] = {}  # run directory -> descriptor of its locked .lock file
 
 
@@ -49,6 +65,8 @@ class CheckpointError(RuntimeError):
 
 class RunInUse(CheckpointError):
     """Another process holds the run directory's lock (it is training that run)."""
+
+
 
 
 @dataclass
@@ -102,18 +120,15 @@ def save(run: Path, step: int, model_state: dict, state: dict, cfg_dict: dict, b
                                                                                         "step": str(step)}))
         _write(tmp / "state.pt", lambda p: torch.save(state, p))
         files = {f: sha256_file(tmp / f) for f in ("model.safetensors", "state.pt")}
+        record = {"format": FORMAT, "step": step, "files": files, "fingerprint": fingerprint(cfg_dict)} | (best or {})
+        write_json(tmp / MANIFEST, record)  # atomic and fsync'd
         _fsync_dir(tmp)
         final = root / name
-        current = _read_latest(root, missing_ok=True, index=index)
-        if final.exists() and (current is None or current["dir"] != name):
-            shutil.rmtree(final)
-        if final.exists():  # re-saving the published step: publish under a fresh name first
+        if os.path.lexists(final):  # the same step saved before (published or not): never replace it in place
             final = root / f"{name}-{os.getpid()}-{tmp.name[-6:]}"
         os.replace(tmp, final)
         _fsync_dir(root)
-        latest = {"format": FORMAT, "step": step, "dir": final.name, "files": files,
-                  "fingerprint": fingerprint(cfg_dict)} | (best or {})
-        write_json(root / index, latest)
+        write_json(root / index, record | {"dir": final.name})
     except BaseException as e:  # a full disk, Ctrl-C, ...: remove what this save wrote, keep the rest
         prev = _published(root, index)
         for path in (tmp, final):
@@ -123,27 +138,94 @@ def save(run: Path, step: int, model_state: dict, state: dict, cfg_dict: dict, b
         if not isinstance(e, (OSError, SafetensorError, RuntimeError)):
             raise
         kept = f"the previous checkpoint (step {prev['step']}) is intact" if prev else "no earlier checkpoint exists"
-        raise CheckpointError(f"could not write the checkpoint for step {step} in {root}: {e}; {kept}") from None
-    for old in root.glob("step-*"):
-        if old.name != final.name:
+        raise CheckpointError(f"could not write the checkpoint for step {step} in {root}: {_full(e, root)}{e}; "
+                              f"{kept}") from None
+    for old in _step_dirs(root):  # superseded: earlier steps, and older copies of this one
+        old_step = _step_of(old)
+        if old.name != final.name and old_step is not None and old_step <= step:
             shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+FULL = 64 << 20  # below this many free bytes a failed write is reported as a full disk
+
+
+def _full(e: BaseException, root: Path) -> str:
+    """"the disk is full (...): " when the failure is one (torch's writer says only "file write
+    failed"), else ""."""
+    try:
+        free = shutil.disk_usage(root).free
+    except OSError:
+        free = None
+    if getattr(e, "errno", None) == errno.ENOSPC or (free is not None and free < FULL):
+        return f"the disk is full ({'?' if free is None else free >> 20} MiB free on the file system of {root}): "
+    return ""
+
+
+def _step_of(path: Path) -> int | None:
+    m = _STEP_DIR.fullmatch(path.name)
+    return int(m.group(1)) if m else None
+
+
+def _step_dirs(root: Path) -> list[Path]:
+    """The step directories in ``root`` (real directories, not links), newest step first."""
+    found = [p for p in root.glob("step-*") if _step_of(p) is not None and p.is_dir() and not p.is_symlink()]
+    return sorted(found, key=lambda p: (_step_of(p), p.stat().st_mtime), reverse=True)
+
+
+def _check_files(ckpt_dir: Path, files: dict) -> str | None:
+    """What is wrong with the checkpoint files against their recorded sha256, None if nothing."""
+    for fname, digest in files.items():
+        path = ckpt_dir / str(fname)
+        if not path.is_file():
+            return f"{fname} is missing"
+        got = sha256_file(path)
+        if got != digest:
+            return f"{fname} has sha256 {got[:16]}..., its index records {str(digest)[:16]}..."
+    return None
+
+
+def _recover(root: Path, index: str, why: str) -> dict | None:
+    """The record of the newest intact step directory when the index is missing or unreadable
+    (``why``), logged; None when there is no step directory at all; :class:`CheckpointError`
+    naming every step directory and its fault when none is intact."""
+    faults = []
+    for ckpt_dir in _step_dirs(root):
+        manifest = ckpt_dir / MANIFEST
+        if not manifest.is_file():
+            faults.append(f"{ckpt_dir.name}: no {MANIFEST} (written by an older gated; its files cannot be verified)")
+            continue
+        try:
+            record = read_json(manifest)
+            if record.get("format") != FORMAT:
+                raise BadFile(f"format {record.get('format')!r} is not {FORMAT!r}")
+            int(record["step"]), dict(record["files"])
+        except (BadFile, OSError, KeyError, TypeError, ValueError) as e:
+            faults.append(f"{ckpt_dir.name}: {MANIFEST} is unreadable ({e})")
+            continue
+        fault = _check_files(ckpt_dir, record["files"])
+        if fault is not None:
+            faults.append(f"{ckpt_dir.name}: {fault}")
+            continue
+        logger.warning("%s %s; using %s, the newest intact checkpoint (step %d, checksums verified)",
+                       root / index, why, ckpt_dir, int(record["step"]))
+        return record | {"dir": ckpt_dir.name}
+    if not faults:
+        return None
+    raise CheckpointError(f"{root / index} {why}, and no step directory in {root} holds an intact checkpoint: "
+                          f"{'; '.join(faults)}. Nothing was changed; restore {index} (or move these directories "
+                          "away to start the run over)")
 
 
 def _published(root: Path, index: str = "latest.json") -> dict | None:
     """The index (``latest.json``) if it is readable, else None."""
     try:
-        return _read_latest(root, missing_ok=True, index=index)
+        return _read_latest(root, missing_ok=True, index=index, recover=False)
     except (CheckpointError, OSError):
         return None
 
 
-def _read_latest(root: Path, missing_ok: bool = False, index: str = "latest.json") -> dict | None:
-    path = root / index
-    if not path.exists():
-        if missing_ok:
-            return None
-        raise CheckpointError(f"no checkpoint in {root.parent} ({path} is missing)")
+def _read_index(path: Path) -> dict:
     try:
         latest = read_json(path)
     except BadFile as e:
@@ -155,6 +237,26 @@ def _read_latest(root: Path, missing_ok: bool = False, index: str = "latest.json
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path} is corrupted ({e.__class__.__name__}: {e})") from None
     return latest
+
+
+def _read_latest(root: Path, missing_ok: bool = False, index: str = "latest.json", recover: bool = True) -> dict | None:
+    """The index record of ``root``; with ``recover``, a missing or unreadable index falls back to
+    the newest intact step directory (:func:`_recover`)."""
+    path = root / index
+    if not os.path.lexists(path):
+        found = _recover(root, index, "is missing") if recover else None
+        if found is not None or missing_ok:
+            return found
+        raise CheckpointError(f"no checkpoint in {root.parent} ({path} is missing)")
+    try:
+        return _read_index(path)
+    except (CheckpointError, OSError) as e:
+        found = _recover(root, index, f"is unreadable ({e})") if recover and _step_dirs(root) else None
+        if found is not None:
+            return found
+        if isinstance(e, OSError):
+            raise CheckpointError(f"{path} is unreadable: {e}") from None
+        raise
 
 
 def open_run(cfg, resume: bool, command: str) -> Path:
@@ -175,7 +277,7 @@ def open_run(cfg, resume: bool, command: str) -> Path:
             _refuse_other_run(run, cfg, command)
         slots = (run / "checkpoints", run / "checkpoints" / BEST)
         for tmp in [*run.glob(".*.tmp"), *(t for s in slots for t in (*s.glob(".*.tmp"), *s.glob(".tmp-*")))]:
-            if tmp.is_dir():
+            if tmp.is_dir() and not tmp.is_symlink():
                 shutil.rmtree(tmp)
             else:
                 tmp.unlink()
@@ -193,7 +295,8 @@ def _refuse_other_run(run: Path, cfg, command: str) -> None:
     if (run / "config.json").exists():
         saved = read_json(run / "config.json")
         changed = [f"--{k.replace('_', '-')}" for section, values in cfg.to_dict().items() for k, v in values.items()
-                   if k != "out" and (not isinstance(saved.get(section), dict) or saved[section].get(k, ...) != v)]
+                   if k not in OUTSIDE_RESULTS
+                   and (not isinstance(saved.get(section), dict) or saved[section].get(k, ...) != v)]
         if changed:
             raise ValueError(f"{run} already holds a run with another config ({', '.join(changed)} differ); {cont}")
     elif (run / "metrics.jsonl").exists():
@@ -205,7 +308,7 @@ def lock_run(run: Path) -> None:
     key = Path(run).resolve()
     if key in _held:
         return
-    fd = os.open(Path(run) / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = open_regular(Path(run) / LOCK, os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -225,11 +328,15 @@ def close_run(run: str | Path | None) -> None:
 
 
 def has_checkpoint(run: Path) -> bool:
-    return (Path(run) / "checkpoints" / "latest.json").exists()
+    """Whether the run has a published checkpoint or any step directory (which :func:`load` then
+    verifies: a lost ``latest.json`` never makes a run start over)."""
+    root = Path(run) / "checkpoints"
+    return os.path.lexists(root / "latest.json") or bool(_step_dirs(root))
 
 
 def latest_step(run: Path) -> int | None:
-    """The step of the run's published checkpoint (``latest.json`` only), None if it has none."""
+    """The step of the run's checkpoint (``latest.json``, or the newest intact step directory when
+    it is lost), None if it has none."""
     latest = _read_latest(Path(run) / "checkpoints", missing_ok=True)
     return None if latest is None else int(latest["step"])
 
@@ -253,15 +360,10 @@ def load(run: Path, cfg_dict: dict | None = None, best: bool = False) -> Checkpo
     root, index = _slot(run, best)
     latest = _read_latest(root, index=index)
     ckpt_dir = root / latest["dir"]
-    for fname, digest in latest["files"].items():
-        path = ckpt_dir / fname
-        if not path.is_file():
-            raise CheckpointError(f"checkpoint {ckpt_dir} is corrupted: {fname} is missing")
-        got = sha256_file(path)
-        if got != digest:
-            raise CheckpointError(f"checkpoint {ckpt_dir} is corrupted: {fname} has sha256 {got[:16]}..., "
-                                  f"latest.json records {digest[:16]}...; refusing to resume or start fresh "
-                                  "(delete the run directory to start over)")
+    fault = _check_files(ckpt_dir, latest["files"])
+    if fault is not None:
+        raise CheckpointError(f"checkpoint {ckpt_dir} is corrupted: {fault}; refusing to resume or start fresh "
+                              "(delete the run directory to start over)")
     if cfg_dict is not None and latest.get("fingerprint") != fingerprint(cfg_dict):
         raise CheckpointError(f"checkpoint {ckpt_dir} was written for a different task/model config than "
                               f"{Path(run) / 'config.json'} (incompatible)")

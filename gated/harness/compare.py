@@ -5,11 +5,18 @@ Run directories are ``OUT/<setting>/<variant>/seed<k>``; a finished run is reuse
 one resumed (from step 0 if it stopped before its first checkpoint), so an interrupted comparison
 continues where it stopped. A run that another process is training (its lock is held: a second
 ``gated compare`` on the same OUT, or a ``gated train --resume``) is skipped and reported.
+
+The terminal shows the one-time kernel build, a line per run as it starts and ends (a failed
+run's last lines of ``train.log`` with it), and a progress bar with an ETA over the grid's steps
+(``--no-progress`` turns it off; it is off anyway when the output is not a terminal). Each run is a
+child Python that imports the very ``gated`` this process imported, never a ``gated/`` folder in
+the working directory.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 import sys
 import time
 from pathlib import Path
@@ -35,8 +42,8 @@ def add_arguments(parser) -> None:
 
 
 # Config fields gated compare sets itself: --variants/--seeds (lists) and the run directories
-# under --out; runs write to logs, so there is no progress bar.
-COMPARE_OWN = ("variant", "seed", "progress")
+# under --out. ``--progress/--no-progress`` is kept: it is the grid's bar (the runs log to files).
+COMPARE_OWN = ("variant", "seed")
 
 
 class RunFailed(RuntimeError):
@@ -105,7 +112,7 @@ def run_command(run: dict, threads: int, prefix: list[str], config, total: int) 
         else:
             flags += [config.flag(name), str(value)]
     flags += ["--threads", str(threads), "--no-progress"]
-    start = [sys.executable, "-m", "gated.harness.cli", *prefix]
+    start = child_python() + prefix
     if not (run_dir / "config.json").exists():
         return start + flags + ["--out", str(run_dir)]
     step = checkpoint.latest_step(run_dir)
@@ -114,13 +121,110 @@ def run_command(run: dict, threads: int, prefix: list[str], config, total: int) 
     return start + ["--resume", str(run_dir)] + flags
 
 
+def child_python() -> list[str]:
+    """The argv prefix of a child ``gated`` command: this Python, importing the ``gated`` package
+    this process imported. (``python -m`` would put the working directory first on the path, and a
+    ``gated/`` folder there, such as a checkout seen from its parent, would shadow the package.)"""
+    import gated
+
+    root = str(Path(gated.__file__).resolve().parent.parent)
+    code = f"import sys; sys.path[0] = {root!r}; from gated.harness.cli import main; sys.exit(main())"
+    return [sys.executable, "-c", code]
+
+
+def _tail(path: Path, lines: int = 6) -> str:
+    """The last lines of a run's log, indented, for the terminal ("" if there is none)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 8192))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    kept = [ln for ln in text.splitlines() if ln.strip()][-lines:]
+    return "".join(f"\n      | {ln}" for ln in kept)
+
+
+def _last_step(run_dir: Path) -> int:
+    """The step of the last record in a run's ``metrics.jsonl`` (0 if none), read from its end."""
+    try:
+        with open(run_dir / "metrics.jsonl", "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+            lines = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return 0
+    import json
+
+    for line in reversed(lines):
+        try:
+            return int(json.loads(line).get("step", 0))
+        except (ValueError, AttributeError, TypeError):
+            continue
+    return 0
+
+
+class _GridBar:
+    """A progress bar over the steps of a grid's runs, with an ETA, polled from their metrics."""
+
+    def __init__(self, runs: list[dict], show: bool):
+        self.runs = runs
+        self.total = sum(int(getattr(r["cfg"].train, "steps", 0) or 0) for r in runs)
+        self.bar = None
+        if show and self.total:
+            from tqdm import tqdm
+
+            # disable=None: a bar on a terminal, nothing in logs and pipes
+            self.bar = tqdm(total=self.total, disable=None, unit="step", dynamic_ncols=True, desc="grid",
+                            initial=self._done())
+        self.next_poll = 0.0
+
+    def _done(self) -> int:
+        return sum(min(_last_step(r["dir"]), int(r["cfg"].train.steps)) for r in self.runs)
+
+    def poll(self, force: bool = False) -> None:
+        if self.bar is None or (not force and time.monotonic() < self.next_poll):
+            return
+        self.next_poll = time.monotonic() + 2.0
+        self.bar.update(max(0, self._done() - self.bar.n))
+
+    def write(self, line: str, log) -> None:
+        if self.bar is not None and log is print:
+            self.bar.write(line)
+        else:
+            log(line)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.poll(force=True)
+            self.bar.close()
+
+
+def prebuild(runs: list[dict], log=print) -> None:
+    """Build the fused CPU kernels once, here, so the terminal shows it (the runs would each
+    report it only in their train.log), when a run may use them."""
+    def on_cpu(cfg) -> bool:
+        model, train = getattr(cfg, "model", None), getattr(cfg, "train", None)
+        backend = getattr(model, "backend", "auto")
+        device = str(getattr(train, "device", "auto"))
+        return backend in ("auto", "fused_cpu") and (device == "cpu" or device == "auto")
+
+    if os.environ.get("GATED_DISABLE_FUSED") or not any(on_cpu(r["cfg"]) for r in runs):
+        return
+    from gated.backends import _build
+
+    try:
+        _build._build()  # prints its own "building ..." lines on stderr when it compiles
+    except Exception as e:  # the runs fall back to the reference backend, each logging why
+        log(f"gated: the fused CPU kernels are not available ({str(e).splitlines()[0] if str(e) else e}); "
+            "the runs use the reference backend (slower)")
+
+
 def _command(run: dict, threads: int) -> list[str] | None:
     from gated.harness import config
 
     return run_command(run, threads, ["train"], config, run["cfg"].train.steps)
 
 
-def execute(runs: list[dict], jobs: int, log=print, launcher=None) -> list[dict]:
+def execute(runs: list[dict], jobs: int, log=print, launcher=None, progress: bool = True) -> list[dict]:
     """Start the runs, ``jobs`` at a time, through ``launcher`` (:mod:`gated.harness.launch`;
     default: subprocesses on this machine); raise if any fails. Returns the runs skipped because
     another process is training them (each is logged).
@@ -136,10 +240,13 @@ def execute(runs: list[dict], jobs: int, log=print, launcher=None) -> list[dict]
     launcher = launcher or Subprocess()
     jobs = jobs or launcher.default_jobs(len(runs))
     pending, active, failed, skipped = list(runs), [], [], []
+    prebuild(runs, log)
     start = time.perf_counter()
+    bar = _GridBar(runs, progress)
 
     def report(run, status):
-        log(f"  [{time.perf_counter() - start:6.0f} s] {run['setting']} {run['variant']} seed {run['seed']}: {status}")
+        bar.write(f"  [{time.perf_counter() - start:6.0f} s] {run['setting']} {run['variant']} seed {run['seed']}: "
+                  f"{status}", log)
 
     while pending or active:
         while pending and len(active) < jobs:
@@ -156,16 +263,25 @@ def execute(runs: list[dict], jobs: int, log=print, launcher=None) -> list[dict]
                 report(run, f"skipped: {e}")
                 skipped.append(run)
                 continue
-            except checkpoint.CheckpointError as e:
+            except (checkpoint.CheckpointError, OSError) as e:
                 report(run, f"FAILED: {e}")
                 failed.append(run)
                 continue
             if cmd is None:
-                log(f"  {run['dir']}: already finished")
+                report(run, "already finished")
                 continue
             name = f"gated-{run['setting']}-{_label(run['variant'])}-seed{run['seed']}"
-            active.append((run, launcher.start(cmd, run["dir"] / "train.log", {"OMP_NUM_THREADS": str(threads)}, name)))
+            try:
+                handle = launcher.start(cmd, run["dir"] / "train.log", {"OMP_NUM_THREADS": str(threads)}, name)
+            except OSError as e:  # train.log is a link or unwritable
+                report(run, f"FAILED: {e}")
+                failed.append(run)
+                continue
+            active.append((run, handle))
+            report(run, f"{'resumed' if '--resume' in cmd else 'started'} ({threads} thread{'s' * (threads > 1)}; "
+                        f"log {run['dir'] / 'train.log'})")
         time.sleep(0.2)
+        bar.poll()
         for item in list(active):
             run, handle = item
             code = handle.poll()
@@ -176,10 +292,11 @@ def execute(runs: list[dict], jobs: int, log=print, launcher=None) -> list[dict]
                 report(run, "skipped: in use by another process (see its train.log)")
                 skipped.append(run)
             elif code:
-                report(run, f"FAILED (exit {code}; see its train.log)")
+                report(run, f"FAILED (exit {code}; the end of its train.log:){_tail(run['dir'] / 'train.log')}")
                 failed.append(run)
             else:
                 report(run, "done")
+    bar.close()
     if skipped:
         log(f"{len(skipped)} of {len(runs)} runs skipped: another process is training them; the results "
             "show them as they stand (run this again when they finish)")
@@ -200,7 +317,7 @@ def main(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     print(f"compare: {len(runs)} runs ({len(args.variants)} variants x {len(args.seeds)} seeds x "
           f"{len({r['setting'] for r in runs})} settings) in {out}", flush=True)
-    execute(runs, args.jobs, launcher=launcher)
+    execute(runs, args.jobs, launcher=launcher, progress=getattr(args, "progress", True))
     md = table(out, args.threshold)
     write_text(out / "table.md", md)
     figs = learning_curves(out, out / "curves.png")

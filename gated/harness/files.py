@@ -8,13 +8,21 @@
   elsewhere is an error naming its line.
 
 Every ``OSError`` raised here names the file (a write to an open file reports none by itself).
+
+Nothing is written through a link planted in a run directory: :func:`atomic_write` replaces a
+symbolic link (never its target) and writes through only to a device or pipe named by the user
+(``/dev/null``, ``/dev/stdout``), and :func:`append_jsonl` and :func:`open_regular` (the run lock,
+``train.log``) open only a regular file with one link, without following a link, or raise
+:class:`UnsafeFile`.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -28,7 +36,39 @@ class BadFile(ValueError):
     """A file the harness reads holds something else than it should (the message names it)."""
 
 
+class UnsafeFile(OSError):
+    """A file the harness would write is a symbolic link, a hard link or not a regular file."""
+
+
+def open_regular(path: str | Path, flags: int, mode: int = 0o644) -> int:
+    """``os.open`` of a file the harness writes in a run directory, never through a link: the last
+    component is not followed (``O_NOFOLLOW``, also when creating it), and what is opened must be a
+    regular file with one link (a hard link to a file elsewhere would be written too). Raises
+    :class:`UnsafeFile` naming the file and what it is."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode)
+    except OSError as e:
+        if e.errno == errno.ELOOP or os.path.islink(path):
+            raise UnsafeFile(f"{path} is a symbolic link (to {os.readlink(path)!r}); refusing to write through it: "
+                             "remove it (gated writes only regular files there)") from None
+        raise _named(e, Path(path)) from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        os.close(fd)
+        what = "not a regular file" if not stat.S_ISREG(st.st_mode) else f"a hard link ({st.st_nlink} names)"
+        raise UnsafeFile(f"{path} is {what}; refusing to write to it: remove it (gated writes only regular files "
+                         "there)")
+    os.set_blocking(fd, True)
+    return fd
+
+
+def nofollow(path, flags):  # an ``opener`` for open(): open_regular with open()'s mode
+    return open_regular(path, flags, 0o666 & ~_UMASK)
+
+
 def _named(e: OSError, path: Path) -> OSError:
+    if isinstance(e, UnsafeFile):  # names its file already
+        return e
     return OSError(e.errno, e.strerror or str(e), str(path))
 
 
@@ -37,6 +77,9 @@ def atomic_write(path: str | Path, data: bytes) -> None:
     path, tmp = Path(path), None
     try:
         if path.exists() and not path.is_file():  # /dev/null, a FIFO: write through, never replace it
+            if path.is_symlink() and path.parent != Path("/dev"):  # not /dev/stdout: a link planted in a run
+                raise UnsafeFile(f"{path} is a symbolic link to {os.readlink(path)!r}, not a regular file; refusing "
+                                 "to write through it: remove it")
             with open(path, "wb") as f:
                 f.write(data)
             return
@@ -113,7 +156,7 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 def append_jsonl(path: str | Path, record: dict) -> None:
     try:
-        with open(path, "a", encoding="utf-8") as f:
+        with open(path, "a", encoding="utf-8", opener=nofollow) as f:
             f.write(json.dumps(record) + "\n")
     except OSError as e:
         raise _named(e, Path(path)) from None

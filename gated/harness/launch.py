@@ -65,7 +65,9 @@ class Subprocess:
         return max(1, (os.cpu_count() or 1) // jobs)
 
     def start(self, argv: list[str], log: Path, env: dict[str, str], name: str):
-        f = open(log, "a")
+        from gated.harness.files import nofollow
+
+        f = open(log, "a", opener=nofollow)  # never through a link planted as train.log
         proc = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, env=dict(os.environ, **env))
         return _Process(proc, f)
 
@@ -108,6 +110,9 @@ class Submitit:
         return self.cpus if self.cluster == "slurm" else max(1, (os.cpu_count() or 1) // jobs)
 
     def start(self, argv: list[str], log: Path, env: dict[str, str], name: str):
+        from gated.harness.files import nofollow
+
+        open(log, "a", opener=nofollow).close()  # the job appends to it: refuse a link planted as train.log
         self.executor.update_parameters(name=name)
         return _Job(self.executor.submit(subprocess.call, job_command(argv, log, env), cwd=os.getcwd()), log)
 

@@ -2,7 +2,7 @@
 package (``gated/harness/experiments/``) and write one summary per experiment.
 
     gated reproduce --quick                 # copy task, LSTM vs UR-LSTM, 2 seeds (~2 min on 2 cores)
-    gated reproduce --full                  # everything in REPORT.md (about 2.5 h on 2 cores)
+    gated reproduce --full                  # everything in REPORT.md (about 6 h on 2 cores, 2 runs at a time)
     gated reproduce --only copy-grid adding # chosen experiments
 
 An experiment spec is a JSON file (``gated/harness/experiments/<name>.json``)::
@@ -222,7 +222,8 @@ def plan_spec(spec: dict, out_root: Path, jobs: int) -> tuple[int, list[dict]]:
         raise ValueError(f"experiment {spec['name']}: {e}") from None
 
 
-def run_spec(spec: dict, out_root: Path, jobs: int, runs: list[dict], log=print, launcher=None) -> dict:
+def run_spec(spec: dict, out_root: Path, jobs: int, runs: list[dict], log=print, launcher=None,
+             progress: bool = True) -> dict:
     """Run a planned spec (through ``launcher``, :mod:`gated.harness.launch`), then write its
     ``table.md``, ``curves.png`` and ``summary.json``."""
     from gated.harness.compare import execute
@@ -234,7 +235,7 @@ def run_spec(spec: dict, out_root: Path, jobs: int, runs: list[dict], log=print,
     rl = spec.get("kind") == "rl"
     log(f"[{spec['name']}] {len(runs)} {'rl ' if rl else ''}runs -> {out}"
         + (f"  ({spec['claim']})" if spec.get("claim") else ""))
-    skipped = execute(runs, jobs, log=log, launcher=launcher)
+    skipped = execute(runs, jobs, log=log, launcher=launcher, progress=progress)
     result = {"name": spec["name"], "claim": spec.get("claim"), "check": None}
     if rl:
         from gated.harness.rl.compare import table as rl_table
@@ -251,9 +252,11 @@ def run_spec(spec: dict, out_root: Path, jobs: int, runs: list[dict], log=print,
             result["check"] = {**spec["check"], "passed": None if skipped else not failures, "failures": failures,
                                "skipped": [str(r["dir"]) for r in skipped]}
     write_text(out / "table.md", md)
-    learning_curves(out, out / "curves.png", "return" if rl else None)
+    figures = learning_curves(out, out / "curves.png", "return" if rl else None)
     write_text(out / "summary.json", json.dumps(result, indent=1, default=str) + "\n")
     log(md)
+    log(f"[{spec['name']}] table: {out / 'table.md'}; figure: {', '.join(map(str, figures or [out / 'curves.png']))}; "
+        f"summary: {out / 'summary.json'}")
     if result["check"] is not None:
         c = result["check"]
         verdict = ("NOT DECIDED: runs in use by another process" if c["passed"] is None else "PASSED" if c["passed"]
@@ -275,6 +278,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--jobs", type=int, default=0, help="runs at a time (default: the spec's, else CPU cores; "
                         "with --launcher slurm all of them)")
     parser.add_argument("--no-figures", action="store_true", help="skip the mechanism figures (full suite)")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                        help="a progress bar with an ETA over each experiment's runs (on a terminal)")
     launch.add_arguments(parser)
 
 
@@ -289,7 +294,9 @@ def main(args) -> int:
     out = Path(args.out)
     plans = [plan_spec(spec, out, args.jobs) for spec in specs]  # every run validated before the first starts
     launcher = launch.from_args(args, out)
-    results = [run_spec(spec, out, jobs, runs, launcher=launcher)
+    total = sum(len(runs) for _, runs in plans)
+    print(f"reproduce: {len(specs)} experiment(s), {total} runs, in {out}", flush=True)
+    results = [run_spec(spec, out, jobs, runs, launcher=launcher, progress=args.progress)
                for spec, (jobs, runs) in zip(specs, plans, strict=True)]
     if args.full and not args.no_figures:
         from gated.harness.mechanism import all_figures

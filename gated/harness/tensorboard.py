@@ -23,16 +23,23 @@ def tag(key: str) -> str:
     return f"train/{key}"
 
 
+def require():
+    """torch's ``SummaryWriter``, or ValueError saying how to install it: called before the run
+    directory is written, so a missing package leaves nothing behind."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        from gated.harness.cli import install_hint
+
+        raise ValueError(f"--tensorboard needs the tensorboard package; {install_hint('tensorboard')}") from None
+    return SummaryWriter
+
+
 class TensorBoard:
     """A ``SummaryWriter`` on ``RUN/tensorboard`` for a run (re)starting after step ``start``."""
 
     def __init__(self, run: Path, start: int):
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            from gated.harness.cli import install_hint
-
-            raise ValueError(f"--tensorboard needs the tensorboard package; {install_hint('tensorboard')}") from None
+        SummaryWriter = require()
         self.writer = SummaryWriter(log_dir=str(Path(run) / "tensorboard"), purge_step=start + 1 if start else None)
 
     def record(self, record: dict) -> None:

@@ -80,7 +80,7 @@ def test_slurm_flags_reach_submitit(tmp_path, monkeypatch):
     for (fn, (command,), kwargs, params), run in zip(jobs, runs, strict=True):
         assert fn is subprocess.call and kwargs == {"cwd": os.getcwd()}
         assert command[:6] == [*command[:4], str(run["dir"] / "train.log"), "OMP_NUM_THREADS=2"]  # added to the node's env
-        assert command[6:9] == [sys.executable, "-m", "gated.harness.cli"]
+        assert command[6:9] == compare.child_python()  # this Python, importing this gated
         assert command[command.index("--threads") + 1] == "2"
         assert params == {"slurm_partition": "gpu", "timeout_min": 30, "cpus_per_task": 2, "gpus_per_node": 1,
                           "mem_gb": 8.0, "slurm_account": "lab", "slurm_constraint": "v100",

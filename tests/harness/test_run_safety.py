@@ -1,4 +1,4 @@
-"""Run directories under stress (issue 13): the run lock, runs killed before their first checkpoint,
+"""Run directories under stress: the run lock, runs killed before their first checkpoint,
 a full disk or Ctrl-C while checkpointing, torn and damaged files, crafted checkpoints, bad specs
 rejected before any run, ``gated compare``'s flags, ``gated plot curves --metric``, test metrics
 once at the end, and ``--help``."""
@@ -385,8 +385,8 @@ def test_compare_honours_variant_seed_and_threads(tmp_path, monkeypatch):
 
 def test_compare_rejects_flags_it_cannot_honour(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
-        _plan("--progress", "--out", str(tmp_path / "c"))
-    assert e.value.code == 2 and "unrecognized arguments: --progress" in capsys.readouterr().err
+        _plan("--resume", str(tmp_path), "--out", str(tmp_path / "c"))
+    assert e.value.code == 2 and "unrecognized arguments: --resume" in capsys.readouterr().err
 
 
 def test_compare_refuses_an_out_holding_runs_of_another_model(tmp_path, capsys):

@@ -34,7 +34,7 @@ def add_arguments(parser) -> None:
     config.add_flags(parser, exclude=OWN)
 
 
-OWN = ("env", "variant", "seed", "progress")  # set by --envs/--variants/--seeds; runs log, no progress bar
+OWN = ("env", "variant", "seed")  # set by --envs/--variants/--seeds; --progress is the grid's bar
 
 
 def plan(args) -> list[dict]:
@@ -121,7 +121,7 @@ def main(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     print(f"rl compare: {len(runs)} runs ({len(args.variants)} variants x {len(args.seeds)} seeds x "
           f"{len({r['setting'] for r in runs})} envs) in {out}", flush=True)
-    execute(runs, args.jobs, launcher=launcher)
+    execute(runs, args.jobs, launcher=launcher, progress=getattr(args, "progress", True))
     md = table(out)
     write_text(out / "table.md", md)
     figs = learning_curves(out, out / "curves.png", "return")
