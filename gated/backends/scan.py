@@ -77,15 +77,16 @@ def _project(x: Tensor, w: Tensor) -> Tensor:
 
 
 def _weight_grads(dP2: Tensor, x2: Tensor, with_bias: bool) -> tuple[Tensor, Tensor | None]:
-    """``dW = dP^T x`` ``(G, I)`` and ``db = sum dP`` ``(G,)`` in one pass over ``dP`` ``(T*B, G)``:
-    for thin inputs as ``[x, 1]^T dP`` (a wide product), else on the tiled kernel with the sums as
-    an extra column."""
+    """``dW = dP^T x`` ``(G, I)`` and, ``with_bias``, ``db = sum dP`` ``(G,)`` in one pass over ``dP``
+    ``(T*B, G)``. For thin inputs (``I < 16``) on the scan's own kernel (``scan_weight_grad``), else on
+    the tiled kernel with the sums as an extra column. Both sum in an order that does not depend on
+    the thread count; a BLAS call on the thin product (``[x, 1]^T dP``, a long inner dimension) would
+    not: MKL splits that sum over the threads."""
     I = x2.shape[1]
     if I < 16:
-        xa = torch.cat([x2, x2.new_ones(x2.shape[0], 1)], 1) if with_bias else x2
-        res = xa.t() @ dP2  # (I [+ 1], G)
-        return res[:I].t().contiguous(), (res[I].contiguous() if with_bias else None)
-    dWb = torch.ops.gated_fused.tiled_mm(dP2, x2, True, with_bias)  # (G, I [+ 1])
+        dWb = torch.ops.gated_fused.scan_weight_grad(dP2, x2, with_bias)  # (G, I [+ 1])
+    else:
+        dWb = torch.ops.gated_fused.tiled_mm(dP2, x2, True, with_bias)  # (G, I [+ 1])
     return dWb[:, :I].contiguous(), (dWb[:, I].contiguous() if with_bias else None)
 
 
@@ -123,10 +124,11 @@ class _ScanLayer(torch.autograd.Function):
         I = x.shape[-1]
         dP2 = dP.view(T * B, G)
         dx = fused_cpu._input_grad(dP2, w).view_as(x) if ctx.needs_input_grad[0] else None
-        dw, db = _weight_grads(dP2, x.reshape(T * B, I), b is not None)
+        # the sums of dP (the bias gradient) also give b_f's, so they are taken whenever either is needed
+        dw, total = _weight_grads(dP2, x.reshape(T * B, I), b is not None or fb is not None)
+        db = total if b is not None else None
         dfb = None
         if fb is not None:  # b_f enters the keep gate with + and the refine gate with -
-            total = db if db is not None else dP2.sum(0)
             dfb = total[ctx.layout.keep] - total[ctx.layout.refine]
         return dx, dw, db, dfb, dh0, None, None
 

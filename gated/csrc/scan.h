@@ -296,6 +296,106 @@ void backward(int64_t Tn, int64_t B, int64_t H, const T* dout, const T* dhn, con
   });
 }
 
+// The weight and bias gradients of a layer with few inputs: dWb (G, K) = dP^T [x, 1], dP (N, G), x (N, I),
+// N = T B, K = I (+ 1 with the sums column). A product with a long inner dimension and a thin result,
+// which BLAS libraries split over the inner dimension across threads (MKL's sgemm does at these
+// shapes), so that its sums depend on the thread count. Here the sums have a fixed order: rows in
+// groups of kGradSub summed in registers, the groups added in order into the partial sum of their
+// chunk of kGradRows rows, and the chunks' partial sums added in chunk order; the same arithmetic,
+// so the same bits, for any thread count. Work pieces are (chunk, kGradCols columns); six columns
+// of [x, 1] at a time keep 12 accumulators in registers (two vectors of dP's columns each, within
+// AVX2's 16 registers) while the group's rows (16 KB in float32) stay in L1 for the next six.
+constexpr int64_t kGradRows = 1024;
+constexpr int64_t kGradSub = 16;
+constexpr int64_t kGradCols = 256;
+
+// sums over the rows r in [0, n) of d[r * G + j] * xs[r * K + k0 + kk], kk < KN, lanes j < m (two
+// vectors, whole ones when FULL): stored to part[(k0 + kk) * G + j] when `first`, else added to it
+template <typename T, int KN, bool FULL>
+inline void thin_block(const T* d, const T* xs, int64_t n, int64_t G, int64_t K, int64_t k0, int64_t m, T* part,
+                       bool first) {
+  constexpr int64_t L = Vec<T>::size();
+  const int64_t m0 = FULL ? L : std::min(m, L), m1 = FULL ? L : m - m0;  // lanes of the two vectors
+  Vec<T> acc[KN][2];
+  for (int kk = 0; kk < KN; ++kk) acc[kk][0] = acc[kk][1] = Vec<T>(T(0));
+  for (int64_t r = 0; r < n; ++r, d += G) {
+    Vec<T> d0, d1;
+    if constexpr (FULL) {
+      d0 = Vec<T>::loadu(d);
+      d1 = Vec<T>::loadu(d + L);
+    } else {
+      d0 = Vec<T>::loadu(d, m0);
+      d1 = m1 > 0 ? Vec<T>::loadu(d + L, m1) : Vec<T>(T(0));
+    }
+    const T* xr = xs + r * K + k0;
+    for (int kk = 0; kk < KN; ++kk) {
+      const Vec<T> xv(xr[kk]);
+      acc[kk][0] = at::vec::fmadd(xv, d0, acc[kk][0]);
+      acc[kk][1] = at::vec::fmadd(xv, d1, acc[kk][1]);
+    }
+  }
+  for (int kk = 0; kk < KN; ++kk) {
+    T* dst = part + (k0 + kk) * G;
+    if (first) {
+      acc[kk][0].store(dst, m0);
+      if (m1 > 0) acc[kk][1].store(dst + L, m1);
+    } else {
+      (Vec<T>::loadu(dst, m0) + acc[kk][0]).store(dst, m0);
+      if (m1 > 0) (Vec<T>::loadu(dst + L, m1) + acc[kk][1]).store(dst + L, m1);
+    }
+  }
+}
+
+template <typename T, bool FULL>
+inline void thin_columns(const T* d, const T* xs, int64_t n, int64_t G, int64_t K, int64_t m, T* part, bool first) {
+  int64_t k0 = 0;
+  for (; k0 + 6 <= K; k0 += 6) thin_block<T, 6, FULL>(d, xs, n, G, K, k0, m, part, first);
+  switch (K - k0) {
+    case 5: thin_block<T, 5, FULL>(d, xs, n, G, K, k0, m, part, first); break;
+    case 4: thin_block<T, 4, FULL>(d, xs, n, G, K, k0, m, part, first); break;
+    case 3: thin_block<T, 3, FULL>(d, xs, n, G, K, k0, m, part, first); break;
+    case 2: thin_block<T, 2, FULL>(d, xs, n, G, K, k0, m, part, first); break;
+    case 1: thin_block<T, 1, FULL>(d, xs, n, G, K, k0, m, part, first); break;
+    default: break;
+  }
+}
+
+template <typename T>
+void thin_grad(const T* dP, const T* x, int64_t N, int64_t G, int64_t I, int64_t K, T* out) {
+  constexpr int64_t W = 2 * Vec<T>::size();
+  const int64_t chunks = (N + kGradRows - 1) / kGradRows, cols = (G + kGradCols - 1) / kGradCols;
+  std::vector<T> part(chunks * K * G);  // chunk c's sums at part[c K G + k G + g], every one written below
+  at::parallel_for(0, chunks * cols, 1, [&](int64_t p0, int64_t p1) {
+    std::vector<T> xs(kGradSub * K);  // a group's rows of [x, 1]
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t c = p / cols, g0 = (p % cols) * kGradCols, g1 = std::min(G, g0 + kGradCols);
+      const int64_t r0 = c * kGradRows, r1 = std::min(N, r0 + kGradRows);
+      T* dst = part.data() + c * K * G;
+      for (int64_t s = r0; s < r1; s += kGradSub) {
+        const int64_t n = std::min(r1 - s, kGradSub);
+        for (int64_t r = 0; r < n; ++r) {
+          std::copy(x + (s + r) * I, x + (s + r + 1) * I, xs.data() + r * K);
+          if (K > I) xs[r * K + I] = T(1);
+        }
+        for (int64_t g = g0; g < g1; g += W) {
+          const T* d = dP + s * G + g;
+          if (g + W <= g1) thin_columns<T, true>(d, xs.data(), n, G, K, W, dst + g, s == r0);
+          else thin_columns<T, false>(d, xs.data(), n, G, K, g1 - g, dst + g, s == r0);
+        }
+      }
+    }
+  });
+  at::parallel_for(0, G, 256, [&](int64_t g0, int64_t g1) {  // the chunks' sums, in chunk order
+    for (int64_t g = g0; g < g1; ++g) {
+      for (int64_t k = 0; k < K; ++k) {
+        T total = part[k * G + g];
+        for (int64_t c = 1; c < chunks; ++c) total += part[(c * K + k) * G + g];
+        out[g * K + k] = total;
+      }
+    }
+  });
+}
+
 inline void check_float(const Tensor& t, const char* what) {
   TORCH_CHECK(t.device().is_cpu(), "gated scan: ", what, " must be a CPU tensor");
   TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, "gated scan: ", what,
@@ -445,6 +545,26 @@ std::tuple<Tensor, Tensor, Tensor> linear_scan_backward(const Tensor& dout_, con
   return {da, dc, dh0};
 }
 
+// dP^T [x, 1] (G, I + 1), or dP^T x (G, I) without append_sums: the weight and bias gradients of a
+// thin layer, dP (N, G) and x (N, I), with sums that do not depend on the thread count (thin_grad).
+Tensor scan_weight_grad(const Tensor& dP_, const Tensor& x_, bool append_sums) {
+  scan::check_float(dP_, "dP");
+  TORCH_CHECK(dP_.dim() == 2 && x_.dim() == 2 && dP_.size(0) == x_.size(0), "gated scan_weight_grad: dP (N, G) and ",
+              "x (N, I) expected, got ", dP_.sizes(), " and ", x_.sizes());
+  TORCH_CHECK(x_.scalar_type() == dP_.scalar_type() && x_.device() == dP_.device(),
+              "gated scan_weight_grad: dP and x differ in dtype or device");
+  at::NoGradGuard no_grad;
+  const Tensor dP = dP_.contiguous(), x = x_.contiguous();
+  const int64_t N = dP.size(0), G = dP.size(1), I = x.size(1), K = I + (append_sums ? 1 : 0);
+  Tensor out = empty({G, K}, dP.options());
+  if (N == 0) return out.zero_();
+  if (G == 0 || K == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES(dP.scalar_type(), "scan_weight_grad", [&] {
+    scan::thin_grad<scalar_t>(dP.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), N, G, I, K, out.data_ptr<scalar_t>());
+  });
+  return out;
+}
+
 TORCH_LIBRARY_FRAGMENT(gated_fused, m) {
   m.def(
       "scan_forward(Tensor P, Tensor? bias, Tensor? fb, Tensor h0, Tensor? lengths, int cell, bool refine) "
@@ -454,6 +574,7 @@ TORCH_LIBRARY_FRAGMENT(gated_fused, m) {
       "Tensor? lengths, int cell, bool refine) -> (Tensor, Tensor)");
   m.def("linear_scan(Tensor a, Tensor b, Tensor h0) -> Tensor");
   m.def("linear_scan_backward(Tensor dout, Tensor a, Tensor out, Tensor h0) -> (Tensor, Tensor, Tensor)");
+  m.def("scan_weight_grad(Tensor dP, Tensor x, bool append_sums) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(gated_fused, CPU, m) {
@@ -461,4 +582,5 @@ TORCH_LIBRARY_IMPL(gated_fused, CPU, m) {
   m.impl("scan_backward", &scan_backward);
   m.impl("linear_scan", &linear_scan);
   m.impl("linear_scan_backward", &linear_scan_backward);
+  m.impl("scan_weight_grad", &scan_weight_grad);
 }
