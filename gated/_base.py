@@ -29,6 +29,20 @@ def _check_int(name: str, value, low: int = 1) -> int:
     return value
 
 
+def _dtype_mismatch(input_dtype: torch.dtype, weight_dtype: torch.dtype) -> str:
+    """The message for an input whose dtype is not the parameters': torch.nn.RNNBase's for a floating
+    input (convert either); for an integer, bool or complex input only the conversion of the input,
+    since the parameters of a gated RNN must stay real floating point (torch's suggestion,
+    ``model.to(torch.int64)``, would not give a working model)."""
+    msg = f"RNN input dtype ({input_dtype}) does not match weight dtype ({weight_dtype}). "
+    if input_dtype.is_floating_point:
+        return msg + f"Convert input: input.to({weight_dtype}), or convert model: model.to({input_dtype})"
+    msg += f"Convert input: input.to({weight_dtype})"
+    if not input_dtype.is_complex and input_dtype != torch.bool:
+        msg += " (integer token ids need an embedding first, e.g. torch.nn.Embedding)"
+    return msg
+
+
 def _check_bool(name: str, value) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{name} should be of type bool, got: {type(value).__name__}")
@@ -115,8 +129,11 @@ class GatedModule(nn.Module):
         ``variant="-"`` draws exactly what torch.nn draws under the same seed), then ``b_f = 0``,
         then the variant's initialiser (UGI or chrono)."""
         k = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0.0  # as torch (cells allow 0)
-        for p in self.parameters():
+        for p in self._flat_weights:  # torch's order; LayerNorms (gated/options.py) start at gain 1, bias 0
             nn.init.uniform_(p, -k, k)
+        opts = getattr(self, "opts", None)
+        if opts is not None:
+            opts.reset_parameters(self)
         with torch.no_grad():
             for sfx in self._suffixes:
                 fb = getattr(self, "forget_bias" + sfx, None)
@@ -133,10 +150,10 @@ class GatedModule(nn.Module):
         if not isinstance(t, Tensor):
             self._fail(f"{what} must be a Tensor, got {type(t).__name__}")
         w = self.weight_ih if hasattr(self, "weight_ih") else self.weight_ih_l0
-        if t.dtype != w.dtype and not torch._C._is_any_autocast_enabled():
-            if what == "input":  # torch.nn.RNNBase's wording
-                self._fail(f"RNN input dtype ({t.dtype}) does not match weight dtype ({w.dtype}). "
-                           f"Convert input: input.to({w.dtype}), or convert model: model.to({t.dtype})")
+        # autocast casts floating inputs; an integer one is wrong under autocast too
+        if t.dtype != w.dtype and (not t.is_floating_point() or not torch._C._is_any_autocast_enabled()):
+            if what == "input":  # torch.nn.RNNBase's wording (without model.to for an integer input)
+                self._fail(_dtype_mismatch(t.dtype, w.dtype))
             self._fail(f"{what} dtype ({t.dtype}) does not match weight dtype ({w.dtype})")
         if t.device != w.device:
             self._fail(f"Input and parameter tensors are not at the same device, found {what} tensor at "
@@ -159,4 +176,7 @@ class GatedModule(nn.Module):
             s += f", chunk_size={self.layout.chunk_size}"
         if getattr(self, "backend", "auto") != "auto":
             s += f", backend={self.backend!r}"
+        opts = getattr(self, "opts", None)
+        if opts is not None:
+            s += "".join(f", {arg}" for arg in opts.repr_args())
         return s

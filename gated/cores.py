@@ -157,13 +157,14 @@ def keep_write(pre: Tensor, fb: Tensor | None, L: Layout):
     return f, w, f, None, None
 
 
-def lstm_step(gi: Tensor, gh: Tensor, state, fb: Tensor | None, L: Layout):
-    """``c' = k c + w tanh(P_g)``, ``h' = sigma(P_o) tanh(c')`` (paper Eqs. 1, 9-11)."""
+def lstm_step(gi: Tensor, gh: Tensor, state, fb: Tensor | None, L: Layout, cell_norm=None):
+    """``c' = k c + w tanh(P_g)``, ``h' = sigma(P_o) tanh(c')`` (paper Eqs. 1, 9-11); with
+    ``cell_norm`` (the LayerNorm cell, :mod:`gated.options`) ``h' = sigma(P_o) tanh(cell_norm(c'))``."""
     h, c = state
     pre = gi + gh  # (B, G)
     keep, write, f, r, mf = keep_write(pre, fb, L)
     c = keep * c + write * torch.tanh(pre[:, L.block("g")])
-    h = torch.sigmoid(pre[:, L.block("o")]) * torch.tanh(c)
+    h = torch.sigmoid(pre[:, L.block("o")]) * torch.tanh(c if cell_norm is None else cell_norm(c))
     return (h, c), (f, r, mf, keep)
 
 

@@ -20,13 +20,13 @@ from torch import Tensor, nn
 from gated.backends import scan
 from gated.backends.scan import linear_scan
 from gated.init import VARIANT_INITS
-from gated.recurrent import _RNN
+from gated.recurrent import RNNBase
 
 __all__ = ["MinGRU", "MinLSTM", "linear_scan"]
 
 
-class _ScanRNN(_RNN):
-    """torch.nn.GRU's constructor, call, checks and PackedSequence handling (:class:`gated.recurrent._RNN`),
+class _ScanRNN(RNNBase):
+    """torch.nn.GRU's constructor, call, checks and PackedSequence handling (:class:`gated.recurrent.RNNBase`),
     with the scan cores' parameters (no ``weight_hh``/``bias_hh``) and the scan backends."""
 
     @property

@@ -14,9 +14,10 @@ from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from gated import backends
-from gated._base import GatedModule, _check_bool, _check_int
+from gated._base import GatedModule, InputError, _check_bool, _check_int, _dtype_mismatch
+from gated.options import CellOptions
 
-__all__ = ["LSTM", "GRU", "MGU"]
+__all__ = ["LSTM", "GRU", "MGU", "RNNBase"]
 
 
 def _reverse(x: Tensor, index: Tensor | None) -> Tensor:
@@ -34,7 +35,12 @@ def _pack_like(out: Tensor, like: PackedSequence) -> PackedSequence:
     return PackedSequence(data, like.batch_sizes, like.sorted_indices, like.unsorted_indices)
 
 
-class _RNN(GatedModule):
+class RNNBase(GatedModule):
+    """Base of gated's sequence modules (``gated.LSTM``, ``GRU``, ``MGU``, ``MinGRU``, ``MinLSTM``), as
+    ``torch.nn.RNNBase`` is of torch's: torch.nn's constructor, call, attributes and argument-check
+    methods. It is not a subclass of ``torch.nn.RNNBase`` (see docs/compatibility.md); code that takes
+    either checks ``isinstance(m, (torch.nn.RNNBase, gated.recurrent.RNNBase))``."""
+
     def __init__(
         self,
         input_size: int,
@@ -52,6 +58,10 @@ class _RNN(GatedModule):
         t_max: float | None = None,
         chunk_size: int = 4,
         backend: str = "auto",
+        layer_norm: bool = False,
+        zoneout: float | tuple[float, float] = 0.0,
+        recurrent_dropout: float = 0.0,
+        weight_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         if isinstance(dropout, bool) or not isinstance(dropout, numbers.Number) or not 0 <= dropout <= 1:
@@ -59,6 +69,7 @@ class _RNN(GatedModule):
                              f"element being zeroed, got {dropout!r}")
         self.batch_first = _check_bool("batch_first", batch_first)
         self._setup(input_size, hidden_size, bias, variant, t_max, chunk_size, proj_size)
+        self.opts = CellOptions.make(self.layout.core, layer_norm, zoneout, recurrent_dropout, weight_dropout)
         self.num_layers = _check_int("num_layers", num_layers)
         if dropout > 0 and num_layers == 1:
             warnings.warn("dropout option adds dropout after all but last recurrent layer, so non-zero dropout "
@@ -73,6 +84,8 @@ class _RNN(GatedModule):
             for d in range(D):
                 in_size = input_size if layer == 0 else self._state_size * D
                 self._add_params(f"_l{layer}" + ("_reverse" if d else ""), in_size, factory_kwargs)
+        for sfx in self._suffixes:  # after every RNN weight: torch's init order is kept (reset_parameters)
+            self.opts.add_params(self, sfx, factory_kwargs)
         self.reset_parameters()
 
     @property
@@ -87,12 +100,73 @@ class _RNN(GatedModule):
     def flatten_parameters(self) -> None:
         """No-op, for code written against torch.nn.LSTM."""
 
+    # torch.nn.RNNBase's and torch.nn.LSTM's argument checks, as public methods with torch's signatures,
+    # results and messages, for code written against them (subclasses, wrappers, torch's own tests).
+    # forward does not call them: it runs its own checks (the same conditions, more cases, the
+    # messages prefixed with the module's name), so overriding them does not change forward.
+    def check_input(self, input: Tensor, batch_sizes: Tensor | None) -> None:
+        """torch.nn.RNNBase.check_input: ``input`` is ``(T, B, I)`` (``(N, I)``, the data of a
+        PackedSequence, with ``batch_sizes``) of the weights' dtype. Raises :class:`gated.InputError`
+        (a ValueError for the dtype, a RuntimeError otherwise, as torch) with torch's message."""
+        dtype = self._flat_weights[0].dtype
+        if input.dtype != dtype and (not input.is_floating_point() or not torch._C._is_any_autocast_enabled()):
+            raise InputError(_dtype_mismatch(input.dtype, dtype))
+        expected_input_dim = 2 if batch_sizes is not None else 3
+        if input.dim() != expected_input_dim:
+            raise InputError(f"input must have {expected_input_dim} dimensions, got {input.dim()}")
+        if self.input_size != input.size(-1):
+            raise InputError(
+                f"input.size(-1) must be equal to input_size. Expected {self.input_size}, got {input.size(-1)}")
+
+    def _mini_batch(self, input: Tensor, batch_sizes: Tensor | None) -> int:
+        if batch_sizes is not None:
+            return int(batch_sizes[0])
+        return input.size(0) if self.batch_first else input.size(1)
+
+    def get_expected_hidden_size(self, input: Tensor, batch_sizes: Tensor | None) -> tuple[int, int, int]:
+        """torch.nn.RNNBase.get_expected_hidden_size: ``(L*D, B, H)``, ``proj_size`` for ``H`` with
+        projections."""
+        return (self.num_layers * self.num_directions, self._mini_batch(input, batch_sizes), self._state_size)
+
+    def get_expected_cell_size(self, input: Tensor, batch_sizes: Tensor | None) -> tuple[int, int, int]:
+        """torch.nn.LSTM.get_expected_cell_size: ``(L*D, B, hidden_size)``, the LSTM's ``c`` (modules
+        with one state have no ``c``)."""
+        return (self.num_layers * self.num_directions, self._mini_batch(input, batch_sizes), self.hidden_size)
+
+    def check_hidden_size(self, hx: Tensor, expected_hidden_size: tuple[int, int, int],
+                          msg: str = "Expected hidden size {}, got {}") -> None:
+        """torch.nn.RNNBase.check_hidden_size: :class:`gated.InputError` (a RuntimeError) with ``msg``
+        formatted as torch's if ``hx`` is not ``expected_hidden_size``."""
+        if hx.size() != expected_hidden_size:
+            raise InputError(msg.format(expected_hidden_size, list(hx.size())))
+
+    def check_forward_args(self, input: Tensor, hidden, batch_sizes: Tensor | None) -> None:
+        """torch.nn.RNNBase.check_forward_args (torch.nn.LSTM's for an LSTM, whose ``hidden`` is
+        ``(h_0, c_0)``): :meth:`check_input`, then the states' sizes."""
+        self.check_input(input, batch_sizes)
+        if self.layout.core.num_states == 2:
+            self.check_hidden_size(hidden[0], self.get_expected_hidden_size(input, batch_sizes),
+                                   "Expected hidden[0] size {}, got {}")
+            self.check_hidden_size(hidden[1], self.get_expected_cell_size(input, batch_sizes),
+                                   "Expected hidden[1] size {}, got {}")
+        else:
+            self.check_hidden_size(hidden, self.get_expected_hidden_size(input, batch_sizes))
+
+    def permute_hidden(self, hx, permutation: Tensor | None):
+        """torch.nn.RNNBase.permute_hidden (torch.nn.LSTM's for an LSTM): the states' batch entries
+        (dim 1) in the order ``permutation``, ``hx`` itself if it is None."""
+        if permutation is None:
+            return hx
+        if self.layout.core.num_states == 2:
+            return hx[0].index_select(1, permutation), hx[1].index_select(1, permutation)
+        return hx.index_select(1, permutation)
+
     def _check_backend(self, name: str) -> str:
         return backends.check_name(name)
 
     def _resolve_backend(self, name: str, x: Tensor):
         """The ``run_layer`` of one call (gated.MinGRU/MinLSTM bring the scan backends)."""
-        return backends.resolve(name, self.layout, x)
+        return backends.resolve(name, self.layout, x, self.opts.unfused(self.training))
 
     def _initial_states(self, hx, batch: int, batched: bool, ref: Tensor) -> list[Tensor]:
         """``hx`` checked as torch.nn.LSTM/GRU check it (same conditions and wording), as a list of
@@ -162,6 +236,7 @@ class _RNN(GatedModule):
             mask = (t < lens).unsqueeze(-1)  # (T, B, 1)
             rev = torch.where(t < lens, lens - 1 - t, t)  # (T, B): time reversal inside each length
         run = self._resolve_backend(backend or self.backend, x)
+        sizes = (self._state_size, self.hidden_size)[: len(h0)]
         finals: list[list[Tensor]] = [[] for _ in h0]
         for layer in range(self.num_layers):
             outs = []
@@ -170,8 +245,14 @@ class _RNN(GatedModule):
                 sfx = f"_l{layer}" + ("_reverse" if d else "")
                 xin = _reverse(x, rev) if d else x
                 rec = [] if record is not None else None
-                out, st = run(xin, tuple(s[idx] for s in h0), *self._params(sfx), self.layout, mask, rec,
-                              w_hr=getattr(self, "weight_hr" + sfx, None))
+                w_ih, w_hh, *rest = self._params(sfx)
+                more = {}
+                if self.opts.any:  # masks drawn per call, layer and direction (gated/options.py)
+                    w_hh = self.opts.recurrent_weight(w_hh, self.training)
+                    extras = self.opts.extras(self, sfx, xin, sizes, self.training)
+                    more = {} if extras is None else {"extras": extras}
+                out, st = run(xin, tuple(s[idx] for s in h0), w_ih, w_hh, *rest, self.layout, mask, rec,
+                              w_hr=getattr(self, "weight_hr" + sfx, None), **more)
                 if record is not None:
                     record[(layer, d)] = rec
                 outs.append(_reverse(out, rev) if d else out)
@@ -237,7 +318,10 @@ _DOC_ARGS = """
 """
 
 
-class LSTM(_RNN):
+_RNN = RNNBase  # the former private name
+
+
+class LSTM(RNNBase):
     core = "lstm"
     __doc__ = r"""Multi-layer LSTM with the paper's gate variants; a drop-in ``torch.nn.LSTM``.
 
@@ -255,7 +339,7 @@ class LSTM(_RNN):
     """
 
 
-class GRU(_RNN):
+class GRU(RNNBase):
     core = "gru"
     __doc__ = r"""Multi-layer GRU with the paper's gate variants; a drop-in ``torch.nn.GRU``.
 
@@ -271,7 +355,7 @@ class GRU(_RNN):
     """
 
 
-class MGU(_RNN):
+class MGU(RNNBase):
     core = "mgu"
     __doc__ = r"""Minimal gated unit (Zhou et al. 2016) with the paper's gate variants.
 

@@ -65,11 +65,13 @@ def _transformed() -> bool:
 _SLOWER = {"fused_cpu": ("the fused kernels", "fused kernel"), "triton": ("the Triton kernels", "Triton kernel")}
 
 
-def resolve(name: str, layout, x: torch.Tensor):
-    """The ``run_layer`` function that runs ``layout`` on input ``x`` (``name``: "auto" or a backend)."""
+def resolve(name: str, layout, x: torch.Tensor, unfused: str | None = None):
+    """The ``run_layer`` function that runs ``layout`` on input ``x`` (``name``: "auto" or a backend);
+    ``unfused``: what of the module's options (gated/options.py) only the reference runs, if any."""
     check_name(name)
     if name != "auto":
         reason = _CHECKS[name](layout, x) if name in _CHECKS else None
+        reason = reason or unfused if name in _CHECKS else reason
         if reason is None and name in ("fused_cpu", "triton") and _forward_ad():
             reason = "forward-mode AD (torch.func.jvp, forward_ad.dual_level) needs backend='reference' or 'auto'"
         if reason is not None:
@@ -81,12 +83,12 @@ def resolve(name: str, layout, x: torch.Tensor):
         return BACKENDS["reference"]
     fast = "triton" if x.device.type == "cuda" else "fused_cpu"
     if torch.compiler.is_compiling():  # the fused ops are opaque calls with fake implementations
-        return BACKENDS[fast] if _CHECKS[fast](layout, x) is None else BACKENDS["reference"]
+        return BACKENDS[fast] if unfused is None and _CHECKS[fast](layout, x) is None else BACKENDS["reference"]
     if _transformed():
         _log_once("gated: using the reference backend under a torch.func transform or forward-mode AD "
                   "(it composes with every transform; the fused kernels have no forward-mode derivative)")
         return BACKENDS["reference"]
-    reason = _CHECKS[fast](layout, x)
+    reason = unfused or _CHECKS[fast](layout, x)
     if reason is None:
         return BACKENDS[fast]
     kernels, kernel = _SLOWER[fast]

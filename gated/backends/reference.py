@@ -24,6 +24,7 @@ def run_layer(
     mask: Tensor | None = None,
     record: list | None = None,
     w_hr: Tensor | None = None,
+    extras=None,
 ) -> tuple[Tensor, tuple[Tensor, ...]]:
     """Run one layer in one direction over a time-major sequence.
 
@@ -37,19 +38,32 @@ def run_layer(
         record: if a list, each step's gates ``(f, r, master_f, keep)`` are appended to it.
         w_hr: LSTM with projections: ``(P, H)``, ``h' = (o * tanh(c')) W_hr^T`` (``state[0]`` and
             ``out`` then have ``P`` features).
+        extras: a :class:`gated.options.Extras` (LayerNorm, zoneout, recurrent dropout) or None.
 
     Returns:
         ``(out, state)``: ``out`` is ``(T, B, H)``, ``state`` the final states.
     """
     step = layout.core.step
-    gi_all = F.linear(x, w_ih, b_ih)  # (T, B, G): the input projection, hoisted out of the loop
+    ln = extras is not None and extras.ln is not None
+    gi_all = F.linear(x, w_ih, None if ln else b_ih)  # (T, B, G): the input projection, hoisted out of the loop
+    if ln:
+        gi_all = extras.project(gi_all, 0, b_ih)
+    kw = {} if extras is None or extras.cell_norm() is None else {"cell_norm": extras.cell_norm()}
+    rmask = None if extras is None else extras.rmask
     outs = []
     # unbind, not gi_all[t]: each indexed slice's backward would write a full (T, B, G) zero tensor
     for t, gi in enumerate(gi_all.unbind(0)):
-        gh = None if w_hh is None else F.linear(state[0], w_hh, b_hh)  # (B, G); None for the scan cores
-        new, gates = step(gi, gh, state, forget_bias, layout)
+        gh = None  # the scan cores have no recurrent weight
+        if w_hh is not None:
+            h = state[0] if rmask is None else state[0] * rmask
+            gh = F.linear(h, w_hh, None if ln else b_hh)  # (B, G)
+            if ln:
+                gh = extras.project(gh, 1, b_hh)
+        new, gates = step(gi, gh, state, forget_bias, layout, **kw)
         if w_hr is not None:
             new = (F.linear(new[0], w_hr), *new[1:])
+        if extras is not None and extras.zoneout is not None:
+            new = extras.zone(t, new, state)
         if mask is not None:
             m = mask[t]
             new = tuple(torch.where(m, n, s) for n, s in zip(new, state))

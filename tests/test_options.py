@@ -1,0 +1,300 @@
+"""LayerNorm, zoneout, recurrent dropout and weight dropout (gated/options.py) against equations
+written here (Ba et al. 2016's LayerNorm cell, haste's LayerNormGRU, Krueger et al.'s zoneout and
+its expectation, Gal & Ghahramani's variational mask, DropConnect on W_hh), in float64, outputs,
+states and every gradient, with the masks the module drew (recorded, then replayed here)."""
+
+from __future__ import annotations
+
+import logging
+import pickle
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import gated
+from gated import options
+
+T, B, I, H = 5, 3, 4, 6
+CLS = {"lstm": gated.LSTM, "gru": gated.GRU, "mgu": gated.MGU}
+OPTION_SETS = {
+    "layer_norm": dict(layer_norm=True),
+    "zoneout": dict(zoneout=0.3),
+    "recurrent_dropout": dict(recurrent_dropout=0.4),
+    "weight_dropout": dict(weight_dropout=0.5),
+    "all": dict(layer_norm=True, zoneout=0.25, recurrent_dropout=0.3, weight_dropout=0.2),
+}
+
+
+@pytest.fixture(autouse=True)
+def _float64():
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """Every mask the module draws, in order."""
+    seen = []
+    real = options._bernoulli
+
+    def record(shape, p, like):
+        m = real(shape, p, like)
+        seen.append(m)
+        return m
+
+    monkeypatch.setattr(options, "_bernoulli", record)
+    return seen
+
+
+def _ln(v, w, b):
+    mu = v.mean(-1, keepdim=True)
+    var = ((v - mu) ** 2).mean(-1, keepdim=True)
+    return (v - mu) / torch.sqrt(var + 1e-5) * w + b
+
+
+def _refine(f, r):  # the paper's Eq. (the refine gate): g = r (1 - (1 - f)^2) + (1 - r) f^2
+    return r * (1 - (1 - f) ** 2) + (1 - r) * f ** 2
+
+
+def formula(m, x, masks, training):
+    """One layer, one direction, time-major ``x``: the cell written from the papers."""
+    core, refine = m.core, m.variant.auxiliary == "refine"
+    o = m.opts
+    masks = list(masks)
+    w_hh = m.weight_hh_l0
+    if o.weight_dropout and training:
+        w_hh = w_hh * masks.pop(0) / (1 - o.weight_dropout)
+    rmask = masks.pop(0) / (1 - o.recurrent_dropout) if o.recurrent_dropout and training else None
+    zs = [None] * (2 if core == "lstm" else 1)
+    for k, p in enumerate(o.zoneout):
+        if p:
+            zs[k] = masks.pop(0) if training else p
+    assert not masks
+    fb = getattr(m, "forget_bias_l0", None)
+    h = torch.zeros(B, H)
+    c = torch.zeros(B, H)
+    outs = []
+    for t in range(T):
+        a = x[t] @ m.weight_ih_l0.T
+        hin = h if rmask is None else h * rmask
+        bb = hin @ w_hh.T
+        if o.layer_norm:
+            a = _ln(a, m.layer_norm_ih_l0.weight, m.layer_norm_ih_l0.bias)
+            bb = _ln(bb, m.layer_norm_hh_l0.weight, m.layer_norm_hh_l0.bias)
+        a, bb = a + m.bias_ih_l0, bb + m.bias_hh_l0
+        pre = a + bb
+        blk = lambda k: slice(k * H, (k + 1) * H)  # noqa: E731
+        if core == "lstm":
+            if refine:
+                f = torch.sigmoid(pre[:, blk(1)] + fb)
+                r = torch.sigmoid(pre[:, blk(0)] - fb)
+                keep = _refine(f, r)
+                write = 1 - keep
+            else:
+                keep, write = torch.sigmoid(pre[:, blk(1)]), torch.sigmoid(pre[:, blk(0)])
+            c_new = keep * c + write * torch.tanh(pre[:, blk(2)])
+            cn = _ln(c_new, m.layer_norm_c_l0.weight, m.layer_norm_c_l0.bias) if o.layer_norm else c_new
+            h_new = torch.sigmoid(pre[:, blk(3)]) * torch.tanh(cn)
+        else:
+            kb = 1 if core == "gru" else 0
+            f = torch.sigmoid(pre[:, blk(kb)] + (fb if refine else 0))
+            keep = _refine(f, torch.sigmoid(pre[:, blk(3 if core == "gru" else 2)] - fb)) if refine else f
+            reset = torch.sigmoid(pre[:, blk(0)]) if core == "gru" else 1 - f
+            nb = blk(2 if core == "gru" else 1)
+            n = torch.tanh(a[:, nb] + reset * bb[:, nb])
+            h_new = keep * h + (1 - keep) * n
+            c_new = c
+        if zs[0] is not None:
+            z = zs[0][t] if training else zs[0]
+            h_new = z * h + (1 - z) * h_new
+        if core == "lstm" and zs[1] is not None:
+            z = zs[1][t] if training else zs[1]
+            c_new = z * c + (1 - z) * c_new
+        h, c = h_new, c_new
+        outs.append(h)
+    return torch.stack(outs), h, c
+
+
+def _module(core, variant, **kw):
+    torch.manual_seed(0)
+    m = CLS[core](I, H, variant=variant, backend="reference", **kw)
+    with torch.no_grad():  # LayerNorm's gains and biases away from 1 and 0, so that they matter
+        for name, p in m.named_parameters():
+            if name.startswith("layer_norm"):
+                p.add_(torch.randn_like(p) * 0.3)
+    return m
+
+
+@pytest.mark.parametrize("opt", list(OPTION_SETS))
+@pytest.mark.parametrize("variant", ["-", "UR"])
+@pytest.mark.parametrize("core", ["lstm", "gru", "mgu"])
+@pytest.mark.parametrize("training", [True, False])
+def test_reference_equals_the_equations(core, variant, opt, training, drawn):
+    m = _module(core, variant, **OPTION_SETS[opt]).train(training)
+    x = torch.randn(T, B, I, requires_grad=True)
+    torch.manual_seed(1)
+    out, st = m(x)
+    h_n = st[0] if core == "lstm" else st
+    want, h, c = formula(m, x, drawn, training)
+    torch.testing.assert_close(out, want, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(h_n[0], h, rtol=1e-10, atol=1e-10)
+    if core == "lstm":
+        torch.testing.assert_close(st[1][0], c, rtol=1e-10, atol=1e-10)
+    params = [x, *m.parameters()]
+    g = torch.randn_like(out)
+    got = torch.autograd.grad((out * g).sum(), params, allow_unused=True)
+    exp = torch.autograd.grad((want * g).sum(), params, allow_unused=True)
+    for a, b in zip(got, exp):
+        if a is None or b is None:
+            assert a is None and b is None
+            continue
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+
+
+def test_masks_have_the_documented_shapes_and_rates(drawn):
+    m = _module("lstm", "UR", recurrent_dropout=0.5, zoneout=(0.2, 0.6), weight_dropout=0.3).train()
+    torch.manual_seed(3)
+    m(torch.randn(400, 50, I))
+    w, r, zh, zc = drawn
+    assert w.shape == m.weight_hh_l0.shape and r.shape == (50, H)  # one variational mask per sequence
+    assert zh.shape == zc.shape == (400, 50, H)
+    for mask, keep in ((w, 0.7), (r, 0.5), (zh, 0.2), (zc, 0.6)):
+        assert set(mask.unique().tolist()) <= {0.0, 1.0}
+        assert abs(mask.mean().item() - keep) < 4 * (keep * (1 - keep) / mask.numel()) ** 0.5  # 4 sigma
+
+
+def test_options_off_or_zero_equal_the_plain_module_bit_for_bit():
+    x = torch.randn(T, B, I, dtype=torch.float32)
+    for core in CLS:
+        torch.manual_seed(0)
+        plain = CLS[core](I, H, variant="UR", dtype=torch.float32)
+        torch.manual_seed(0)
+        zero = CLS[core](I, H, variant="UR", zoneout=0.0, recurrent_dropout=0.0, weight_dropout=0.0,
+                         dtype=torch.float32)
+        assert list(zero.state_dict()) == list(plain.state_dict())
+        torch.manual_seed(5)
+        a = plain.train()(x)[0]
+        torch.manual_seed(5)
+        b = zero.train()(x)[0]
+        assert torch.equal(a, b)
+
+
+def test_eval_mode_dropouts_are_the_identity_and_zoneout_the_expectation():
+    torch.manual_seed(0)
+    m = gated.LSTM(I, H, recurrent_dropout=0.5, weight_dropout=0.5).eval()
+    ref = gated.LSTM(I, H)
+    ref.load_state_dict(m.state_dict())
+    x = torch.randn(T, B, I)
+    torch.testing.assert_close(m(x)[0], ref(x)[0], rtol=0, atol=0)
+    z = _module("gru", "-", zoneout=0.4).eval()
+    want, _, _ = formula(z, x, [], training=False)
+    torch.testing.assert_close(z(x)[0], want, rtol=1e-12, atol=1e-12)
+
+
+def test_layer_norm_parameters_have_torch_style_names_and_pickle():
+    m = gated.LSTM(I, H, num_layers=2, bidirectional=True, layer_norm=True, zoneout=(0.1, 0.2))
+    names = [n for n in m.state_dict() if n.startswith("layer_norm")]
+    assert "layer_norm_ih_l0.weight" in names and "layer_norm_hh_l1_reverse.bias" in names
+    assert "layer_norm_c_l1.weight" in names and len(names) == 4 * 3 * 2
+    assert m.layer_norm_ih_l0.weight.shape == (m.layout.rows,) and m.layer_norm_c_l0.weight.shape == (H,)
+    assert "layer_norm=True" in repr(m) and "zoneout=(0.1, 0.2)" in repr(m)
+    m.eval()
+    x = torch.randn(T, B, I)
+    back = pickle.loads(pickle.dumps(m))
+    torch.testing.assert_close(back(x)[0], m(x)[0], rtol=0, atol=0)
+    assert gated.GRU(I, H, layer_norm=True).layer_norm_ih_l0.weight.shape == (3 * H + H,)  # UR: a refine block
+    assert not hasattr(gated.GRU(I, H, layer_norm=True), "layer_norm_c_l0")
+
+
+def test_ugi_sets_the_bias_added_after_normalisation():
+    torch.manual_seed(0)
+    m = gated.LSTM(I, H, layer_norm=True, variant="U")
+    torch.manual_seed(0)
+    ref = gated.LSTM(I, H, variant="U")
+    for name, p in ref.named_parameters():  # the same draw: LayerNorm adds no random parameters
+        torch.testing.assert_close(getattr(m, name), p, rtol=0, atol=0)
+    assert torch.equal(m.layer_norm_ih_l0.weight, torch.ones(4 * H)) and not m.layer_norm_hh_l0.bias.any()
+
+
+def test_packed_bidirectional_stacked_in_eval_equals_each_sequence_alone():
+    torch.manual_seed(0)
+    m = gated.GRU(I, H, num_layers=2, bidirectional=True, layer_norm=True, zoneout=0.3, variant="UR").eval()
+    seqs = [torch.randn(n, I) for n in (5, 2, 4)]
+    packed = torch.nn.utils.rnn.pack_sequence(seqs, enforce_sorted=False)
+    out, h = m(packed)
+    padded, lengths = torch.nn.utils.rnn.pad_packed_sequence(out)
+    for k, s in enumerate(seqs):
+        alone, h_alone = m(s.unsqueeze(1))
+        torch.testing.assert_close(padded[: len(s), k], alone[:, 0], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(h[:, k], h_alone[:, 0], rtol=1e-12, atol=1e-12)
+
+
+def test_gradcheck_with_every_option():
+    m = _module("lstm", "UR", layer_norm=True, zoneout=(0.2, 0.3), recurrent_dropout=0.3, weight_dropout=0.2)
+    x = torch.randn(3, 2, I, requires_grad=True)
+
+    def f(x, *params):
+        torch.manual_seed(7)  # the same masks in every evaluation
+        out, (h, c) = torch.func.functional_call(m, dict(zip(names, params)), (x,))
+        return out, c
+
+    names = [n for n, _ in m.named_parameters()]
+    assert torch.autograd.gradcheck(f, (x, *m.parameters()))
+    m.eval()
+    assert torch.autograd.gradgradcheck(f, (x, *m.parameters()))
+
+
+def test_weight_dropout_runs_on_the_fused_backend_and_equals_the_reference():
+    pytest.importorskip("gated.backends.fused_cpu")
+    if gated.backends.fused_cpu.why_not(gated.LSTM(I, H).layout, torch.randn(1, 1, I)) is not None:
+        pytest.skip("no fused kernels here")
+    x = torch.randn(T, B, I, requires_grad=True)
+    results = []
+    for backend in ("fused_cpu", "reference"):
+        torch.manual_seed(0)
+        m = gated.LSTM(I, H, weight_dropout=0.5, backend=backend).train()
+        torch.manual_seed(1)
+        out, _ = m(x)
+        results.append((out, torch.autograd.grad(out.sum(), [x, *m.parameters()])))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-10, atol=1e-10)
+    for a, b in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+
+
+def test_auto_falls_back_once_with_a_log_and_fused_cpu_refuses(caplog):
+    m = gated.GRU(I, H, layer_norm=True)
+    x = torch.randn(T, B, I)
+    with caplog.at_level(logging.WARNING, "gated"):
+        m(x)
+        m(x)
+    said = [r for r in caplog.records if "layer_norm" in r.getMessage()]
+    assert len(said) <= 1  # once per process (an earlier test may have said it already)
+    with pytest.raises(RuntimeError, match="layer_norm"):
+        gated.GRU(I, H, zoneout=0.1, layer_norm=True, backend="fused_cpu").train()(x)
+    # in eval, recurrent and weight dropout are the identity: the fused kernels run the call
+    gated.GRU(I, H, recurrent_dropout=0.5, backend="fused_cpu").eval()(x)
+
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    (dict(zoneout=-0.1), ValueError, "zoneout should be a probability in \\[0, 1\\)"),
+    (dict(zoneout=1.0), ValueError, "zoneout should be a probability"),
+    (dict(zoneout="0.1"), TypeError, "zoneout should be a float"),
+    (dict(zoneout=(0.1, 0.2, 0.3)), ValueError, "a float or a pair \\(h, c\\)"),
+    (dict(recurrent_dropout=1.5), ValueError, "recurrent_dropout should be a probability"),
+    (dict(recurrent_dropout=True), TypeError, "recurrent_dropout should be a float"),
+    (dict(weight_dropout=-1), ValueError, "weight_dropout should be a probability"),
+    (dict(layer_norm=1), TypeError, "layer_norm should be of type bool"),
+])
+def test_bad_values_get_torch_style_errors(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        gated.LSTM(I, H, **kwargs)
+
+
+def test_gru_takes_one_zoneout_and_scan_cores_refuse_the_options():
+    with pytest.raises(ValueError, match="its one state is h"):
+        gated.GRU(I, H, zoneout=(0.1, 0.2))
+    with pytest.raises(ValueError, match="scan core 'mingru'"):
+        gated.MinGRU(I, H, zoneout=0.1)
