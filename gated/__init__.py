@@ -11,6 +11,10 @@ from gated.feedforward import (
     GLU,
     ChannelGatedConv2d,
     FeedForward,
+    GatedConv1d,
+    GatedMultiheadAttention,
+    GatedResidual,
+    GatedRMSNorm,
     Highway,
     HighwayNetwork,
     SqueezeExcite,
@@ -28,4 +32,5 @@ __all__ = [
     "VARIANTS", "CORES", "Variant", "get_variant", "gate_activations", "gates", "init",
     "feedforward", "FeedForward", "FFN_VARIANTS", "GLU", "Highway", "HighwayNetwork", "SqueezeExcite",
     "ChannelGatedConv2d", "glu_hidden_size", "ffn_hidden_size",
+    "GatedMultiheadAttention", "GatedResidual", "GatedConv1d", "GatedRMSNorm",
 ]

@@ -13,7 +13,8 @@ from torch import nn
 
 import gated
 
-X = {"seq": torch.randn(5, 2, 4), "cell": torch.randn(2, 4), "vec": torch.randn(3, 8), "img": torch.randn(2, 4, 6, 6)}
+X = {"seq": torch.randn(5, 2, 4), "cell": torch.randn(2, 4), "vec": torch.randn(3, 8), "img": torch.randn(2, 4, 6, 6),
+     "conv": torch.randn(2, 4, 7), "tokens": torch.randn(2, 5, 8), "pair": (torch.randn(3, 8), torch.randn(3, 8))}
 
 MODULES = [
     ("LSTM", lambda: gated.LSTM(4, 8, num_layers=2, bidirectional=True), "seq"),
@@ -32,11 +33,20 @@ MODULES = [
     ("HighwayNetwork", lambda: gated.HighwayNetwork(8, 3), "vec"),
     ("SqueezeExcite", lambda: gated.SqueezeExcite(4), "img"),
     ("ChannelGatedConv2d", lambda: gated.ChannelGatedConv2d(4, 4, 3, padding=1), "img"),
+    ("GatedMultiheadAttention", lambda: gated.GatedMultiheadAttention(8, 2, batch_first=True, variant="UR"), "tokens"),
+    ("GatedResidual", lambda: gated.GatedResidual(8, variant="UR"), "pair"),
+    ("GatedConv1d", lambda: gated.GatedConv1d(4, 4, 3, dilation=2, kind="tanh"), "conv"),
+    ("GatedRMSNorm", lambda: gated.GatedRMSNorm(8), "pair"),
+    ("LSTM-options", lambda: gated.LSTM(4, 8, layer_norm=True, zoneout=(0.1, 0.2), recurrent_dropout=0.2,
+                                        weight_dropout=0.3), "seq"),
 ]
 
 
 def _out(m, x):
-    y = m(x)
+    if isinstance(m, gated.GatedMultiheadAttention):
+        y = m(x, x, x)
+    else:
+        y = m(*x) if isinstance(x, tuple) else m(x)
     while isinstance(y, tuple):
         y = y[0]
     return y

@@ -37,3 +37,26 @@ def check_input(x, features: int, name: str, dim: int = -1, min_dims: int = 1, l
     if x.shape[dim] != features:
         where = "the last dim" if dim == -1 else f"dim {dim}"
         raise ValueError(f"expected {name}={features} features in {where}, got {x.shape[dim]}")
+
+
+# torch's exception types (TypeError for a wrong type, ValueError out of range), as torch.nn.MultiheadAttention,
+# Conv1d and Dropout raise them: the checks of the gated attention, residual, convolution and norm
+def check_size(name: str, value) -> int:
+    """A positive ``int`` (``bool`` is rejected: ``True`` is not a size)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value <= 0:
+        raise ValueError(f"{name} must be greater than 0, got {name}={value}")
+    return value
+
+
+def check_number(name: str, value, low: float, high: float | None = None, *, open_low: bool = False) -> float:
+    """A real number in ``[low, high]`` (``(low, high]`` with ``open_low``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    below = value <= low if open_low else value < low
+    if below or (high is not None and value > high) or value != value:
+        lo = "(" if open_low else "["
+        span = f"{lo}{low}, {high}]" if high is not None else f"{lo}{low}, inf)"
+        raise ValueError(f"{name} must be in {span}, got {value}")
+    return float(value)
