@@ -81,6 +81,31 @@ def _params(core_name: str, v: Variant) -> str:
     return f"{rows}(n + d + 2){extra}"
 
 
+_OPTIONS = """
+## Cell options: LayerNorm, zoneout, recurrent dropout, weight dropout
+
+Keyword arguments of `gated.LSTM`, `GRU` and `MGU`, off by default, composable with every variant:
+
+```python
+rnn = gated.LSTM(32, 128, variant="UR", layer_norm=True, zoneout=0.1, recurrent_dropout=0.25)  # LN-UR-LSTM
+```
+
+| option | what (training; eval) | parameters added per layer and direction |
+|---|---|---|
+| `layer_norm=True` | Ba et al. 2016: `P = LN_ih(W_ih x) + b_ih + LN_hh(W_hh h) + b_hh`, each LN over the `G` gate rows; LSTM `h = o·tanh(LN_c(c))`, `c` unnormalised; GRU's reset gate multiplies `LN_hh(W_hh h)[n] + b_hn` (haste's LayerNormGRU) | `layer_norm_ih_l{k}`, `layer_norm_hh_l{k}` (`G` gains and biases each), LSTM `layer_norm_c_l{k}` (`d`) |
+| `zoneout=p` or `(p_h, p_c)` | Krueger et al. 2017: `s_t = z s_{t-1} + (1-z) s̃_t`, `z ~ Bernoulli(p)` per unit and step; eval `p s_{t-1} + (1-p) s̃_t` | none |
+| `recurrent_dropout=p` | Gal & Ghahramani 2016: `h_{t-1}·m / (1-p)` feeds `W_hh`, one mask `m` per sequence for all steps; eval identity | none |
+| `weight_dropout=p` | DropConnect on `W_hh` (AWD-LSTM's weight drop), one mask per forward call; eval identity | none |
+
+The gate biases (`b_ih`, `b_hh`, `b_f`) are added after the normalisation, so UGI, chrono and
+`forget_bias_` set the same biases with and without LayerNorm; the LayerNorms start at gain 1, bias 0
+(eps 1e-5) and draw nothing, so a seed gives the same RNN weights with and without them. Masks come
+from torch's generator on the input's device, per call, layer and direction. Weight dropout runs on
+every backend; LayerNorm, zoneout and recurrent dropout (in training) run on the reference backend
+for now (`"auto"` logs the fallback once). The scan cores take none of them. Details:
+`gated/options.py`.
+"""
+
 _SCAN = """
 ## Scan cores: minGRU and minLSTM
 
@@ -125,4 +150,4 @@ def variants_markdown() -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "| variant | summary | assumed |", "|---|---|---|"]
     lines += [f"| `{v.name}` | {v.summary} | {v.assumed} |" for v in VARIANTS.values()]
-    return "\n".join(lines) + "\n" + _FOOTER + _SCAN + "\n".join(_scan_rows()) + "\n"
+    return "\n".join(lines) + "\n" + _FOOTER + _OPTIONS + _SCAN + "\n".join(_scan_rows()) + "\n"
