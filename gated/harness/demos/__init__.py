@@ -8,7 +8,9 @@ Each demo module provides ``HELP``, ``add_arguments(parser)``, ``run(args, bar) 
     highway.py         deep highway MLP vs plain MLP on MNIST
     channel_gating.py  channel-gated CNN on Fashion-MNIST: accuracy vs counted FLOP reduction
     glu_ffn.py         GLU-variant FFNs in a tiny character-level Transformer on KJV
-    common.py          flags, data, progress bar, provenance and output files shared by the three
+    gated_attention.py gated attention (Qiu et al. 2025) vs plain attention in a small KJV Transformer
+    common.py          flags, data, progress bar, provenance and output files shared by the demos;
+                       corpus, model shell, schedule, training loop of the character-level ones
 """
 
 #: ``gated demo NAME`` -> module.
@@ -16,4 +18,5 @@ DEMOS: dict[str, str] = {
     "highway": "gated.harness.demos.highway",
     "channel-gating": "gated.harness.demos.channel_gating",
     "glu-ffn": "gated.harness.demos.glu_ffn",
+    "gated-attention": "gated.harness.demos.gated_attention",
 }

@@ -1,9 +1,10 @@
-"""``gated demo highway|channel-gating|glu-ffn [flags]``: run one feed-forward demonstration and
+"""``gated demo highway|channel-gating|glu-ffn|gated-attention [flags]``: run one feed-forward demonstration and
 write its table (``NAME.md``), figure (``NAME.png``) and raw results (``NAME.json``) into ``--out``.
 
     gated data fetch mnist && gated demo highway --out runs/demos/highway
     gated demo channel-gating --steps 300 --thresholds 0 1
     gated demo glu-ffn --variants relu swiglu
+    gated demo gated-attention --quick
 """
 
 from __future__ import annotations

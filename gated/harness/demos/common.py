@@ -1,5 +1,7 @@
 """What the feed-forward demonstrations share: flags, data, the progress bar, provenance and the
-three output files (``NAME.json`` raw results, ``NAME.md`` table, ``NAME.png`` figure).
+three output files (``NAME.json`` raw results, ``NAME.md`` table, ``NAME.png`` figure); and, for the
+character-level Transformer demos (``glu_ffn``, ``gated_attention``), the corpus, the model shell
+(embeddings, blocks, head), the warm-up + cosine schedule, the training loop and validation bpc.
 
 The table and the figure are drawn from the results dict alone (the one saved as JSON), so both can
 be redrawn from a finished run: ``table(json.load(...))``.
@@ -8,6 +10,7 @@ be redrawn from a finished run: ``table(json.load(...))``.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shlex
 import subprocess
@@ -16,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 #: Keys of the parsed arguments that are not the demo's flags (argparse bookkeeping).
 _NOT_FLAGS = {"command", "demo", "no_progress"}
@@ -147,3 +152,101 @@ def write_outputs(out: str | Path, name: str, results: dict, table, figure) -> t
     atomic_write(md_path, table(results).encode())
     figure(results, fig_path)
     return json_path, md_path, fig_path
+
+
+# --- character-level language modelling (glu_ffn, gated_attention) ------------------------------------
+
+def char_corpus(dataset: str, context: int) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """``(itos, train, val)`` of a text dataset: the training split's sorted characters, and both
+    splits as ``int64`` index tensors (a validation character unseen in training maps to index 0).
+    Raises ValueError when a split is too short for one window of ``context + 1`` characters."""
+    from gated.harness.data import load, text_split
+
+    arrays = load(dataset)
+    train, val = text_split(arrays, "train"), text_split(arrays, "val")
+    itos = sorted(set(train))
+    stoi = {c: i for i, c in enumerate(itos)}
+    tr, va = (torch.tensor([stoi.get(c, 0) for c in s], dtype=torch.long) for s in (train, val))
+    if min(len(tr), len(va)) < context + 2:
+        raise ValueError(f"--context {context} needs splits longer than {context + 1} characters "
+                         f"(train has {len(tr)}, val {len(va)})")
+    return itos, tr, va
+
+
+def windows(text: torch.Tensor, starts: torch.Tensor, context: int) -> torch.Tensor:
+    """``(len(starts), context + 1)``: the windows of ``text`` starting at ``starts`` (inputs and targets)."""
+    return torch.stack([text[s:s + context + 1] for s in starts.tolist()])
+
+
+def warmup_cosine(opt, warmup: int, steps: int):
+    """Linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``steps`` (a ``LambdaLR``)."""
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (
+        1 + math.cos(math.pi * min(s, steps) / steps)))
+
+
+class CharTransformer(nn.Module):
+    """Token + learned position embeddings, ``layers`` blocks ``make_block(i)``, LayerNorm, linear head
+    (created in that order, so a seed fixes the weights). A block maps ``(B, T, D) -> (B, T, D)``,
+    residuals included."""
+
+    def __init__(self, vocab: int, d: int, layers: int, context: int, make_block):
+        super().__init__()
+        self.tok, self.pos = nn.Embedding(vocab, d), nn.Embedding(context, d)
+        self.blocks = nn.ModuleList(make_block(i) for i in range(layers))
+        self.ln, self.head = nn.LayerNorm(d), nn.Linear(d, vocab, bias=False)
+
+    def hidden_states(self, idx) -> list[torch.Tensor]:
+        """The residual stream: ``[embeddings, after block 1, ..., after block L]``, each ``(B, T, D)``."""
+        xs = [self.tok(idx) + self.pos.weight[: idx.shape[1]]]
+        for b in self.blocks:
+            xs.append(b(xs[-1]))
+        return xs
+
+    def forward(self, idx):  # (B, T) -> (B, T, V)
+        x = self.tok(idx) + self.pos.weight[: idx.shape[1]]
+        for b in self.blocks:
+            x = b(x)
+        return self.head(self.ln(x))
+
+
+def char_bpc(net, vx: torch.Tensor, batch: int = 64) -> float:
+    """Bits per character of ``net`` (eval mode, no grad) over windows ``vx: (W, T+1)``, every target counted."""
+    net.eval()
+    with torch.no_grad():
+        nats = sum(F.cross_entropy(net(vx[i:i + batch, :-1]).flatten(0, 1), vx[i:i + batch, 1:].reshape(-1),
+                                   reduction="sum").item() for i in range(0, len(vx), batch))
+    return nats / (vx.shape[0] * (vx.shape[1] - 1)) / math.log(2)
+
+
+def train_char_lm(net, opt, sched, text: torch.Tensor, starts: torch.Tensor, context: int, bar, label: str,
+                  log_every: int, losses: list | None = None, first: int = 0, t0: float | None = None,
+                  after_step=None) -> list:
+    """Train ``net`` on next-character prediction, one step per row of ``starts: (steps, B)`` (starts
+    of windows of ``context + 1`` characters of ``text``), from step ``first`` (a resumed run:
+    ``losses`` holds the earlier steps'), with gradient clipping 1.0. Logs the mean train bpc every
+    ``log_every`` steps as ``LABEL step S/N train bpc X (Ts)``, ``T`` counted from ``t0``.
+    ``after_step(s)`` runs after step ``s`` (1-based; it may evaluate, but must leave the weights
+    alone). Returns the per-step training bpc (``losses``, extended in place)."""
+    import time
+
+    losses = [] if losses is None else losses
+    t0 = time.time() if t0 is None else t0
+    steps = len(starts)
+    for step in range(first, steps):
+        net.train()
+        xy = windows(text, starts[step], context)  # (B, T+1)
+        logits = net(xy[:, :-1])
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), xy[:, 1:].reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item() / math.log(2))
+        bar.step()
+        if (step + 1) % log_every == 0:
+            bar.log(f"{label} step {step + 1:5d}/{steps} train bpc {np.mean(losses[-log_every:]):.4f} "
+                    f"({time.time() - t0:.1f}s)")
+        if after_step is not None:
+            after_step(step + 1)
+    return losses

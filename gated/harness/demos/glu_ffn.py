@@ -66,20 +66,11 @@ class Block(nn.Module):
         return x + self.ffn(self.ln2(x))
 
 
-class CharTransformer(nn.Module):
+class CharTransformer(common.CharTransformer):
     """Token + learned position embeddings, ``layers`` :class:`Block` s, LayerNorm, linear head."""
 
     def __init__(self, vocab: int, d: int, layers: int, heads: int, d_ff: int, context: int, act: str):
-        super().__init__()
-        self.tok, self.pos = nn.Embedding(vocab, d), nn.Embedding(context, d)
-        self.blocks = nn.ModuleList(Block(d, heads, d_ff, act) for _ in range(layers))
-        self.ln, self.head = nn.LayerNorm(d), nn.Linear(d, vocab, bias=False)
-
-    def forward(self, idx):  # (B, T) -> (B, T, V)
-        x = self.tok(idx) + self.pos.weight[: idx.shape[1]]
-        for b in self.blocks:
-            x = b(x)
-        return self.head(self.ln(x))
+        super().__init__(vocab, d, layers, context, lambda i: Block(d, heads, d_ff, act))
 
 
 def spearman_of_ranks(a: list[int], b: list[int]) -> float:
@@ -94,28 +85,10 @@ def train_one(args, act, vocab, tr, starts, vx, bar) -> dict:
     net = CharTransformer(vocab, args.d_model, args.layers, args.heads, args.d_ff, T, act)
     ffn_params = sum(q.numel() for b in net.blocks for q in b.ffn.parameters())
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / args.warmup) * 0.5 * (
-        1 + math.cos(math.pi * min(s, args.steps) / args.steps)))
-    losses, t0 = [], time.time()
-    for step in range(args.steps):
-        net.train()
-        xy = torch.stack([tr[s:s + T + 1] for s in starts[step].tolist()])  # (B, T+1)
-        loss = F.cross_entropy(net(xy[:, :-1]).reshape(-1, vocab), xy[:, 1:].reshape(-1))
-        opt.zero_grad()
-        loss.backward()
-        nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        losses.append(loss.item() / math.log(2))
-        bar.step()
-        if (step + 1) % args.log_every == 0:
-            bar.log(f"{act:8s} step {step + 1:5d}/{args.steps} train bpc {np.mean(losses[-args.log_every:]):.4f} "
-                    f"({time.time() - t0:.1f}s)")
-    net.eval()
-    with torch.no_grad():
-        vl = sum(F.cross_entropy(net(vx[i:i + VAL_BATCH, :-1]).reshape(-1, vocab), vx[i:i + VAL_BATCH, 1:].reshape(-1),
-                                 reduction="sum").item() for i in range(0, len(vx), VAL_BATCH))
-    bpc = vl / (len(vx) * T) / math.log(2)
+    sched = common.warmup_cosine(opt, args.warmup, args.steps)
+    t0 = time.time()
+    losses = common.train_char_lm(net, opt, sched, tr, starts, T, bar, f"{act:8s}", args.log_every, t0=t0)
+    bpc = common.char_bpc(net, vx, VAL_BATCH)
     bar.log(f"== {act}: val bpc {bpc:.4f}, {time.time() - t0:.1f}s")
     return {"variant": act, "hidden_size": ffn_hidden_size(act, args.d_ff), "ffn_parameters": ffn_params,
             "parameters": sum(q.numel() for q in net.parameters()),
@@ -125,21 +98,12 @@ def train_one(args, act, vocab, tr, starts, vx, bar) -> dict:
 
 def run(args, bar) -> dict:
     """Every variant in ``--variants`` on the same windows; ranks against Shazeer's ordering."""
-    from gated.harness.data import load, text_split
-
-    arrays = load(DATASET)
-    train, val = text_split(arrays, "train"), text_split(arrays, "val")
-    itos = sorted(set(train))
-    stoi = {c: i for i, c in enumerate(itos)}
-    tr, va = (torch.tensor([stoi.get(c, 0) for c in s], dtype=torch.long) for s in (train, val))
+    itos, tr, va = common.char_corpus(DATASET, args.context)
     T = args.context
-    if min(len(tr), len(va)) < T + 2:
-        raise ValueError(f"--context {T} needs splits longer than {T + 1} characters "
-                         f"(train has {len(tr)}, val {len(va)})")
     g = torch.Generator().manual_seed(args.seed)
     starts = torch.randint(0, len(tr) - T - 1, (args.steps, args.batch_size), generator=g)  # shared batches
     vstarts = torch.randint(0, len(va) - T - 1, (args.val_windows,), generator=g)
-    vx = torch.stack([va[s:s + T + 1] for s in vstarts.tolist()])  # (W, T+1)
+    vx = common.windows(va, vstarts, T)  # (W, T+1)
     rows = [train_one(args, act, len(itos), tr, starts, vx, bar) for act in args.variants]
     ours = {r["variant"]: i + 1 for i, r in enumerate(sorted(rows, key=lambda r: r["val_bpc"]))}
     theirs = {a: i + 1 for i, a in enumerate(sorted(args.variants, key=lambda a: SHAZEER_65K[a]))}
