@@ -22,13 +22,15 @@ from gated.feedforward import (
     glu_hidden_size,
 )
 from gated.minimal import MinGRU, MinLSTM, linear_scan
+from gated.lru import HGRN, RGLRU
 from gated.recurrent import GRU, LSTM, MGU
 from gated.variants import VARIANTS, Variant, get_variant
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "LSTM", "GRU", "MGU", "LSTMCell", "GRUCell", "MGUCell", "MinGRU", "MinLSTM", "linear_scan", "InputError",
+    "LSTM", "GRU", "MGU", "LSTMCell", "GRUCell", "MGUCell", "MinGRU", "MinLSTM", "RGLRU", "HGRN", "linear_scan",
+    "InputError",
     "VARIANTS", "CORES", "Variant", "get_variant", "gate_activations", "gates", "init",
     "feedforward", "FeedForward", "FFN_VARIANTS", "GLU", "Highway", "HighwayNetwork", "SqueezeExcite",
     "ChannelGatedConv2d", "glu_hidden_size", "ffn_hidden_size",

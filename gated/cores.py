@@ -1,4 +1,4 @@
-"""Recurrent cores (LSTM, GRU, MGU, minGRU, minLSTM) as pointwise step functions over torch's weight layout.
+"""Recurrent cores (LSTM, GRU, MGU, minGRU, minLSTM, RG-LRU, HGRN) as pointwise steps over torch's weight layout.
 
 Glossary: B batch, H hidden_size, G rows of the gate pre-activations (``layout.rows``),
 m master units (``ceil(H / chunk_size)``).
@@ -27,6 +27,19 @@ and their step gets ``gh=None``:
 - minLSTM ``(f, i, n)``: the keep and write gates are normalised, ``k = f / (f + i)``,
   ``w = i / (f + i)`` (``normalised=True``); refine appends a block and refines ``f`` before the
   normalisation.
+
+Two more scan cores carry the gated linear recurrences of later papers (modules in :mod:`gated.lru`).
+Their step gets, in the slot where the other cores get ``forget_bias``, a tuple of the layer's
+per-unit vectors (``units``):
+
+- RG-LRU ``(a, i, n)`` (De et al. 2024, Griffin), ``units = (Lambda,)``: recurrence gate
+  ``r = sigma(P_a)``, input gate ``i = sigma(P_i)``, ``log a_t = -c r softplus(-Lambda)`` (``a = sigma(Lambda)``,
+  ``c = 8``), ``h' = a_t h + sqrt(1 - a_t^2) i P_n``; refine appends a block ``rho`` and replaces
+  ``a_t`` by ``refine_gate(a_t, sigma(P_rho))`` (in the decay and in the normaliser);
+- HGRN ``(f, i)`` (Qin et al. 2023, real-valued as fla's ``HGRNAttention``),
+  ``units = (lb, b_f)``: ``f = sigma(P_f)`` (refined as minGRU's in ``R``/``UR``),
+  ``k = lb + (1 - lb) f``, ``h' = k h + (1 - k) SiLU(P_i)``; ``lb`` is the layer's lower bound
+  (None: 0), ``b_f`` the refine variants' forget bias (None without one).
 """
 
 from __future__ import annotations
@@ -42,7 +55,7 @@ from torch import Tensor
 from gated.gates import cumax, master_gates, refine_gate
 from gated.variants import VARIANTS, Variant, get_variant
 
-__all__ = ["Core", "Layout", "CORES", "get_core", "make_layout", "scan_gates"]
+__all__ = ["Core", "Layout", "CORES", "SCAN_COEFFICIENTS", "RGLRU_C", "get_core", "make_layout", "scan_gates"]
 
 
 @dataclass(frozen=True)
@@ -233,6 +246,96 @@ def mingru_step(gi: Tensor, gh, state, fb: Tensor | None, L: Layout):
     return (keep * h + write * gi[..., L.block("n")],), (f, r, None, keep)
 
 
+RGLRU_C = 8.0  # Griffin's fixed exponent c: a_t = a^(c r_t)
+
+
+def _sqrt0(y: Tensor) -> Tensor:
+    """``sqrt(y)`` for ``y >= 0`` whose gradient at ``y = 0`` is 0, not infinity (which times the zero
+    derivative of ``y`` there would give NaN); NaN stays NaN."""
+    zero = y == 0
+    return torch.where(zero, 0.0, torch.sqrt(torch.where(zero, 1.0, y)))
+
+
+def rglru_coefficients(P: Tensor, units, L: Layout):
+    """``a_t`` and ``b_t`` of RG-LRU's ``h_t = a_t h_{t-1} + b_t`` (De et al. 2024, Eqs. 1-4) for every
+    step at once.
+
+    ``log a_t = -c r_t softplus(-Lambda)`` (``= c r_t log sigma(Lambda)``), ``a_t = exp(log a_t)``;
+    ``b_t = sqrt(1 - a_t^2) i_t P_n`` with ``1 - a_t^2 = -expm1(2 log a_t)``, exact near ``a_t = 1``,
+    and a square root whose gradient is 0 where ``a_t = 1`` exactly (:func:`_sqrt0`). With a refine
+    gate the decay is ``g = refine_gate(a_t, rho)``, ``rho = sigma(P_rho)``, and
+    ``1 - g^2 = (1 - g)(1 + g)`` with ``1 - g = (1 - a)((1 - a) + 2 (1 - rho) a)`` (the band symmetry)
+    and ``1 - a = -expm1(log a_t)``.
+
+    Args:
+        P: ``(..., G)`` pre-activations ``x W_ih^T + b_ih``.
+        units: ``(Lambda,)``, ``Lambda`` ``(H,)``.
+
+    Returns:
+        ``(a, b, gates)``, ``gates = (a_t, rho, None, g)`` as the steps record them.
+    """
+    (lam,) = units
+    r = torch.sigmoid(P[..., L.block("a")])
+    i = torch.sigmoid(P[..., L.block("i")])
+    log_a = (-RGLRU_C) * r * F.softplus(-lam)
+    a = torch.exp(log_a)
+    rho = None
+    if L.variant.auxiliary == "refine":
+        q = P[..., L.refine]
+        rho, rhoc = torch.sigmoid(q), torch.sigmoid(-q)
+        ac = -torch.expm1(log_a)  # 1 - a
+        keep = a * (a + 2.0 * rho * ac)
+        norm = ac * (ac + 2.0 * rhoc * a) * (1.0 + keep)  # (1 - g)(1 + g)
+    else:
+        keep = a
+        norm = -torch.expm1(2.0 * log_a)  # 1 - a^2
+    return keep, _sqrt0(norm) * i * P[..., L.block("n")], (a, rho, None, keep)
+
+
+def hgrn_coefficients(P: Tensor, units, L: Layout):
+    """``a_t`` and ``b_t`` of HGRN's ``h_t = k_t h_{t-1} + (1 - k_t) SiLU(P_i)`` (Qin et al. 2023, real-valued
+    as fla's ``HGRNAttention``) for every step at once: ``k = lb + (1 - lb) f`` with ``f = sigma(P_f)``
+    (``R``/``UR``: ``f = refine_gate(sigma(P_f + b_f), sigma(P_rho - b_f))``); ``1 - k = (1 - lb)(1 - f)``
+    with ``1 - f`` from ``sigma(-x)`` and the band symmetry, as :func:`scan_gates`.
+
+    Args:
+        P: ``(..., G)`` pre-activations.
+        units: ``(lb, b_f)``: the layer's lower bound ``(H,)`` (None: no bound) and the refine
+            variants' forget bias ``(H,)`` (None without one).
+
+    Returns:
+        ``(a, b, gates)``, ``gates = (sigma(P_f [+ b_f]), r, None, k)``.
+    """
+    lb, fb = units
+    f, fc, f0, r = scan_gates(P, fb, L)  # the (refined) gate and its complement; HGRN is not normalised
+    if lb is not None:
+        f, fc = lb + (1.0 - lb) * f, (1.0 - lb) * fc
+    return f, fc * F.silu(P[..., L.block("i")]), (f0, r, None, f)
+
+
+def _coefficient_step(coefficients):
+    def step(gi: Tensor, gh, state, units, L: Layout):
+        (h,) = state
+        a, b, gates = coefficients(gi, units, L)
+        return (a * h + b,), gates
+
+    step.__name__ = coefficients.__name__.replace("coefficients", "step")
+    step.__doc__ = f"""One step ``h' = a h + b`` of :func:`{coefficients.__name__}` (``gh`` is unused)."""
+    return step
+
+
+rglru_step = _coefficient_step(rglru_coefficients)
+hgrn_step = _coefficient_step(hgrn_coefficients)
+
+# scan cores whose coefficients the torch and linear-scan backends compute as torch ops
+SCAN_COEFFICIENTS = {"rglru": rglru_coefficients, "hgrn": hgrn_coefficients}
+
+
+def _native_uniform_refine(v: Variant) -> bool:
+    """RG-LRU and HGRN: ``-`` (the paper's equations and init), ``U``, ``R``, ``UR``."""
+    return v.name in ("-", "U", "R", "UR")
+
+
 def _sigmoid_primary_no_master(v: Variant) -> bool:
     return v.primary is not cumax and v.auxiliary != "master"
 
@@ -248,6 +351,12 @@ CORES: dict[str, Core] = {
                    supports=_sigmoid_primary_no_master, scan=True),
     "minlstm": Core("minlstm", ("f", "i", "n"), keep=0, write=1, num_states=1, step=mingru_step,
                     supports=_sigmoid_primary_no_master, scan=True, normalised=True),
+    # De et al. 2024 (Griffin): Real-Gated Linear Recurrent Unit; the a block holds the recurrence gate
+    "rglru": Core("rglru", ("a", "i", "n"), keep=0, write=None, num_states=1, step=rglru_step,
+                  supports=_native_uniform_refine, scan=True),
+    # Qin et al. 2023: HGRN's real-valued recurrence (fla); the i block is the candidate SiLU(P_i)
+    "hgrn": Core("hgrn", ("f", "i"), keep=0, write=None, num_states=1, step=hgrn_step,
+                 supports=_native_uniform_refine, scan=True),
 }
 
 

@@ -13,7 +13,11 @@ On gated modules the initialiser follows the module's variant (see :mod:`gated.v
 - master variants set the master forget and master input rows (their primary gates);
 - the other variants set the keep gate's rows like the torch modules;
 - on ``gated.MinLSTM``, whose keep gate is normalised, ``k = f / (f + i)``, the input gate's rows
-  get ``-b`` wherever the keep gate gets ``b``, so that ``i = 1 - f`` and ``k = f`` at init.
+  get ``-b`` wherever the keep gate gets ``b``, so that ``i = 1 - f`` and ``k = f`` at init;
+- on ``gated.RGLRU``, whose decay ``a_t = a^(c r_t)`` has no bias, the target ``b`` sets the decay at
+  ``r_t = 1`` through ``Lambda`` (``a = sigma(Lambda)``): ``a^c = sigma(b)``, the quantity Griffin's
+  own init (:func:`rglru_decay_`) spreads; refine variants' ``rho`` rows of ``bias_ih`` are zeroed;
+- on ``gated.HGRN`` the keep gate's rows are the sigmoid part ``sigma(P_f)`` of ``lb + (1 - lb) sigma(P_f)``.
 """
 
 from __future__ import annotations
@@ -23,10 +27,10 @@ import math
 import torch
 from torch import Tensor, nn
 
-from gated.cores import Layout, make_layout
+from gated.cores import RGLRU_C, Layout, make_layout
 from gated.gates import cumax, logit
 
-__all__ = ["uniform_gate_", "chrono_", "forget_bias_", "VARIANT_INITS"]
+__all__ = ["uniform_gate_", "chrono_", "forget_bias_", "rglru_decay_", "VARIANT_INITS"]
 
 
 def _targets(module: nn.Module) -> tuple[Layout, list[str]]:
@@ -36,7 +40,7 @@ def _targets(module: nn.Module) -> tuple[Layout, list[str]]:
     torch_cores = {nn.LSTM: "lstm", nn.LSTMCell: "lstm", nn.GRU: "gru", nn.GRUCell: "gru"}
     core = torch_cores.get(type(module))
     if core is None:
-        names = "gated.LSTM/GRU/MGU/MinGRU/MinLSTM, the cells, torch.nn.LSTM, GRU, LSTMCell, GRUCell"
+        names = "gated.LSTM/GRU/MGU/MinGRU/MinLSTM/RGLRU/HGRN, the cells, torch.nn.LSTM, GRU, LSTMCell, GRUCell"
         raise TypeError(f"cannot initialise gates of {type(module).__name__}; expected one of {names}")
     layout = make_layout(core, "-", module.hidden_size)
     if isinstance(module, nn.RNNBase):
@@ -58,6 +62,12 @@ def _apply(module: nn.Module, sample, what: str, set_input_gate: bool) -> nn.Mod
             b_ih = getattr(module, "bias_ih" + sfx, None)
             b_hh = getattr(module, "bias_hh" + sfx, None)
             fb = getattr(module, "forget_bias" + sfx, None)
+            lam = getattr(module, "lambda" + sfx, None)
+            if lam is not None:  # RG-LRU: a^c = sigma(b); its refine gate starts at sigma(W_rho x)
+                lam.copy_(_rglru_lambda(sample(lam.numel())).to(lam))
+                if b_ih is not None and layout.refine is not None:
+                    b_ih[layout.refine] = 0.0
+                continue
             if b_ih is None and fb is None:
                 raise ValueError(f"{what} needs a bias to set; build the module with bias=True")
 
@@ -84,6 +94,43 @@ def _apply(module: nn.Module, sample, what: str, set_input_gate: bool) -> nn.Mod
                 put(layout.keep, b)
                 if (set_input_gate or layout.core.normalised) and layout.write is not None:
                     put(layout.write, -b)
+    return module
+
+
+def _rglru_lambda(b: Tensor) -> Tensor:
+    """``Lambda`` with ``sigma(Lambda)^c = sigma(b)`` (float64): ``log a = log sigma(b) / c``,
+    ``Lambda = log a - log(1 - a)``, with ``1 - a = -expm1(log a)``."""
+    log_a = -torch.nn.functional.softplus(-b) / RGLRU_C
+    return log_a - torch.log(-torch.expm1(log_a))
+
+
+def rglru_decay_(module: nn.Module, low: float = 0.9, high: float = 0.999,
+                 generator: torch.Generator | None = None) -> nn.Module:
+    r"""RG-LRU's own init (De et al. 2024, §2.4), in place: ``Lambda`` such that
+
+    .. math:: a^c \sim \mathcal U[\text{low}, \text{high}], \quad a = \sigma(\Lambda), \ c = 8
+
+    for every layer and direction, so that the decay at ``r_t = 1`` starts between 0.9 and 0.999.
+    The biases and the refine gate are left as they are. (recurrentgemma's code draws ``a`` itself
+    on the ring instead, ``a^2 ~ U[0.81, 0.998]``; the paper's text is followed here.)
+
+    Args:
+        module: a ``gated.RGLRU``.
+        low, high: the range of ``a^c``, ``0 < low < high < 1``.
+        generator: optional ``torch.Generator`` for the draw.
+
+    Returns:
+        ``module``.
+    """
+    if not (hasattr(module, "layout") and module.layout.core.name == "rglru"):
+        raise TypeError(f"rglru_decay_ initialises gated.RGLRU, got {type(module).__name__}")
+    if not (isinstance(low, (int, float)) and isinstance(high, (int, float)) and 0 < low < high < 1):
+        raise ValueError(f"rglru_decay_ needs 0 < low < high < 1, got low={low!r}, high={high!r}")
+    with torch.no_grad():
+        for sfx in module._suffixes:
+            lam = getattr(module, "lambda" + sfx)
+            u = low + (high - low) * _rand(lam.numel(), generator)
+            lam.copy_(_rglru_lambda(logit(u)).to(lam))
     return module
 
 

@@ -27,6 +27,8 @@ MODULES = [
     ("MGUCell", lambda: gated.MGUCell(4, 8), "cell"),
     ("MinGRU", lambda: gated.MinGRU(4, 8, num_layers=2, bidirectional=True), "seq"),
     ("MinLSTM", lambda: gated.MinLSTM(4, 8, variant="C"), "seq"),
+    ("RGLRU", lambda: gated.RGLRU(4, 8, num_layers=2, bidirectional=True, variant="UR"), "seq"),
+    ("HGRN", lambda: gated.HGRN(4, 8, num_layers=2, variant="UR", lower_bound=True), "seq"),
     ("GLU", lambda: gated.GLU(), "vec"),
     ("FeedForward", lambda: gated.FeedForward(8, 16, "swiglu"), "vec"),
     ("Highway", lambda: gated.Highway(8, variant="UR"), "vec"),

@@ -1,4 +1,4 @@
-"""Scan backends of the input-gated cores (minGRU, minLSTM) and the bare linear scan.
+"""Scan backends of the input-gated cores (minGRU, minLSTM, RG-LRU, HGRN) and the bare linear scan.
 
 The gates of a scan core read ``x_t`` only, so a layer is one GEMM for the projection
 ``P = x W^T + b`` of every step and then the diagonal linear recurrence
@@ -12,6 +12,13 @@ each with the contract of :func:`gated.backends.reference.run_layer` (``w_hh``/`
 - ``"torch"``: the pure-torch fallback (any device and dtype): the gates as whole-sequence torch ops,
   the recurrence as a Python loop inside an autograd.Function whose backward is the reverse scan;
 - ``"reference"``: the sequential step loop of :mod:`gated.backends.reference` (its step gets ``gh=None``), the oracle.
+
+RG-LRU and HGRN (:data:`gated.cores.SCAN_COEFFICIENTS`) have no gate kernel in ``scan.h`` (RG-LRU's write
+path ``sqrt(1 - a^2) i`` and HGRN's lower bound and SiLU candidate do not fit its gate hook, whose
+backward assumes ``w = 1 - a`` and whose per-unit inputs are a bias and ``b_f``): on both fast
+backends their ``a_t``, ``b_t`` are torch ops over the whole sequence (autograd differentiates them),
+and the recurrence is ``scan.h``'s bare ``linear_scan`` kernel on ``"fused_cpu"`` and the Python loop
+on ``"torch"``.
 
 ``"auto"`` takes ``fused_cpu`` where it can run (CPU, float32/float64, the extension built) and the
 ``torch`` fallback elsewhere, logging the reason once; under tracing, export, torch.func transforms
@@ -27,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from gated.backends import _build, _forward_ad, _log_once, _traced, _transformed, fused_cpu, reference
-from gated.cores import Layout, scan_gates
+from gated.cores import SCAN_COEFFICIENTS, Layout, scan_gates
 
 __all__ = ["linear_scan", "resolve", "check_name", "why_not", "BACKENDS"]
 
@@ -45,7 +52,7 @@ available._dynamo_marked_constant = True  # as fused_cpu.available: a constant f
 
 def why_not(layout: Layout | None, x: Tensor) -> str | None:
     """None if the fused scan can run the call, else the reason (for the one-time log)."""
-    if layout is not None and layout.core.name not in _CELL_ID:
+    if layout is not None and layout.core.name not in _CELL_ID and layout.core.name not in SCAN_COEFFICIENTS:
         return f"core {layout.core.name!r}"
     if x.device.type != "cpu":
         return f"device {x.device.type!r}"
@@ -162,6 +169,10 @@ def run_layer(x, state, w_ih, w_hh, b_ih, b_hh, forget_bias, layout, mask=None, 
         raise ValueError("the fused scan records no gates; gate_activations uses the reference backend")
     if x.shape[1] == 0:  # an empty batch: nothing to scan
         return reference.run_layer(x, state, w_ih, None, b_ih, None, forget_bias, layout, mask)
+    if layout.core.name in SCAN_COEFFICIENTS:  # gates as torch ops, then the C++ linear scan
+        a, c = _coefficients(x, w_ih, b_ih, forget_bias, layout, mask)
+        out = linear_scan(a, c, state[0], backend="fused_cpu")
+        return (out * mask if mask is not None else out), (out[-1],)
     lengths = None if mask is None else mask[:, :, 0].sum(0).to(torch.int64)
     args = (x, w_ih, b_ih, forget_bias, state[0].contiguous(), lengths, layout)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args[:5]):
@@ -296,15 +307,27 @@ def linear_scan(a: Tensor, b: Tensor, h0: Tensor | None = None, backend: str = "
     return out.view(shape)
 
 
+def _coefficients(x, w_ih, b_ih, units, layout, mask):
+    """``a_t``, ``b_t`` ``(T, B, H)`` of a :data:`~gated.cores.SCAN_COEFFICIENTS` core (RG-LRU, HGRN) as torch
+    ops; past a sequence's end ``a = 1``, ``b = 0``, so the state is held."""
+    a, c, _ = SCAN_COEFFICIENTS[layout.core.name](F.linear(x, w_ih, b_ih), units, layout)
+    if mask is not None:
+        a, c = torch.where(mask, a, 1.0), torch.where(mask, c, 0.0)
+    return a, c
+
+
 def run_layer_torch(x, state, w_ih, w_hh, b_ih, b_hh, forget_bias, layout, mask=None, record=None, w_hr=None):
     """The pure-torch fallback: the gates for all steps at once, then :class:`_LoopScan`."""
     if record is not None:
         raise ValueError("the torch scan records no gates; gate_activations uses the reference backend")
-    P = F.linear(x, w_ih, b_ih)  # (T, B, G)
-    keep, write, _, _ = scan_gates(P, forget_bias, layout)
-    c = write * P[..., layout.block("n")]  # (T, B, H)
-    if mask is not None:  # past a sequence's end the state is held: a = 1, b = 0
-        keep, c = torch.where(mask, keep, 1.0), torch.where(mask, c, 0.0)
+    if layout.core.name in SCAN_COEFFICIENTS:
+        keep, c = _coefficients(x, w_ih, b_ih, forget_bias, layout, mask)
+    else:
+        P = F.linear(x, w_ih, b_ih)  # (T, B, G)
+        keep, write, _, _ = scan_gates(P, forget_bias, layout)
+        c = write * P[..., layout.block("n")]  # (T, B, H)
+        if mask is not None:  # past a sequence's end the state is held: a = 1, b = 0
+            keep, c = torch.where(mask, keep, 1.0), torch.where(mask, c, 0.0)
     out = _LoopScan.apply(keep, c, state[0])
     h_n = out[-1]
     return (out * mask if mask is not None else out), (h_n,)

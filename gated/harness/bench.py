@@ -344,9 +344,9 @@ def main(args) -> int:
             raise SystemExit(f"gated bench: error: GEMM path {args.gemm!r} is not available in this build")
         ops.set_gemm(GEMMS[args.gemm])
     dtype = getattr(torch, args.dtype)
-    if {"mingru", "minlstm"} & set(args.cores):  # the scan cores have tables of their own
-        from gated.harness import bench_scan
+    from gated.harness import bench_scan
 
+    if set(bench_scan.SCAN_CORES) & set(args.cores):  # the scan cores have tables of their own
         return bench_scan.main(args, dtype)
     if args.device.startswith("cuda") and "shapes" in args.defaulted and not args.quick:
         args.shapes = SHAPES + CUDA_SHAPES

@@ -23,10 +23,10 @@ import gated
 from gated.harness import bench as _bench
 from gated.harness.bench import _parse_shape, _steps, _time
 
-SCAN_CORES = ("mingru", "minlstm")
+SCAN_CORES = ("mingru", "minlstm", "rglru", "hgrn")
 SHAPES = ["1024x32x256x256"]  # the issue's shape: T = 1024, B = 32, I = H = 256
-_TORCH = {"mingru": torch.nn.GRU, "minlstm": torch.nn.LSTM}
-_GATED = {"mingru": gated.MinGRU, "minlstm": gated.MinLSTM}
+_TORCH = {"mingru": torch.nn.GRU, "minlstm": torch.nn.LSTM, "rglru": torch.nn.GRU, "hgrn": torch.nn.GRU}
+_GATED = {"mingru": gated.MinGRU, "minlstm": gated.MinLSTM, "rglru": gated.RGLRU, "hgrn": gated.HGRN}
 
 
 def _lucidrains(core: str):
@@ -36,7 +36,7 @@ def _lucidrains(core: str):
         from minGRU_pytorch.minLSTM import minLSTM
     except ImportError:
         return None
-    return {"mingru": minGRU, "minlstm": minLSTM}[core]
+    return {"mingru": minGRU, "minlstm": minLSTM}.get(core)  # it has no RG-LRU or HGRN
 
 
 def _grads(fn, leaves, grad):
@@ -114,7 +114,7 @@ def main(args, dtype) -> int:
     if args.device != "cpu":
         raise SystemExit("gated bench: error: the scan cores' bench times CPU kernels; use --device cpu")
     if any(c not in SCAN_CORES for c in args.cores):
-        raise SystemExit("gated bench: error: time the scan cores (mingru, minlstm) in a run of their own")
+        raise SystemExit(f"gated bench: error: time the scan cores ({', '.join(SCAN_CORES)}) in a run of their own")
     # the grid's defaults are gated bench's; this bench has its own (--quick's are small enough as they are)
     defaulted = set(args.defaulted) if hasattr(args, "defaulted") and not args.quick else set()
     shapes = [_parse_shape(s) for s in (SHAPES if "shapes" in defaulted else args.shapes)]

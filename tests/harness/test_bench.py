@@ -99,3 +99,13 @@ def test_scan_core_tables_match_their_times(capsys):
     for line in sweep:
         t, ms, per = (float(c) for c in line.strip("|").split("|"))
         assert abs(per - ms / t) <= 0.05 / t + 5e-4
+
+
+def test_rglru_and_hgrn_have_rows_against_torch_nn_gru(capsys):
+    """--cores rglru hgrn: one row per core and variant, its ratio the quotient of its own columns."""
+    assert main(["bench", "--cores", "rglru", "hgrn", "--shapes", "12x2x4x8", "--variants", "UR", "--sweep-t", "3",
+                 "--no-reference", "--repeats", "1", "--threads", "1"]) == 0
+    rows = [r for r in _table(capsys.readouterr().out) if r[0].startswith("12x2x4x8")]
+    assert [r[1] for r in rows] == ["rglru", "hgrn"]
+    for r in rows:
+        assert _quotient_ok(float(r[6]), float(r[5]), float(r[3]))
