@@ -107,6 +107,9 @@ class CellOptions:
     zoneout: tuple[float, ...] = ()  # per state, () when off
     recurrent_dropout: float = 0.0
     weight_dropout: float = 0.0
+    # derived by make(), as plain constants (torch.compile treats float attributes as symbolic):
+    active: bool = False  # any option on
+    unfused_names: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())  # (eval, training): reference-only options
 
     @classmethod
     def make(cls, core, layer_norm=False, zoneout=0.0, recurrent_dropout=0.0, weight_dropout=0.0) -> CellOptions:
@@ -125,18 +128,15 @@ class CellOptions:
         if core.scan and (layer_norm or any(probs) or recurrent_dropout or weight_dropout):
             raise ValueError(f"layer_norm, zoneout, recurrent_dropout and weight_dropout are not available for the "
                              f"scan core {core.name!r} (it has no recurrent weight)")
-        return cls(layer_norm, probs if any(probs) else (), _prob("recurrent_dropout", recurrent_dropout),
-                   _prob("weight_dropout", weight_dropout))
-
-    @property
-    def any(self) -> bool:
-        return self != NONE
+        rd, wd = _prob("recurrent_dropout", recurrent_dropout), _prob("weight_dropout", weight_dropout)
+        always = (("layer_norm",) if layer_norm else ()) + (("zoneout",) if any(probs) else ())
+        return cls(layer_norm, probs if any(probs) else (), rd, wd, bool(always or rd or wd),
+                   (always, always + (("recurrent_dropout",) if rd else ())))
 
     def unfused(self, training: bool) -> str | None:
         """What keeps a call in this mode off the fused kernels (for the fallback log), or None:
         LayerNorm and zoneout always, recurrent dropout in training (eval: the identity)."""
-        used = [name for name, on in (("layer_norm", self.layer_norm), ("zoneout", bool(self.zoneout)),
-                                      ("recurrent_dropout", bool(self.recurrent_dropout) and training)) if on]
+        used = self.unfused_names[bool(training)]
         return f"{' and '.join(used)} (only the reference backend has them so far)" if used else None
 
     def add_params(self, module: nn.Module, suffix: str, factory_kwargs: dict) -> None:

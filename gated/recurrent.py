@@ -247,7 +247,7 @@ class RNNBase(GatedModule):
                 rec = [] if record is not None else None
                 w_ih, w_hh, *rest = self._params(sfx)
                 more = {}
-                if self.opts.any:  # masks drawn per call, layer and direction (gated/options.py)
+                if self.opts.active:  # masks drawn per call, layer and direction (gated/options.py)
                     w_hh = self.opts.recurrent_weight(w_hh, self.training)
                     extras = self.opts.extras(self, sfx, xin, sizes, self.training)
                     more = {} if extras is None else {"extras": extras}

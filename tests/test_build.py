@@ -95,6 +95,7 @@ def test_failed_build_is_logged_and_remembered(fake, monkeypatch):
     assert _build._build().read_text() == "library\n" and fake.calls() == 3
 
 
+@pytest.mark.slow
 def test_concurrent_processes_build_once(fake, tmp_path, monkeypatch):
     """Two processes ask for the library at the same moment (a barrier): one compiles, the other
     waits for the lock and loads its result."""

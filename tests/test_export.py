@@ -91,6 +91,7 @@ def test_compile_aot_eager_layouts(kw):
     _check_compile(gated.LSTM, "UR", "aot_eager", **kw)
 
 
+@pytest.mark.slow
 def test_compile_inductor_matches_eager():
     _check_compile(gated.LSTM, "UR", "inductor")
 
@@ -194,6 +195,7 @@ ONNX_CASES = [
 ONNX_DYNAMO = [c for c in ONNX_CASES if c.id in ("LSTM--", "LSTM-UR-2layer-bidir", "GRU-UR", "MGU-UR")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cls, variant, kw", ONNX_DYNAMO)
 def test_onnx_dynamo_export_matches_eager(ort, tmp_path, cls, variant, kw):
     _check_onnx(ort, cls(I, H, variant=variant, **kw), tmp_path / "model.onnx", dynamo=True)

@@ -235,6 +235,7 @@ def test_fused_tiled_gemm_at_full_panel_sizes(core, variant, batch):
         torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
 def test_pooled_buffers_are_reused_only_when_idle():
     """Buffers above 32 MiB come from a pool (pool.h). Two graphs alive at once must not share
     one (their gradients would mix), a dropped output's buffer is handed out again, and
@@ -356,6 +357,7 @@ def test_one_step_calls_equal_the_sequence(core, variant):
         torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
 def test_one_step_calls_do_not_corrupt_the_heap():
     """A thread that owned no rows of a register tile used to write 6 rows past the buffer (heap
     corruption, then a crash in free()) at B = 1 on 2 threads: many such calls in a fresh process."""

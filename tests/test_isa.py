@@ -31,6 +31,7 @@ SUBSET = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", list(TARGETS))
 def test_kernels_on_a_lower_instruction_set(target):
     needs, isa = TARGETS[target]

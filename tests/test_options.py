@@ -232,6 +232,7 @@ def test_packed_bidirectional_stacked_in_eval_equals_each_sequence_alone():
         torch.testing.assert_close(h[:, k], h_alone[:, 0], rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_gradcheck_with_every_option():
     m = _module("lstm", "UR", layer_norm=True, zoneout=(0.2, 0.3), recurrent_dropout=0.3, weight_dropout=0.2)
     x = torch.randn(3, 2, I, requires_grad=True)

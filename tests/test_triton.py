@@ -195,9 +195,14 @@ def test_triton_autocast_keeps_float32_state(core, dtype):
     ref_vals, ref_grads = _run(m, x, hx, "reference")
     vals, grads = _run(m, x, hx, "triton", autocast=dtype)
     assert all(v.dtype == dtype for v in vals)
-    with torch.autocast(DEVICE, dtype=dtype):
-        nn_dtypes = {t.dtype for t in torch.nn.LSTM(5, 4).to(DEVICE)(torch.randn(2, 1, 5, device=DEVICE))[1]}
-    assert nn_dtypes == {dtype}  # torch.nn's states too
+    try:
+        with torch.autocast(DEVICE, dtype=dtype):
+            nn_dtypes = {t.dtype for t in torch.nn.LSTM(5, 4).to(DEVICE)(torch.randn(2, 1, 5, device=DEVICE))[1]}
+    except RuntimeError as e:  # oneDNN has no low-precision LSTM on this CPU (an AVX2-only one): torch.nn raises
+        if "primitive descriptor" not in str(e):
+            raise
+    else:
+        assert nn_dtypes == {dtype}  # torch.nn's states too
     for k, (a, b) in enumerate(zip(vals, ref_vals, strict=True)):
         _close_normwise(a, b, f"value {k}")
     for name, a, b in zip(_names(m, hx), grads, ref_grads, strict=True):

@@ -28,6 +28,7 @@ def _steps(run):
     return [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_compare_through_submitits_local_executor(tmp_path, capsys):
     """A fresh run, a resumed one and a finished one, each as in the default launcher."""
     out = tmp_path / "cmp"

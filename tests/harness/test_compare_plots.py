@@ -18,6 +18,7 @@ def _open_png(path):
     return img
 
 
+@pytest.mark.slow
 def test_compare_grid_table_and_curves(tmp_path, capsys):
     out = tmp_path / "cmp"
     args = ["compare", "--task", "copy", "--delay", "3", "--variants", "-", "UR", "--seeds", "0", "1",

@@ -17,6 +17,7 @@ ARGS = ["train", "--task", "kjv", "--bptt", "6", "--embed-size", "6", "--hidden-
         "--steps", "5", "--log-every", "1", "--eval-every", "0", "--eval-batches", "2", "--no-progress"]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
 def test_two_process_ddp_equals_one_process(fixture_data, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"

@@ -118,6 +118,8 @@ def test_the_run_lock_never_writes_through_a_link(kind, tmp_path, capsys):
         assert not victim.exists()
     else:
         assert victim.read_text() == "precious\n"
+    if kind != "symlink":
+        return
     # gated compare uses the same lock: the run is reported as failed, the file untouched
     out = tmp_path / "cmp"
     assert main(["compare", *TINY[:-1], "--variants", "UR", "--steps", "2", "--jobs", "1", "--out", str(out)]) == 0
@@ -125,7 +127,7 @@ def test_the_run_lock_never_writes_through_a_link(kind, tmp_path, capsys):
     os.symlink(victim, out / "default" / "UR" / "seed0" / ".lock")
     assert main(["compare", *TINY[:-1], "--variants", "UR", "--steps", "4", "--jobs", "1", "--out", str(out)]) == 1
     assert "symbolic link" in capsys.readouterr().out
-    assert victim.read_text() == "precious\n" if kind != "dangling" else not victim.exists()
+    assert victim.read_text() == "precious\n"
 
 
 def test_files_the_harness_writes_in_a_run_are_never_written_through_links(tmp_path, capsys):
@@ -159,6 +161,7 @@ def test_files_the_harness_writes_in_a_run_are_never_written_through_links(tmp_p
 
 # -- child runs, progress, flags ------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_compare_children_import_the_parents_gated_not_a_folder_in_the_working_directory(tmp_path, monkeypatch,
                                                                                           capsys):
     (tmp_path / "gated").mkdir()  # e.g. the checkout itself, seen from its parent directory
@@ -169,6 +172,7 @@ def test_compare_children_import_the_parents_gated_not_a_folder_in_the_working_d
     assert compare.child_python()[-1].startswith("import sys; sys.path[0] = ")
 
 
+@pytest.mark.slow
 def test_a_failed_run_shows_the_end_of_its_log_in_the_terminal(tmp_path, capsys):
     out = tmp_path / "cmp"
     assert main(["compare", *TINY, "--variants", "UR", "--steps", "2", "--ckpt-every", "2", "--jobs", "1",

@@ -67,6 +67,7 @@ def test_wheel_ships_specs_and_reproduce_finds_them_outside_the_checkout(wheel, 
     assert got["quick"] == ["copy-quick"] and got["full"] >= 10 and got["planned"] > 50
 
 
+@pytest.mark.slow
 def test_without_the_harness_extra_the_command_says_what_to_install():
     """A core-only install (safetensors, numpy, ... missing): ``gated --help`` and every command
     print how to install the harness extra and exit with status 1, without a traceback."""

@@ -80,6 +80,7 @@ def test_check_ordering():
     assert reproduce.check_ordering([_row("-", [2.0])], "UR", "-") == ["no 'UR' runs"]
 
 
+@pytest.mark.slow
 def test_end_to_end_summary_matches_metrics(tmp_path):
     exp = tmp_path / "experiments"
     exp.mkdir()

@@ -143,6 +143,7 @@ def test_truncated_episodes_bootstrap_from_their_final_observation():
     assert (ro.bootstrap[~ro.truncated] == 0).all()
 
 
+@pytest.mark.slow
 def test_short_training_run_beats_the_random_policy_on_repeat_first(tmp_path):
     # RepeatFirstEasy: say the suit of the first card at each of 51 steps (+-1/51 a step). The
     # agent sees only the current card (no previous action/reward inputs), so anything clearly
@@ -224,6 +225,7 @@ def test_encoders_one_hot_discrete_parts_and_minigrid_images():
     assert obs[0, :980].sum() == 7 * 7 * 3 and obs[0, 980:].sum() == 1  # one hot per channel, direction
 
 
+@pytest.mark.slow
 def test_cli_smoke_on_minigrid_and_compare_over_seeds(tmp_path):
     run = tmp_path / "mg"
     assert main(["rl", "train", "--env", "MiniGrid-MemoryS7-v0", "--core", "gru", "--variant", "UR",

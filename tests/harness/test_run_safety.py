@@ -83,6 +83,7 @@ def test_run_stopped_before_its_first_checkpoint_continues_from_step_0(tmp_path,
     assert "already holds a run; continue it with `gated train --resume" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_compare_continues_its_interrupted_grid(tmp_path, monkeypatch, capsys):
     out = tmp_path / "cmp"
     undo = _interrupt_first_save(monkeypatch)
@@ -96,6 +97,7 @@ def test_compare_continues_its_interrupted_grid(tmp_path, monkeypatch, capsys):
 
 # -- the run lock ---------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_second_writer_is_refused_and_compare_skips_the_run(tmp_path, capsys, caplog):
     """A training process holds its run; --resume, the same command and gated compare leave it
     alone; kill -9 releases the lock."""
@@ -334,6 +336,7 @@ def test_long_variant_names_in_a_check_match_the_spec(tmp_path):
 
 
 
+@pytest.mark.slow
 def test_a_check_over_runs_in_use_is_not_decided(tmp_path, monkeypatch, capsys):
     """Runs another process is still training cannot pass or fail a check: exit 1, saying so."""
     exp, out = tmp_path / "experiments", tmp_path / "out"

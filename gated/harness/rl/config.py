@@ -57,7 +57,8 @@ class RLTrainConfig:
     steps: int = _f(200_000, "environment steps (all envs together); rounded up to whole updates")
     seed: int = _f(0, "seeds weights, action sampling and the training episodes")
     out: str | None = _f(None, "run directory (config.json, metrics.jsonl, checkpoints/)")
-    threads: int = _f(0, "torch CPU threads; 0: torch's default")
+    threads: int = _f(0, "torch CPU threads; 0: automatic, as gated train's --threads 0 (torch's default, lowered "
+                      "to the cores the load average leaves free)")
     log_every: int = _f(1, "updates between metrics.jsonl records")
     eval_every: int = _f(0, "updates between evaluations; 0: only at the end")
     eval_episodes: int = _f(32, "episodes per evaluation (a fixed set shared by every run)")

@@ -22,6 +22,7 @@ import torch
 from torch.distributions import Categorical
 
 from gated.harness import checkpoint as ckpt
+from gated.harness.config import choose_threads, machine_load
 from gated.harness.files import append_jsonl, read_json, truncate_jsonl, write_json
 from gated.harness.rl import ppo
 from gated.harness.rl.agent import ActorCritic
@@ -67,16 +68,20 @@ def evaluate(agent, name: str, episodes: int) -> float:
 
 def train(cfg: RLConfig, resume: bool = False, log=print) -> dict:
     """Run (or continue) the RL experiment ``cfg`` describes; returns the last logged record."""
+    threads = torch.get_num_threads()  # restored at the end: --threads holds for this run only
     try:
         return _train(cfg, resume, log)
     finally:
+        torch.set_num_threads(threads)
         ckpt.close_run(cfg.train.out)
 
 
 def _train(cfg: RLConfig, resume: bool, log) -> dict:
     tc = cfg.train
-    if tc.threads:
-        torch.set_num_threads(tc.threads)
+    threads, note = choose_threads(tc.threads, torch.get_num_threads(), *machine_load())  # 0: automatic
+    torch.set_num_threads(threads)
+    if note:
+        log(note)
     pool = LockstepEnvs(cfg.task.env, cfg.ppo.num_envs, tc.seed, stream=0)
     run = prepare_run_dir(cfg, pool, resume)
     torch.manual_seed(tc.seed)
