@@ -122,7 +122,7 @@ def test_the_run_lock_never_writes_through_a_link(kind, tmp_path, capsys):
         return
     # gated compare uses the same lock: the run is reported as failed, the file untouched
     out = tmp_path / "cmp"
-    assert main(["compare", *TINY[:-1], "--variants", "UR", "--steps", "2", "--jobs", "1", "--out", str(out)]) == 0
+    assert _train(out / "default" / "UR" / "seed0", "--steps", "2", "--variant", "UR") == 0  # as compare would
     (out / "default" / "UR" / "seed0" / ".lock").unlink()
     os.symlink(victim, out / "default" / "UR" / "seed0" / ".lock")
     assert main(["compare", *TINY[:-1], "--variants", "UR", "--steps", "4", "--jobs", "1", "--out", str(out)]) == 1
@@ -175,9 +175,8 @@ def test_compare_children_import_the_parents_gated_not_a_folder_in_the_working_d
 @pytest.mark.slow
 def test_a_failed_run_shows_the_end_of_its_log_in_the_terminal(tmp_path, capsys):
     out = tmp_path / "cmp"
-    assert main(["compare", *TINY, "--variants", "UR", "--steps", "2", "--ckpt-every", "2", "--jobs", "1",
-                 "--out", str(out)]) == 0
     run = out / "default" / "UR" / "seed0"
+    assert _train(run, "--steps", "2", "--ckpt-every", "2", "--variant", "UR") == 0  # the run compare would make
     weights = next((run / "checkpoints").glob("step-*")) / "model.safetensors"
     weights.write_bytes(b"\0" * weights.stat().st_size)
     capsys.readouterr()
