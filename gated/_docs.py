@@ -84,7 +84,8 @@ def _params(core_name: str, v: Variant) -> str:
 _OPTIONS = """
 ## Cell options: LayerNorm, zoneout, recurrent dropout, weight dropout
 
-Keyword arguments of `gated.LSTM`, `GRU` and `MGU`, off by default, composable with every variant:
+Keyword arguments of `gated.LSTM`, `GRU`, `MGU` and their cells (`LSTMCell`, `GRUCell`, `MGUCell`), off
+by default, composable with every variant:
 
 ```python
 rnn = gated.LSTM(32, 128, variant="UR", layer_norm=True, zoneout=0.1, recurrent_dropout=0.25)  # LN-UR-LSTM
@@ -102,8 +103,10 @@ The gate biases (`b_ih`, `b_hh`, `b_f`) are added after the normalisation, so UG
 (eps 1e-5) and draw nothing, so a seed gives the same RNN weights with and without them. Masks come
 from torch's generator on the input's device, per call, layer and direction. Weight dropout runs on
 every backend; LayerNorm, zoneout and recurrent dropout (in training) run on the reference backend
-for now (`"auto"` logs the fallback once). The scan cores take none of them. Details:
-`gated/options.py`.
+for now (`"auto"` logs the fallback once). A cell sees one step per call: it keeps its recurrent and
+weight dropout masks until `cell.reset_dropout_mask()` (call it at the start of each sequence, as
+Keras's `reset_recurrent_dropout_mask`), and draws a zoneout mask per step. The scan cores take none
+of them. Details: `gated/options.py`.
 """
 
 _SCAN = """

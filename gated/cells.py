@@ -9,7 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from gated import options
 from gated._base import GatedModule
+from gated.backends import reference
 
 __all__ = ["LSTMCell", "GRUCell", "MGUCell"]
 
@@ -26,11 +28,42 @@ class _Cell(GatedModule):
         variant: str = "UR",
         t_max: float | None = None,
         chunk_size: int = 4,
+        layer_norm: bool = False,
+        zoneout: float | tuple[float, float] = 0.0,
+        recurrent_dropout: float = 0.0,
+        weight_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         self._setup(input_size, hidden_size, bias, variant, t_max, chunk_size, cell=True)
+        self.opts = options.CellOptions.make(self.layout.core, layer_norm, zoneout, recurrent_dropout, weight_dropout)
         self._add_params("", input_size, {"device": device, "dtype": dtype})
+        self.opts.add_params(self, "", {"device": device, "dtype": dtype})
+        self._masks: dict = {}  # the sequence's recurrent-dropout and weight-dropout masks (reset_dropout_mask)
         self.reset_parameters()
+
+    def reset_dropout_mask(self) -> None:
+        """Start a new sequence: the next training call draws new ``recurrent_dropout`` and
+        ``weight_dropout`` masks, which then stay fixed for every step until the next reset (a cell
+        sees one step per call; a mask per call would not be variational). The masks are also
+        redrawn when the batch size changes. Zoneout draws a new mask at every step."""
+        self._masks.clear()
+
+    def _extras(self, x: Tensor):
+        """``(W_hh, Extras)`` of one training or eval step (:mod:`gated.options`), masks cached."""
+        w_hh = self.weight_hh
+        B = x.shape[0]
+        if self.training and self.opts.weight_dropout:
+            if "w" not in self._masks:
+                self._masks["w"] = self.opts.recurrent_weight(torch.ones_like(w_hh.detach()), True)
+            w_hh = w_hh * self._masks["w"]
+        extras = self.opts.extras(self, "", x.unsqueeze(0), (self.hidden_size,) * self.layout.core.num_states,
+                                  self.training)
+        if extras is not None and extras.rmask is not None:
+            cached = self._masks.get("r")
+            if cached is None or cached.shape[0] != B:
+                self._masks["r"] = cached = extras.rmask
+            extras = extras._replace(rmask=cached)
+        return w_hh, extras
 
     def forward(self, input: Tensor, hx=None):
         """One step. ``input``: ``(B, I)`` or ``(I,)``; ``hx``: ``(h, c)`` (LSTM) or ``h``, each ``(B, H)``.
@@ -71,9 +104,14 @@ class _Cell(GatedModule):
                 state = tuple(s.unsqueeze(0) for s in state)
         self._check_like_weights("input", input)
         w_ih, w_hh, b_ih, b_hh, fb = self._params("")
-        gi = F.linear(x, w_ih, b_ih)  # (B, G)
-        gh = F.linear(state[0], w_hh, b_hh)  # (B, G)
-        new, _ = self.layout.core.step(gi, gh, state, fb, self.layout)
+        if self.opts.active:  # the sequence modules' reference step, one step long (gated/options.py)
+            w_hh, extras = self._extras(x)
+            _, new = reference.run_layer(x.unsqueeze(0), state, w_ih, w_hh, b_ih, b_hh, fb, self.layout,
+                                         extras=extras)
+        else:
+            gi = F.linear(x, w_ih, b_ih)  # (B, G)
+            gh = F.linear(state[0], w_hh, b_hh)  # (B, G)
+            new, _ = self.layout.core.step(gi, gh, state, fb, self.layout)
         if not batched:
             new = tuple(s.squeeze(0) for s in new)
         return new if n == 2 else new[0]
@@ -81,6 +119,10 @@ class _Cell(GatedModule):
 
 class LSTMCell(_Cell):
     """One LSTM step with the paper's variants (default ``"UR"``); ``variant="-"`` is ``torch.nn.LSTMCell``.
+
+    The cell options (``layer_norm``, ``zoneout``, ``recurrent_dropout``, ``weight_dropout``) are the
+    sequence modules' (:mod:`gated.options`); with dropout, call :meth:`reset_dropout_mask` at the
+    start of each sequence.
 
     Returns ``(h', c')``. Parameters ``weight_ih (G, I)``, ``weight_hh (G, H)``, ``bias_ih``,
     ``bias_hh`` ``(G,)``, and ``forget_bias (H,)`` in ``R``/``UR``; see :class:`gated.LSTM`.

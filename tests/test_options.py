@@ -301,3 +301,38 @@ def test_gru_takes_one_zoneout_and_scan_cores_refuse_the_options():
         gated.GRU(I, H, zoneout=(0.1, 0.2))
     with pytest.raises(ValueError, match="scan core 'mingru'"):
         gated.MinGRU(I, H, zoneout=0.1)
+
+
+@pytest.mark.parametrize("core", ["lstm", "gru"])
+def test_a_cell_stepped_over_a_sequence_equals_the_equations_with_fixed_dropout_masks(core, drawn):
+    """Cells: LayerNorm and zoneout per step, the recurrent and weight dropout masks drawn once per
+    sequence (until reset_dropout_mask) and equal to the sequence module's equations."""
+    kw = dict(layer_norm=True, zoneout=0.3, recurrent_dropout=0.4, weight_dropout=0.25, variant="UR")
+    torch.manual_seed(0)
+    cell = {"lstm": gated.LSTMCell, "gru": gated.GRUCell}[core](I, H, **kw).train()
+    with torch.no_grad():
+        for name, p in cell.named_parameters():
+            if name.startswith("layer_norm"):
+                p.add_(torch.randn_like(p) * 0.3)
+    seq = CLS[core](I, H, **kw)
+    seq.load_state_dict({(n.replace("layer_norm_ih", "layer_norm_ih_l0").replace("layer_norm_hh", "layer_norm_hh_l0")
+                          .replace("layer_norm_c", "layer_norm_c_l0") if n.startswith("layer_norm")
+                          else n + "_l0"): v for n, v in cell.state_dict().items()})
+    x = torch.randn(T, B, I, requires_grad=True)
+    for attempt in range(2):  # a second sequence after reset_dropout_mask draws new masks
+        drawn.clear()
+        cell.reset_dropout_mask()
+        state, outs = None, []
+        for t in range(T):
+            state = cell(x[t], state)
+            outs.append(state[0] if core == "lstm" else state)
+        n = 2 if core == "lstm" else 1
+        w, r = drawn[0], drawn[1]
+        per_step = [d for d in drawn[1:] if d.dim() == 3]  # each step: zoneout masks (1, B, H) per state
+        zone = [torch.cat(per_step[k::n]) for k in range(n)]
+        want, h, c = formula(seq, x, [w, r, *zone], training=True)
+        torch.testing.assert_close(torch.stack(outs), want, rtol=1e-10, atol=1e-10)
+        g = torch.autograd.grad(torch.stack(outs).sum(), [x, *cell.parameters()])
+        e = torch.autograd.grad(want.sum(), [x, *seq.parameters()])
+        for a, b in zip(g, e):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
