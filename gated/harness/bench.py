@@ -75,6 +75,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stream", nargs="*", type=int, default=None, metavar="B",
                    help="instead of the grid: one-step inference calls with the state carried, at these batch "
                         "sizes (default 1 16 64), with the first shape's I and H")
+    p.add_argument("--cell-options", action="store_true",
+                   help="time the LayerNorm UR-LSTM/GRU with zoneout 0.1 and recurrent dropout 0.25 against a "
+                   "Python-loop LayerNorm cell (eager and compiled) and plain torch.nn (gated/harness/bench_options.py)")
+    p.add_argument("--no-compile", action="store_true", help="with --cell-options: skip the torch.compile'd loop")
     p.add_argument("--gemm", default="auto", choices=list(GEMMS),
                    help="pin the fused kernels' matmul path (default: auto, the tiled kernel where built)")
 
@@ -344,8 +348,10 @@ def main(args) -> int:
             raise SystemExit(f"gated bench: error: GEMM path {args.gemm!r} is not available in this build")
         ops.set_gemm(GEMMS[args.gemm])
     dtype = getattr(torch, args.dtype)
-    from gated.harness import bench_scan
+    from gated.harness import bench_options, bench_scan
 
+    if getattr(args, "cell_options", False):
+        return bench_options.main(args, dtype)
     if set(bench_scan.SCAN_CORES) & set(args.cores):  # the scan cores have tables of their own
         return bench_scan.main(args, dtype)
     if args.device.startswith("cuda") and "shapes" in args.defaulted and not args.quick:

@@ -109,3 +109,16 @@ def test_rglru_and_hgrn_have_rows_against_torch_nn_gru(capsys):
     assert [r[1] for r in rows] == ["rglru", "hgrn"]
     for r in rows:
         assert _quotient_ok(float(r[6]), float(r[5]), float(r[3]))
+
+
+def test_cell_option_rows_against_the_python_loop_and_torch_nn(capsys):
+    """--cell-options: train and inference rows per core, each ratio the quotient of its own columns."""
+    assert main(["bench", "--cell-options", "--no-compile", "--shapes", "6x2x4x8", "--repeats", "1",
+                 "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("# gated bench (cell options")
+    rows = [r for r in _table(out) if r[0] == "6x2x4x8"]
+    assert [(r[1], r[2]) for r in rows] == [("lstm", "train"), ("lstm", "infer"), ("gru", "train"), ("gru", "infer")]
+    for r in rows:
+        assert _quotient_ok(float(r[7]), float(r[3]), float(r[4]))
+        assert _quotient_ok(float(r[9]), float(r[3]), float(r[6]))
