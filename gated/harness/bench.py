@@ -113,6 +113,16 @@ def _parse_shape(s: str) -> tuple[int, int, int, int]:
     return T, B, I, H
 
 
+def ms(v) -> str:
+    """A time in seconds as a table cell in milliseconds ("-": not measured)."""
+    return "-" if v is None else f"{v * 1e3:.1f}"
+
+
+def ratio(a, b) -> str:
+    """``a / b`` as a table cell ("-" when either was not measured)."""
+    return "-" if a is None or b is None else f"{a / b:.2f}"
+
+
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()

@@ -26,6 +26,8 @@ from torch import nn
 
 import gated
 from gated.harness import bench as _bench
+from gated.harness.bench import ms as _ms
+from gated.harness.bench import ratio as _ratio
 
 SHAPES = ["100x64x256x256", "64x8x64x512"]  # the shapes
 CORES = ("lstm", "gru")
@@ -87,14 +89,6 @@ def measure(core: str, shape, args, dtype) -> dict:
     row["torch_train"], row["torch_infer"] = (_bench._time(f, args.repeats, args.device)
                                               for f in _bench._steps(plain, x))
     return row
-
-
-def _ms(v) -> str:
-    return "-" if v is None else f"{v * 1e3:.1f}"
-
-
-def _ratio(a, b) -> str:
-    return "-" if a is None or b is None else f"{a / b:.2f}"
 
 
 def main(args, dtype) -> int:

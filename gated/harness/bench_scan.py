@@ -21,6 +21,8 @@ import torch
 
 import gated
 from gated.harness import bench as _bench
+from gated.harness.bench import ms as _ms
+from gated.harness.bench import ratio as _ratio
 from gated.harness.bench import _parse_shape, _steps, _time
 
 SCAN_CORES = ("mingru", "minlstm", "rglru", "hgrn")
@@ -97,14 +99,6 @@ def scan_layer(core: str, variant: str, shape, args, dtype) -> dict:
         ref = _GATED[core](I, H, variant=variant, backend="reference", **kw)
         row["ref_train"] = _time(_steps(ref, x)[0], 1, args.device)
     return row
-
-
-def _ms(v) -> str:
-    return "-" if v is None else f"{v * 1e3:.1f}"
-
-
-def _ratio(a, b) -> str:
-    return "-" if a is None or b is None else f"{a / b:.2f}"
 
 
 def main(args, dtype) -> int:
