@@ -131,10 +131,12 @@ def did_you_mean(name: str, names) -> str:
 def _hint(name: str) -> str:
     """The suggestion for an unknown variant name: the variant of a model name as the tables
     print it (``"UR-LSTM"``: core lstm, variant UR; ``"GRU"``: variant ``-``), else the closest labels."""
-    from gated.cores import CORES  # here, not at the top: gated.cores imports this module
+    import sys
 
+    # the core registry's names, read from the loaded module: gated.cores imports this one, not back
+    cores = getattr(sys.modules.get("gated.cores"), "CORES", {})
     head, _, tail = name.strip().rpartition("-")
-    if tail.lower() in CORES:
+    if tail.lower() in cores:
         try:
             variant = get_variant(head).name
         except ValueError:

@@ -18,7 +18,9 @@ Layout:
     reproduce.py   ``gated reproduce``: experiment specs (``experiments/*.json``, package data) and checks
     experiments/   the specs behind every number in REPORT.md (``gated reproduce`` reads them)
     mechanism.py   figures for the paper's mechanism claims (refine bands, UGI timescales, Fig. 5)
-    demos/         ``gated demo``: the feed-forward gating demonstrations (highway, channel gating, GLU FFN)
-    bench.py       ``gated bench``: speed and memory against torch.nn
-    cli.py         ``gated`` command: a table of subcommands
+    demos/         ``gated demo``: the feed-forward gating demonstrations (highway, channel gating, GLU FFN,
+                   gated attention)
+    bench.py       ``gated bench``: speed and memory against torch.nn (bench_scan.py: the scan cores;
+                   bench_options.py: the cell options; bench_common.py: timing and table cells)
+    cli.py         ``gated`` command: a table of subcommands (status.py: its exit statuses, install hint)
 """

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 import gated
+from gated.harness.bench_common import _commit, _parse_shape, _steps, _sync, _time  # noqa: F401 (bench's API)
 from gated.harness.config import auto_threads, choose_threads, machine_load
 
 HELP = "time gated's backends against torch.nn.LSTM/GRU (train and inference, GFLOP/s, memory)"
@@ -103,53 +104,6 @@ def plan(args: argparse.Namespace) -> argparse.Namespace:
     if args.threads == 0:  # automatic, as gated train's --threads 0
         args.threads = auto_threads(torch.get_num_threads(), *machine_load())
     return args
-
-
-def _parse_shape(s: str) -> tuple[int, int, int, int]:
-    try:
-        T, B, I, H = (int(v) for v in s.lower().split("x"))
-    except ValueError:
-        raise ValueError(f"shape {s!r} must be TxBxIxH, e.g. 256x64x32x256") from None
-    return T, B, I, H
-
-
-def ms(v) -> str:
-    """A time in seconds as a table cell in milliseconds ("-": not measured)."""
-    return "-" if v is None else f"{v * 1e3:.1f}"
-
-
-def ratio(a, b) -> str:
-    """``a / b`` as a table cell ("-" when either was not measured)."""
-    return "-" if a is None or b is None else f"{a / b:.2f}"
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def _time(fn, repeats: int, device: str) -> float:
-    fn()  # warm-up (and first-use builds)
-    best = float("inf")
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
-def _steps(module, x):
-    def train():
-        out, _ = module(x)
-        out.sum().backward()
-
-    def infer():
-        with torch.no_grad():
-            module(x)
-
-    return train, infer
 
 
 def _build(core, variant, shape, layers, dirs, dtype, device, backend="auto"):
@@ -313,12 +267,6 @@ def _stream(args, dtype, shape, batches: list[int]) -> None:
                     times.append(_time(run, args.repeats, args.device) / steps * 1e6)
                 print(f"| {core} | {variant} | {B} | {times[0]:.0f} | {times[1]:.0f} | {times[1] / times[0]:.2f} | "
                       f"{times[2]:.0f} |", flush=True)
-
-
-def _commit() -> str:
-    """The checkout's short commit hash for the table headers ("unknown" outside a git checkout)."""
-    return subprocess.run(["git", "-C", str(Path(__file__).parent), "rev-parse", "--short", "HEAD"],
-                          capture_output=True, text=True).stdout.strip() or "unknown"
 
 
 def _kernel_info(args, dtype, shape) -> str:

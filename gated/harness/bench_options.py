@@ -25,9 +25,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import gated
-from gated.harness import bench as _bench
-from gated.harness.bench import ms as _ms
-from gated.harness.bench import ratio as _ratio
+from gated.harness import bench_common as _bench
+from gated.harness.bench_common import ms as _ms
+from gated.harness.bench_common import ratio as _ratio
 
 SHAPES = ["100x64x256x256", "64x8x64x512"]  # the shapes
 CORES = ("lstm", "gru")

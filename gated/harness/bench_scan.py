@@ -9,7 +9,7 @@
    (``pip install "gated[compare]"``; its columns are ``-`` without it);
 3. the layer's train time over T (``--sweep-t``, default T/4, T, 4T): linear in T.
 
-Times are the minimum over ``--repeats`` runs after a warm-up (:func:`gated.harness.bench._time`).
+Times are the minimum over ``--repeats`` runs after a warm-up (:func:`gated.harness.bench_common._time`).
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ import platform
 import torch
 
 import gated
-from gated.harness import bench as _bench
-from gated.harness.bench import ms as _ms
-from gated.harness.bench import ratio as _ratio
-from gated.harness.bench import _parse_shape, _steps, _time
+from gated.harness import bench_common as _bench
+from gated.harness.bench_common import ms as _ms
+from gated.harness.bench_common import ratio as _ratio
+from gated.harness.bench_common import _parse_shape, _steps, _time
 
 SCAN_CORES = ("mingru", "minlstm", "rglru", "hgrn")
 SHAPES = ["1024x32x256x256"]  # the issue's shape: T = 1024, B = 32, I = H = 256

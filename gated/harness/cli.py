@@ -18,6 +18,8 @@ import argparse
 import importlib
 import sys
 
+from gated.harness.status import EXIT_FAILURE, EXIT_IN_USE, EXIT_INTERRUPTED, EXIT_USAGE, install_hint  # noqa: F401
+
 COMMANDS: dict[str, str] = {
     "train": "gated.harness.train_cli",
     "data": "gated.harness.data_cli",
@@ -30,13 +32,7 @@ COMMANDS: dict[str, str] = {
 }
 
 DESCRIPTION = "gated: train, compare and plot gated RNNs on the paper's tasks, and reproduce its experiments"
-EXIT_USAGE, EXIT_FAILURE, EXIT_IN_USE, EXIT_INTERRUPTED = 2, 1, 3, 130
 HARNESS_EXTRA = ("numpy", "safetensors", "tqdm", "matplotlib")  # pyproject's harness extra (a test compares them)
-
-
-def install_hint(extra: str) -> str:
-    """How to install an extra, from an index or from a checkout (gated is not on an index yet)."""
-    return f"install the {extra} extra: pip install 'gated[{extra}]' (from a checkout: pip install -e '.[{extra}]')"
 
 
 def _available(only: str | None = None) -> dict[str, object]:

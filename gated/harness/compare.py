@@ -234,7 +234,7 @@ def execute(runs: list[dict], jobs: int, log=print, launcher=None, progress: boo
     A run's threads are its ``--threads``, else the launcher's (the CPU cores shared between the
     jobs; a Slurm job's CPUs)."""
     from gated.harness import checkpoint
-    from gated.harness.cli import EXIT_IN_USE
+    from gated.harness.status import EXIT_IN_USE
     from gated.harness.launch import Subprocess
 
     launcher = launcher or Subprocess()

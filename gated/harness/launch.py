@@ -91,7 +91,7 @@ class Submitit:
         try:
             import submitit
         except ModuleNotFoundError:
-            from gated.harness.cli import install_hint
+            from gated.harness.status import install_hint
 
             raise ValueError(f"--launcher {'slurm' if cluster == 'slurm' else 'submitit-local'} needs submitit; "
                              f"{install_hint('cluster')}") from None

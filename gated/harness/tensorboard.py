@@ -29,7 +29,7 @@ def require():
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        from gated.harness.cli import install_hint
+        from gated.harness.status import install_hint
 
         raise ValueError(f"--tensorboard needs the tensorboard package; {install_hint('tensorboard')}") from None
     return SummaryWriter

@@ -38,7 +38,7 @@ def resolve(args):
 
 def main(args) -> int:
     if args.rl_command == "envs":
-        from gated.harness.cli import install_hint
+        from gated.harness.status import install_hint
         from gated.harness.rl.envs import memory_envs
 
         print("\n".join(memory_envs()) or f"none installed ({install_hint('rl')})")

@@ -35,7 +35,7 @@ def _gym():
     try:
         import gymnasium
     except ModuleNotFoundError:
-        from gated.harness.cli import install_hint
+        from gated.harness.status import install_hint
 
         raise ValueError(f"gated rl needs gymnasium (and minigrid / popgym for the memory tasks): {install_hint('rl')}"
                          ) from None
@@ -65,7 +65,7 @@ def resolve_env_id(name: str) -> str:
             return candidate
     installed = memory_envs()
     if not installed:
-        from gated.harness.cli import install_hint
+        from gated.harness.status import install_hint
 
         listing = f"none (for minigrid and popgym, {install_hint('rl')})"
     else:
