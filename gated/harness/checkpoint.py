@@ -77,8 +77,13 @@ class Checkpoint:
 
 
 def fingerprint(cfg_dict: dict) -> str:
-    """Hash of the config sections that define the trained function (task and model)."""
-    frozen = {k: cfg_dict[k] for k in ("task", "model")}
+    """Hash of the config sections that define the trained function (task and model); a field
+    added after runs were saved (``config.LATER_FIELDS``) counts only when it is not at its
+    default, so those runs keep their fingerprint."""
+    from gated.harness.config import LATER_FIELDS
+
+    frozen = {k: {f: v for f, v in cfg_dict[k].items() if f not in LATER_FIELDS.get(k, {})
+                  or v != LATER_FIELDS[k][f]} for k in ("task", "model")}
     return hashlib.sha256(json.dumps(frozen, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -116,6 +116,10 @@ class ModelConfig:
     backend: str = _f("auto", 'the recurrence implementation', ("auto", "fused_cpu", "triton", "reference"))
     forget_bias: float | None = _f(None, "set the forget-gate bias to this after init (Gers et al.'s 1.0); "
                                    "None: the variant's own init")
+    layer_norm: bool = _f(False, "LSTM/GRU/MGU: Ba et al.'s LayerNorm cell (docs/variants.md, cell options)")
+    zoneout: float = _f(0.0, "LSTM/GRU/MGU: zoneout probability on every state (Krueger et al. 2017)")
+    recurrent_dropout: float = _f(0.0, "LSTM/GRU/MGU: variational dropout on the h fed to W_hh, one mask a sequence")
+    weight_dropout: float = _f(0.0, "LSTM/GRU/MGU: DropConnect on W_hh, one mask a forward call (AWD-LSTM)")
 
 
 @dataclass
@@ -153,6 +157,11 @@ class TrainConfig:
                            "evaluation (pip install 'gated[tensorboard]')")
     progress: bool = _f(True, 'progress bar (on a terminal)')
 
+
+CELL_OPTIONS = ("layer_norm", "zoneout", "recurrent_dropout", "weight_dropout")  # gated/options.py, by name
+# Fields added to a frozen section after runs were saved: at their defaults they are left out of the
+# checkpoint fingerprint (gated.harness.checkpoint.fingerprint), so runs saved before them still resume.
+LATER_FIELDS = {"model": {"layer_norm": False, "zoneout": 0.0, "recurrent_dropout": 0.0, "weight_dropout": 0.0}}
 
 SECTIONS = {"task": TaskConfig, "model": ModelConfig, "optim": OptimConfig, "train": TrainConfig}
 # Fields that define what is trained; a resumed run may not change them.
@@ -423,6 +432,11 @@ def validate(cfg: RunConfig, canonical: bool = True) -> None:
         raise ValueError(f"--dropout must be in [0, 1), got {cfg.model.dropout}")
     if cfg.model.t_max is not None and cfg.model.t_max <= 2:
         raise ValueError(f"--t-max must be > 2, got {cfg.model.t_max}")
+    opts = {k: getattr(cfg.model, k) for k in CELL_OPTIONS}
+    try:  # the library's own checks (ranges, types, cores that take no options)
+        gated.options.CellOptions.make(gated.CORES[cfg.model.core], **opts)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{', '.join(flag(k) for k, v in opts.items() if v)}: {e}") from None
     if cfg.model.forget_bias is not None:  # the initialiser says which variants it cannot serve
         try:
             gated.init.forget_bias_(CORE_MODULES[cfg.model.core](1, 4, variant=variant), cfg.model.forget_bias)

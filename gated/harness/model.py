@@ -28,8 +28,10 @@ class SequenceModel(nn.Module):
         self.embed = nn.Embedding(task.input_size, cfg.embed_size) if task.vocab else None
         in_size = cfg.embed_size if task.vocab else task.input_size
         t_max = cfg.t_max if cfg.t_max is not None else float(max(task.seq_len, 3))
+        opts = {k: getattr(cfg, k) for k in ("layer_norm", "zoneout", "recurrent_dropout", "weight_dropout")
+                if getattr(cfg, k, None)}  # the cell options that are on (the scan cores take none)
         self.rnn = CORE_MODULES[cfg.core](in_size, cfg.hidden_size, cfg.num_layers, dropout=cfg.dropout,
-                                          variant=cfg.variant, t_max=t_max, backend=cfg.backend)
+                                          variant=cfg.variant, t_max=t_max, backend=cfg.backend, **opts)
         if cfg.forget_bias is not None:
             gated.init.forget_bias_(self.rnn, cfg.forget_bias)
         self.head = nn.Linear(cfg.hidden_size, task.output_size)

@@ -291,3 +291,36 @@ def test_tables_and_plots_read_old_runs_typed_names_as_one_series(tmp_path):
                                                      "train": {"seed": seed}}))
         (run / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n')
     assert [r["variant"] for r in find_runs(tmp_path)] == ["UR", "UR", "UR"]
+
+
+def test_cell_options_train_resume_exactly_and_old_runs_keep_their_fingerprint(tmp_path):
+    """--layer-norm --zoneout --recurrent-dropout --weight-dropout reach the model; a run resumed from
+    its checkpoint equals an uninterrupted one (the masks come from the restored generator); a
+    config saved before these fields existed keeps its checkpoint fingerprint."""
+    from gated.harness import checkpoint, config
+    from gated.harness.cli import main
+    from gated.harness.files import read_jsonl
+
+    tiny = ["train", "--task", "copy", "--delay", "3", "--hidden-size", "4", "--batch-size", "2", "--no-progress",
+            "--layer-norm", "--zoneout", "0.1", "--recurrent-dropout", "0.2", "--weight-dropout", "0.3",
+            "--log-every", "2", "--ckpt-every", "2", "--threads", "1"]
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    assert main([*tiny, "--steps", "4", "--out", str(whole)]) == 0
+    assert main([*tiny, "--steps", "2", "--out", str(part)]) == 0
+    assert main(["train", "--resume", str(part), "--steps", "4", "--no-progress"]) == 0
+    losses = lambda run: [(r["step"], r["loss"]) for r in read_jsonl(run / "metrics.jsonl")]  # noqa: E731
+    assert losses(part) == losses(whole)
+    saved = json.loads((whole / "config.json").read_text())
+    assert saved["model"]["layer_norm"] is True and saved["model"]["zoneout"] == 0.1
+    from gated.harness.model import SequenceModel
+    from gated.harness.tasks import build_task
+
+    cfg = config.from_dict(saved)
+    rnn = SequenceModel(cfg.model, build_task(cfg.task, 0)).rnn
+    assert rnn.opts.layer_norm and rnn.opts.zoneout == (0.1, 0.1) and rnn.opts.weight_dropout == 0.3
+    plain = config.build({"task": "copy"}).to_dict()
+    old = {k: dict(v) for k, v in plain.items()}
+    for name in config.LATER_FIELDS["model"]:
+        del old["model"][name]  # a config.json written before the cell options
+    assert checkpoint.fingerprint(old) == checkpoint.fingerprint(plain)
+    assert checkpoint.fingerprint(saved) != checkpoint.fingerprint(plain)
