@@ -293,6 +293,7 @@ def test_tables_and_plots_read_old_runs_typed_names_as_one_series(tmp_path):
     assert [r["variant"] for r in find_runs(tmp_path)] == ["UR", "UR", "UR"]
 
 
+@pytest.mark.slow
 def test_cell_options_train_resume_exactly_and_old_runs_keep_their_fingerprint(tmp_path):
     """--layer-norm --zoneout --recurrent-dropout --weight-dropout reach the model; a run resumed from
     its checkpoint equals an uninterrupted one (the masks come from the restored generator); a
