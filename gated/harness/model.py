@@ -1,4 +1,5 @@
-"""The network every task trains: input layer -> gated RNN (``gated.LSTM/GRU/MGU/MinGRU/MinLSTM``) -> linear head.
+"""The network every task trains: input layer -> gated RNN (``gated.LSTM/GRU/MGU/MinGRU/MinLSTM/RGLRU/HGRN``)
+-> linear head.
 
 Glossary: T time, B batch, I input features, E embedding, H hidden_size, O task outputs.
 """
@@ -10,7 +11,8 @@ from torch import Tensor, nn
 
 import gated
 
-CORE_MODULES = {"lstm": gated.LSTM, "gru": gated.GRU, "mgu": gated.MGU, "mingru": gated.MinGRU, "minlstm": gated.MinLSTM}
+CORE_MODULES = {"lstm": gated.LSTM, "gru": gated.GRU, "mgu": gated.MGU, "mingru": gated.MinGRU, "minlstm": gated.MinLSTM,
+                "rglru": gated.RGLRU, "hgrn": gated.HGRN}
 
 
 class SequenceModel(nn.Module):
@@ -30,8 +32,10 @@ class SequenceModel(nn.Module):
         t_max = cfg.t_max if cfg.t_max is not None else float(max(task.seq_len, 3))
         opts = {k: getattr(cfg, k) for k in ("layer_norm", "zoneout", "recurrent_dropout", "weight_dropout")
                 if getattr(cfg, k, None)}  # the cell options that are on (the scan cores take none)
+        if "C" in gated.CORES[cfg.core].variants:  # the chrono init's t_max (RG-LRU and HGRN have no chrono)
+            opts["t_max"] = t_max
         self.rnn = CORE_MODULES[cfg.core](in_size, cfg.hidden_size, cfg.num_layers, dropout=cfg.dropout,
-                                          variant=cfg.variant, t_max=t_max, backend=cfg.backend, **opts)
+                                          variant=cfg.variant, backend=cfg.backend, **opts)
         if cfg.forget_bias is not None:
             gated.init.forget_bias_(self.rnn, cfg.forget_bias)
         self.head = nn.Linear(cfg.hidden_size, task.output_size)
