@@ -325,3 +325,19 @@ def test_cell_options_train_resume_exactly_and_old_runs_keep_their_fingerprint(t
         del old["model"][name]  # a config.json written before the cell options
     assert checkpoint.fingerprint(old) == checkpoint.fingerprint(plain)
     assert checkpoint.fingerprint(saved) != checkpoint.fingerprint(plain)
+
+
+@pytest.mark.parametrize("core", ["rglru", "hgrn"])
+def test_gated_train_runs_the_rglru_and_hgrn_cores(core, tmp_path):
+    """--core rglru|hgrn builds the library's module (no chrono t_max for them) and trains."""
+    from gated.harness.cli import main
+    from gated.harness.files import read_jsonl
+
+    run = tmp_path / core
+    assert main(["train", "--task", "copy", "--delay", "3", "--hidden-size", "8", "--batch-size", "4", "--core", core,
+                 "--variant", "U", "--steps", "4", "--log-every", "2", "--threads", "1", "--no-progress",
+                 "--out", str(run)]) == 0
+    records = read_jsonl(run / "metrics.jsonl")
+    assert [r["step"] for r in records if "loss" in r][-1] == 4 and all(r["loss"] == r["loss"] for r in records)
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["model"]["core"] == core and saved["model"]["variant"] == "U"
