@@ -153,7 +153,7 @@ def test_full_disk_keeps_previous_checkpoint(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("args,code,message", [
     (["--task", "nope"], 2, "unknown task 'nope'; choose from copy, adding, smnist"),
-    (["--core", "xlstm"], 2, "unknown core 'xlstm'; choose from gru, lstm, mgu"),
+    (["--core", "xlstm"], 2, "unknown core 'xlstm'; choose from gru, hgrn, lstm, mgu, mingru, minlstm, rglru"),
     (["--core", "mgu", "--variant", "OM"], 2, "choose from -, C, U, R, UR"),
     (["--variant", "Q"], 2, "choose from -, C, O, U, R, OM, OR, UM, UR"),
     (["--hidden-size", "-3"], 2, "--hidden-size must be a positive integer"),
@@ -205,7 +205,7 @@ def test_help_lists_the_choices_of_fields_that_have_them(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     text = capsys.readouterr().out
-    for expected in ("--task {" + ",".join(TASKS) + "}", "--core {lstm,gru,mgu,mingru,minlstm}",
+    for expected in ("--task {" + ",".join(TASKS) + "}", "--core {lstm,gru,mgu,mingru,minlstm,rglru,hgrn}",
                      "--variant {" + ",".join(VARIANTS) + "}", "--optimizer {adam,adamw}",
                      "--schedule {constant,cosine,linear}", "--device {auto,cpu,cuda,cuda:N}",
                      "--backend {auto,fused_cpu,triton,reference}"):
