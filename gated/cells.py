@@ -56,13 +56,13 @@ class _Cell(GatedModule):
             if "w" not in self._masks:
                 self._masks["w"] = self.opts.recurrent_weight(torch.ones_like(w_hh.detach()), True)
             w_hh = w_hh * self._masks["w"]
+        cached = self._masks.get("r")
+        if cached is not None and cached.shape[0] != B:  # a new batch size: a new sequence
+            cached = None
         extras = self.opts.extras(self, "", x.unsqueeze(0), (self.hidden_size,) * self.layout.core.num_states,
-                                  self.training)
+                                  self.training, rmask=cached)
         if extras is not None and extras.rmask is not None:
-            cached = self._masks.get("r")
-            if cached is None or cached.shape[0] != B:
-                self._masks["r"] = cached = extras.rmask
-            extras = extras._replace(rmask=cached)
+            self._masks["r"] = extras.rmask  # drawn on the sequence's first step, then reused
         return w_hh, extras
 
     def forward(self, input: Tensor, hx=None):

@@ -101,7 +101,7 @@ def _bernoulli(shape, p: float, like: Tensor) -> Tensor:
 
 @dataclass(frozen=True)
 class CellOptions:
-    """The options of one module (validated; :data:`NONE` when all are off)."""
+    """The options of one module, validated by :meth:`make` (``active`` False when all are off)."""
 
     layer_norm: bool = False
     zoneout: tuple[float, ...] = ()  # per state, () when off
@@ -163,18 +163,21 @@ class CellOptions:
         return w_hh * _bernoulli(w_hh.shape, 1.0 - p, w_hh) / (1.0 - p)
 
     def extras(self, module: nn.Module, suffix: str, x: Tensor, state_sizes: tuple[int, ...],
-               training: bool) -> Extras | None:
+               training: bool, rmask: Tensor | None = None) -> Extras | None:
         """The norms and masks of one call of layer/direction ``suffix`` on time-major ``x``
-        (``(T, B, ·)``); None when nothing is in use."""
+        (``(T, B, ·)``); None when nothing is in use. ``rmask``: a recurrent-dropout mask to use
+        instead of drawing one (a cell's, kept for its sequence)."""
         T, B = x.shape[0], x.shape[1]
-        ln = rmask = zone = None
+        ln = zone = None
         if self.layer_norm:
             get = lambda name: getattr(module, name + suffix, None)  # noqa: E731
             pair = lambda m: None if m is None else (m.weight, m.bias)  # noqa: E731
             ln = (pair(get("layer_norm_ih")), pair(get("layer_norm_hh")), pair(get("layer_norm_c")))
-        if self.recurrent_dropout and training:
+        if self.recurrent_dropout and training and rmask is None:
             p = self.recurrent_dropout
             rmask = _bernoulli((B, state_sizes[0]), 1.0 - p, x) / (1.0 - p)
+        elif not training:
+            rmask = None
         if self.zoneout:
             zone = tuple(None if not p else (_bernoulli((T, B, size), p, x) if training else p)
                          for p, size in zip(self.zoneout, state_sizes))
@@ -191,5 +194,3 @@ class CellOptions:
         out += [f"weight_dropout={self.weight_dropout}"] if self.weight_dropout else []
         return out
 
-
-NONE = CellOptions()

@@ -48,7 +48,8 @@ def run_layer(
     gi_all = F.linear(x, w_ih, None if ln else b_ih)  # (T, B, G): the input projection, hoisted out of the loop
     if ln:
         gi_all = extras.project(gi_all, 0, b_ih)
-    kw = {} if extras is None or extras.cell_norm() is None else {"cell_norm": extras.cell_norm()}
+    norm_c = None if extras is None else extras.cell_norm()
+    kw = {} if norm_c is None else {"cell_norm": norm_c}
     rmask = None if extras is None else extras.rmask
     outs = []
     # unbind, not gi_all[t]: each indexed slice's backward would write a full (T, B, G) zero tensor

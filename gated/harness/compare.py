@@ -132,29 +132,27 @@ def child_python() -> list[str]:
     return [sys.executable, "-c", code]
 
 
-def _tail(path: Path, lines: int = 6) -> str:
-    """The last lines of a run's log, indented, for the terminal ("" if there is none)."""
+def _end_lines(path: Path, size: int) -> list[str]:
+    """The lines in the last ``size`` bytes of a file ([] if it cannot be read), without reading the rest."""
     try:
         with open(path, "rb") as f:
-            f.seek(max(0, f.seek(0, os.SEEK_END) - 8192))
-            text = f.read().decode(errors="replace")
+            f.seek(max(0, f.seek(0, os.SEEK_END) - size))
+            return f.read().decode(errors="replace").splitlines()
     except OSError:
-        return ""
-    kept = [ln for ln in text.splitlines() if ln.strip()][-lines:]
+        return []
+
+
+def _tail(path: Path, lines: int = 6) -> str:
+    """The last lines of a run's log, indented, for the terminal ("" if there is none)."""
+    kept = [ln for ln in _end_lines(path, 8192) if ln.strip()][-lines:]
     return "".join(f"\n      | {ln}" for ln in kept)
 
 
 def _last_step(run_dir: Path) -> int:
     """The step of the last record in a run's ``metrics.jsonl`` (0 if none), read from its end."""
-    try:
-        with open(run_dir / "metrics.jsonl", "rb") as f:
-            f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
-            lines = f.read().decode(errors="replace").splitlines()
-    except OSError:
-        return 0
     import json
 
-    for line in reversed(lines):
+    for line in reversed(_end_lines(run_dir / "metrics.jsonl", 4096)):
         try:
             return int(json.loads(line).get("step", 0))
         except (ValueError, AttributeError, TypeError):
