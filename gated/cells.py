@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gated import options
+from gated import options, precision
 from gated._base import GatedModule
 from gated.backends import reference
 
@@ -48,9 +48,9 @@ class _Cell(GatedModule):
         redrawn when the batch size changes. Zoneout draws a new mask at every step."""
         self._masks.clear()
 
-    def _extras(self, x: Tensor):
-        """``(W_hh, Extras)`` of one training or eval step (:mod:`gated.options`), masks cached."""
-        w_hh = self.weight_hh
+    def _extras(self, x: Tensor, w_hh: Tensor, cast):
+        """``(W_hh, Extras)`` of one training or eval step (:mod:`gated.options`), masks cached;
+        ``w_hh`` is the (cast) recurrent weight, ``cast`` is applied to the norms' parameters."""
         B = x.shape[0]
         if self.training and self.opts.weight_dropout:
             if "w" not in self._masks:
@@ -60,7 +60,7 @@ class _Cell(GatedModule):
         if cached is not None and cached.shape[0] != B:  # a new batch size: a new sequence
             cached = None
         extras = self.opts.extras(self, "", x.unsqueeze(0), (self.hidden_size,) * self.layout.core.num_states,
-                                  self.training, rmask=cached)
+                                  self.training, rmask=cached, cast=cast)
         if extras is not None and extras.rmask is not None:
             self._masks["r"] = extras.rmask  # drawn on the sequence's first step, then reused
         return w_hh, extras
@@ -103,18 +103,30 @@ class _Cell(GatedModule):
             if not batched:
                 state = tuple(s.unsqueeze(0) for s in state)
         self._check_like_weights("input", input)
-        w_ih, w_hh, b_ih, b_hh, fb = self._params("")
-        if self.opts.active:  # the sequence modules' reference step, one step long (gated/options.py)
-            w_hh, extras = self._extras(x)
-            _, new = reference.run_layer(x.unsqueeze(0), state, w_ih, w_hh, b_ih, b_hh, fb, self.layout,
-                                         extras=extras)
+        prec = precision.plan(x, self.weight_ih.dtype, cell=True)  # low precision: computed in float32
+        if prec is not None:
+            with prec.region():
+                new = self._step(prec.cast(x), tuple(prec.cast(s) for s in state), prec.cast)
+            new = tuple(prec.back(s) for s in new)
         else:
-            gi = F.linear(x, w_ih, b_ih)  # (B, G)
-            gh = F.linear(state[0], w_hh, b_hh)  # (B, G)
-            new, _ = self.layout.core.step(gi, gh, state, fb, self.layout)
+            new = self._step(x, state, lambda t: t)
         if not batched:
             new = tuple(s.squeeze(0) for s in new)
         return new if n == 2 else new[0]
+
+
+    def _step(self, x: Tensor, state: tuple, cast) -> tuple:
+        """The new state from ``x`` ``(B, I)`` and ``state`` (each ``(B, H)``); ``cast`` is applied to
+        every parameter."""
+        w_ih, w_hh, b_ih, b_hh, fb = (cast(p) for p in self._params(""))
+        if self.opts.active:  # the sequence modules' reference step, one step long (gated/options.py)
+            w_hh, extras = self._extras(x, w_hh, cast)
+            _, new = reference.run_layer(x.unsqueeze(0), state, w_ih, w_hh, b_ih, b_hh, fb, self.layout,
+                                         extras=extras)
+            return new
+        gi = F.linear(x, w_ih, b_ih)  # (B, G)
+        gh = F.linear(state[0], w_hh, b_hh)  # (B, G)
+        return self.layout.core.step(gi, gh, state, fb, self.layout)[0]
 
 
 class LSTMCell(_Cell):

@@ -163,15 +163,17 @@ class CellOptions:
         return w_hh * _bernoulli(w_hh.shape, 1.0 - p, w_hh) / (1.0 - p)
 
     def extras(self, module: nn.Module, suffix: str, x: Tensor, state_sizes: tuple[int, ...],
-               training: bool, rmask: Tensor | None = None) -> Extras | None:
+               training: bool, rmask: Tensor | None = None, cast=None) -> Extras | None:
         """The norms and masks of one call of layer/direction ``suffix`` on time-major ``x``
         (``(T, B, ·)``); None when nothing is in use. ``rmask``: a recurrent-dropout mask to use
-        instead of drawing one (a cell's, kept for its sequence)."""
+        instead of drawing one (a cell's, kept for its sequence); ``cast``: applied to the norms'
+        parameters (gated/precision.py runs low precision in float32)."""
         T, B = x.shape[0], x.shape[1]
         ln = zone = None
         if self.layer_norm:
             get = lambda name: getattr(module, name + suffix, None)  # noqa: E731
-            pair = lambda m: None if m is None else (m.weight, m.bias)  # noqa: E731
+            cast = cast or (lambda t: t)
+            pair = lambda m: None if m is None else (cast(m.weight), cast(m.bias))  # noqa: E731
             ln = (pair(get("layer_norm_ih")), pair(get("layer_norm_hh")), pair(get("layer_norm_c")))
         if self.recurrent_dropout and training and rmask is None:
             p = self.recurrent_dropout

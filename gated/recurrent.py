@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
-from gated import backends
+from gated import backends, precision
 from gated._base import GatedModule, InputError, _check_bool, _check_int, _dtype_mismatch
 from gated.options import CellOptions
 
@@ -229,6 +229,30 @@ class RNNBase(GatedModule):
         if T == 0:
             self._fail("Expected sequence length to be larger than 0 in RNN")
         h0 = self._initial_states(hx, B, batched, x)
+        # bfloat16/float16 on the CPU: computed in float32 (Triton, also in its interpreter on CPU
+        # tensors, runs its own mixed precision)
+        prec = None if (backend or self.backend) == "triton" else precision.plan(x, self.weight_ih_l0.dtype)
+        if prec is not None:
+            with prec.region():
+                out, states = self._layers(prec.cast(x), [prec.cast(s) for s in h0], lengths, record, backend, prec)
+            out, states = prec.back(out), [prec.back(s) for s in states]
+        else:
+            out, states = self._layers(x, h0, lengths, record, backend, None)
+        if packed is not None:
+            out = _pack_like(out, packed)
+        elif not batched:
+            out, states = out.squeeze(1), [s.squeeze(1) for s in states]
+        else:
+            out = out.transpose(0, 1) if self.batch_first else out
+        return out, (tuple(states) if len(states) == 2 else states[0])
+
+    def _layers(self, x: Tensor, h0: list[Tensor], lengths: Tensor | None, record: dict | None,
+                backend: str | None, prec) -> tuple[Tensor, list[Tensor]]:
+        """Every layer and direction on time-major ``x`` ``(T, B, I)``: the last layer's output and the
+        final states ``(L*D, B, ·)``; with a plan (gated/precision.py) the parameters are cast to its
+        compute dtype."""
+        T = x.shape[0]
+        cast = (lambda t: t) if prec is None else prec.cast  # noqa: E731
         mask = rev = None
         if lengths is not None:
             t = torch.arange(T, device=x.device).unsqueeze(1)  # (T, 1)
@@ -245,14 +269,14 @@ class RNNBase(GatedModule):
                 sfx = f"_l{layer}" + ("_reverse" if d else "")
                 xin = _reverse(x, rev) if d else x
                 rec = [] if record is not None else None
-                w_ih, w_hh, *rest = self._params(sfx)
+                w_ih, w_hh, *rest = (cast(p) for p in self._params(sfx))
                 more = {}
                 if self.opts.active:  # masks drawn per call, layer and direction (gated/options.py)
                     w_hh = self.opts.recurrent_weight(w_hh, self.training)
-                    extras = self.opts.extras(self, sfx, xin, sizes, self.training)
+                    extras = self.opts.extras(self, sfx, xin, sizes, self.training, cast=cast)
                     more = {} if extras is None else {"extras": extras}
                 out, st = run(xin, tuple(s[idx] for s in h0), w_ih, w_hh, *rest, self.layout, mask, rec,
-                              w_hr=getattr(self, "weight_hr" + sfx, None), **more)
+                              w_hr=cast(getattr(self, "weight_hr" + sfx, None)), **more)
                 if record is not None:
                     record[(layer, d)] = rec
                 outs.append(_reverse(out, rev) if d else out)
@@ -261,14 +285,7 @@ class RNNBase(GatedModule):
             x = torch.cat(outs, dim=-1) if len(outs) > 1 else outs[0]  # (T, B, D*H)
             if self.dropout and self.training and layer < self.num_layers - 1:
                 x = F.dropout(x, self.dropout, training=True)
-        states = [torch.stack(f) for f in finals]  # each (L*D, B, H)
-        if packed is not None:
-            out = _pack_like(x, packed)
-        elif not batched:
-            out, states = x.squeeze(1), [s.squeeze(1) for s in states]
-        else:
-            out = x.transpose(0, 1) if self.batch_first else x
-        return out, (tuple(states) if len(states) == 2 else states[0])
+        return x, [torch.stack(f) for f in finals]  # states each (L*D, B, H)
 
     def forward(self, input, hx=None):
         """Run the sequence; see the class docstring for shapes."""

@@ -145,13 +145,6 @@ def test_auto_uses_fused_and_logs_fallbacks(caplog):
     assert len(msgs) == 1 and "variant 'OM'" in msgs[0]
     with pytest.raises(RuntimeError, match="backend 'fused_cpu' cannot run this call: variant 'OM'"):
         gated.LSTM(3, 4, variant="OM", backend="fused_cpu")(torch.randn(2, 1, 3))
-    # bfloat16 has no fused kernel: "auto" runs exactly the reference computation, and says why
-    bf = gated.LSTM(3, 4, dtype=torch.bfloat16)
-    xb = torch.randn(2, 1, 3, dtype=torch.bfloat16)
-    with caplog.at_level("WARNING", logger="gated"):
-        out = bf(xb)[0]
-    assert torch.equal(out, bf._run(xb, backend="reference")[0])
-    assert any("dtype torch.bfloat16" in r.getMessage() for r in caplog.records)
 
 
 def test_artefact_name_tracks_source_and_torch_version(tmp_path, monkeypatch):
