@@ -14,8 +14,8 @@
 // gated/cores.py (scan_gates, mingru_step); tests/test_scan*.py check them against it.
 // Glossary: T time, B batch, H hidden, G gate rows (2H minGRU, 3H minLSTM, + H with a refine gate).
 //
-// Included at the end of recurrence.cpp (one translation unit): Vec, ld, lanes, fast_exp, recip and
-// empty (NaN-poisoned buffers in tests) come from there.
+// Included at the end of recurrence.cpp (one translation unit): Vec, ld, lanes, fast_exp, recip
+// (vec_math.h) and empty (time_loop.h; NaN-poisoned buffers in tests) come from there.
 
 namespace scan {
 
@@ -51,7 +51,7 @@ inline void fence() {  // streaming stores are weakly ordered: drain them before
 }
 
 // s = sigma(x) and c = sigma(-x) = 1 - s from one e = exp(-|x|): neither is formed as 1 - the other,
-// so c keeps its relative precision where s is near 1. Exact limits, NaN in -> NaN out (as recurrence.cpp's sig).
+// so c keeps its relative precision where s is near 1. Exact limits, NaN in -> NaN out (as vec_math.h's sig).
 template <typename T>
 inline void sig2(const Vec<T>& x, Vec<T>& s, Vec<T>& c, Vec<T>* e_out = nullptr) {
   const Vec<T> e = fast_exp<T>(x.abs().neg()), d = recip<T>(Vec<T>(T(1)) + e), ed = e * d;

@@ -1,0 +1,312 @@
+// The time loop of the fused kernels (included by recurrence.cpp): forward_impl and backward_impl
+// walk the T steps, each one recurrent GEMM (recurrent_gemm.h) and one pointwise pass (cells.h).
+// On the tiled path one OpenMP team runs the whole loop, each thread on its share of the hidden
+// units; otherwise each step's pointwise pass splits the batch rows (rows()); the buffers come
+// from empty() (pool.h, NaN-filled in tests).
+// Glossary: T time (Tn its count), B batch, I input features, H hidden, P the width of h
+// (proj_size with projections, else H), G gate rows; A gate (pre-)activations, aux the saved
+// state (c_t, or W_hn h + b_hn), M m_t before the projection W_hr, S the recurrent projection's
+// gradients (GRU/MGU), dA dh dc d<name> gradients, tid/nth a thread and the team's size, q0/q1 a
+// thread's range of tiled groups.
+#pragma once
+
+#include "vec_math.h"  // first: its CPU_CAPABILITY defines must precede every ATen header
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <limits>
+#include <optional>
+#include <vector>
+
+#include "cells.h"
+#include "pool.h"
+#include "recurrent_gemm.h"
+#include "tiled_gemm.h"
+
+namespace {
+
+// Tests set this so that every buffer starts as NaN: a value the kernels forget to write shows up.
+bool g_poison = false;
+
+Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& opts) {
+  Tensor t = pool::empty(sizes, opts);
+  if (g_poison) t.fill_(std::numeric_limits<double>::quiet_NaN());
+  return t;
+}
+
+template <typename F>
+void rows(int64_t B, int64_t H, const F& f) {
+  const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(H, 1));
+  at::parallel_for(0, B, grain, f);
+}
+
+// ---------------------------------------------------------------- drivers
+
+inline int64_t ring(bool save, int64_t t) { return save ? t : t % 2; }  // row of step t's state
+
+// A team of threads for a whole time loop: one OpenMP parallel region, synchronised by barrier()
+// between steps (cheaper than a fork and join per step). body(tid, nth) runs on each thread; the
+// team has at most `work` threads (its units of work), and one inside another parallel region.
+template <typename F>
+void team(int64_t work, const F& body) {
+  const int64_t nth = at::in_parallel_region() ? 1 : std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), work));
+  if (nth == 1) {
+    body(0, 1);
+    return;
+  }
+#pragma omp parallel num_threads(nth)
+  body(omp_get_thread_num(), omp_get_num_threads());
+}
+
+inline void barrier() {
+#pragma omp barrier
+}
+
+// the start of thread tid's share of n items split into nth contiguous, near-equal parts
+inline int64_t share(int64_t n, int64_t tid, int64_t nth) { return n * tid / nth; }
+
+// save: keep what backward needs (every step's gate activations, c_t or W_hn h + b_hn). Without
+// it (inference) the input projection runs in chunks of steps into one reused buffer and the
+// per-step states live in two rows, so memory does not grow with T beyond the output.
+template <typename T>
+std::vector<Tensor> forward_impl(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh,
+                                 const std::optional<Tensor>& bias_x, const std::optional<Tensor>& b_hn,
+                                 const std::optional<Tensor>& fb, const Tensor& h0, const std::optional<Tensor>& c0,
+                                 const std::optional<Tensor>& lengths, const std::optional<Tensor>& w_hr,
+                                 int64_t core, bool refine, bool save) {
+  // P: the width of h (proj_size with projections, else H); H: the hidden units (the gates' width)
+  const int64_t Tn = x.size(0), B = x.size(1), I = x.size(2), G = w_ih.size(0), P = w_hh.size(1);
+  const bool proj = w_hr.has_value();
+  const int64_t H = proj ? w_hr->size(1) : P;
+  auto opts = x.options();
+  // steps per input projection: about 512 rows keeps the buffer in cache and reused across calls
+  const int64_t chunk = save ? Tn : std::min(Tn, std::max<int64_t>(1, 512 / B));
+  Tensor A = empty({chunk, B, G}, opts);  // gate pre-activations, then activations
+  Tensor out = empty({Tn, B, P}, opts);
+  Tensor aux = empty({save ? Tn : 2, B, H}, opts);  // LSTM: c_t; GRU/MGU: W_hn h + b_hn
+  // with projections: m_t = o_t * tanh(c_t) before the projection h_t = m_t W_hr^T (kept for
+  // W_hr's gradient when saving)
+  Tensor M = proj ? empty({save ? Tn : 2, B, H}, opts) : Tensor();
+  Tensor gh = empty({B, G}, opts);
+  Tensor len = lengths ? lengths->contiguous() : Tensor();
+  const int64_t* lp = len.defined() ? len.data_ptr<int64_t>() : nullptr;
+  const T* fbp = fb ? fb->data_ptr<T>() : nullptr;
+  const T* bhnp = b_hn ? b_hn->data_ptr<T>() : nullptr;
+  std::optional<RecurrentGemm> gemm;  // h (B, H) @ W_hh^T -> (B, G)
+#if defined(GATED_TILED_GEMM)
+  std::optional<tiled::Panels> wh, wi;
+  if constexpr (use_tiled<T>()) {
+    // projections run the per-step GEMMs below; so do calls of fewer than 4 rows (T x B), where
+    // packing the weights (a copy of each) costs more than the products (one-step streaming at
+    // batch 1: 83 us against 117 us for a UR-LSTM with H = 256, one thread)
+    if (tiled_chosen() && !proj && (Tn * B >= 4 || g_gemm == kTiled)) {
+      wh.emplace(w_hh.data_ptr<float>(), 1, H, H, G / H, H);  // B(k, n) = W_hh[n, k]
+      wi.emplace(w_ih.data_ptr<float>(), 1, I, I, G / H, H);
+    }
+  }
+  const bool tiled = wh.has_value();
+  if (tiled) ++g_tiled_runs;
+#else
+  const bool tiled = false;
+#endif
+  // step t's rows: gate buffer, output, state (c or W_hn h + b_hn), previous h and c; raw pointers,
+  // since indexing tensors per step costs microseconds of dispatch at small sizes
+  T *Ap = A.data_ptr<T>(), *outp = out.data_ptr<T>(), *auxp = aux.data_ptr<T>();
+  T* Mp = proj ? M.data_ptr<T>() : nullptr;
+  const T *h0p = h0.data_ptr<T>(), *c0p = core == LSTM ? c0->data_ptr<T>() : nullptr;
+  auto step = [&](int64_t t, int64_t t0) {
+    struct {
+      T *a, *h, *state;  // h: where the pointwise pass writes h_t (m_t with projections)
+      const T *h_prev, *c_prev;
+    } r{Ap + (t - t0) * B * G, proj ? Mp + ring(save, t) * B * H : outp + t * B * H, auxp + ring(save, t) * B * H,
+        nullptr, nullptr};
+    r.h_prev = t == 0 ? h0p : outp + (t - 1) * B * P;
+    if (core == LSTM) r.c_prev = t == 0 ? c0p : auxp + ring(save, t - 1) * B * H;
+    return r;
+  };
+  // LSTM: pre = gx_t + h W_hh^T (accumulated into A_t); GRU/MGU: pre = h W_hh^T on its own
+  auto pointwise = [&](const Step& s, const auto& r, const T* pre, int64_t b0, int64_t b1) {
+    if (core == LSTM) {
+      lstm_fwd<T>(s, pre, r.a, r.c_prev, r.state, r.h, fbp, b0, b1);
+    } else {
+      gru_mgu_fwd<T>(s, core, r.a, pre, r.h_prev, r.h, r.state, bhnp, fbp, b0, b1);
+    }
+  };
+#if defined(GATED_TILED_GEMM)
+  if constexpr (use_tiled<T>()) {
+    if (tiled) {
+      // one team for the whole sequence: per chunk, its share of the input projection's rows;
+      // per step, its groups' share of the recurrent product and then their units' gate maths
+      const float *xp = x.data_ptr<float>(), *bp = bias_x ? bias_x->data_ptr<float>() : nullptr;
+      float* ghp = gh.data_ptr<float>();
+      const int64_t groups = wh->groups();
+      team(groups, [&](int64_t tid, int64_t nth) {
+        const int64_t q0 = share(groups, tid, nth), q1 = share(groups, tid + 1, nth);
+        for (int64_t t0 = 0; t0 < Tn; t0 += chunk) {
+          const int64_t n = std::min(chunk, Tn - t0);
+          wi->run(xp + t0 * B * I, I, share(n * B, tid, nth), share(n * B, tid + 1, nth), Ap, G, 0, wi->groups(), bp, 0);
+          barrier();
+          for (int64_t t = t0; t < t0 + n; ++t) {
+            const auto r = step(t, t0);
+            float* dst = core == LSTM ? r.a : ghp;
+            wh->run(r.h_prev, H, 0, B, dst, G, q0, q1, core == LSTM ? dst : nullptr, G);
+            const Step own{B, H, G, t, lp, refine, wh->unit_begin(q0), wh->unit_end(q1)};
+            pointwise(own, r, dst, 0, B);
+            barrier();
+          }
+        }
+      });
+    }
+  }
+#endif
+  if (!tiled) {
+    gemm.emplace(w_hh, /*transpose=*/true, B, Tn);
+    std::optional<RecurrentGemm> projection;  // m_t (B, H) @ W_hr^T -> h_t (B, P)
+    if (proj) projection.emplace(*w_hr, /*transpose=*/true, B, Tn);
+    for (int64_t t0 = 0; t0 < Tn; t0 += chunk) {
+      const int64_t n = std::min(chunk, Tn - t0);
+      Tensor a2 = A.narrow(0, 0, n).view({n * B, G}), x2 = x.narrow(0, t0, n).reshape({n * B, I});
+      // the input projection of n steps at once, written in place (addmm_out with a broadcast bias
+      // would go through a fresh temporary on every chunk)
+      if (bias_x) {
+        a2.copy_(bias_x->expand({n * B, G}));
+        a2.addmm_(x2, w_ih.t());
+      } else {
+        at::mm_out(a2, x2, w_ih.t());
+      }
+      for (int64_t t = t0; t < t0 + n; ++t) {
+        const auto r = step(t, t0);
+        Tensor pre = gemm->run(t == 0 ? h0 : out[t - 1], core == LSTM ? A[t - t0] : Tensor(), gh);
+        const T* pp = pre.data_ptr<T>();
+        const Step s{B, H, G, t, lp, refine, 0, H};
+        rows(B, H, [&](int64_t b0, int64_t b1) { pointwise(s, r, pp, b0, b1); });
+        if (proj) {  // masked rows of m are 0, so their outputs are too
+          Tensor h_t = out[t];
+          Tensor res = projection->run(M[ring(save, t)], Tensor(), h_t);
+          if (res.data_ptr() != h_t.data_ptr()) h_t.copy_(res);
+        }
+      }
+    }
+  }
+  Tensor h_n = empty({B, P}, opts);
+  if (lp == nullptr) {
+    h_n.copy_(out[Tn - 1]);
+  } else {  // each sequence's state at its last step
+    for (int64_t b = 0; b < B; ++b) h_n[b].copy_(lp[b] > 0 ? out[lp[b] - 1][b] : h0[b]);
+  }
+  Tensor c_n = core == LSTM ? aux[ring(save, Tn - 1)].clone() : empty({0}, opts);  // c is held past each end
+  if (!save) return {out, h_n, c_n, empty({0}, opts), empty({0}, opts), empty({0}, opts)};
+  return {out, h_n, c_n, A, aux, proj ? M : empty({0}, opts)};
+}
+
+template <typename T>
+std::vector<Tensor> backward_impl(const Tensor& dout, const Tensor& dh_n, const std::optional<Tensor>& dc_n,
+                                  const Tensor& A, const Tensor& aux, const Tensor& out, const Tensor& h0,
+                                  const std::optional<Tensor>& c0, const Tensor& w_hh,
+                                  const std::optional<Tensor>& lengths, const std::optional<Tensor>& w_hr,
+                                  int64_t core, bool refine) {
+  const int64_t Tn = A.size(0), B = A.size(1), G = A.size(2), P = w_hh.size(1);
+  const int64_t H = w_hr ? w_hr->size(1) : P;
+  auto opts = A.options();
+  Tensor dA = empty({Tn, B, G}, opts);
+  Tensor dghn = core == LSTM ? empty({0}, opts) : empty({Tn, B, H}, opts);
+  // GRU/MGU: the grads of the recurrent projection, two buffers (the tiled path reads step t+1's
+  // while it writes step t's)
+  Tensor S = core == LSTM ? Tensor() : empty({2, B, G}, opts);
+  Tensor dh = dh_n.contiguous().clone();  // dL/dh_t carried backwards
+  Tensor buf0 = empty({B, H}, opts), buf1 = empty({B, H}, opts);
+  Tensor dc = core == LSTM ? dc_n->contiguous().clone() : Tensor();
+  Tensor len = lengths ? lengths->contiguous() : Tensor();
+  const int64_t* lp = len.defined() ? len.data_ptr<int64_t>() : nullptr;
+  // the grads that feed W_hh at step t: dA_t (LSTM) or S_t
+  auto src = [&](int64_t t) -> Tensor { return core == LSTM ? dA[t] : S[t % 2]; };
+  // raw row pointers of step t (per-step tensor indexing costs microseconds at small sizes)
+  const T *Ap = A.data_ptr<T>(), *auxp = aux.data_ptr<T>(), *outp = out.data_ptr<T>(), *doutp = dout.data_ptr<T>();
+  T *dAp = dA.data_ptr<T>(), *Sp = core == LSTM ? nullptr : S.data_ptr<T>();
+  T* dghnp = core == LSTM ? nullptr : dghn.data_ptr<T>();
+  T* dcp = core == LSTM ? dc.data_ptr<T>() : nullptr;
+  auto pointwise = [&](const Step& s, const T* dhp, T* dhnp, int64_t b0, int64_t b1) {
+    const int64_t t = s.t, BG = B * G, BH = B * H;
+    const T *ap = Ap + t * BG, *dop = doutp + t * BH;
+    T* dap = dAp + t * BG;
+    if (core == LSTM) {
+      const T *cp = t == 0 ? c0->data_ptr<T>() : auxp + (t - 1) * BH, *ct = auxp + t * BH;
+      lstm_bwd<T>(s, ap, cp, ct, dop, dhp, dcp, dap, dhnp, b0, b1);
+    } else {
+      const T *q = auxp + t * BH, *hp = t == 0 ? h0.data_ptr<T>() : outp + (t - 1) * BH;
+      gru_mgu_bwd<T>(s, core, ap, q, hp, dop, dhp, dap, Sp + (t % 2) * BG, dghnp + t * BH, dhnp, b0, b1);
+    }
+  };
+  if (w_hr) {
+    // LSTM with projections, h_t = m_t W_hr^T: per step the gradient of h_t (dout_t plus the carry
+    // from step t+1, kept in dH for W_hr's gradient) goes back through W_hr to m_t, then through
+    // the gates; the carry to step t-1 is dA_t @ W_hh, plus the carry itself on rows already past
+    // their sequence's end (held state; their dout is not part of the graph)
+    Tensor dH = empty({Tn, B, P}, opts), dm = empty({B, H}, opts);
+    Tensor zero = at::zeros({B, H}, opts), unused = empty({B, H}, opts), scratch = empty({B, P}, opts);
+    Tensor carry0 = empty({B, P}, opts), carry1 = empty({B, P}, opts);
+    RecurrentGemm gemm(w_hh, /*transpose=*/false, B, Tn);  // dgates (B, G) @ W_hh -> (B, P)
+    for (int64_t t = Tn - 1; t >= 0; --t) {
+      Tensor d = dH[t];
+      at::add_out(d, dout[t], dh);
+      at::mm_out(dm, d, *w_hr);
+      Tensor carry = dh.data_ptr() == carry0.data_ptr() ? carry1 : carry0;
+      const T* dhp = dh.data_ptr<T>();
+      T* kp = carry.data_ptr<T>();
+      for (int64_t b = 0; b < B; ++b) {
+        if (lp != nullptr && t >= lp[b]) {
+          std::copy(dhp + b * P, dhp + (b + 1) * P, kp + b * P);
+        } else {
+          std::fill(kp + b * P, kp + (b + 1) * P, T(0));
+        }
+      }
+      const Step s{B, H, G, t, lp, refine, 0, H};
+      const T *ap = Ap + t * B * G, *cp = t == 0 ? c0->data_ptr<T>() : auxp + (t - 1) * B * H, *ct = auxp + t * B * H;
+      const T *dmp = dm.data_ptr<T>(), *zp = zero.data_ptr<T>();
+      T* up = unused.data_ptr<T>();
+      rows(B, H, [&](int64_t b0, int64_t b1) { lstm_bwd<T>(s, ap, cp, ct, dmp, zp, dcp, dAp + t * B * G, up, b0, b1); });
+      dh = gemm.run(dA[t], carry, scratch);
+    }
+    return {dA, dghn, dh, dc, dH};
+  }
+#if defined(GATED_TILED_GEMM)
+  if constexpr (use_tiled<T>()) {
+    if (tiled_chosen() && (Tn * B >= 4 || g_gemm == kTiled)) {
+      // step t, per thread: dh_t = src_{t+1} @ W_hh + dhn_{t+1} for its units, then step t's
+      // pointwise on them (which overwrites dhn with dhn_t); the last pass only finishes dh_0
+      const tiled::Panels wh(w_hh.data_ptr<float>(), H, 1, G, 1, H);  // B(k, n) = W_hh[k, n]
+      float *dhp = dh.data_ptr<float>(), *dhnp = buf0.data_ptr<float>();
+      const int64_t groups = wh.groups();
+      team(groups, [&](int64_t tid, int64_t nth) {
+        const int64_t q0 = share(groups, tid, nth), q1 = share(groups, tid + 1, nth);
+        for (int64_t t = Tn - 1; t >= -1; --t) {
+          const float* sp = t + 1 >= Tn ? nullptr : core == LSTM ? dAp + (t + 1) * B * G : Sp + ((t + 1) % 2) * B * G;
+          if (sp != nullptr) wh.run(sp, G, 0, B, dhp, H, q0, q1, dhnp, H);
+          if (t >= 0) {
+            const Step own{B, H, G, t, lp, refine, wh.unit_begin(q0), wh.unit_end(q1)};
+            pointwise(own, dhp, dhnp, 0, B);
+          }
+          barrier();
+        }
+      });
+      return {dA, dghn, dh, core == LSTM ? dc : empty({0}, opts), empty({0}, opts)};
+    }
+  }
+#endif
+  RecurrentGemm gemm(w_hh, /*transpose=*/false, B, Tn);  // dgates (B, G) @ W_hh -> (B, H)
+  Tensor scratch = empty({B, H}, opts);
+  for (int64_t t = Tn - 1; t >= 0; --t) {
+    Step s{B, H, G, t, lp, refine, 0, H};
+    Tensor dhn = dh.data_ptr() == buf0.data_ptr() ? buf1 : buf0;  // the part of dh_{t-1} outside W_hh
+    const T* dhp = dh.data_ptr<T>();
+    T* dhnp = dhn.data_ptr<T>();
+    rows(B, H, [&](int64_t b0, int64_t b1) { pointwise(s, dhp, dhnp, b0, b1); });
+    dh = gemm.run(src(t), dhn, scratch);
+  }
+  return {dA, dghn, dh, core == LSTM ? dc : empty({0}, opts), empty({0}, opts)};
+}
+
+}  // namespace
