@@ -3,9 +3,10 @@
 CI has no GPU: these tests run the backend on CPU tensors through Triton's interpreter
 (``TRITON_INTERPRET=1``, set per test). The kernels call only Triton builtins, so the interpreter
 runs them whatever imported triton first (torch.compile does, in other test files). The
-interpreter is slow (about 50 ms a launch), so the sizes are small: T <= 4, H <= 8. With
-``GATED_TEST_DEVICE=cuda`` (scripts/gpu_check.sh) the same tests run on a GPU with the compiled
-kernels and real CUDA graphs. Every buffer the backend allocates starts as NaN (``set_poison``),
+interpreter is slow (about 50 ms a launch), so the sizes are small: T <= 4, H <= 8 (T = 12,
+H = 16 for the saturated gates in bfloat16). With ``GATED_TEST_DEVICE=cuda``
+(scripts/gpu_check.sh) the same tests run on a GPU with the compiled kernels and real CUDA
+graphs. Every buffer the backend allocates starts as NaN (``set_poison``),
 so a value the kernels forget to write shows up as a mismatch. Skipped when triton is not
 installed (``pip install -e ".[gpu]"``; the ``test`` extra includes it).
 """
@@ -241,19 +242,24 @@ def test_triton_double_backward_recomputes_on_the_reference():
 
 
 def test_triton_ops_opcheck():
-    """torch.library.opcheck: schemas, fake implementations and AOT dispatch of the operators."""
+    """torch.library.opcheck: schemas, fake implementations and AOT dispatch of the operators; in
+    bfloat16 too, where what backward reads is in float32 (the state dtype)."""
     T, B, I, H = 3, 2, 3, 4
-    for core, blocks, refine in ((0, 4, True), (1, 3, False)):
-        G = blocks * H
-        rnd = lambda *s: torch.randn(*s, dtype=torch.float64, device=DEVICE)  # noqa: E731
+    f64, bf16, f32 = torch.float64, torch.bfloat16, torch.float32
+    for core, blocks, refine, cd in ((0, 4, True, f64), (1, 3, False, f64), (0, 4, True, bf16), (1, 4, True, bf16)):
+        G, sd = blocks * H, (f32 if cd == bf16 else cd)
+        rnd = lambda *s, dtype=cd: torch.randn(*s, dtype=dtype, device=DEVICE)  # noqa: E731
         x, w_ih, w_hh = rnd(T, B, I), rnd(G, I), rnd(G, H)
-        h0, c0 = rnd(B, H), (rnd(B, H) if core == 0 else None)
+        h0, c0 = rnd(B, H, dtype=sd), (rnd(B, H, dtype=sd) if core == 0 else None)
         lengths = torch.tensor([3, 2], device=DEVICE) if core == 0 else None  # masked, and not
-        args = (x, w_ih, w_hh, rnd(G), rnd(G), rnd(H) if refine else None, h0, c0, lengths, None, core, refine, True)
+        fb = rnd(H, dtype=sd) if refine else None
+        args = (x, w_ih, w_hh, rnd(G, dtype=sd), rnd(G, dtype=sd), fb, h0, c0, lengths, None, core, refine, True)
         torch.library.opcheck(torch.ops.gated_triton.recurrence_forward.default, args)
-        out, h_n, c_n, A, aux, _ = torch.ops.gated_triton.recurrence_forward(*args)
-        dc = rnd(B, H) if core == 0 else None
-        bwd = (torch.randn_like(out), torch.randn_like(h_n), dc, A, aux, out, h0, c0, w_hh, lengths, None, core, refine)
+        out, h_n, c_n, A, aux, _, hf = torch.ops.gated_triton.recurrence_forward(*args)
+        assert A.dtype == aux.dtype == sd and (hf.dtype == sd and hf.shape == (T, B, H)) == (core == 1 and cd == bf16)
+        dc = rnd(B, H, dtype=sd) if core == 0 else None
+        bwd = (torch.randn_like(out), torch.randn_like(h_n), dc, A, aux, hf, out, h0, c0, w_hh, lengths, None, core,
+               refine)
         torch.library.opcheck(torch.ops.gated_triton.recurrence_backward.default, bwd)
 
 
@@ -414,3 +420,79 @@ def test_kernels_call_no_jitted_library_function():
     calls = {name for name in used if not isinstance(getattr(tl, name, None), type)}  # not tl.constexpr(...)
     jitted = sorted(name for name in calls if not getattr(getattr(tl, name, None), "__triton_builtin__", False))
     assert used and not jitted, f"jitted tl functions in the kernels: {jitted}"
+
+
+SATURATED = ["LSTM", "GRU"]
+
+
+def _saturated(core, H=16):
+    """A UR layer whose forget gates all sit at about 0.999 (``forget_bias`` = logit(0.999), small
+    weights and biases): the long-memory units that UR exists to create. In bfloat16 every value
+    in (1 - 2^-9, 1] rounds to 1.0, so 1 - f, and with it f (1 - f) and the refine terms, would be
+    lost. The weights are bfloat16 values, so that a bfloat16 copy of the module is the same one."""
+    torch.manual_seed(0)
+    m = getattr(gated, core)(5, H, variant="UR", device=DEVICE)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(0.05 * torch.randn_like(p))
+        m.forget_bias_l0.fill_(6.9068)  # sigma(6.9068) = 0.999
+        for p in m.parameters():
+            p.copy_(p.bfloat16())
+    return m
+
+
+def _relative_error(a, b):
+    a, b = a.detach().double(), b.detach().double()
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.mark.parametrize("mode", ["autocast", "parameters"])
+@pytest.mark.parametrize("core", SATURATED)
+def test_triton_bfloat16_keeps_saturated_forget_gate_gradients(core, mode):
+    """The issue on bfloat16: the forget and refine gates' gradients of saturated units (f = 0.999)
+    in bfloat16 (under autocast, or as the parameters' dtype) within 5% (relative, in norm) of the
+    float32 reference's (measured: under 1%). While the backend saved the activations in bfloat16
+    they were 240-280% off here (the interpreter rounds toward zero: f = 1 - 2^-8, 1 - f 4x too
+    large) and would be zero on a GPU (f rounds to 1.0, zeroing sigma'(P_f) = f (1 - f) and the
+    refine gate's dg/dr = 2 f (1 - f))."""
+    m = _saturated(core)
+    T, B = 12, 3
+    x = torch.randn(T, B, 5, device=DEVICE).bfloat16().float().requires_grad_()
+    hx = _hx(m, B, torch.float32)
+    hx = tuple(h.detach().bfloat16().float().requires_grad_() for h in hx) if isinstance(hx, tuple) else \
+        hx.detach().bfloat16().float().requires_grad_()
+    names = _names(m, hx)
+    _, ref = _run(m, x, hx, "reference")
+    if mode == "autocast":
+        _, got = _run(m, x, hx, "triton", autocast=torch.bfloat16)
+    else:
+        mb = getattr(gated, core)(5, m.hidden_size, variant="UR", device=DEVICE, dtype=torch.bfloat16)
+        mb.load_state_dict(m.state_dict())
+        xb = x.detach().bfloat16().requires_grad_()
+        hb = tuple(h.detach().bfloat16().requires_grad_() for h in hx) if isinstance(hx, tuple) else \
+            hx.detach().bfloat16().requires_grad_()
+        _, got = _run(mb, xb, hb, "triton")
+    ref, got = dict(zip(names, ref, strict=True)), dict(zip(names, got, strict=True))
+    assert got["forget_bias_l0"].dtype == (torch.float32 if mode == "autocast" else torch.bfloat16)
+    lay = m.layout
+    checks = {"forget_bias": (got["forget_bias_l0"], ref["forget_bias_l0"]),
+              "bias_ih refine rows": (got["bias_ih_l0"][lay.refine], ref["bias_ih_l0"][lay.refine]),
+              "bias_ih forget rows": (got["bias_ih_l0"][lay.keep], ref["bias_ih_l0"][lay.keep])}
+    errors = {what: _relative_error(a, b) for what, (a, b) in checks.items()}
+    assert all(b.norm() > 0 for _, b in checks.values())
+    assert all(e <= 0.05 for e in errors.values()), errors
+
+
+@pytest.mark.parametrize("core", SATURATED)
+def test_triton_bfloat16_nan_propagates_as_in_float32(core):
+    """A NaN in the input reaches the same outputs and gradients under bfloat16 autocast as in float32."""
+    m = _saturated(core, H=8)
+    x = torch.randn(4, 2, 5, device=DEVICE)
+    x[1, 1, 2] = float("nan")
+    x.requires_grad_()
+    hx = _hx(m, 2, torch.float32)
+    runs = [_run(m, x, hx, "triton", autocast=amp) for amp in (None, torch.bfloat16)]
+    (vals32, grads32), (vals16, grads16) = runs
+    assert vals32[0].isnan().any() and not vals32[0][:, 0].isnan().any()
+    for what, a, b in zip(["output", "h_n", "c_n"] + _names(m, hx), [*vals16, *grads16], [*vals32, *grads32]):
+        assert torch.equal(a.isnan(), b.isnan()), what

@@ -10,21 +10,26 @@ equations are those of gated/cores.py and of the C++ kernels (gated/csrc/recurre
   ``h' = k h + (1 - k) n``, with ``reset = s`` (GRU) or ``1 - f`` (MGU);
 - refine: ``g = f^2 + 2 r f (1 - f)`` with ``f = sigma(P_f + b_f)``, ``r = sigma(P_r - b_f)``.
 
-**Addressing.** The per-call arrays (``(T, B, .)``: gate activations, outputs, saved states and
-their gradients) are not kernel arguments: each kernel reads their positions from ``TAB``, a
-small int64 tensor of element offsets from ``BASE`` (a fixed tensor of the compute dtype), in
-the slots below, and adds the step's offset ``t * B * width``. Everything else a step touches
-(states, the recurrent products, the weights' copies) lives in a fixed per-shape workspace. So
-the launches of a whole time loop have the same arguments for every call of one shape, and a
-CUDA graph captured once replays them for any call after its table is rewritten
-(gated/backends/triton_gpu.py).
+**Addressing.** The per-call arrays (``(T, B, .)``: pre-activations, gate activations, outputs,
+saved states and their gradients) are not kernel arguments: each kernel reads their positions
+from ``TAB``, a small int64 tensor of element offsets, in the slots below, and adds the step's
+offset ``t * B * width``. The arrays of the compute (operand) dtype count from ``BASE``, those
+of the state dtype (float32 under bfloat16/float16, else the compute dtype) from ``SBASE``:
+each slot's dtype, and so its base, is fixed (``STATE_SLOTS``). The state-dtype arrays are what
+backward reads elementwise: the activations ``A`` (``1 - f`` of a gate at 0.999 is 0 in
+bfloat16), ``AUX`` (``c_t``, or ``W_hn h + b_hn``) and ``HF`` (GRU/MGU's ``h_t``; in float32
+and float64 the outputs themselves). Everything else a step touches (states, the recurrent
+products, the weights' copies) lives in a fixed per-shape workspace. So the launches of a whole
+time loop have the same arguments for every call of one shape, and a CUDA graph captured once
+replays them for any call after its table is rewritten (gated/backends/triton_gpu.py).
 
 The functions are plain Python; :func:`kernels` wraps them with ``triton.jit`` for CUDA tensors
 or with Triton's interpreter for CPU tensors. They call only Triton builtins (``tl.exp``,
 ``tl.where``, ...), not ``tl.sigmoid``, which is itself a jitted function that the interpreter
 runs only when ``TRITON_INTERPRET=1`` was set before triton was imported. Arithmetic runs in the
 state dtype (float32, or float64): bfloat16/float16 operands are widened on load (the
-interpreter mis-computes arithmetic on unwidened bfloat16) and rounded on store. Masked steps
+interpreter mis-computes arithmetic on unwidened bfloat16) and rounded on store (the
+interpreter rounds toward zero there, a GPU to nearest). Masked steps
 (``t >= len[b]``, PackedSequence) hold the state, write a zero output and pass gradients
 through, as the reference backend's ``torch.where`` does.
 
@@ -38,35 +43,39 @@ import types
 
 import triton.language as tl
 
-# slots of the offset table (host side); the kernels read them as the constexprs below
-A_, OUT_, AUX_, M_, DOUT_, DA_, DGHN_, DH_ = range(8)
-SLOTS = 8
-_A, _OUT, _AUX, _M, _DOUT, _DA, _DGHN, _DH = (tl.constexpr(k) for k in range(SLOTS))
+# slots of the offset table (host side); the kernels read them as the constexprs below. PX: the
+# input projection (pre-activations); A: the activations saved for backward (the same array as PX
+# when both dtypes agree); HF: GRU/MGU's h_t in the state dtype
+PX_, OUT_, M_, DOUT_, DA_, DGHN_, DH_, A_, AUX_, HF_ = range(10)
+SLOTS = 10
+STATE_SLOTS = (A_, AUX_, HF_)  # offsets from SBASE (state dtype); the others from BASE (compute dtype)
+_PX, _OUT, _M, _DOUT, _DA, _DGHN, _DH, _A, _AUX, _HF = (tl.constexpr(k) for k in range(SLOTS))
 
 # sigma(v) = 1 / (1 + exp(-v)): sigma(-inf) = 0, sigma(inf) = 1, NaN in, NaN out (as tl.sigmoid)
 # tanh(v) = 2 sigma(2 v) - 1: exact limits +-1, NaN in, NaN out
 
 
-def lstm_fwd(TAB, BASE, GH, Cp, Cn, HS, FB, LEN, t, B, H, G,
+def lstm_fwd(TAB, BASE, SBASE, GH, Cp, Cn, HS, FB, LEN, t, B, H, G,
              REFINE: tl.constexpr, HAS_FB: tl.constexpr, MASKED: tl.constexpr, SAVE: tl.constexpr,
              PROJ: tl.constexpr, BLOCK: tl.constexpr):
-    """One LSTM step. Reads A_t (``x_t W_ih^T + b``) and GH (``h_{t-1} W_hh^T``); writes c_t
+    """One LSTM step. Reads PX_t (``x_t W_ih^T + b``) and GH (``h_{t-1} W_hh^T``); writes c_t
     into Cn (from Cp, the state dtype), h_t into HS (the next product's input; m_t =
-    o tanh(c_t) with projections) and OUT_t; if SAVE, the activations into A_t, c_t into AUX_t
-    and m_t into M_t."""
+    o tanh(c_t) with projections) and OUT_t; if SAVE, the activations into A_t and c_t into
+    AUX_t (state dtype), and m_t into M_t."""
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     inb = offs < B * H
     b = offs // H
     j = offs - b * H
     step = t.to(tl.int64) * B
-    a = BASE + tl.load(TAB + _A) + step * G + b * G + j
+    px = BASE + tl.load(TAB + _PX) + step * G + b * G + j
+    a = SBASE + tl.load(TAB + _A) + step * G + b * G + j
     g = GH + b * G + j
     cp = tl.load(Cp + offs, mask=inb, other=0.0)
     sd = cp.dtype
-    pi = tl.load(a, mask=inb, other=0.0).to(sd) + tl.load(g, mask=inb, other=0.0).to(sd)
-    pf = tl.load(a + H, mask=inb, other=0.0).to(sd) + tl.load(g + H, mask=inb, other=0.0).to(sd)
-    pg = tl.load(a + 2 * H, mask=inb, other=0.0).to(sd) + tl.load(g + 2 * H, mask=inb, other=0.0).to(sd)
-    po = tl.load(a + 3 * H, mask=inb, other=0.0).to(sd) + tl.load(g + 3 * H, mask=inb, other=0.0).to(sd)
+    pi = tl.load(px, mask=inb, other=0.0).to(sd) + tl.load(g, mask=inb, other=0.0).to(sd)
+    pf = tl.load(px + H, mask=inb, other=0.0).to(sd) + tl.load(g + H, mask=inb, other=0.0).to(sd)
+    pg = tl.load(px + 2 * H, mask=inb, other=0.0).to(sd) + tl.load(g + 2 * H, mask=inb, other=0.0).to(sd)
+    po = tl.load(px + 3 * H, mask=inb, other=0.0).to(sd) + tl.load(g + 3 * H, mask=inb, other=0.0).to(sd)
     if HAS_FB:
         bf = tl.load(FB + j, mask=inb, other=0.0).to(sd)
         pf = pf + bf
@@ -93,31 +102,33 @@ def lstm_fwd(TAB, BASE, GH, Cp, Cn, HS, FB, LEN, t, B, H, G,
     else:
         tl.store(BASE + tl.load(TAB + _OUT) + step * H + offs, h, mask=inb)
     if SAVE:
-        tl.store(BASE + tl.load(TAB + _AUX) + step * H + offs, c, mask=inb)
+        tl.store(SBASE + tl.load(TAB + _AUX) + step * H + offs, c, mask=inb)
         tl.store(a, i, mask=inb)
         tl.store(a + H, f, mask=inb)
         tl.store(a + 2 * H, u, mask=inb)
         tl.store(a + 3 * H, o, mask=inb)
 
 
-def gru_fwd(TAB, BASE, GH, Hp, Hn, HS, BHN, FB, LEN, t, B, H, G,
+def gru_fwd(TAB, BASE, SBASE, GH, Hp, Hn, HS, BHN, FB, LEN, t, B, H, G,
             GRU: tl.constexpr, KZ: tl.constexpr, KN: tl.constexpr, KR: tl.constexpr, REFINE: tl.constexpr,
             HAS_FB: tl.constexpr, HAS_BHN: tl.constexpr, MASKED: tl.constexpr, SAVE: tl.constexpr,
-            BLOCK: tl.constexpr):
-    """One GRU/MGU step. Reads A_t (the input projection with every bias but b_hn), GH
+            SAVE_H: tl.constexpr, BLOCK: tl.constexpr):
+    """One GRU/MGU step. Reads PX_t (the input projection with every bias but b_hn), GH
     (``h_{t-1} W_hh^T``) and Hp (h_{t-1}, state dtype); writes h_t into Hn, HS (the next
     product's input, zero past a sequence's end) and OUT_t; if SAVE, the activations s, z, n,
-    rho into A_t and ``W_hn h + b_hn`` into AUX_t."""
+    rho into A_t and ``W_hn h + b_hn`` into AUX_t (state dtype); if SAVE_H (low precision), h_t
+    as OUT_t holds it into HF_t (state dtype)."""
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     inb = offs < B * H
     b = offs // H
     j = offs - b * H
     step = t.to(tl.int64) * B
-    a = BASE + tl.load(TAB + _A) + step * G + b * G + j
+    px = BASE + tl.load(TAB + _PX) + step * G + b * G + j
+    a = SBASE + tl.load(TAB + _A) + step * G + b * G + j
     g = GH + b * G + j
     hp = tl.load(Hp + offs, mask=inb, other=0.0)
     sd = hp.dtype
-    pz = tl.load(a + KZ * H, mask=inb, other=0.0).to(sd) + tl.load(g + KZ * H, mask=inb, other=0.0).to(sd)
+    pz = tl.load(px + KZ * H, mask=inb, other=0.0).to(sd) + tl.load(g + KZ * H, mask=inb, other=0.0).to(sd)
     if HAS_FB:
         bf = tl.load(FB + j, mask=inb, other=0.0).to(sd)
         pz = pz + bf
@@ -126,15 +137,15 @@ def gru_fwd(TAB, BASE, GH, Hp, Hn, HS, BHN, FB, LEN, t, B, H, G,
     if HAS_BHN:
         ghn = ghn + tl.load(BHN + j, mask=inb, other=0.0).to(sd)
     if GRU:
-        ps = tl.load(a, mask=inb, other=0.0).to(sd) + tl.load(g, mask=inb, other=0.0).to(sd)
+        ps = tl.load(px, mask=inb, other=0.0).to(sd) + tl.load(g, mask=inb, other=0.0).to(sd)
         reset = 1.0 / (1.0 + tl.exp(-ps))
     else:  # MGU: the candidate's reset is 1 - f
         reset = 1.0 - z
-    pn = tl.load(a + KN * H, mask=inb, other=0.0).to(sd) + reset * ghn
+    pn = tl.load(px + KN * H, mask=inb, other=0.0).to(sd) + reset * ghn
     cand = 2.0 / (1.0 + tl.exp(-2.0 * pn)) - 1.0
     keep = z
     if REFINE:
-        pr = tl.load(a + KR * H, mask=inb, other=0.0).to(sd) + tl.load(g + KR * H, mask=inb, other=0.0).to(sd)
+        pr = tl.load(px + KR * H, mask=inb, other=0.0).to(sd) + tl.load(g + KR * H, mask=inb, other=0.0).to(sd)
         if HAS_FB:
             pr = pr - bf
         r = 1.0 / (1.0 + tl.exp(-pr))
@@ -145,6 +156,8 @@ def gru_fwd(TAB, BASE, GH, Hp, Hn, HS, BHN, FB, LEN, t, B, H, G,
         h = tl.where(t < tl.load(LEN + b, mask=inb, other=0), h, 0.0)
     tl.store(HS + offs, h, mask=inb)
     tl.store(BASE + tl.load(TAB + _OUT) + step * H + offs, h, mask=inb)
+    if SAVE_H:
+        tl.store(SBASE + tl.load(TAB + _HF) + step * H + offs, h, mask=inb)
     if SAVE:
         if GRU:
             tl.store(a, reset, mask=inb)
@@ -152,7 +165,7 @@ def gru_fwd(TAB, BASE, GH, Hp, Hn, HS, BHN, FB, LEN, t, B, H, G,
         tl.store(a + KN * H, cand, mask=inb)
         if REFINE:
             tl.store(a + KR * H, r, mask=inb)
-        tl.store(BASE + tl.load(TAB + _AUX) + step * H + offs, ghn, mask=inb)
+        tl.store(SBASE + tl.load(TAB + _AUX) + step * H + offs, ghn, mask=inb)
 
 
 def proj_out(TAB, BASE, HS, t, B, P, BLOCK: tl.constexpr):
@@ -162,20 +175,21 @@ def proj_out(TAB, BASE, HS, t, B, P, BLOCK: tl.constexpr):
     tl.store(BASE + tl.load(TAB + _OUT) + t.to(tl.int64) * B * P + offs, tl.load(HS + offs, mask=inb), mask=inb)
 
 
-def lstm_bwd(TAB, BASE, C0, D1, D2, DC, DAS, DHN, DM, LEN, t, B, H, G,
+def lstm_bwd(TAB, BASE, SBASE, C0, D1, D2, DC, DAS, DHN, DM, LEN, t, B, H, G,
              REFINE: tl.constexpr, HAS_D1: tl.constexpr, HAS_D2: tl.constexpr, MASKED: tl.constexpr,
              FIRST: tl.constexpr, PROJ: tl.constexpr, BLOCK: tl.constexpr):
     """One LSTM step backwards. dL/dh_t = DOUT_t + D1 (``dA_{t+1} W_hh``) + D2 (dh_n at the last
     step, else the carry of rows past their end); with projections dL/dm_t = DM instead. DC:
     dL/dc_t, updated in place to dL/dc_{t-1}; writes the pre-activation gradients into DA_t and
     DAS (the next product's input) and, if MASKED, the part of dL/dh_{t-1} that bypasses W_hh
-    (the carry, nonzero only past a sequence's end) into DHN. FIRST: t = 0, c_{-1} = C0."""
+    (the carry, nonzero only past a sequence's end) into DHN. FIRST: t = 0, c_{-1} = C0. A_t and
+    AUX_t (c_t) are read in the state dtype."""
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     inb = offs < B * H
     b = offs // H
     j = offs - b * H
     step = t.to(tl.int64) * B
-    a = BASE + tl.load(TAB + _A) + step * G + b * G + j
+    a = SBASE + tl.load(TAB + _A) + step * G + b * G + j
     da = BASE + tl.load(TAB + _DA) + step * G + b * G + j
     das = DAS + b * G + j
     dc = tl.load(DC + offs, mask=inb, other=0.0)
@@ -193,7 +207,7 @@ def lstm_bwd(TAB, BASE, C0, D1, D2, DC, DAS, DHN, DM, LEN, t, B, H, G,
     f = tl.load(a + H, mask=inb, other=0.0).to(sd)
     u = tl.load(a + 2 * H, mask=inb, other=0.0).to(sd)
     o = tl.load(a + 3 * H, mask=inb, other=0.0).to(sd)
-    aux = BASE + tl.load(TAB + _AUX) + step * H + offs
+    aux = SBASE + tl.load(TAB + _AUX) + step * H + offs
     if FIRST:
         c0 = tl.load(C0 + offs, mask=inb, other=0.0).to(sd)
     else:
@@ -236,20 +250,20 @@ def lstm_bwd(TAB, BASE, C0, D1, D2, DC, DAS, DHN, DM, LEN, t, B, H, G,
     tl.store(DC + offs, dcp, mask=inb)
 
 
-def gru_bwd(TAB, BASE, H0, D1, D2, S, DHN, LEN, t, B, H, G,
+def gru_bwd(TAB, BASE, SBASE, H0, D1, D2, S, DHN, LEN, t, B, H, G,
             GRU: tl.constexpr, KZ: tl.constexpr, KN: tl.constexpr, KR: tl.constexpr, REFINE: tl.constexpr,
             HAS_D1: tl.constexpr, MASKED: tl.constexpr, FIRST: tl.constexpr, BLOCK: tl.constexpr):
     """One GRU/MGU step backwards. dL/dh_t = DOUT_t + D1 (``S_{t+1} W_hh``) + D2 (the direct part
     of dL/dh_t from step t+1, or dh_n); writes DA_t (gradients of the input projection), S (of
     the recurrent projection: they differ in the candidate block), DGHN_t (S's candidate block,
     for W_hh's gradient) and DHN (the direct part of dL/dh_{t-1}, state dtype). h_{t-1} is
-    OUT_{t-1}, or H0 at t = 0 (FIRST)."""
+    HF_{t-1}, or H0 at t = 0 (FIRST); it, A_t and AUX_t are read in the state dtype."""
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     inb = offs < B * H
     b = offs // H
     j = offs - b * H
     step = t.to(tl.int64) * B
-    a = BASE + tl.load(TAB + _A) + step * G + b * G + j
+    a = SBASE + tl.load(TAB + _A) + step * G + b * G + j
     da = BASE + tl.load(TAB + _DA) + step * G + b * G + j
     sr = S + b * G + j
     carry = tl.load(D2 + offs, mask=inb, other=0.0)
@@ -259,11 +273,11 @@ def gru_bwd(TAB, BASE, H0, D1, D2, S, DHN, LEN, t, B, H, G,
     dht = tl.load(BASE + tl.load(TAB + _DOUT) + step * H + offs, mask=inb, other=0.0).to(sd) + carry
     z = tl.load(a + KZ * H, mask=inb, other=0.0).to(sd)
     cand = tl.load(a + KN * H, mask=inb, other=0.0).to(sd)
-    q = tl.load(BASE + tl.load(TAB + _AUX) + step * H + offs, mask=inb, other=0.0).to(sd)
+    q = tl.load(SBASE + tl.load(TAB + _AUX) + step * H + offs, mask=inb, other=0.0).to(sd)
     if FIRST:
         h0 = tl.load(H0 + offs, mask=inb, other=0.0).to(sd)
     else:
-        h0 = tl.load(BASE + tl.load(TAB + _OUT) + step * H - B * H + offs, mask=inb, other=0.0).to(sd)
+        h0 = tl.load(SBASE + tl.load(TAB + _HF) + step * H - B * H + offs, mask=inb, other=0.0).to(sd)
     keep = z
     dgdf = 1.0
     if REFINE:

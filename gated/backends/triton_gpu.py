@@ -8,10 +8,12 @@ for CUDA tensors when triton imports (``pip install 'gated[gpu]'``).
 
 Per layer and direction, forward:
 
-1. the input projection of all steps as one GEMM, ``x W_ih^T + b`` into ``A`` ``(T, B, G)``;
+1. the input projection of all steps as one GEMM, ``x W_ih^T + b`` into ``(T, B, G)``;
 2. per step, the recurrent product ``h_{t-1} W_hh^T`` (``torch.mm``: cuBLAS) into a fixed
    ``(B, G)`` buffer, then one Triton kernel for the gate maths, which writes ``h_t``, ``c_t``
-   and, when training, the activations back into ``A`` (gated/backends/_triton_kernels.py).
+   and, when training, what backward reads: the activations into ``A`` ``(T, B, G)`` (over the
+   input projection, unless ``A`` is float32 and the projection is not), ``c_t`` (or the GRU's
+   ``W_hn h + b_hn``) and, in low precision, GRU/MGU's ``h_t`` (gated/backends/_triton_kernels.py).
 
 Backward walks time in reverse with one Triton kernel and one ``torch.mm`` per step, writing the
 gradients of every step's pre-activations into one ``(T, B, G)`` buffer; the weight gradients are
@@ -27,10 +29,19 @@ this on; it is off by default until it has run on a GPU (this code was written w
 capture; a failed capture falls back to the launches, logged once.
 
 **Mixed precision.** Under ``torch.autocast`` (or with bfloat16/float16 tensors) the GEMMs run in
-the low-precision dtype (cuBLAS accumulates in float32), the recurrent state (``c``, and ``h`` of
-GRU/MGU) and the gate maths stay float32, and the outputs, final states and saved activations are
-in the low-precision dtype, as torch.nn.LSTM/GRU return them under autocast. Weight gradients
-come back in the parameters' dtype.
+the low-precision dtype (cuBLAS accumulates in float32), with their outputs (the input projection,
+the per-step products) and operands (``h_{t-1}``, ``m_t`` with projections, the pre-activations'
+gradients ``dA``) in it; the recurrent state (``c``, and ``h`` of GRU/MGU) and the gate maths stay
+float32. Everything that backward reads elementwise is saved in float32: the activations ``A``
+(in bfloat16 a forget gate above about 0.998 is exactly 1.0, which would zero ``f (1 - f)`` and
+the refine terms of exactly the saturated units), ``c_t`` (or ``W_hn h + b_hn``), and GRU/MGU's
+``h_t`` (a float32 copy beside the rounded outputs). ``dA`` is computed in float32 from them and
+rounded once into the GEMMs' dtype (a relative rounding: bfloat16 has float32's exponent range;
+float16 needs loss scaling there, as under any autocast); bias and ``forget_bias`` gradients are
+summed from it in float32. The outputs and final states are in the low-precision dtype, as
+torch.nn.LSTM/GRU return them under autocast; every gradient comes back in its tensor's dtype.
+Training keeps, per step and batch row, ``4 G + 4 H`` bytes (GRU/MGU ``4 G + 8 H``) besides the
+outputs, as float32 does; the forward's input projection is a separate low-precision array.
 
 **CPU tensors** run only through Triton's interpreter, when ``TRITON_INTERPRET=1``: slow, for
 tests (CI has no GPU). The same kernels and the same loop run as on the GPU.
@@ -185,7 +196,8 @@ def _block(n: int, interpret: bool) -> int:
 
 class _Workspace:
     """The fixed buffers of one loop shape: states, the per-step products, copies of the weights
-    and inputs, and the offset table through which the kernels reach the per-call arrays. The
+    and inputs, and the offset table through which the kernels reach the per-call arrays (from
+    ``base`` for those of the compute dtype, from ``sbase`` for those of the state dtype). The
     loop (:meth:`loop`) reads nothing else, so a CUDA graph of it serves every call."""
 
     def __init__(self, spec: _Spec):
@@ -198,7 +210,9 @@ class _Workspace:
         self.slots = tk.SLOTS
         cd, sd, dev = s.cd, _state_dtype(s.cd), s.device
         self.sd = sd
-        self.base = torch.zeros(1, dtype=cd, device=dev)  # the table's offsets count from here
+        self.base = torch.zeros(1, dtype=cd, device=dev)  # the table's offsets count from here (compute dtype)
+        self.sbase = torch.zeros(1, dtype=sd, device=dev)  # or from here (the state-dtype slots)
+        self.state_slots = frozenset(tk.STATE_SLOTS)
         self.tab = torch.zeros(tk.SLOTS, dtype=torch.int64, device=dev)
         self.w_hh = torch.empty(s.G, s.P, dtype=cd, device=dev)
         self.w_hr = torch.empty(s.P, s.H, dtype=cd, device=dev) if s.proj else None
@@ -225,19 +239,20 @@ class _Workspace:
 
     def poison(self) -> None:
         for t in vars(self).values():
-            if isinstance(t, Tensor) and t.dtype.is_floating_point and t is not self.base:
+            if isinstance(t, Tensor) and t.dtype.is_floating_point and t is not self.base and t is not self.sbase:
                 t.fill_(float("nan"))
 
     def write_table(self, arrays: dict[int, Tensor]) -> None:
-        """Point the table's slots at this call's arrays (offsets in elements from ``base``)."""
-        base, size = self.base.data_ptr(), self.base.element_size()
+        """Point the table's slots at this call's arrays (offsets in elements from ``base``, or
+        from ``sbase`` for the state-dtype slots)."""
         offs = [0] * self.slots
         for slot, t in arrays.items():
             if t is not None and t.numel() > 0:
-                assert t.dtype == self.base.dtype and t.is_contiguous()
-                delta = t.data_ptr() - base
-                assert delta % size == 0
-                offs[slot] = delta // size
+                base = self.sbase if slot in self.state_slots else self.base
+                assert t.dtype == base.dtype and t.is_contiguous(), (slot, t.dtype, base.dtype)
+                delta = t.data_ptr() - base.data_ptr()
+                assert delta % base.element_size() == 0
+                offs[slot] = delta // base.element_size()
         if self.tab.device.type == "cpu":
             self.tab.copy_(torch.tensor(offs, dtype=torch.int64))
         elif _capturing(self.tab.device):  # inside a caller's graph: values baked into fills
@@ -282,16 +297,17 @@ class _Workspace:
             torch.mm(self.hs, w_t, out=self.gh)
             prev, new = self.ring[(t + 1) % 2], self.ring[t % 2]  # t = 0 reads ring[1], the initial state
             if s.core == LSTM:
-                k.lstm_fwd[grid](self.tab, self.base, self.gh, prev, new, self.ms if s.proj else self.hs, self.fb,
-                                 self.len, t, B, H, G, REFINE=s.refine, HAS_FB=s.has_fb, MASKED=s.masked,
+                k.lstm_fwd[grid](self.tab, self.base, self.sbase, self.gh, prev, new, self.ms if s.proj else self.hs,
+                                 self.fb, self.len, t, B, H, G, REFINE=s.refine, HAS_FB=s.has_fb, MASKED=s.masked,
                                  SAVE=s.save, PROJ=s.proj, BLOCK=blk)
                 if s.proj:
                     torch.mm(self.ms, self.w_hr.t(), out=self.hs)
                     k.proj_out[grid_p](self.tab, self.base, self.hs, t, B, P, BLOCK=blk_p)
             else:
-                k.gru_fwd[grid](self.tab, self.base, self.gh, prev, new, self.hs, self.bhn, self.fb, self.len,
-                                t, B, H, G, GRU=s.core == GRU, KZ=kz, KN=kn, KR=kn + 1, REFINE=s.refine,
-                                HAS_FB=s.has_fb, HAS_BHN=s.has_bhn, MASKED=s.masked, SAVE=s.save, BLOCK=blk)
+                k.gru_fwd[grid](self.tab, self.base, self.sbase, self.gh, prev, new, self.hs, self.bhn, self.fb,
+                                self.len, t, B, H, G, GRU=s.core == GRU, KZ=kz, KN=kn, KR=kn + 1, REFINE=s.refine,
+                                HAS_FB=s.has_fb, HAS_BHN=s.has_bhn, MASKED=s.masked, SAVE=s.save,
+                                SAVE_H=s.save and self.sd != s.cd, BLOCK=blk)
 
     def _backward_loop(self) -> None:
         s, k = self.spec, self.k
@@ -311,22 +327,23 @@ class _Workspace:
                     k.proj_dh[grid_p](self.tab, self.base, self.g, d2, self.dhs, carry_out, self.len, t, B, P,
                                       HAS_D1=not last, HAS_D2=has_d2, MASKED=s.masked, BLOCK=blk_p)
                     torch.mm(self.dhs, self.w_hr, out=self.dm)
-                k.lstm_bwd[grid](self.tab, self.base, self.h0, self.g, d2, self.dc, self.src, carry_out,
-                                 self.dm if s.proj else self.dc, self.len, t, B, H, G, REFINE=s.refine,
+                k.lstm_bwd[grid](self.tab, self.base, self.sbase, self.h0, self.g, d2, self.dc, self.src,
+                                 carry_out, self.dm if s.proj else self.dc, self.len, t, B, H, G, REFINE=s.refine,
                                  HAS_D1=not last and not s.proj, HAS_D2=has_d2 and not s.proj, MASKED=s.masked,
                                  FIRST=t == 0, PROJ=s.proj, BLOCK=blk)
             else:
-                k.gru_bwd[grid](self.tab, self.base, self.h0, self.g, self.dhn if last else carry_in, self.src,
-                                carry_out, self.len, t, B, H, G, GRU=s.core == GRU, KZ=kz, KN=kn, KR=kn + 1,
+                k.gru_bwd[grid](self.tab, self.base, self.sbase, self.h0, self.g, self.dhn if last else carry_in,
+                                self.src, carry_out, self.len, t, B, H, G, GRU=s.core == GRU, KZ=kz, KN=kn, KR=kn + 1,
                                 REFINE=s.refine, HAS_D1=not last, MASKED=s.masked, FIRST=t == 0, BLOCK=blk)
             torch.mm(self.src, self.w_hh, out=self.g)
 
     def dh0(self) -> Tensor:
-        """dL/dh_0 after the backward loop: the last product plus the carry (rows past their end)."""
+        """dL/dh_0 after the backward loop, in the state dtype: the last product plus the carry
+        (rows past their end)."""
         s = self.spec
         if s.core != LSTM or s.masked:
-            return (self.g.to(self.sd) + self.carry[0]).to(s.cd)
-        return self.g.clone()
+            return self.g.to(self.sd) + self.carry[0]
+        return self.g.to(self.sd, copy=True)
 
 
 _workspaces: collections.OrderedDict = collections.OrderedDict()
@@ -404,15 +421,21 @@ def _forward_impl(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None, b_
     G, P = w_ih.shape[0], w_hh.shape[1]
     H = P if w_hr is None else w_hr.shape[1]
     cd, dev = x.dtype, x.device
+    sd = _state_dtype(cd)
     bias_x, b_hn = _split_biases(b_ih, b_hh, core, H)
-    A = _empty((T, B, G), cd, dev)
-    x2, A2 = x.reshape(T * B, I), A.view(T * B, G)
+    px = _empty((T, B, G), cd, dev)  # the pre-activations (a GEMM's output: compute dtype)
+    x2, px2 = x.reshape(T * B, I), px.view(T * B, G)
     if bias_x is None:
-        torch.mm(x2, w_ih.t(), out=A2)
+        torch.mm(x2, w_ih.t(), out=px2)
     else:
-        torch.addmm(bias_x.to(cd), x2, w_ih.t(), out=A2)
+        torch.addmm(bias_x.to(cd), x2, w_ih.t(), out=px2)
+    # what backward reads elementwise is kept in the state dtype: the activations (the kernel
+    # overwrites the pre-activations with them where the dtypes agree), c_t or W_hn h + b_hn,
+    # and GRU/MGU's h_t, which the outputs hold unless they are rounded
+    A = (px if sd == cd else _empty((T, B, G), sd, dev)) if save else x.new_empty(0)
+    aux = _empty((T, B, H), sd, dev) if save else x.new_empty(0)
+    hf = _empty((T, B, H), sd, dev) if save and core != LSTM and sd != cd else x.new_empty(0)
     out = _empty((T, B, P), cd, dev)
-    aux = _empty((T, B, H), cd, dev) if save else x.new_empty(0)
     m = _empty((T, B, H), cd, dev) if save and w_hr is not None else x.new_empty(0)
     ws = _workspace(_spec(False, core, refine, fb is not None, b_hn is not None, lengths is not None, save,
                           w_hr is not None, T, B, G, H, P, x))
@@ -427,30 +450,33 @@ def _forward_impl(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None, b_
         ws.len.copy_(lengths)
     ws.hs.copy_(h0)
     ws.ring[1].copy_(c0 if core == LSTM else h0)
-    from gated.backends._triton_kernels import A_, AUX_, M_, OUT_
+    from gated.backends._triton_kernels import A_, AUX_, HF_, M_, OUT_, PX_
 
-    ws.write_table({A_: A, OUT_: out, AUX_: aux, M_: m})
+    ws.write_table({PX_: px, A_: A, OUT_: out, AUX_: aux, M_: m, HF_: hf})
     ws.run()
     if lengths is None:
         h_n = out[T - 1].clone()
     else:  # each sequence's output at its last step
         h_n = out[(lengths - 1).clamp_min(0), torch.arange(B, device=dev)]
     c_n = ws.ring[(T - 1) % 2].to(cd, copy=True) if core == LSTM else x.new_empty(0)
-    return out, h_n, c_n, A if save else x.new_empty(0), aux, m
+    return out, h_n, c_n, A, aux, m, hf
 
 
-def _backward_impl(dout: Tensor, dh_n: Tensor, dc_n: Tensor | None, A: Tensor, aux: Tensor, out: Tensor,
-                   h0: Tensor, c0: Tensor | None, w_hh: Tensor, lengths: Tensor | None, w_hr: Tensor | None,
-                   core: int, refine: bool):
+def _backward_impl(dout: Tensor, dh_n: Tensor, dc_n: Tensor | None, A: Tensor, aux: Tensor, hf: Tensor,
+                   out: Tensor, h0: Tensor, c0: Tensor | None, w_hh: Tensor, lengths: Tensor | None,
+                   w_hr: Tensor | None, core: int, refine: bool):
     T, B, G = A.shape
     P = w_hh.shape[1]
     H = P if w_hr is None else w_hr.shape[1]
-    cd, dev = A.dtype, A.device
+    cd, dev = w_hh.dtype, A.device  # A, aux and hf are in the state dtype
+    # the pre-activations' gradients are the weight GEMMs' operands: compute dtype, each element
+    # computed in the state dtype and rounded once (relative precision: bfloat16 keeps float32's
+    # exponent, so small gradients of saturated gates stay representable)
     dA = _empty((T, B, G), cd, dev)
-    dghn = _empty((T, B, H), cd, dev) if core != LSTM else A.new_empty(0)
-    dH = _empty((T, B, P), cd, dev) if w_hr is not None else A.new_empty(0)
+    dghn = _empty((T, B, H), cd, dev) if core != LSTM else w_hh.new_empty(0)
+    dH = _empty((T, B, P), cd, dev) if w_hr is not None else w_hh.new_empty(0)
     ws = _workspace(_spec(True, core, refine, False, False, lengths is not None, True, w_hr is not None,
-                          T, B, G, H, P, A))
+                          T, B, G, H, P, w_hh))
     ws.w_hh.copy_(w_hh)
     if w_hr is not None:
         ws.w_hr.copy_(w_hr)
@@ -462,31 +488,59 @@ def _backward_impl(dout: Tensor, dh_n: Tensor, dc_n: Tensor | None, A: Tensor, a
         ws.h0.copy_(c0)
     else:
         ws.h0.copy_(h0)
-    from gated.backends._triton_kernels import A_, AUX_, DA_, DGHN_, DH_, DOUT_, OUT_
+    from gated.backends._triton_kernels import A_, AUX_, DA_, DGHN_, DH_, DOUT_, HF_, OUT_
 
     dout = dout.to(cd).contiguous()
-    ws.write_table({A_: A, AUX_: aux, OUT_: out, DOUT_: dout, DA_: dA, DGHN_: dghn, DH_: dH})
+    if core != LSTM and hf.numel() == 0:  # the outputs are h_t in the state dtype
+        hf = out
+    ws.write_table({A_: A, AUX_: aux, HF_: hf, OUT_: out, DOUT_: dout, DA_: dA, DGHN_: dghn, DH_: dH})
     ws.run()
-    dc0 = ws.dc.to(cd, copy=True) if core == LSTM else A.new_empty(0)
+    dc0 = ws.dc.clone() if core == LSTM else w_hh.new_empty(0)
     return dA, dghn, ws.dh0(), dc0, dH
 
 
 _FWD_SCHEMA = ("(Tensor x, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? fb, Tensor h0, Tensor? c0, "
                "Tensor? lengths, Tensor? w_hr, int core, bool refine, bool save) "
-               "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)")
-_BWD_SCHEMA = ("(Tensor dout, Tensor dh_n, Tensor? dc_n, Tensor A, Tensor aux, Tensor out, Tensor h0, Tensor? c0, "
-               "Tensor w_hh, Tensor? lengths, Tensor? w_hr, int core, bool refine) "
+               "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)")
+_BWD_SCHEMA = ("(Tensor dout, Tensor dh_n, Tensor? dc_n, Tensor A, Tensor aux, Tensor hf, Tensor out, Tensor h0, "
+               "Tensor? c0, Tensor w_hh, Tensor? lengths, Tensor? w_hr, int core, bool refine) "
                "-> (Tensor, Tensor, Tensor, Tensor, Tensor)")
 
-# The two loops as operators with the fused CPU kernels' schemas, fake implementations and batching
-# rules (gated/backends/_ops.py), so torch.compile keeps each layer as one opaque call on both
-# devices and torch.func's vmap runs them per element
+
+def _forward_fake(x, w_ih, w_hh, b_ih, b_hh, fb, h0, c0, lengths, w_hr, core, refine, save):
+    """The fused CPU operator's shapes (gated/backends/_ops.py), with the saved ``A`` and ``aux``
+    in the state dtype, and ``hf``: GRU/MGU's h_t in the state dtype where the outputs are rounded."""
+    T, B, _ = x.shape
+    G, P = w_ih.shape[0], w_hh.shape[1]
+    H = P if w_hr is None else w_hr.shape[1]
+    sd = _state_dtype(x.dtype)
+    c_n = x.new_empty(B, H) if c0 is not None else x.new_empty(0)
+    A = x.new_empty(T, B, G, dtype=sd) if save else x.new_empty(0)
+    aux = x.new_empty(T, B, H, dtype=sd) if save else x.new_empty(0)
+    m = x.new_empty(T, B, H) if save and w_hr is not None else x.new_empty(0)
+    hf = x.new_empty(T, B, H, dtype=sd) if save and core != LSTM and sd != x.dtype else x.new_empty(0)
+    return x.new_empty(T, B, P), x.new_empty(B, P), c_n, A, aux, m, hf
+
+
+def _backward_fake(dout, dh_n, dc_n, A, aux, hf, out, h0, c0, w_hh, lengths, w_hr, core, refine):
+    """dA, dghn and dH in the compute dtype (``w_hh``'s), dh0 and dc0 in the state dtype (``A``'s)."""
+    T, B, G = A.shape
+    P = w_hh.shape[1]
+    H = P if w_hr is None else w_hr.shape[1]
+    dghn = w_hh.new_empty(0) if core == LSTM else w_hh.new_empty(T, B, H)
+    dc0 = A.new_empty(B, H) if core == LSTM else w_hh.new_empty(0)
+    dH = w_hh.new_empty(0) if w_hr is None else w_hh.new_empty(T, B, P)
+    return w_hh.new_empty(T, B, G), dghn, A.new_empty(B, P), dc0, dH
+
+
+# The two loops as operators with the fused CPU kernels' schemas (plus hf), fake implementations and
+# batching rules (gated/backends/_ops.py), so torch.compile keeps each layer as one opaque call on
+# both devices and torch.func's vmap runs them per element
 recurrence_forward = torch.library.custom_op("gated_triton::recurrence_forward", _forward_impl, mutates_args=(),
                                              schema=_FWD_SCHEMA)
 recurrence_backward = torch.library.custom_op("gated_triton::recurrence_backward", _backward_impl,
                                               mutates_args=(), schema=_BWD_SCHEMA)
-for _op, _fake in ((recurrence_forward, _ops._recurrence_forward_fake),
-                   (recurrence_backward, _ops._recurrence_backward_fake)):
+for _op, _fake in ((recurrence_forward, _forward_fake), (recurrence_backward, _backward_fake)):
     _op.register_fake(_fake)
     torch.library.register_vmap(_op)(_ops._per_element(_op))
 
@@ -522,7 +576,8 @@ def _cat(parts: list[Tensor]) -> Tensor:
 
 class _Recurrence(torch.autograd.Function):
     """Autograd around the operators, as fused_cpu._Recurrence (``setup_context``, vmap rule);
-    the forward also returns the saved activations, which are not differentiable."""
+    the forward also returns what backward reads (activations, c_t or W_hn h + b_hn, GRU/MGU's
+    h_t), which is not differentiable."""
 
     generate_vmap_rule = True
 
@@ -533,14 +588,14 @@ class _Recurrence(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0, lengths, layout, cd = inputs
-        out, h_n, c_n, A, aux, m = output
-        ctx.mark_non_differentiable(A, aux, m)
-        ctx.save_for_backward(x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0, lengths, A, aux, m, out)
+        out, h_n, c_n, A, aux, m, hf = output
+        ctx.mark_non_differentiable(A, aux, m, hf)
+        ctx.save_for_backward(x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0, lengths, A, aux, m, hf, out)
         ctx.layout, ctx.cd = layout, cd
         ctx.autocast = cd if cd != w_ih.dtype else None  # the forward ran under autocast
 
     @staticmethod
-    def backward(ctx, dout, dh_n, dc_n, _dA, _daux, _dm):
+    def backward(ctx, dout, dh_n, dc_n, _dA, _daux, _dm, _dhf):
         if torch.is_grad_enabled():  # create_graph: recompute on the reference, differentiably
             view = types.SimpleNamespace(saved_tensors=ctx.saved_tensors, layout=ctx.layout,
                                          needs_input_grad=ctx.needs_input_grad[:11])
@@ -548,7 +603,7 @@ class _Recurrence(torch.autograd.Function):
             cast = torch.autocast(device, dtype=ctx.autocast) if ctx.autocast else contextlib.nullcontext()
             with cast:  # the recomputation under the forward's autocast
                 return (*fused_cpu._differentiable_backward(view, dout, dh_n, dc_n), None)
-        x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0, lengths, A, aux, m, out = ctx.saved_tensors
+        x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0, lengths, A, aux, m, hf, out = ctx.saved_tensors
         layout, cd = ctx.layout, ctx.cd
         sd = _state_dtype(cd)
         core, refine = _kernel_ids(layout)
@@ -558,8 +613,8 @@ class _Recurrence(torch.autograd.Function):
             w_hh_c = w_hh.to(cd).contiguous()
             w_hr_c = None if w_hr is None else w_hr.to(cd).contiguous()
             dA, dghn, dh0, dc0, dH = torch.ops.gated_triton.recurrence_backward(
-                dout.contiguous(), dh_n.contiguous(), None if c0 is None else dc_n.contiguous(), A, aux, out, h0s,
-                None if c0 is None else c0.to(sd).contiguous(), w_hh_c, lengths, w_hr_c, core, refine)
+                dout.contiguous(), dh_n.contiguous(), None if c0 is None else dc_n.contiguous(), A, aux, hf, out,
+                h0s, None if c0 is None else c0.to(sd).contiguous(), w_hh_c, lengths, w_hr_c, core, refine)
             T, B, G = dA.shape
             I, H = x.shape[-1], layout.hidden_size
             dA2 = dA.view(T * B, G)
