@@ -345,6 +345,11 @@ def main(args) -> int:
           f"load average {os.getloadavg()[0]:.2f}; matmul peak {peak / 1e9:.0f} GFLOP/s"
           + ("; --quick plan" if args.quick else ""))
     print(f"# {_kernel_info(args, dtype, shapes[0])}")
+    if args.device == "cpu" and (args.autocast or dtype in (torch.bfloat16, torch.float16)):
+        low = getattr(torch, args.autocast) if args.autocast else dtype  # why gated computes it in float32 here
+        f32, lp = matmul_peak("cpu", torch.float32, 512), matmul_peak("cpu", low, 512)
+        print(f"# {low} matmul {lp / 1e9:.1f} GFLOP/s against float32 {f32 / 1e9:.1f} GFLOP/s (512x512, this run); "
+              "gated runs low precision in float32 (gated/precision.py)")
     _, note = choose_threads(args.threads, args.threads, *machine_load())
     if note:
         print(f"# note: {note} (these times include waits for the busy cores)")
