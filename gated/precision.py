@@ -16,7 +16,7 @@ One policy for every sequence module (``gated.LSTM``, ``GRU``, ``MGU`` and the s
   the cell state and every saved activation are float32, and a saturated forget gate (above about
   0.998, which bfloat16 rounds to 1.0) keeps its gradient. On CPUs without native bfloat16 matrix
   instructions (AVX2, AVX-512 without BF16) this is also the fastest path there is: torch's
-  bfloat16 matmul is emulated there and measured 40-140x slower than float32 (BENCHMARKS.md).
+  bfloat16 matmul is emulated there, about 110x slower than float32 on the AVX2 machine of BENCHMARKS.md.
   On CPUs with AMX or AVX512-BF16, bfloat16 GEMMs would be faster; gated has no such path yet, and
   says so once in the log when it runs there.
 
