@@ -156,6 +156,9 @@ class TrainConfig:
     tensorboard: bool = _f(False, "also log to RUN/tensorboard: the metrics, and gate histograms at each "
                            "evaluation (pip install 'gated[tensorboard]')")
     progress: bool = _f(True, 'progress bar (on a terminal)')
+    autocast: str = _f("off", "run the forward passes (training and evaluation) under torch.autocast in this dtype, "
+                       "with float32 parameters (mixed precision; on the CPU gated computes it in float32 inside, "
+                       "docs/compatibility.md)", ("off", "bfloat16", "float16"))
 
 
 CELL_OPTIONS = ("layer_norm", "zoneout", "recurrent_dropout", "weight_dropout")  # gated/options.py, by name

@@ -13,6 +13,8 @@ the last step's record, on the whole test split, so that nothing can be selected
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import time
 from pathlib import Path
@@ -136,6 +138,9 @@ def _train(cfg: RunConfig, resume: bool, log, device, d, sink: list) -> dict:
         f"{cfg.model.core} variant {cfg.model.variant}, T = {task.seq_len}, baseline "
         + ", ".join(f"{k} {v:.4g}" for k, v in task.baseline.items()) + f"; device {device}, {d.world} process(es)")
     net = d.wrap(model)
+    # --autocast: the forward passes in mixed precision (the parameters and optimizer stay float32)
+    amp = (functools.partial(torch.autocast, torch.device(device).type, dtype=getattr(torch, tc.autocast))
+           if tc.autocast != "off" else contextlib.nullcontext)
     bar = _progress(tc, step) if d.main else None
     last: dict = {"step": step}
     tic, tic_step = time.perf_counter(), step
@@ -146,9 +151,10 @@ def _train(cfg: RunConfig, resume: bool, log, device, d, sink: list) -> dict:
         y = d.shard(batch.y, oc.batch_size, batch.y.ndim - 1).to(device)
         if not task.stateful or batch.reset:
             carry = None
-        out, carry = net(x, carry)
+        with amp():
+            out, carry = net(x, carry)
+            loss = task.loss(out, y)
         carry = detach_state(carry) if task.stateful else None
-        loss = task.loss(out, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), oc.clip if oc.clip > 0 else float("inf"))
@@ -164,10 +170,12 @@ def _train(cfg: RunConfig, resume: bool, log, device, d, sink: list) -> dict:
                       "tokens_per_s": rate * oc.batch_size * task.seq_len}
             window = Window()
             if is_eval and d.main:
-                res = evaluate(model, task, "val", oc.batch_size, tc.eval_batches, device)
+                with amp():
+                    res = evaluate(model, task, "val", oc.batch_size, tc.eval_batches, device)
                 record |= {f"val_{k}": v for k, v in res.items()}
                 if step == tc.steps:  # test once, at the end, on the whole test split
-                    res = evaluate(model, task, "test", oc.batch_size, 0, device)
+                    with amp():
+                        res = evaluate(model, task, "test", oc.batch_size, 0, device)
                     record |= {f"test_{k}": v for k, v in res.items()}
                 (bar.write if bar is not None else log)(fmt(record, task.main_metric))
                 if tb is not None:
