@@ -110,7 +110,8 @@ class CellOptions:
     weight_dropout: float = 0.0
     # derived by make(), as plain constants (torch.compile treats float attributes as symbolic):
     active: bool = False  # any option on
-    unfused_names: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())  # (eval, training): reference-only options
+    # (eval, training): the options some fast backend lacks (which backend: unfused())
+    unfused_names: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
 
     @classmethod
     def make(cls, core, layer_norm=False, zoneout=0.0, recurrent_dropout=0.0, weight_dropout=0.0) -> CellOptions:

@@ -528,12 +528,13 @@ def test_opcheck_fused_ops_with_zoneout_and_recurrent_dropout():
         rmask = torch.bernoulli(torch.full((B_, H_), 0.7)) / 0.7
         zh = torch.bernoulli(torch.full((T_, B_, H_), 0.3))
         zcm = torch.bernoulli(torch.full((T_, B_, H_), 0.3)) if zc else None
-        # training masks for the LSTM, the eval floats for the GRU
+        # training masks for the LSTM, the eval floats for the GRU; AOT dispatch once (seconds each)
+        utils = ("test_schema", "test_faketensor") + (("test_aot_dispatch_dynamic",) if core == 0 else ())
         for opt in ((rmask, zh, zcm, 0.0, 0.0),) if core == 0 else ((None, None, None, 0.2, 0.0),):
             args = (x, w_ih, w_hh, b_ih, b_hh, fb if refine else None, h0, c0, lengths, None, core, refine, True, *opt)
-            torch.library.opcheck(torch.ops.gated_fused.recurrence_forward.default, args)
+            torch.library.opcheck(torch.ops.gated_fused.recurrence_forward.default, args, test_utils=utils)
             out, h_n, c_n, A, aux, _ = torch.ops.gated_fused.recurrence_forward(*args)
             dc = torch.randn(B_, H_) if core == 0 else None
             bwd = (torch.randn_like(out), torch.randn_like(h_n), dc, A, aux, out, h0, c0, w_hh, lengths, None, core,
                    refine, *opt)
-            torch.library.opcheck(torch.ops.gated_fused.recurrence_backward.default, bwd)
+            torch.library.opcheck(torch.ops.gated_fused.recurrence_backward.default, bwd, test_utils=utils)
