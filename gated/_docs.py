@@ -101,9 +101,13 @@ rnn = gated.LSTM(32, 128, variant="UR", layer_norm=True, zoneout=0.1, recurrent_
 The gate biases (`b_ih`, `b_hh`, `b_f`) are added after the normalisation, so UGI, chrono and
 `forget_bias_` set the same biases with and without LayerNorm; the LayerNorms start at gain 1, bias 0
 (eps 1e-5) and draw nothing, so a seed gives the same RNN weights with and without them. Masks come
-from torch's generator on the input's device, per call, layer and direction. Weight dropout runs on
-every backend; LayerNorm, zoneout and recurrent dropout (in training) run on the reference backend
-for now (`"auto"` logs the fallback once). A cell sees one step per call: it keeps its recurrent and
+from torch's generator on the input's device, per call, layer and direction, whatever the backend (a
+seed gives the same masks on each). Weight dropout runs on every backend. Zoneout and recurrent
+dropout run in the fused CPU kernels (float32/float64, packed sequences, every GEMM path; the kernels
+take the `(B, H)` recurrent-dropout mask and per state the `(T, B, H)` zoneout mask, or in eval the
+float `p`), except with `proj_size > 0`, where they run on the reference backend; the Triton backend
+does not have them (reference fallback). LayerNorm runs on the reference backend only. `"auto"` logs
+each fallback once; `backend="fused_cpu"` refuses a call it cannot run. A cell sees one step per call: it keeps its recurrent and
 weight dropout masks until `cell.reset_dropout_mask()` (call it at the start of each sequence, as
 Keras's `reset_recurrent_dropout_mask`), and draws a zoneout mask per step. The scan cores take none
 of them. Details: `gated/options.py`.

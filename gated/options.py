@@ -24,8 +24,9 @@ nothing changes: variant ``-`` still equals torch.nn). What each one does:
 Masks are drawn once per call, per layer and direction, from torch's default generator on the
 input's device (so a seed reproduces them, whatever the backend), by :meth:`CellOptions.extras`.
 Which backends run what: weight dropout changes only the weight a backend is given, so every
-backend runs it; LayerNorm, zoneout and recurrent dropout run on the reference backend (the
-fused kernels do not have them yet; ``"auto"`` falls back with one logged line).
+backend runs it; the fused CPU kernels also run zoneout and recurrent dropout (except with
+``proj_size``); LayerNorm, and zoneout and recurrent dropout elsewhere (Triton, projections), run
+on the reference backend (``"auto"`` falls back with one logged line, see :meth:`CellOptions.unfused`).
 
 Glossary: T time, B batch, H hidden_size, P state width (``proj_size`` or ``H``), G gate rows.
 """
@@ -109,7 +110,8 @@ class CellOptions:
     weight_dropout: float = 0.0
     # derived by make(), as plain constants (torch.compile treats float attributes as symbolic):
     active: bool = False  # any option on
-    unfused_names: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())  # (eval, training): reference-only options
+    # (eval, training): the options some fast backend lacks (which backend: unfused())
+    unfused_names: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
 
     @classmethod
     def make(cls, core, layer_norm=False, zoneout=0.0, recurrent_dropout=0.0, weight_dropout=0.0) -> CellOptions:
@@ -133,11 +135,19 @@ class CellOptions:
         return cls(layer_norm, probs if any(probs) else (), rd, wd, bool(always or rd or wd),
                    (always, always + (("recurrent_dropout",) if rd else ())))
 
-    def unfused(self, training: bool) -> str | None:
-        """What keeps a call in this mode off the fused kernels (for the fallback log), or None:
-        LayerNorm and zoneout always, recurrent dropout in training (eval: the identity)."""
+    def unfused(self, training: bool, proj: bool = False) -> dict[str, str] | None:
+        """What keeps a call in this mode off each backend's kernels (for the fallback log), as
+        ``{backend: reason}`` for the backends it concerns, or None. The Triton kernels: LayerNorm
+        and zoneout always, recurrent dropout in training (eval: the identity). The fused CPU
+        kernels: LayerNorm, and zoneout and recurrent dropout only with projections (``proj``)."""
         used = self.unfused_names[bool(training)]
-        return f"{' and '.join(used)} (only the reference backend has them so far)" if used else None
+        if not used:
+            return None
+        say = lambda names: f"{' and '.join(names)} (only the reference backend has them so far)"  # noqa: E731
+        cpu = tuple(n for n in used if n == "layer_norm" or proj)
+        cpu_reason = None if not cpu else (say(cpu) if cpu == ("layer_norm",) else
+                                           say(cpu).replace(" (only", " with proj_size (only", 1))
+        return {"triton": say(used), "fused_cpu": cpu_reason}
 
     def add_params(self, module: nn.Module, suffix: str, factory_kwargs: dict) -> None:
         """Register the LayerNorms of one layer and direction (torch-style names)."""

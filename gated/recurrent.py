@@ -166,7 +166,7 @@ class RNNBase(GatedModule):
 
     def _resolve_backend(self, name: str, x: Tensor):
         """The ``run_layer`` of one call (gated.MinGRU/MinLSTM bring the scan backends)."""
-        return backends.resolve(name, self.layout, x, self.opts.unfused(self.training))
+        return backends.resolve(name, self.layout, x, self.opts.unfused(self.training, bool(self.proj_size)))
 
     def _initial_states(self, hx, batch: int, batched: bool, ref: Tensor) -> list[Tensor]:
         """``hx`` checked as torch.nn.LSTM/GRU check it (same conditions and wording), as a list of

@@ -205,3 +205,38 @@ def test_onnx_dynamo_export_matches_eager(ort, tmp_path, cls, variant, kw):
 @pytest.mark.parametrize("cls, variant, kw", ONNX_CASES)
 def test_onnx_legacy_export_matches_eager(ort, tmp_path, cls, variant, kw):
     _check_onnx(ort, cls(I, H, variant=variant, **kw), tmp_path / "model.onnx", dynamo=False)
+
+
+@pytest.mark.parametrize("cls", [gated.LSTM, gated.GRU], ids=["LSTM", "GRU"])
+def test_compile_keeps_the_fused_op_opaque_with_zoneout_and_recurrent_dropout(cls):
+    """Zoneout and recurrent dropout in training run the fused kernels under torch.compile too: one
+    opaque op per layer, forward and backward (the masks are drawn by ordinary ops outside it), and
+    the same numbers as eager with the same seed."""
+    from gated.backends import fused_cpu
+
+    if not fused_cpu.available():
+        pytest.skip("the fused extension is not built here")
+    torch._dynamo.reset()
+    graphs = []
+
+    def capture(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    m = cls(I, H, num_layers=2, zoneout=0.2, recurrent_dropout=0.3).train()
+    compiled = torch.compile(m, backend=capture, fullgraph=True)
+    x = torch.randn(T, B, I, requires_grad=True)
+    torch.manual_seed(3)
+    got = _flat(compiled(x))
+    torch.manual_seed(3)
+    ref = _flat(m(x))
+    for g, r in zip(got, ref):
+        torch.testing.assert_close(g, r)
+    gg = torch.autograd.grad(_loss(got, [torch.ones_like(o) for o in got]), [x, *m.parameters()])
+    rg = torch.autograd.grad(_loss(ref, [torch.ones_like(o) for o in ref]), [x, *m.parameters()])
+    for g, r in zip(gg, rg):
+        torch.testing.assert_close(g, r)
+    targets = [str(n.target) for g in graphs[0].modules() for n in g.graph.nodes if n.op == "call_function"]
+    assert targets.count("gated_fused.recurrence_forward") == 2
+    assert targets.count("gated_fused.recurrence_backward") == 2
+    assert not any(a in t for t in targets for a in ("sigmoid", "tanh", "lerp")), targets

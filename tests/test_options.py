@@ -336,3 +336,206 @@ def test_a_cell_stepped_over_a_sequence_equals_the_equations_with_fixed_dropout_
         e = torch.autograd.grad(want.sum(), [x, *seq.parameters()])
         for a, b in zip(g, e):
             torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+
+
+# ------------------------------------------------------------------ the fused CPU kernels
+
+def _fused_ops():
+    from gated.backends import _build, fused_cpu
+
+    if fused_cpu.why_not(gated.LSTM(I, H).layout, torch.randn(1, 1, I)) is not None:
+        pytest.skip("no fused kernels here")
+    return _build.load()
+
+
+GEMMS = {0: "auto", 1: "onednn", 3: "addmm", 4: "tiled"}  # as tests/test_fused.py
+
+
+def _fused_sets(core):
+    pair = core == "lstm"
+    return {  # (module options, training)
+        "zoneout_h": (dict(zoneout=(0.3, 0.0) if pair else 0.3), True),
+        "zoneout_pair": (dict(zoneout=(0.2, 0.4)), True) if pair else None,
+        "zoneout_eval": (dict(zoneout=(0.3, 0.15) if pair else 0.35, recurrent_dropout=0.3), False),
+        "recurrent_dropout": (dict(recurrent_dropout=0.4), True),
+        "all": (dict(zoneout=(0.25, 0.35) if pair else 0.25, recurrent_dropout=0.3, weight_dropout=0.2), True),
+    }
+
+
+def _backend_run(m, x, hx, backend, seed=11):
+    """Outputs, final states and the gradients of a random projection of them with respect to the
+    input, the initial states and every parameter; the masks from ``seed`` (the same for each backend)."""
+    torch.manual_seed(seed)
+    out, st = m._run(x, hx, backend=backend)
+    states = list(st) if isinstance(st, tuple) else [st]
+    data = out.data if hasattr(out, "batch_sizes") else out
+    torch.manual_seed(5)
+    loss = (data * torch.randn_like(data)).sum() + sum((s * torch.randn_like(s)).sum() for s in states)
+    leaves = [x.data if hasattr(x, "batch_sizes") else x, *(hx if isinstance(hx, tuple) else (hx,))]
+    names = ["input", "h0", "c0"][: len(leaves)] + [n for n, _ in m.named_parameters()]
+    return [data, *states], dict(zip(names, torch.autograd.grad(loss, [*leaves, *m.parameters()])))
+
+
+# float64 runs the addmm GEMM on every path setting: every option set there; float32 the option
+# set with everything on each GEMM path (the paths differ in how the masked h reaches the product)
+PATHS = [(torch.float64, 0), (torch.float32, 1), (torch.float32, 3), (torch.float32, 4)]
+
+
+@pytest.mark.parametrize("dtype,path", PATHS, ids=["f64", "f32-onednn", "f32-addmm", "f32-tiled"])
+@pytest.mark.parametrize("variant", ["-", "UR"])
+@pytest.mark.parametrize("core", ["lstm", "gru", "mgu"])
+def test_fused_equals_the_reference_with_zoneout_and_recurrent_dropout(core, variant, dtype, path):
+    """Zoneout (h, the (h, c) pair, the eval expectation), recurrent dropout and both with weight
+    dropout on the fused kernels equal the reference: outputs, final states, the gradients of the
+    input, h0/c0 and every parameter; packed sequences through a bidirectional 2-layer module
+    (every kernel buffer starts as NaN)."""
+    ops = _fused_ops()
+    if path and path not in ops.gemm_kinds():
+        pytest.skip(f"{GEMMS[path]} is not available in this torch build")
+    tol = {"rtol": 1e-10, "atol": 1e-10} if dtype == torch.float64 else {"rtol": 2e-5, "atol": 2e-5}
+    n = 2 if core == "lstm" else 1
+    sets = _fused_sets(core)
+    if dtype == torch.float32:
+        sets = {"all": sets["all"]}
+    ops.set_poison(True)
+    ops.set_gemm(path)
+    try:
+        for name, spec in sets.items():
+            if spec is None:
+                continue
+            kw, training = spec
+            torch.manual_seed(0)
+            m = CLS[core](I, H, variant=variant, num_layers=2, bidirectional=True, dtype=dtype, **kw).train(training)
+            with torch.no_grad():
+                for p in m.parameters():
+                    p.add_(0.2 * torch.randn_like(p))
+            seqs = [torch.randn(k, I, dtype=dtype) for k in (3, 7, 1, 5)]  # unsorted lengths
+            x = torch.nn.utils.rnn.pack_sequence(seqs, enforce_sorted=False)
+            x.data.requires_grad_(True)
+            hx = tuple(torch.randn(4, 4, H, dtype=dtype, requires_grad=True) for _ in range(n))
+            hx = hx if n == 2 else hx[0]
+            assert gated.backends.resolve("auto", m.layout, x.data, m.opts.unfused(training)) is \
+                gated.backends.BACKENDS["fused_cpu"], name
+            got, got_grads = _backend_run(m, x, hx, "fused_cpu")
+            want, want_grads = _backend_run(m, x, hx, "reference")
+            for a, b in zip(got, want):
+                torch.testing.assert_close(a, b, **tol, msg=lambda s, name=name: f"{name}: {s}")
+            for k in want_grads:
+                torch.testing.assert_close(got_grads[k], want_grads[k], **tol,
+                                           msg=lambda s, name=name, k=k: f"{name}, grad of {k}: {s}")
+    finally:
+        ops.set_poison(False)
+        ops.set_gemm(0)
+
+
+@pytest.mark.parametrize("core", ["lstm", "gru"])
+def test_fused_tiled_team_with_zoneout_and_recurrent_dropout(core):
+    """float32 at a width of several tiled groups on 2 threads: each thread masks and zones its own
+    units (forward) and masks its units of the backward product."""
+    ops = _fused_ops()
+    if 4 not in ops.gemm_kinds():
+        pytest.skip("no tiled GEMM in this build")
+    threads = torch.get_num_threads()
+    ops.set_poison(True)
+    ops.set_gemm(4)
+    torch.set_num_threads(2)
+    try:
+        torch.manual_seed(0)
+        zone = (0.2, 0.3) if core == "lstm" else 0.2
+        m = CLS[core](7, 40, variant="UR", dtype=torch.float32, zoneout=zone, recurrent_dropout=0.3).train()
+        x = torch.randn(6, 5, 7, dtype=torch.float32, requires_grad=True)
+        hx = torch.randn(1, 5, 40, dtype=torch.float32, requires_grad=True)
+        hx = (hx, torch.randn(1, 5, 40, dtype=torch.float32, requires_grad=True)) if core == "lstm" else hx
+        got, gg = _backend_run(m, x, hx, "fused_cpu")
+        want, wg = _backend_run(m, x, hx, "reference")
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=2e-5, atol=2e-5)
+        for k in wg:
+            torch.testing.assert_close(gg[k], wg[k], rtol=2e-5, atol=2e-5, msg=lambda s, k=k: f"grad of {k}: {s}")
+    finally:
+        torch.set_num_threads(threads)
+        ops.set_poison(False)
+        ops.set_gemm(0)
+
+
+@pytest.mark.parametrize("core,training", [("lstm", True), ("gru", True), ("mgu", True), ("lstm", False)])
+def test_fused_gradcheck_with_fixed_zoneout_and_recurrent_dropout_masks(core, training):
+    """torch.autograd.gradcheck of the fused backend's hand-written backward (float64), with fixed
+    masks (training) or the eval expectation, called through run_layer with an Extras."""
+    _fused_ops()
+    from gated.backends import fused_cpu
+    from gated.cores import make_layout
+
+    torch.manual_seed(0)
+    T_, B_, I_, H_ = 3, 2, 2, 3
+    layout = make_layout(core, "UR", H_)
+    G = layout.rows
+    n = 2 if core == "lstm" else 1
+    if training:
+        rmask = torch.bernoulli(torch.full((B_, H_), 0.6)) / 0.6
+        zone = tuple(torch.bernoulli(torch.full((T_, B_, H_), p)) for p in (0.4, 0.5)[:n])
+    else:
+        rmask, zone = None, (0.3, 0.45)[:n]
+    extras = options.Extras(None, rmask, zone)
+    mask = torch.tensor([[True, True], [True, True], [True, False]]).unsqueeze(-1)  # a shorter sequence
+    leaves = [torch.randn(T_, B_, I_), torch.randn(G, I_), torch.randn(G, H_), torch.randn(G), torch.randn(G),
+              torch.randn(H_), *(torch.randn(B_, H_) for _ in range(n))]
+    leaves = [t.requires_grad_() for t in leaves]
+
+    def f(x, w_ih, w_hh, b_ih, b_hh, fb, *state):
+        out, st = fused_cpu.run_layer(x, state, w_ih, w_hh, b_ih, b_hh, fb, layout, mask, extras=extras)
+        return (out, *st)
+
+    assert torch.autograd.gradcheck(f, leaves)
+
+
+def test_projections_and_triton_keep_zoneout_and_recurrent_dropout_on_the_reference(monkeypatch, caplog):
+    """proj_size with these options falls back (logged; backend='fused_cpu' refuses), and the
+    Triton backend still refuses them; LayerNorm stays reference-only everywhere."""
+    _fused_ops()
+    from gated import backends
+
+    x = torch.randn(T, B, I)
+    m = gated.LSTM(I, H, proj_size=3, zoneout=0.1, recurrent_dropout=0.2).train()
+    with caplog.at_level(logging.WARNING, "gated"):
+        backends._logged.clear()
+        m(x)
+    assert any("zoneout and recurrent_dropout with proj_size" in r.getMessage() for r in caplog.records)
+    assert backends.resolve("auto", m.layout, x, m.opts.unfused(True, proj=True)) is backends.BACKENDS["reference"]
+    with pytest.raises(RuntimeError, match="proj_size"):
+        gated.LSTM(I, H, proj_size=3, zoneout=0.1, backend="fused_cpu")(x)
+    g = gated.GRU(I, H, zoneout=0.1, recurrent_dropout=0.2)
+    monkeypatch.setitem(backends._CHECKS, "triton", lambda layout, x: None)  # as if Triton could run it
+    for training, match in ((True, "zoneout and recurrent_dropout"), (False, "zoneout")):
+        with pytest.raises(RuntimeError, match=match):
+            backends.resolve("triton", g.layout, x, g.opts.unfused(training))
+    assert backends.resolve("fused_cpu", g.layout, x, g.opts.unfused(True)) is backends.BACKENDS["fused_cpu"]
+    with pytest.raises(RuntimeError, match="layer_norm"):
+        backends.resolve("fused_cpu", g.layout, x, gated.GRU(I, H, layer_norm=True, zoneout=0.1).opts.unfused(True))
+
+
+def test_opcheck_fused_ops_with_zoneout_and_recurrent_dropout():
+    """torch.library.opcheck (schemas, fake implementations) with the option arguments."""
+    _fused_ops()
+    torch.manual_seed(0)
+    T_, B_, I_, H_ = 4, 3, 5, 6
+    for core, blocks, zc, refine in ((0, 4, True, True), (1, 4, False, True)):  # MGU's arguments: as the GRU's
+        G = blocks * H_
+        x, w_ih, w_hh = torch.randn(T_, B_, I_), torch.randn(G, I_), torch.randn(G, H_)
+        b_ih, b_hh, fb = torch.randn(G), torch.randn(G), torch.randn(H_)
+        h0, c0 = torch.randn(B_, H_), (torch.randn(B_, H_) if core == 0 else None)
+        lengths = torch.tensor([4, 2, 3])
+        rmask = torch.bernoulli(torch.full((B_, H_), 0.7)) / 0.7
+        zh = torch.bernoulli(torch.full((T_, B_, H_), 0.3))
+        zcm = torch.bernoulli(torch.full((T_, B_, H_), 0.3)) if zc else None
+        # training masks for the LSTM, the eval floats for the GRU; schema and fake implementation
+        # (AOT dispatch, seconds per op, is tested without the options in tests/test_autograd.py)
+        utils = ("test_schema", "test_faketensor")
+        for opt in ((rmask, zh, zcm, 0.0, 0.0),) if core == 0 else ((None, None, None, 0.2, 0.0),):
+            args = (x, w_ih, w_hh, b_ih, b_hh, fb if refine else None, h0, c0, lengths, None, core, refine, True, *opt)
+            torch.library.opcheck(torch.ops.gated_fused.recurrence_forward.default, args, test_utils=utils)
+            out, h_n, c_n, A, aux, _ = torch.ops.gated_fused.recurrence_forward(*args)
+            dc = torch.randn(B_, H_) if core == 0 else None
+            bwd = (torch.randn_like(out), torch.randn_like(h_n), dc, A, aux, out, h0, c0, w_hh, lengths, None, core,
+                   refine, *opt)
+            torch.library.opcheck(torch.ops.gated_fused.recurrence_backward.default, bwd, test_utils=utils)

@@ -3,7 +3,8 @@
 The C++ extension (gated/csrc/recurrence.cpp) defines ``gated_fused::recurrence_forward``,
 ``recurrence_backward``, ``xh_mm`` and ``tiled_mm`` with schemas and CPU kernels. Here they get
 
-- fake (meta) implementations: output shapes from input shapes, so ``torch.compile`` and
+- fake (meta) implementations: output shapes from input shapes (the zoneout and recurrent-dropout
+  arguments change none of them), so ``torch.compile`` and
   ``torch.export`` keep each op as one opaque call (no unrolled time loop, dynamic T and B);
 - batching rules for ``torch.func.vmap``: the op runs once per batch element and the results
   are stacked. (Batched gradients, ``autograd.grad(is_grads_batched=True)`` as gradcheck uses,
@@ -24,7 +25,8 @@ from gated.backends import _scan_ops
 _registered = False
 
 
-def _recurrence_forward_fake(x, w_ih, w_hh, b_ih, b_hh, fb, h0, c0, lengths, w_hr, core, refine, save):
+def _recurrence_forward_fake(x, w_ih, w_hh, b_ih, b_hh, fb, h0, c0, lengths, w_hr, core, refine, save, rmask=None,
+                             zone_h=None, zone_c=None, p_h=0.0, p_c=0.0):
     T, B, _ = x.shape
     G, P = w_ih.shape[0], w_hh.shape[1]  # P: the width of h (proj_size with projections)
     H = P if w_hr is None else w_hr.shape[1]
@@ -36,7 +38,8 @@ def _recurrence_forward_fake(x, w_ih, w_hh, b_ih, b_hh, fb, h0, c0, lengths, w_h
     return out, h_n, c_n, A, aux, m
 
 
-def _recurrence_backward_fake(dout, dh_n, dc_n, A, aux, out, h0, c0, w_hh, lengths, w_hr, core, refine):
+def _recurrence_backward_fake(dout, dh_n, dc_n, A, aux, out, h0, c0, w_hh, lengths, w_hr, core, refine, rmask=None,
+                              zone_h=None, zone_c=None, p_h=0.0, p_c=0.0):
     T, B, G = A.shape
     P = w_hh.shape[1]
     H = P if w_hr is None else w_hr.shape[1]

@@ -1,7 +1,10 @@
 """Fused CPU backend: the time loop and the pointwise gate maths in C++ (gated/csrc/recurrence.cpp).
 
 Supports every core in its plain (``-``, ``C``, ``U``) and sigmoid-refine (``R``, ``UR``) variants,
-float32 and float64 on the CPU. Same signature and results as :func:`gated.backends.reference.run_layer`
+float32 and float64 on the CPU, with zoneout and recurrent dropout (gated/options.py; not with
+``proj_size``, and not LayerNorm, which run on the reference backend): the kernels take the
+recurrent-dropout mask ``(B, H)`` and per state a zoneout keep mask ``(T, B, H)`` (training) or the
+probability ``p`` as a float (eval: the expectation, no ``(T, B, H)`` tensor of a constant). Same signature and results as :func:`gated.backends.reference.run_layer`
 (tests/test_fused.py). Backward is hand-written: the C++ pass returns the gradients of every step's
 pre-activations ``(T, B, G)``; the weight gradients are then single large matmuls here. In float32
 on AVX-512 and AVX2 CPUs every matmul but the input gradient runs on the register-tiled kernel of
@@ -22,6 +25,7 @@ from torch import Tensor
 from gated.backends import _build, reference
 from gated.cores import Layout
 from gated.gates import sigmoid_gate
+from gated.options import Extras
 
 _CORE_ID = {"lstm": 0, "gru": 1, "mgu": 2}
 _said = {"proj": False}  # one-time notes
@@ -67,11 +71,33 @@ def _kernel_ids(layout: Layout) -> tuple[int, bool]:
     return _CORE_ID[layout.core.name], layout.variant.auxiliary == "refine"
 
 
-def _forward(x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0, lengths, layout, save: bool):
+def _option_args(extras, x: Tensor) -> tuple:
+    """The kernels' ``(rmask, zone_h, zone_c, p_h, p_c)`` from a :class:`gated.options.Extras`:
+    masks contiguous in ``x``'s dtype, an eval zoneout as its float ``p`` (0: off)."""
+    if extras is None:
+        return None, None, None, 0.0, 0.0
+    if extras.ln is not None:
+        raise ValueError("the fused kernels have no LayerNorm (the reference backend runs it)")
+    prep = lambda t: None if t is None else t.to(x.dtype).contiguous()  # noqa: E731
+    zone = tuple(extras.zoneout or ()) + (None,) * 2
+    masks = [prep(z) if isinstance(z, Tensor) else None for z in zone[:2]]
+    probs = [float(z) if z is not None and not isinstance(z, Tensor) else 0.0 for z in zone[:2]]
+    return prep(extras.rmask), masks[0], masks[1], probs[0], probs[1]
+
+
+def _extras(rmask, zh, zc, ph, pc, n_states: int):
+    """The :class:`gated.options.Extras` of the kernels' option arguments (for the reference)."""
+    if rmask is None and zh is None and zc is None and not ph and not pc:
+        return None
+    zone = tuple(m if m is not None else (p or None) for m, p in ((zh, ph), (zc, pc)))[:n_states]
+    return Extras(None, rmask, None if all(z is None for z in zone) else zone)
+
+
+def _forward(x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0, lengths, layout, save: bool, opt=(None, None, None, 0.0, 0.0)):
     core, refine = _kernel_ids(layout)
     return torch.ops.gated_fused.recurrence_forward(
         x.contiguous(), w_ih.contiguous(), w_hh.contiguous(), b_ih, b_hh, fb, h0, c0, lengths,
-        None if w_hr is None else w_hr.contiguous(), core, refine, save,
+        None if w_hr is None else w_hr.contiguous(), core, refine, save, *opt,
     )
 
 
@@ -115,27 +141,29 @@ class _Recurrence(torch.autograd.Function):
     generate_vmap_rule = True  # vmap runs forward and backward on the ops' batching rules (_ops.py)
 
     @staticmethod
-    def forward(x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0, lengths, layout):
-        return _forward(x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0, lengths, layout, save=True)
+    def forward(x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0, lengths, layout, rmask, zh, zc, ph, pc):
+        return _forward(x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0, lengths, layout, True, (rmask, zh, zc, ph, pc))
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0, lengths, layout = inputs
+        x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0, lengths, layout, rmask, zh, zc, ph, pc = inputs
         out, h_n, c_n, A, aux, m = output
         ctx.mark_non_differentiable(A, aux, m)
-        ctx.save_for_backward(x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0, lengths, A, aux, m, out)
+        ctx.save_for_backward(x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0, lengths, A, aux, m, out, rmask, zh, zc)
         ctx.layout = layout
+        ctx.probs = (ph, pc)
 
     @staticmethod
     def backward(ctx, dout, dh_n, dc_n, _dA, _daux, _dm):
         if torch.is_grad_enabled():  # create_graph: the gradients must themselves be differentiable
             return _differentiable_backward(ctx, dout, dh_n, dc_n)
-        x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0, lengths, A, aux, m, out = ctx.saved_tensors
+        x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0, lengths, A, aux, m, out, rmask, zh, zc = ctx.saved_tensors
         layout = ctx.layout
         core, refine = _kernel_ids(layout)
         dA, dghn, dh0, dc0, dH = torch.ops.gated_fused.recurrence_backward(
             dout.contiguous(), dh_n.contiguous(), None if c0 is None else dc_n.contiguous(), A, aux, out, h0, c0,
             w_hh.contiguous(), lengths, None if w_hr is None else w_hr.contiguous(), core, refine,
+            rmask, zh, zc, *ctx.probs,
         )
         T, B, G = dA.shape
         I, H = x.shape[-1], h0.shape[-1]  # H: the width of h (proj_size with projections)
@@ -147,8 +175,9 @@ class _Recurrence(torch.autograd.Function):
         # and x straight into its panels (see xh_mm in recurrence.cpp).
         n_rows = _n_rows(layout)  # GRU/MGU: the candidate block's recurrent grads differ from dA
         has_bias = b_ih is not None
+        h_in, out_in = (h0, out) if rmask is None else (h0 * rmask, out * rmask)  # what W_hh multiplied
         grads = torch.ops.gated_fused.xh_mm(dA2, None if n_rows is None else dghn.view(T * B, -1),
-                                            x.reshape(T * B, I), h0, out, has_bias)
+                                            x.reshape(T * B, I), h_in, out_in, has_bias)
         dW = grads[0]
         dw_hh, dw_ih = dW[:, :H].contiguous(), dW[:, H:H + I].contiguous()
         if n_rows is not None:
@@ -163,7 +192,8 @@ class _Recurrence(torch.autograd.Function):
         dw_hr = None
         if w_hr is not None:  # dL/dW_hr = sum over steps of dh_t^T m_t
             dw_hr = torch.ops.gated_fused.tiled_mm(dH.view(T * B, H), m.view(T * B, -1), True, False)
-        return dx, dw_ih, dw_hh, db_ih, db_hh, dfb, dw_hr, dh0, (dc0 if c0 is not None else None), None, None
+        return (dx, dw_ih, dw_hh, db_ih, db_hh, dfb, dw_hr, dh0, (dc0 if c0 is not None else None), None, None,
+                None, None, None, None, None)
 
 
 def _splice(t: Tensor, rows: slice, block: Tensor) -> Tensor:
@@ -181,6 +211,7 @@ def _differentiable_backward(ctx, dout, dh_n, dc_n):
     autograd.grad, also composes with an enclosing torch.func transform). Slower than the fused
     backward, and only taken when the caller asked for a differentiable gradient."""
     x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0, lengths = ctx.saved_tensors[:10]
+    extras = _extras(*ctx.saved_tensors[14:17], *ctx.probs, 1 if c0 is None else 2)
     inputs = (x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0)
     wanted = [k for k, t in enumerate(inputs) if t is not None and ctx.needs_input_grad[k]]
     mask = None
@@ -193,23 +224,29 @@ def _differentiable_backward(ctx, dout, dh_n, dc_n):
         for k, t in zip(wanted, diff):
             args[k] = t
         state = (args[7],) if c0 is None else (args[7], args[8])
-        out, final = reference.run_layer(args[0], state, *args[1:6], ctx.layout, mask, w_hr=args[6])
+        out, final = reference.run_layer(args[0], state, *args[1:6], ctx.layout, mask, w_hr=args[6], extras=extras)
         return (out, *final)
 
     _, vjp = torch.func.vjp(layer, *(inputs[k] for k in wanted))
     got = vjp((dout, dh_n) if c0 is None else (dout, dh_n, dc_n))
-    grads: list = [None] * 11
+    grads: list = [None] * 16
     for k, g in zip(wanted, got):
         grads[k] = g
     return tuple(grads)
 
 
-def run_layer(x, state, w_ih, w_hh, b_ih, b_hh, forget_bias, layout, mask=None, record=None, w_hr=None):
-    """Same contract as :func:`gated.backends.reference.run_layer` (``record`` is not supported)."""
+def run_layer(x, state, w_ih, w_hh, b_ih, b_hh, forget_bias, layout, mask=None, record=None, w_hr=None, extras=None):
+    """Same contract as :func:`gated.backends.reference.run_layer` (``record`` is not supported;
+    ``extras`` without LayerNorm, and without projections)."""
     if record is not None:
         raise ValueError("the fused backend records no gates; gate_activations uses the reference backend")
     if x.shape[1] == 0:  # an empty batch: nothing to compute, and the kernels need B > 0
-        return reference.run_layer(x, state, w_ih, w_hh, b_ih, b_hh, forget_bias, layout, mask, w_hr=w_hr)
+        return reference.run_layer(x, state, w_ih, w_hh, b_ih, b_hh, forget_bias, layout, mask, w_hr=w_hr,
+                                   extras=extras)
+    opt = _option_args(extras, x)
+    if w_hr is not None and (any(t is not None for t in opt[:3]) or opt[3] or opt[4]):
+        raise ValueError("the fused kernels have no zoneout or recurrent dropout with projections (the reference "
+                         "backend runs them)")
     if w_hr is not None and x.dtype == torch.float32 and not _said["proj"] and not torch.compiler.is_compiling():
         _said["proj"] = True
         logging.getLogger("gated").warning(
@@ -219,7 +256,7 @@ def run_layer(x, state, w_ih, w_hh, b_ih, b_hh, forget_bias, layout, mask=None, 
     c0 = state[1].contiguous() if len(state) == 2 else None
     args = (x, w_ih, w_hh, b_ih, b_hh, forget_bias, w_hr, state[0].contiguous(), c0, lengths, layout)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args[:9]):
-        out, h_n, c_n = _Recurrence.apply(*args)[:3]
+        out, h_n, c_n = _Recurrence.apply(*args, *opt)[:3]
     else:  # inference: no graph, and the kernel keeps no per-step activations
-        out, h_n, c_n = _forward(*args, save=False)[:3]
+        out, h_n, c_n = _forward(*args, save=False, opt=opt)[:3]
     return out, (h_n, c_n) if c0 is not None else (h_n,)

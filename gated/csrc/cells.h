@@ -5,7 +5,8 @@
 // a refine gate for GRU/MGU), t the step, b a batch row, j a unit; A/a activations (and, forward,
 // the pre-activations they overwrite), P/p pre-activations, gh the recurrent projection, c/h the
 // states, fb the shared forget bias b_f, "refine" = paper Eq. 10 (g = f^2 + 2 r f (1 - f)),
-// d<name> the gradient of <name>, dhn the part of dh_{t-1} that does not go through W_hh.
+// d<name> the gradient of <name>, dhn the part of dh_{t-1} that does not go through W_hh, z a
+// zoneout keep mask (1: the unit keeps its previous value).
 #pragma once
 
 #include "vec_math.h"
@@ -25,6 +26,19 @@ struct Step {  // what one pointwise pass needs; pointers to row 0, strides in e
   bool masked(int64_t b) const { return len != nullptr && t >= len[b]; }
 };
 
+// Zoneout of one state (gated/options.py): s_t = s~_t + z (s_{t-1} - s~_t), z per step from a
+// (T, B, H) 0/1 keep mask in training, or the probability p itself in eval (the expectation).
+// Off when there is neither (p = 0).
+template <typename T>
+struct Zone {
+  const T* mask = nullptr;  // (T, B, H) or nullptr
+  T p = T(0);
+  bool on() const { return mask != nullptr || p != T(0); }
+  Vec<T> at(const Step& s, int64_t b, int64_t j, int64_t n) const {
+    return mask != nullptr ? ld(mask + (s.t * s.B + b) * s.H, j, n) : Vec<T>(p);
+  }
+};
+
 // row[k * H + j] = v for every gate block k < G / H and unit j in [s.j0, s.j1)
 template <typename T>
 inline void fill_units(const Step& s, T* row, T v) {
@@ -33,9 +47,11 @@ inline void fill_units(const Step& s, T* row, T v) {
 
 // ---------------------------------------------------------------- forward pointwise
 
-// LSTM: A holds pre-activations (i|r, f, g, o) and gets the activations back.
+// LSTM: A holds pre-activations (i|r, f, g, o) and gets the activations back. With zoneout the
+// states written are the zoned ones (h~ = o tanh(c~) from the un-zoned c~; hp: h_{t-1}).
 template <typename T>
-void lstm_fwd(const Step& s, const T* P, T* A, const T* cp, T* ct, T* ht, const T* fb, int64_t b0, int64_t b1) {
+void lstm_fwd(const Step& s, const T* P, T* A, const T* cp, T* ct, T* ht, const T* fb, int64_t b0, int64_t b1,
+              const T* hp = nullptr, const Zone<T>& zh = {}, const Zone<T>& zc = {}) {
   const int64_t H = s.H, G = s.G;
   for (int64_t b = b0; b < b1; ++b) {
     const T* p = P + b * G;  // pre-activations (may alias a)
@@ -60,8 +76,10 @@ void lstm_fwd(const Step& s, const T* P, T* A, const T* cp, T* ct, T* ht, const 
         keep = f * f + Vec<T>(T(2)) * i * f * (one - f);
         write = one - keep;
       }
-      Vec<T> c = keep * ld(c0, j, n) + write * u;
-      (o * th(c)).store(h1 + j, n);
+      Vec<T> cprev = ld(c0, j, n), c = keep * cprev + write * u, h = o * th(c);
+      if (zh.on()) h = h + zh.at(s, b, j, n) * (ld(hp + b * H, j, n) - h);
+      if (zc.on()) c = c + zc.at(s, b, j, n) * (cprev - c);
+      h.store(h1 + j, n);
       c.store(c1 + j, n);
       i.store(a + j, n);
       f.store(a + H + j, n);
@@ -75,7 +93,7 @@ void lstm_fwd(const Step& s, const T* P, T* A, const T* cp, T* ct, T* ht, const 
 // every bias but b_hn), gh the recurrent projection; ghn_out keeps W_hn h + b_hn for backward.
 template <typename T>
 void gru_mgu_fwd(const Step& s, int64_t core, T* A, const T* gh, const T* hp, T* ht, T* ghn_out, const T* bhn,
-                 const T* fb, int64_t b0, int64_t b1) {
+                 const T* fb, int64_t b0, int64_t b1, const Zone<T>& zh = {}) {
   const int64_t H = s.H, G = s.G;
   const int64_t kz = core == GRU ? 1 : 0, kn = kz + 1, kr = kn + 1;  // keep, candidate, refine blocks
   for (int64_t b = b0; b < b1; ++b) {
@@ -106,7 +124,9 @@ void gru_mgu_fwd(const Step& s, int64_t core, T* A, const T* gh, const T* hp, T*
         keep = z * z + Vec<T>(T(2)) * r * z * (one - z);
         r.store(a + kr * H + j, n);
       }
-      (keep * ld(h0, j, n) + (one - keep) * cand).store(h1 + j, n);
+      Vec<T> hprev = ld(h0, j, n), h = keep * hprev + (one - keep) * cand;
+      if (zh.on()) h = h + zh.at(s, b, j, n) * (hprev - h);
+      h.store(h1 + j, n);
       z.store(a + kz * H + j, n);
       cand.store(a + kn * H + j, n);
       ghn.store(q + j, n);
@@ -126,10 +146,12 @@ inline void refine_grads(const Vec<T>& f, const Vec<T>& r, Vec<T>& g, Vec<T>& dg
 }
 
 // LSTM: reads activations A_t, writes pre-activation grads dA_t; dc is updated in place;
-// dhn gets the part of dh_{t-1} that does not go through W_hh (the carry of masked rows).
+// dhn gets the part of dh_{t-1} that does not go through W_hh (the carry of masked rows, and with
+// zoneout z_h dh_t). With zoneout of c, ct holds the zoned c_t, so c~_t is recomputed from the
+// activations and c_{t-1} (no saved buffer).
 template <typename T>
 void lstm_bwd(const Step& s, const T* A, const T* cp, const T* ct, const T* dout, const T* dh, T* dc, T* dA, T* dhn,
-              int64_t b0, int64_t b1) {
+              int64_t b0, int64_t b1, const Zone<T>& zh = {}, const Zone<T>& zc = {}) {
   const int64_t H = s.H, G = s.G;
   for (int64_t b = b0; b < b1; ++b) {
     const T* a = A + b * G;
@@ -139,28 +161,43 @@ void lstm_bwd(const Step& s, const T* A, const T* cp, const T* ct, const T* dout
       std::copy(dh + b * H + s.j0, dh + b * H + s.j1, dhn + b * H + s.j0);
       continue;
     }
-    std::fill(dhn + b * H + s.j0, dhn + b * H + s.j1, T(0));
+    if (!zh.on()) std::fill(dhn + b * H + s.j0, dhn + b * H + s.j1, T(0));
     lanes<T>(s.j0, s.j1, [&](int64_t j, int64_t n) {
       Vec<T> one(T(1));
       Vec<T> i = ld(a, j, n), f = ld(a + H, j, n), u = ld(a + 2 * H, j, n), o = ld(a + 3 * H, j, n);
-      Vec<T> c0 = ld(cp + b * H, j, n), tc = th(ld(ct + b * H, j, n));
+      Vec<T> c0 = ld(cp + b * H, j, n);
+      Vec<T> keep = f, write = i, dgdf, dgdr;
+      if (s.refine) {
+        refine_grads(f, i, keep, dgdf, dgdr);
+        write = one - keep;
+      }
+      Vec<T> tc = th(zc.on() ? keep * c0 + write * u : ld(ct + b * H, j, n));
       Vec<T> dht = ld(dout + b * H, j, n) + ld(dh + b * H, j, n);
-      Vec<T> dct = ld(dc + b * H, j, n) + dht * o * (one - tc * tc);
+      if (zh.on()) {  // h_t = h~ + z (h_{t-1} - h~): z dh_t goes straight to h_{t-1}
+        Vec<T> direct = zh.at(s, b, j, n) * dht;
+        direct.store(dhn + b * H + j, n);
+        dht = dht - direct;
+      }
+      Vec<T> dcin = ld(dc + b * H, j, n), dcd(T(0));
+      if (zc.on()) {
+        dcd = zc.at(s, b, j, n) * dcin;
+        dcin = dcin - dcd;
+      }
+      Vec<T> dct = dcin + dht * o * (one - tc * tc);
       Vec<T> dpo = dht * tc * o * (one - o), dpu, dpi, dpf, dcp;
       if (s.refine) {
-        Vec<T> g, dgdf, dgdr;
-        refine_grads(f, i, g, dgdf, dgdr);
         Vec<T> dg = dct * (c0 - u);
-        dpu = dct * (one - g) * (one - u * u);
+        dpu = dct * (one - keep) * (one - u * u);
         dpf = dg * dgdf * f * (one - f);
         dpi = dg * dgdr * i * (one - i);
-        dcp = dct * g;
+        dcp = dct * keep;
       } else {
         dpu = dct * i * (one - u * u);
         dpf = dct * c0 * f * (one - f);
         dpi = dct * u * i * (one - i);
         dcp = dct * f;
       }
+      if (zc.on()) dcp = dcp + dcd;
       dpi.store(da + j, n);
       dpf.store(da + H + j, n);
       dpu.store(da + 2 * H + j, n);
@@ -174,7 +211,7 @@ void lstm_bwd(const Step& s, const T* A, const T* cp, const T* ct, const T* dout
 // which differ in the candidate block), dghn_t, and dhn = the direct part of dh_{t-1}.
 template <typename T>
 void gru_mgu_bwd(const Step& s, int64_t core, const T* A, const T* ghn_t, const T* hp, const T* dout, const T* dh,
-                 T* dA, T* S, T* dghn, T* dhn, int64_t b0, int64_t b1) {
+                 T* dA, T* S, T* dghn, T* dhn, int64_t b0, int64_t b1, const Zone<T>& zh = {}) {
   const int64_t H = s.H, G = s.G;
   const int64_t kz = core == GRU ? 1 : 0, kn = kz + 1, kr = kn + 1;
   for (int64_t b = b0; b < b1; ++b) {
@@ -189,7 +226,11 @@ void gru_mgu_bwd(const Step& s, int64_t core, const T* A, const T* ghn_t, const 
     }
     lanes<T>(s.j0, s.j1, [&](int64_t j, int64_t n) {
       Vec<T> one(T(1)), z = ld(a + kz * H, j, n), cand = ld(a + kn * H, j, n), q = ld(ghn_t + b * H, j, n);
-      Vec<T> h0 = ld(hp + b * H, j, n), dht = ld(dout + b * H, j, n) + ld(dh + b * H, j, n);
+      Vec<T> h0 = ld(hp + b * H, j, n), dht = ld(dout + b * H, j, n) + ld(dh + b * H, j, n), direct(T(0));
+      if (zh.on()) {  // h_t = h~ + z (h_{t-1} - h~): z dh_t goes straight to h_{t-1}
+        direct = zh.at(s, b, j, n) * dht;
+        dht = dht - direct;
+      }
       Vec<T> keep = z, dgdf(T(1)), dgdr, r;
       if (s.refine) {
         r = ld(a + kr * H, j, n);
@@ -218,7 +259,7 @@ void gru_mgu_bwd(const Step& s, int64_t core, const T* A, const T* ghn_t, const 
         dpr.store(da + kr * H + j, n);
         dpr.store(sr + kr * H + j, n);
       }
-      (dht * keep).store(dhn + b * H + j, n);
+      (zh.on() ? dht * keep + direct : dht * keep).store(dhn + b * H + j, n);
     });
   }
 }

@@ -42,6 +42,29 @@ void check(const Tensor& x, const Tensor& w_hh) {
   TORCH_CHECK(x.is_contiguous() && w_hh.is_contiguous(), "gated fused CPU backend: contiguous tensors expected");
 }
 
+// The optional options (gated/options.py): the recurrent-dropout mask rmask (B, H) and per state
+// zoneout, a (T, B, H) keep mask or the eval probability p (used where the mask is absent). Not
+// with projections (those run on the reference backend).
+void check_options(const Tensor& like, int64_t Tn, int64_t B, int64_t H, bool proj, const std::optional<Tensor>& rmask,
+                   const std::optional<Tensor>& zone_h, const std::optional<Tensor>& zone_c, double p_h, double p_c,
+                   bool lstm) {
+  const bool any = rmask || zone_h || zone_c || p_h != 0 || p_c != 0;
+  TORCH_CHECK(!(any && proj), "gated fused CPU backend: zoneout and recurrent dropout are not fused with projections");
+  TORCH_CHECK(lstm || (!zone_c && p_c == 0), "gated fused CPU backend: zoneout of c is LSTM only");
+  auto ok = [&](const std::optional<Tensor>& t, at::IntArrayRef shape, const char* what) {
+    TORCH_CHECK(!t || (t->sizes() == shape && t->scalar_type() == like.scalar_type() && t->is_contiguous()),
+                "gated fused CPU backend: ", what, " must be a contiguous ", shape, " tensor of the input's dtype");
+  };
+  ok(rmask, {B, H}, "the recurrent-dropout mask");
+  ok(zone_h, {Tn, B, H}, "the zoneout mask of h");
+  ok(zone_c, {Tn, B, H}, "the zoneout mask of c");
+}
+
+template <typename T>
+Zone<T> zone(const std::optional<Tensor>& mask, double p) {
+  return mask ? Zone<T>{mask->data_ptr<T>(), T(0)} : Zone<T>{nullptr, T(p)};
+}
+
 using Tensors6 = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
 using Tensors5 = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>;
 
@@ -61,8 +84,11 @@ std::pair<std::optional<Tensor>, std::optional<Tensor>> split_biases(const std::
 Tensors6 recurrence_forward(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, const std::optional<Tensor>& b_ih,
                             const std::optional<Tensor>& b_hh, const std::optional<Tensor>& fb, const Tensor& h0,
                             const std::optional<Tensor>& c0, const std::optional<Tensor>& lengths,
-                            const std::optional<Tensor>& w_hr, int64_t core, bool refine, bool save) {
+                            const std::optional<Tensor>& w_hr, int64_t core, bool refine, bool save,
+                            const std::optional<Tensor>& rmask, const std::optional<Tensor>& zone_h,
+                            const std::optional<Tensor>& zone_c, double p_h, double p_c) {
   check(x, w_hh);
+  check_options(x, x.size(0), x.size(1), w_hh.size(1), w_hr.has_value(), rmask, zone_h, zone_c, p_h, p_c, core == LSTM);
   TORCH_CHECK(!w_hr || (core == LSTM && w_hr->is_contiguous()), "gated fused CPU backend: projections are LSTM only");
   TORCH_CHECK(b_ih.has_value() == b_hh.has_value(), "gated fused CPU backend: both biases or neither");
   at::NoGradGuard no_grad;
@@ -70,7 +96,7 @@ Tensors6 recurrence_forward(const Tensor& x, const Tensor& w_ih, const Tensor& w
   auto r = AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gated_recurrence_forward", [&] {
     return forward_impl<scalar_t>(x, w_ih, w_hh, bias_x, b_hn, fb, h0.contiguous(),
                                   c0 ? std::optional<Tensor>(c0->contiguous()) : c0, lengths, w_hr, core, refine,
-                                  save);
+                                  save, rmask, zone<scalar_t>(zone_h, p_h), zone<scalar_t>(zone_c, p_c));
   });
   return {r[0], r[1], r[2], r[3], r[4], r[5]};
 }
@@ -78,13 +104,16 @@ Tensors6 recurrence_forward(const Tensor& x, const Tensor& w_ih, const Tensor& w
 Tensors5 recurrence_backward(const Tensor& dout, const Tensor& dh_n, const std::optional<Tensor>& dc_n,
                              const Tensor& A, const Tensor& aux, const Tensor& out, const Tensor& h0,
                              const std::optional<Tensor>& c0, const Tensor& w_hh, const std::optional<Tensor>& lengths,
-                             const std::optional<Tensor>& w_hr, int64_t core, bool refine) {
+                             const std::optional<Tensor>& w_hr, int64_t core, bool refine,
+                             const std::optional<Tensor>& rmask, const std::optional<Tensor>& zone_h,
+                             const std::optional<Tensor>& zone_c, double p_h, double p_c) {
   check(A, w_hh);
+  check_options(A, A.size(0), A.size(1), w_hh.size(1), w_hr.has_value(), rmask, zone_h, zone_c, p_h, p_c, core == LSTM);
   at::NoGradGuard no_grad;
   auto r = AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "gated_recurrence_backward", [&] {
     return backward_impl<scalar_t>(dout.contiguous(), dh_n, dc_n, A, aux, out, h0.contiguous(),
                                    c0 ? std::optional<Tensor>(c0->contiguous()) : c0, w_hh, lengths, w_hr, core,
-                                   refine);
+                                   refine, rmask, zone<scalar_t>(zone_h, p_h), zone<scalar_t>(zone_c, p_c));
   });
   return {r[0], r[1], r[2], r[3], r[4]};
 }
@@ -215,11 +244,13 @@ TORCH_LIBRARY(gated_fused, m) {
   m.def("xh_mm(Tensor a, Tensor? a2, Tensor x2, Tensor h0, Tensor out, bool append_sums) -> (Tensor, Tensor)");
   m.def(
       "recurrence_forward(Tensor x, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? fb, Tensor h0, "
-      "Tensor? c0, Tensor? lengths, Tensor? w_hr, int core, bool refine, bool save) "
+      "Tensor? c0, Tensor? lengths, Tensor? w_hr, int core, bool refine, bool save, Tensor? rmask=None, "
+      "Tensor? zone_h=None, Tensor? zone_c=None, float p_h=0., float p_c=0.) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "recurrence_backward(Tensor dout, Tensor dh_n, Tensor? dc_n, Tensor A, Tensor aux, Tensor out, Tensor h0, "
-      "Tensor? c0, Tensor w_hh, Tensor? lengths, Tensor? w_hr, int core, bool refine) "
+      "Tensor? c0, Tensor w_hh, Tensor? lengths, Tensor? w_hr, int core, bool refine, Tensor? rmask=None, "
+      "Tensor? zone_h=None, Tensor? zone_c=None, float p_h=0., float p_c=0.) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 

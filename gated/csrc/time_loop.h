@@ -7,7 +7,8 @@
 // (proj_size with projections, else H), G gate rows; A gate (pre-)activations, aux the saved
 // state (c_t, or W_hn h + b_hn), M m_t before the projection W_hr, S the recurrent projection's
 // gradients (GRU/MGU), dA dh dc d<name> gradients, tid/nth a thread and the team's size, q0/q1 a
-// thread's range of tiled groups.
+// thread's range of tiled groups; rm the recurrent-dropout mask (B, H), HM the masked h the next
+// step's GEMM reads, zh/zc zoneout (cells.h's Zone).
 #pragma once
 
 #include "vec_math.h"  // first: its CPU_CAPABILITY defines must precede every ATen header
@@ -76,7 +77,8 @@ std::vector<Tensor> forward_impl(const Tensor& x, const Tensor& w_ih, const Tens
                                  const std::optional<Tensor>& bias_x, const std::optional<Tensor>& b_hn,
                                  const std::optional<Tensor>& fb, const Tensor& h0, const std::optional<Tensor>& c0,
                                  const std::optional<Tensor>& lengths, const std::optional<Tensor>& w_hr,
-                                 int64_t core, bool refine, bool save) {
+                                 int64_t core, bool refine, bool save, const std::optional<Tensor>& rmask,
+                                 const Zone<T>& zh, const Zone<T>& zc) {
   // P: the width of h (proj_size with projections, else H); H: the hidden units (the gates' width)
   const int64_t Tn = x.size(0), B = x.size(1), I = x.size(2), G = w_ih.size(0), P = w_hh.size(1);
   const bool proj = w_hr.has_value();
@@ -91,6 +93,11 @@ std::vector<Tensor> forward_impl(const Tensor& x, const Tensor& w_ih, const Tens
   // W_hr's gradient when saving)
   Tensor M = proj ? empty({save ? Tn : 2, B, H}, opts) : Tensor();
   Tensor gh = empty({B, G}, opts);
+  // recurrent dropout: the GEMM reads h_{t-1} * rm, which each step's pointwise pass writes for its
+  // units into HM (two rows: step t writes one while step t's GEMM has read the other); h_0 * rm
+  // before the loop
+  const T* rm = rmask ? rmask->data_ptr<T>() : nullptr;
+  Tensor HM = rm ? empty({2, B, P}, opts) : Tensor(), h0m = rm ? h0 * *rmask : Tensor();
   Tensor len = lengths ? lengths->contiguous() : Tensor();
   const int64_t* lp = len.defined() ? len.data_ptr<int64_t>() : nullptr;
   const T* fbp = fb ? fb->data_ptr<T>() : nullptr;
@@ -121,18 +128,33 @@ std::vector<Tensor> forward_impl(const Tensor& x, const Tensor& w_ih, const Tens
     struct {
       T *a, *h, *state;  // h: where the pointwise pass writes h_t (m_t with projections)
       const T *h_prev, *c_prev;
+      const T* gin;  // what the GEMM reads: h_{t-1}, or h_{t-1} * rm
+      T* hm;         // recurrent dropout: where h_t * rm goes
     } r{Ap + (t - t0) * B * G, proj ? Mp + ring(save, t) * B * H : outp + t * B * H, auxp + ring(save, t) * B * H,
-        nullptr, nullptr};
+        nullptr, nullptr, nullptr, nullptr};
     r.h_prev = t == 0 ? h0p : outp + (t - 1) * B * P;
     if (core == LSTM) r.c_prev = t == 0 ? c0p : auxp + ring(save, t - 1) * B * H;
+    r.gin = r.h_prev;
+    if (rm != nullptr) {
+      T* hmp = HM.data_ptr<T>();
+      r.gin = t == 0 ? h0m.data_ptr<T>() : hmp + ((t - 1) % 2) * B * P;
+      r.hm = hmp + (t % 2) * B * P;
+    }
     return r;
   };
   // LSTM: pre = gx_t + h W_hh^T (accumulated into A_t); GRU/MGU: pre = h W_hh^T on its own
   auto pointwise = [&](const Step& s, const auto& r, const T* pre, int64_t b0, int64_t b1) {
     if (core == LSTM) {
-      lstm_fwd<T>(s, pre, r.a, r.c_prev, r.state, r.h, fbp, b0, b1);
+      lstm_fwd<T>(s, pre, r.a, r.c_prev, r.state, r.h, fbp, b0, b1, r.h_prev, zh, zc);
     } else {
-      gru_mgu_fwd<T>(s, core, r.a, pre, r.h_prev, r.h, r.state, bhnp, fbp, b0, b1);
+      gru_mgu_fwd<T>(s, core, r.a, pre, r.h_prev, r.h, r.state, bhnp, fbp, b0, b1, zh);
+    }
+    if (rm != nullptr) {  // no projections here: h_t is (B, H)
+      for (int64_t b = b0; b < b1; ++b) {
+        const T *hb = r.h + b * H, *mb = rm + b * H;
+        T* ob = r.hm + b * H;
+        for (int64_t j = s.j0; j < s.j1; ++j) ob[j] = hb[j] * mb[j];
+      }
     }
   };
 #if defined(GATED_TILED_GEMM)
@@ -152,7 +174,7 @@ std::vector<Tensor> forward_impl(const Tensor& x, const Tensor& w_ih, const Tens
           for (int64_t t = t0; t < t0 + n; ++t) {
             const auto r = step(t, t0);
             float* dst = core == LSTM ? r.a : ghp;
-            wh->run(r.h_prev, H, 0, B, dst, G, q0, q1, core == LSTM ? dst : nullptr, G);
+            wh->run(r.gin, H, 0, B, dst, G, q0, q1, core == LSTM ? dst : nullptr, G);
             const Step own{B, H, G, t, lp, refine, wh->unit_begin(q0), wh->unit_end(q1)};
             pointwise(own, r, dst, 0, B);
             barrier();
@@ -179,7 +201,8 @@ std::vector<Tensor> forward_impl(const Tensor& x, const Tensor& w_ih, const Tens
       }
       for (int64_t t = t0; t < t0 + n; ++t) {
         const auto r = step(t, t0);
-        Tensor pre = gemm->run(t == 0 ? h0 : out[t - 1], core == LSTM ? A[t - t0] : Tensor(), gh);
+        Tensor gin = rm != nullptr ? (t == 0 ? h0m : HM[(t - 1) % 2]) : (t == 0 ? h0 : out[t - 1]);
+        Tensor pre = gemm->run(gin, core == LSTM ? A[t - t0] : Tensor(), gh);
         const T* pp = pre.data_ptr<T>();
         const Step s{B, H, G, t, lp, refine, 0, H};
         rows(B, H, [&](int64_t b0, int64_t b1) { pointwise(s, r, pp, b0, b1); });
@@ -207,7 +230,8 @@ std::vector<Tensor> backward_impl(const Tensor& dout, const Tensor& dh_n, const 
                                   const Tensor& A, const Tensor& aux, const Tensor& out, const Tensor& h0,
                                   const std::optional<Tensor>& c0, const Tensor& w_hh,
                                   const std::optional<Tensor>& lengths, const std::optional<Tensor>& w_hr,
-                                  int64_t core, bool refine) {
+                                  int64_t core, bool refine, const std::optional<Tensor>& rmask, const Zone<T>& zh,
+                                  const Zone<T>& zc) {
   const int64_t Tn = A.size(0), B = A.size(1), G = A.size(2), P = w_hh.size(1);
   const int64_t H = w_hr ? w_hr->size(1) : P;
   auto opts = A.options();
@@ -234,10 +258,17 @@ std::vector<Tensor> backward_impl(const Tensor& dout, const Tensor& dh_n, const 
     T* dap = dAp + t * BG;
     if (core == LSTM) {
       const T *cp = t == 0 ? c0->data_ptr<T>() : auxp + (t - 1) * BH, *ct = auxp + t * BH;
-      lstm_bwd<T>(s, ap, cp, ct, dop, dhp, dcp, dap, dhnp, b0, b1);
+      lstm_bwd<T>(s, ap, cp, ct, dop, dhp, dcp, dap, dhnp, b0, b1, zh, zc);
     } else {
       const T *q = auxp + t * BH, *hp = t == 0 ? h0.data_ptr<T>() : outp + (t - 1) * BH;
-      gru_mgu_bwd<T>(s, core, ap, q, hp, dop, dhp, dap, Sp + (t % 2) * BG, dghnp + t * BH, dhnp, b0, b1);
+      gru_mgu_bwd<T>(s, core, ap, q, hp, dop, dhp, dap, Sp + (t % 2) * BG, dghnp + t * BH, dhnp, b0, b1, zh);
+    }
+  };
+  // recurrent dropout: dh_{t-1} = (src_t @ W_hh) * rm + dhn_t, on units [j0, j1) of every row
+  const T* rm = rmask ? rmask->data_ptr<T>() : nullptr;
+  auto mask_add = [&](T* d, const T* direct, int64_t j0, int64_t j1) {
+    for (int64_t b = 0; b < B; ++b) {
+      for (int64_t j = j0; j < j1; ++j) d[b * H + j] = d[b * H + j] * rm[b * H + j] + direct[b * H + j];
     }
   };
   if (w_hr) {
@@ -284,7 +315,12 @@ std::vector<Tensor> backward_impl(const Tensor& dout, const Tensor& dh_n, const 
         const int64_t q0 = share(groups, tid, nth), q1 = share(groups, tid + 1, nth);
         for (int64_t t = Tn - 1; t >= -1; --t) {
           const float* sp = t + 1 >= Tn ? nullptr : core == LSTM ? dAp + (t + 1) * B * G : Sp + ((t + 1) % 2) * B * G;
-          if (sp != nullptr) wh.run(sp, G, 0, B, dhp, H, q0, q1, dhnp, H);
+          if (sp != nullptr && rm != nullptr) {
+            wh.run(sp, G, 0, B, dhp, H, q0, q1, nullptr, 0);
+            mask_add(dhp, dhnp, wh.unit_begin(q0), wh.unit_end(q1));
+          } else if (sp != nullptr) {
+            wh.run(sp, G, 0, B, dhp, H, q0, q1, dhnp, H);
+          }
           if (t >= 0) {
             const Step own{B, H, G, t, lp, refine, wh.unit_begin(q0), wh.unit_end(q1)};
             pointwise(own, dhp, dhnp, 0, B);
@@ -304,7 +340,13 @@ std::vector<Tensor> backward_impl(const Tensor& dout, const Tensor& dh_n, const 
     const T* dhp = dh.data_ptr<T>();
     T* dhnp = dhn.data_ptr<T>();
     rows(B, H, [&](int64_t b0, int64_t b1) { pointwise(s, dhp, dhnp, b0, b1); });
-    dh = gemm.run(src(t), dhn, scratch);
+    if (rm != nullptr) {
+      Tensor g = gemm.run(src(t), Tensor(), scratch);
+      mask_add(g.data_ptr<T>(), dhnp, 0, H);
+      dh = g;  // scratch or a new tensor: read by the next pointwise pass before the next product
+    } else {
+      dh = gemm.run(src(t), dhn, scratch);
+    }
   }
   return {dA, dghn, dh, core == LSTM ? dc : empty({0}, opts), empty({0}, opts)};
 }
