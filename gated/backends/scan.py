@@ -13,12 +13,12 @@ each with the contract of :func:`gated.backends.reference.run_layer` (``w_hh``/`
   the recurrence as a Python loop inside an autograd.Function whose backward is the reverse scan;
 - ``"reference"``: the sequential step loop of :mod:`gated.backends.reference` (its step gets ``gh=None``), the oracle.
 
-RG-LRU and HGRN (:data:`gated.cores.SCAN_COEFFICIENTS`) have no gate kernel in ``scan.h`` (RG-LRU's write
-path ``sqrt(1 - a^2) i`` and HGRN's lower bound and SiLU candidate do not fit its gate hook, whose
-backward assumes ``w = 1 - a`` and whose per-unit inputs are a bias and ``b_f``): on both fast
-backends their ``a_t``, ``b_t`` are torch ops over the whole sequence (autograd differentiates them),
-and the recurrence is ``scan.h``'s bare ``linear_scan`` kernel on ``"fused_cpu"`` and the Python loop
-on ``"torch"``.
+RG-LRU and HGRN have their own gate hooks in ``scan.h`` (``gated_fused::lru_forward``/``lru_backward``,
+:class:`_LruLayer`): RG-LRU's write ``sqrt(1 - g^2) i`` and ``Lambda``, HGRN's bound and SiLU candidate do
+not fit minGRU's hook (whose backward assumes ``w = 1 - a``). Their backward also returns the per-unit
+parameter's gradient (``Lambda``, the lower bound) summed over time per batch row. On ``"torch"`` their
+``a_t``, ``b_t`` are torch ops over the whole sequence (:data:`gated.cores.SCAN_COEFFICIENTS`,
+differentiated by autograd) and the recurrence is the Python loop.
 
 ``"auto"`` takes ``fused_cpu`` where it can run (CPU, float32/float64, the extension built) and the
 ``torch`` fallback elsewhere, logging the reason once; under tracing, export, torch.func transforms

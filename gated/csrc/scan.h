@@ -1,4 +1,5 @@
-// Scan kernels of the input-gated cores (minGRU, minLSTM; Feng et al. 2024) and the bare linear scan.
+// Scan kernels of the input-gated cores (minGRU, minLSTM; Feng et al. 2024; RG-LRU, De et al. 2024; HGRN,
+// Qin et al. 2023) and the bare linear scan.
 //
 // Their gates read x_t only, so h_t = a_t h_{t-1} + b_t is a diagonal linear recurrence. On a CPU the
 // sequential scan is the fast one: it is memory-bound and every element is read once, where parallel
@@ -11,7 +12,8 @@
 // and computes a_t, b_t from it in the loop (the gates are fused). The backward is the reverse scan,
 // dh_{t-1} = a_t dh_t (+ dout_{t-1}), with the gates recomputed from P and their derivatives taken in
 // the same pass, giving dP (T, B, G): the weight gradients are then one GEMM. Equations are those of
-// gated/cores.py (scan_gates, mingru_step); tests/test_scan*.py check them against it.
+// gated/cores.py (scan_gates, mingru_step, rglru_coefficients, hgrn_coefficients); tests/test_scan*.py
+// check them against it.
 // Glossary: T time, B batch, H hidden, G gate rows (2H minGRU, 3H minLSTM, + H with a refine gate).
 //
 // Included at the end of recurrence.cpp (one translation unit): Vec, ld, lanes, fast_exp, recip
