@@ -242,7 +242,7 @@ struct RgGates {
     sig2<T>(row.pre(1, j, m), i, ic);
     n = row.pre(2, j, m);
     u = Vec<T>(T(kRgC)) * r * ld(sp, j, m);      // -log a_t >= 0
-    ac = u.neg().expm1().neg();                   // 1 - a_t, exact as a_t -> 1
+    ac = fast_expm1<T>(u.neg()).neg();            // 1 - a_t, exact as a_t -> 1
     const Vec<T> one(T(1)), two(T(2));
     a = one - ac;
     Vec<T> norm;                                  // 1 - g^2
