@@ -327,7 +327,7 @@ def _coefficient_step(coefficients):
 rglru_step = _coefficient_step(rglru_coefficients)
 hgrn_step = _coefficient_step(hgrn_coefficients)
 
-# scan cores whose coefficients the torch and linear-scan backends compute as torch ops
+# scan cores whose coefficients the torch backend computes as torch ops (fused_cpu: scan.h's lru kernels)
 SCAN_COEFFICIENTS = {"rglru": rglru_coefficients, "hgrn": hgrn_coefficients}
 
 

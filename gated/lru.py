@@ -45,7 +45,7 @@ _DOC_ARGS = """
             accepted for torch's signature and must be 0.
         variant: ``"-"`` (default: the paper's equations and init), ``"U"``, ``"R"`` or ``"UR"``,
             keyword only.{extra}
-        backend: ``"auto"`` (on CPU in float32/float64 the gates as torch ops and the C++ linear scan,
+        backend: ``"auto"`` (on CPU in float32/float64 the C++ scan with the gates fused into it,
             elsewhere the pure-torch scan, logged once), ``"fused_cpu"``, ``"torch"`` or
             ``"reference"`` (the sequential step loop).
 

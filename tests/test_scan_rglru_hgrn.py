@@ -481,3 +481,196 @@ def test_pickle_state_dict_and_torch_func():
 def test_bad_arguments_are_rejected_clearly(make, message, kind):
     with pytest.raises(kind, match=message):
         make()
+
+
+# ---- the fused kernels (gated/csrc/scan.h: lru_forward, lru_backward) ----
+
+fused = pytest.mark.skipif(not scan_backend.available(), reason="no scan kernels")
+LRU_CONFIGS = [  # (core, variant, module kwargs): every variant, HGRN's bounds learned / fixed / none, no bias
+    *[(c, v, {}) for c, v in CASES],
+    ("HGRN", "UR", {"lower_bound": 0.3}),
+    ("HGRN", "-", {"lower_bound": False}),
+    ("HGRN", "R", {"bias": False}),
+    ("RGLRU", "UR", {"bias": False}),
+]
+LRU_IDS = [f"{c}-{v}-{'-'.join(f'{k}={w}' for k, w in kw.items())}" for c, v, kw in LRU_CONFIGS]
+
+
+@fused
+@pytest.mark.parametrize("core,variant,kw", LRU_CONFIGS, ids=LRU_IDS)
+def test_fused_kernel_runs_the_layer(core, variant, kw):
+    """fused_cpu runs RG-LRU and HGRN on their own kernel (no torch-op gates, no bare linear scan)."""
+    m = _module(core, variant, num_layers=2, **kw)
+    x = torch.randn(4, 2, 5, dtype=D, requires_grad=True)
+    out, _ = m._run(x, None, backend="fused_cpu")
+    assert type(out.grad_fn).__name__ == "_LruLayerBackward"
+    assert not any("LinearScan" in type(n).__name__ for n in _graph(out.grad_fn))
+
+
+def _graph(fn, seen=None):
+    seen = set() if seen is None else seen
+    if fn is not None and fn not in seen:
+        seen.add(fn)
+        for nxt, _ in fn.next_functions:
+            _graph(nxt, seen)
+    return seen
+
+
+@fused
+@pytest.mark.parametrize("dtype", [D, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("core,variant,kw", LRU_CONFIGS, ids=LRU_IDS)
+def test_fused_equals_the_sequential_loop(core, variant, kw, dtype):
+    """2 layers, both directions, signed h0: outputs, h_n and the gradients of the input, h0 and every
+    parameter (Lambda, HGRN's lower_bounds and forget_bias) to 1e-10 in float64, 1e-5 in float32."""
+    m = _module(core, variant, dtype=dtype, num_layers=2, bidirectional=True, **kw)
+    x = torch.randn(9, 3, 5, dtype=dtype, requires_grad=True)
+    h0 = torch.randn(4, 3, 6, dtype=dtype, requires_grad=True)
+    ref_vals, ref_grads = _values_and_grads(m, x, h0, "reference")
+    vals, grads = _values_and_grads(m, x, h0, "fused_cpu")
+    names = ["output", "h_n", "d input", "d h0"] + [f"d {n}" for n, _ in m.named_parameters()]
+    tol = 1e-10 if dtype == D else 1e-5
+    for name, a, b in zip(names, [*vals, *grads], [*ref_vals, *ref_grads], strict=True):
+        assert _rel(a, b) < tol, (name, _rel(a, b))
+
+
+@fused
+@pytest.mark.parametrize("dtype", [D, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("core,variant", CASES)
+def test_fused_packed_sequences_equal_the_loop(core, variant, dtype):
+    """Steps past a sequence's end hold the state and give zero gradients, as the loop's mask."""
+    m = _module(core, variant, dtype=dtype, num_layers=2, bidirectional=True)
+    seqs = [torch.randn(n, 5, dtype=dtype) for n in (7, 3, 5, 1)]
+    x = pack_sequence(seqs, enforce_sorted=False)
+    x.data.requires_grad_(True)
+    h0 = torch.randn(4, 4, 6, dtype=dtype, requires_grad=True)
+    ref_vals, ref_grads = _values_and_grads(m, x, h0, "reference")
+    vals, grads = _values_and_grads(m, x, h0, "fused_cpu")
+    tol = 1e-10 if dtype == D else 1e-5
+    for k, (a, b) in enumerate(zip([*vals, *grads], [*ref_vals, *ref_grads], strict=True)):
+        assert _rel(a, b) < tol, (k, _rel(a, b))
+
+
+@fused
+@pytest.mark.parametrize("core,variant,kw", LRU_CONFIGS, ids=LRU_IDS)
+def test_fused_gradcheck(core, variant, kw):
+    """gradcheck in float64 of the fused layer (the kernel's backward), every parameter and h0, packed."""
+    m = _module(core, variant, scale=1.0, I=3, H=3, num_layers=2, bidirectional=True, **kw)
+    names = [n for n, _ in m.named_parameters()]
+    h0 = torch.randn(4, 2, 3, dtype=D, requires_grad=True)
+    x = torch.randn(4, 2, 3, dtype=D, requires_grad=True)
+    lengths = torch.tensor([4, 2])
+
+    def f(x, h0, *ps):
+        packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths)
+        out, h = torch.func.functional_call(m, dict(zip(names, ps)), (packed, h0))
+        return out.data, h
+
+    assert scan_backend.resolve("auto", m.layout, x) is scan_backend.run_layer
+    assert torch.autograd.gradcheck(f, (x, h0, *m.parameters()), fast_mode=True)
+
+
+@fused
+@pytest.mark.parametrize("core", CORES)
+def test_fused_float32_within_1e4_of_float64_over_10000_steps_native_variant(core):
+    """As test_float32_stays_within_1e4_of_float64_over_10000_steps, for the '-' variant's kernel."""
+    torch.manual_seed(2)
+    if core == "RGLRU":
+        m64 = gated.RGLRU(3, 8, variant="U", dtype=D)
+        with torch.no_grad():
+            m64.lambda_l0.add_(9.0)
+    else:
+        m64 = gated.HGRN(3, 8, variant="U", lower_bound=0.999, dtype=D)
+    m32 = type(m64)(3, 8, variant="U", dtype=torch.float32, **({} if core == "RGLRU" else {"lower_bound": 0.999}))
+    m32.load_state_dict(m64.state_dict())
+    x = torch.randn(10_000, 2, 3, dtype=D)
+    x32, x64 = x.float().requires_grad_(), x.clone().requires_grad_()
+    out32, _ = m32._run(x32, None, backend="fused_cpu")
+    out64, _ = m64._run(x64, None, backend="fused_cpu")
+    assert _rel(out32.double(), out64) < 1e-4
+    w = torch.randn(out64.shape, dtype=D)
+    (out32 * w.float()).sum().backward()
+    (out64 * w).sum().backward()
+    assert _rel(x32.grad.double(), x64.grad) < 1e-3
+    for a, b in zip(m32.parameters(), m64.parameters()):
+        assert _rel(a.grad.double(), b.grad) < 1e-3
+
+
+@fused
+@pytest.mark.parametrize("dtype", [D, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("variant", ["-", "UR"])
+def test_fused_rglru_saturated_decay_is_finite_and_matches(variant, dtype):
+    """a_t from just below 1 to exactly 1 (softplus(-Lambda) from 1e-9 down to denormal and 0, r -> 0):
+    sqrt(1 - a^2)'s derivative is unbounded there; the kernel's gradients stay finite and equal the
+    reference (whose square root has gradient 0 at 1 - a^2 = 0)."""
+    m = _module("RGLRU", variant, dtype=dtype, scale=1.0, I=5, H=6)
+    with torch.no_grad():
+        m.lambda_l0.copy_(torch.tensor([20.0, 40.0, 60.0, 95.0, 110.0, 800.0], dtype=dtype))
+        m.weight_ih_l0[:6].mul_(30.0)  # r_t from ~0 to ~1
+    x = torch.randn(40, 3, 5, dtype=dtype, requires_grad=True)
+    h0 = torch.randn(1, 3, 6, dtype=dtype, requires_grad=True)
+    ref_vals, ref_grads = _values_and_grads(m, x, h0, "reference")
+    vals, grads = _values_and_grads(m, x, h0, "fused_cpu")
+    for k, (a, b) in enumerate(zip([*vals, *grads], [*ref_vals, *ref_grads], strict=True)):
+        assert torch.isfinite(a).all(), k
+        if dtype == D:
+            assert _rel(a, b) < 1e-10, (k, _rel(a, b))
+
+
+@fused
+@pytest.mark.parametrize("core,variant", [(c, v) for c in CORES for v in ("-", "UR")])
+def test_fused_no_nan_from_extreme_inputs_float64(core, variant):
+    """As test_no_nan_or_inf_from_finite_inputs, in float64 on the kernel (Lambda up to 1e4: a_t = 1)."""
+    m = _module(core, variant, dtype=D, scale=2.0, num_layers=2)
+    if core == "RGLRU":
+        with torch.no_grad():
+            m.lambda_l0.copy_(torch.tensor([-1e4, 0.0, 20.0, 60.0, 700.0, 1e4], dtype=D))
+            m.lambda_l1.copy_(torch.tensor([30.0, 40.0, 50.0, 90.0, 745.0, 1e4], dtype=D))
+    x = (1e4 * torch.randn(30, 4, 5, dtype=D)).requires_grad_()
+    h0 = (1e3 * torch.randn(2, 4, 6, dtype=D)).requires_grad_()
+    out, h = m._run(x, h0, backend="fused_cpu")
+    (out.sum() + h.sum()).backward()
+    for t in [out, h, x.grad, h0.grad, *(p.grad for p in m.parameters())]:
+        assert torch.isfinite(t).all()
+
+
+@fused
+def test_fused_only_h_n_used_and_gradgradcheck():
+    """A loss on h_n alone (no dout), and double backward (recomputed on the reference)."""
+    for core in CORES:
+        m = _module(core, "UR", num_layers=2)
+        x = torch.randn(6, 2, 5, dtype=D, requires_grad=True)
+        h0 = torch.randn(2, 2, 6, dtype=D, requires_grad=True)
+        want = torch.autograd.grad(m._run(x, h0, backend="reference")[1].sum(), [x, h0, *m.parameters()])
+        got = torch.autograd.grad(m._run(x, h0, backend="fused_cpu")[1].sum(), [x, h0, *m.parameters()])
+        for a, b in zip(got, want, strict=True):
+            assert _rel(a, b) < 1e-10
+    m = _module("HGRN", "UR", scale=1.0, I=2, H=2, num_layers=2)
+    x = torch.randn(3, 1, 2, dtype=D, requires_grad=True)
+    h0 = torch.randn(2, 1, 2, dtype=D, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda x, h0: m._run(x, h0, backend="fused_cpu")[0], (x, h0), fast_mode=True)
+
+
+@fused
+def test_lru_ops_fakes_and_checks():
+    ops = torch.ops.gated_fused
+    checks = ("test_schema", "test_faketensor")
+    P, b, h0 = torch.randn(5, 2, 24), torch.randn(24), torch.randn(2, 6)
+    units = torch.rand(2, 6)
+    lengths = torch.tensor([5, 3])
+    out, _ = ops.lru_forward(P, b, None, units, h0, lengths, 2, True)
+    torch.library.opcheck(ops.lru_forward.default, (P, b, None, units, h0, lengths, 2, True), test_utils=checks)
+    torch.library.opcheck(ops.lru_backward.default, (torch.randn(5, 2, 6), None, P, b, None, units, out, h0, lengths,
+                                                     2, True, True), test_utils=checks)
+    Ph, fb, lb = torch.randn(5, 2, 18), torch.randn(6), torch.rand(1, 6)
+    torch.library.opcheck(ops.lru_forward.default, (Ph, None, fb, lb, h0, None, 3, True), test_utils=checks)
+    out, _ = ops.lru_forward(Ph, None, fb, None, h0, None, 3, True)
+    torch.library.opcheck(ops.lru_backward.default, (None, torch.randn(2, 6), Ph, None, fb, None, out, h0, None, 3,
+                                                     True, False), test_utils=checks)
+    with pytest.raises(RuntimeError, match="G must be 4 x H"):
+        ops.lru_forward(P[..., :18], None, None, units, h0, None, 2, True)
+    with pytest.raises(RuntimeError, match="RG-LRU needs units"):
+        ops.lru_forward(P, None, None, None, h0, None, 2, True)
+    with pytest.raises(RuntimeError, match="unknown cell"):
+        ops.lru_forward(P, None, None, units, h0, None, 0, True)
+    with pytest.raises(RuntimeError, match="float32 or float64"):
+        ops.lru_forward(P.half(), None, None, units.half(), h0.half(), None, 2, True)

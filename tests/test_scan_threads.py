@@ -1,4 +1,4 @@
-"""gated.MinGRU / MinLSTM give the same bits at any thread count: outputs, final states and every
+"""gated.MinGRU / MinLSTM / RGLRU / HGRN give the same bits at any thread count: outputs, final states and every
 gradient at 1 and 2 threads (torch.equal), as gated.LSTM does.
 
 What used to differ (by up to ~1e-5 relative in float32): the weight and bias gradients of layers
@@ -59,7 +59,7 @@ CASES = [(5, 70, True, "UR"), (8, 128, True, "U"), (3, 40, False, "R"), (20, 36,
 
 @pytest.mark.parametrize("case", CASES, ids=[f"I{c[0]}-H{c[1]}-{'bias' if c[2] else 'nobias'}-{c[3]}" for c in CASES])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
-@pytest.mark.parametrize("core", ["MinGRU", "MinLSTM"])
+@pytest.mark.parametrize("core", ["MinGRU", "MinLSTM", "RGLRU", "HGRN"])
 def test_outputs_and_gradients_equal_at_one_and_two_threads(core, dtype, case):
     I, H, bias, variant = case
     m = getattr(gated, core)(I, H, num_layers=2, bidirectional=True, bias=bias, variant=variant, dtype=dtype)

@@ -32,10 +32,22 @@ def _scan_weight_grad_fake(dP, x, append_sums):
     return dP.new_empty(dP.shape[1], x.shape[1] + (1 if append_sums else 0))
 
 
+def _lru_forward_fake(P, bias, fb, units, h0, lengths, cell, refine):
+    T, B, _ = P.shape
+    H = h0.shape[-1]
+    return P.new_empty(T, B, H), P.new_empty(B, H)
+
+
+def _lru_backward_fake(dout, dh_n, P, bias, fb, units, out, h0, lengths, cell, refine, unit_grad):
+    return P.new_empty(P.shape), P.new_empty(h0.shape), P.new_empty(h0.shape if unit_grad else (0,))
+
+
 FAKES = {  # registered with the recurrent kernels' fakes by gated.backends._ops.register
     "scan_forward": _scan_forward_fake,
     "scan_backward": _scan_backward_fake,
     "linear_scan": _linear_scan_fake,
     "linear_scan_backward": _linear_scan_backward_fake,
     "scan_weight_grad": _scan_weight_grad_fake,
+    "lru_forward": _lru_forward_fake,
+    "lru_backward": _lru_backward_fake,
 }

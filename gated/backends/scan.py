@@ -13,12 +13,12 @@ each with the contract of :func:`gated.backends.reference.run_layer` (``w_hh``/`
   the recurrence as a Python loop inside an autograd.Function whose backward is the reverse scan;
 - ``"reference"``: the sequential step loop of :mod:`gated.backends.reference` (its step gets ``gh=None``), the oracle.
 
-RG-LRU and HGRN (:data:`gated.cores.SCAN_COEFFICIENTS`) have no gate kernel in ``scan.h`` (RG-LRU's write
-path ``sqrt(1 - a^2) i`` and HGRN's lower bound and SiLU candidate do not fit its gate hook, whose
-backward assumes ``w = 1 - a`` and whose per-unit inputs are a bias and ``b_f``): on both fast
-backends their ``a_t``, ``b_t`` are torch ops over the whole sequence (autograd differentiates them),
-and the recurrence is ``scan.h``'s bare ``linear_scan`` kernel on ``"fused_cpu"`` and the Python loop
-on ``"torch"``.
+RG-LRU and HGRN have their own gate hooks in ``scan.h`` (``gated_fused::lru_forward``/``lru_backward``,
+:class:`_LruLayer`): RG-LRU's write ``sqrt(1 - g^2) i`` and ``Lambda``, HGRN's bound and SiLU candidate do
+not fit minGRU's hook (whose backward assumes ``w = 1 - a``). Their backward also returns the per-unit
+parameter's gradient (``Lambda``, the lower bound) summed over time per batch row. On ``"torch"`` their
+``a_t``, ``b_t`` are torch ops over the whole sequence (:data:`gated.cores.SCAN_COEFFICIENTS`,
+differentiated by autograd) and the recurrence is the Python loop.
 
 ``"auto"`` takes ``fused_cpu`` where it can run (CPU, float32/float64, the extension built) and the
 ``torch`` fallback elsewhere, logging the reason once; under tracing, export, torch.func transforms
@@ -39,12 +39,13 @@ from gated.cores import SCAN_COEFFICIENTS, Layout, scan_gates
 __all__ = ["linear_scan", "resolve", "check_name", "why_not", "BACKENDS"]
 
 _CELL_ID = {"mingru": 0, "minlstm": 1}  # scan.h's Cell
+_LRU_ID = {"rglru": 2, "hgrn": 3}  # scan.h's LruCell
 
 
 def available() -> bool:
     """Whether the extension is built and has the scan kernels."""
     ops = _build.load()
-    return ops is not None and hasattr(ops, "scan_forward")
+    return ops is not None and hasattr(ops, "scan_forward") and hasattr(ops, "lru_forward")
 
 
 available._dynamo_marked_constant = True  # as fused_cpu.available: a constant for torch.compile
@@ -163,17 +164,118 @@ def _differentiable_backward(ctx, dout, dh_n):
     return tuple(grads)
 
 
+def _lru_units(layout: Layout, unit: Tensor | None) -> Tensor | None:
+    """The kernel's per-unit rows: RG-LRU ``(sp, q)`` ``(2, H)`` with ``sp = softplus(-Lambda)`` (``-log a_t
+    = c r_t sp``) and ``q = sigma(-Lambda) / sp`` (``d sp / d Lambda = -q sp``; 1 where ``sp`` underflows,
+    where ``a_t = 1`` and the factor it multiplies is 0); HGRN its lower bound ``(1, H)`` or None."""
+    if unit is None:
+        return None
+    unit = unit.detach()
+    if layout.core.name == "hgrn":
+        return unit.reshape(1, -1).contiguous()
+    sp = F.softplus(-unit)
+    q = torch.where(sp > 0, torch.sigmoid(-unit) / torch.where(sp > 0, sp, 1.0), 1.0)
+    return torch.stack([sp, q]).contiguous()
+
+
+def _lru_split(layout: Layout, units) -> tuple[Tensor | None, Tensor | None]:
+    """``(fb, unit)`` from a layer's per-unit tuple: RG-LRU ``(Lambda,)``, HGRN ``(lb, b_f)``."""
+    if layout.core.name == "rglru":
+        return None, units[0]
+    lb, fb = units
+    return fb, lb
+
+
+class _LruLayer(torch.autograd.Function):
+    """One RG-LRU / HGRN layer: ``P = x W^T``, then ``gated_fused::lru_forward`` (bias, gates and
+    recurrence in one pass). The backward is ``lru_backward`` (the reverse scan with the gates'
+    derivatives, giving ``dP`` and the per-unit parameter's gradient: ``Lambda`` or the lower bound),
+    then the GEMMs for ``dx`` and ``[dW, db]``; ``b_f`` (HGRN's refine variants) from ``db``'s sums."""
+
+    @staticmethod
+    def forward(x, w, b, fb, unit, h0, lengths, layout):
+        P = _project(x, w)  # (T, B, G), without the bias
+        out, h_n = torch.ops.gated_fused.lru_forward(P, b, fb, _lru_units(layout, unit), h0, lengths,
+                                                     _LRU_ID[layout.core.name], layout.variant.auxiliary == "refine")
+        return out, h_n, P
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, w, b, fb, unit, h0, lengths, layout = inputs
+        out, _, P = output
+        ctx.mark_non_differentiable(P)
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(x, w, b, fb, unit, h0, lengths, P, out)
+        ctx.layout = layout
+
+    @staticmethod
+    def backward(ctx, dout, dh_n, _dP):
+        x, w, b, fb, unit, h0, lengths, P, out = ctx.saved_tensors
+        if dout is None and dh_n is None:
+            return (None,) * 8
+        L = ctx.layout
+        if torch.is_grad_enabled():  # create_graph: gradients that can be differentiated again
+            dout = torch.zeros_like(out) if dout is None else dout
+            return _lru_differentiable_backward(ctx, dout, torch.zeros_like(h0) if dh_n is None else dh_n)
+        unit_grad = unit is not None and ctx.needs_input_grad[4]
+        dP, dh0, du = torch.ops.gated_fused.lru_backward(dout, dh_n, P, b, fb, _lru_units(L, unit), out, h0, lengths,
+                                                         _LRU_ID[L.core.name], L.variant.auxiliary == "refine",
+                                                         unit_grad)
+        T, B, G = dP.shape
+        I = x.shape[-1]
+        dP2 = dP.view(T * B, G)
+        dx = fused_cpu._input_grad(dP2, w).view_as(x) if ctx.needs_input_grad[0] else None
+        dw, total = _weight_grads(dP2, x.reshape(T * B, I), b is not None or fb is not None)
+        db = total if b is not None else None
+        dfb = total[L.keep] - total[L.refine] if fb is not None else None
+        dunit = du.sum(0) if unit_grad else None
+        return dx, dw, db, dfb, dunit, dh0, None, None
+
+
+def _lru_differentiable_backward(ctx, dout, dh_n):
+    """:func:`_differentiable_backward` for :class:`_LruLayer` (double backward on the reference loop)."""
+    x, w, b, fb, unit, h0, lengths = ctx.saved_tensors[:7]
+    L = ctx.layout
+    inputs = (x, w, b, fb, unit, h0)
+    wanted = [k for k, t in enumerate(inputs) if t is not None and ctx.needs_input_grad[k]]
+    mask = _lengths_mask(lengths, x.shape[0])
+
+    def layer(*diff):
+        args = list(inputs)
+        for k, t in zip(wanted, diff):
+            args[k] = t
+        units = (args[4],) if L.core.name == "rglru" else (args[4], args[3])
+        out, (h_n,) = reference.run_layer(args[0], (args[5],), args[1], None, args[2], None, units, L, mask)
+        return out, h_n
+
+    _, vjp = torch.func.vjp(layer, *(inputs[k] for k in wanted))
+    grads: list = [None] * 8
+    for k, g in zip(wanted, vjp((dout, dh_n))):
+        grads[k] = g
+    return tuple(grads)
+
+
+def _run_lru(x, h0, w_ih, b_ih, units, layout, lengths):
+    fb, unit = _lru_split(layout, units)
+    args = (x, w_ih, b_ih, fb, unit, h0.contiguous(), lengths, layout)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args[:6]):
+        out, h_n, _ = _LruLayer.apply(*args)
+    else:  # inference: no graph, nothing saved
+        out, h_n = torch.ops.gated_fused.lru_forward(_project(x, w_ih), b_ih, fb, _lru_units(layout, unit), args[5],
+                                                     lengths, _LRU_ID[layout.core.name],
+                                                     layout.variant.auxiliary == "refine")
+    return out, (h_n,)
+
+
 def run_layer(x, state, w_ih, w_hh, b_ih, b_hh, forget_bias, layout, mask=None, record=None, w_hr=None):
     """The fused scan; the contract of :func:`gated.backends.reference.run_layer` (no ``record``)."""
     if record is not None:
         raise ValueError("the fused scan records no gates; gate_activations uses the reference backend")
     if x.shape[1] == 0:  # an empty batch: nothing to scan
         return reference.run_layer(x, state, w_ih, None, b_ih, None, forget_bias, layout, mask)
-    if layout.core.name in SCAN_COEFFICIENTS:  # gates as torch ops, then the C++ linear scan
-        a, c = _coefficients(x, w_ih, b_ih, forget_bias, layout, mask)
-        out = linear_scan(a, c, state[0], backend="fused_cpu")
-        return (out * mask if mask is not None else out), (out[-1],)
     lengths = None if mask is None else mask[:, :, 0].sum(0).to(torch.int64)
+    if layout.core.name in _LRU_ID:  # RG-LRU, HGRN: their gates fused into the scan (scan.h's LruCell)
+        return _run_lru(x, state[0], w_ih, b_ih, forget_bias, layout, lengths)
     args = (x, w_ih, b_ih, forget_bias, state[0].contiguous(), lengths, layout)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args[:5]):
         out, h_n, _ = _ScanLayer.apply(*args)

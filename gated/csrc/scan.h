@@ -1,4 +1,5 @@
-// Scan kernels of the input-gated cores (minGRU, minLSTM; Feng et al. 2024) and the bare linear scan.
+// Scan kernels of the input-gated cores (minGRU, minLSTM; Feng et al. 2024; RG-LRU, De et al. 2024; HGRN,
+// Qin et al. 2023) and the bare linear scan.
 //
 // Their gates read x_t only, so h_t = a_t h_{t-1} + b_t is a diagonal linear recurrence. On a CPU the
 // sequential scan is the fast one: it is memory-bound and every element is read once, where parallel
@@ -11,7 +12,8 @@
 // and computes a_t, b_t from it in the loop (the gates are fused). The backward is the reverse scan,
 // dh_{t-1} = a_t dh_t (+ dout_{t-1}), with the gates recomputed from P and their derivatives taken in
 // the same pass, giving dP (T, B, G): the weight gradients are then one GEMM. Equations are those of
-// gated/cores.py (scan_gates, mingru_step); tests/test_scan*.py check them against it.
+// gated/cores.py (scan_gates, mingru_step, rglru_coefficients, hgrn_coefficients); tests/test_scan*.py
+// check them against it.
 // Glossary: T time, B batch, H hidden, G gate rows (2H minGRU, 3H minLSTM, + H with a refine gate).
 //
 // Included at the end of recurrence.cpp (one translation unit): Vec, ld, lanes, fast_exp, recip
@@ -214,6 +216,192 @@ struct LinBwd {
     return ld(A + o, j, m);
   }
   void zero(int64_t, int64_t, int64_t, int64_t) const {}
+};
+
+// ---- RG-LRU and HGRN (gated/cores.py: rglru_coefficients, hgrn_coefficients) ----
+// Their gates read P_t and per-unit vectors only, so they take the same forward/backward loops with
+// their own gate hooks. RG-LRU, blocks (a, i, n[, rho]), units (sp, q) = (softplus(-Lambda),
+// sigma(-Lambda) / sp): u = c r sp = -log a_t, 1 - a = -expm1(-u), the decay g = a (refine: a^2 +
+// 2 rho a (1 - a), 1 - g = (1 - a)((1 - a) + 2 (1 - rho) a)), b_t = s i P_n with s = sqrt((1 - g)(1 + g)).
+// HGRN, blocks (f, i[, rho]), unit lb (or none): g = sigma(P_f + b_f) (refined as minGRU's),
+// k = lb + (1 - lb) g, 1 - k = (1 - lb)(1 - g), b_t = (1 - k) SiLU(P_i).
+// The backward also sums, per (row, unit), the gradient of the per-unit parameter (Lambda, lb) into
+// du (B, H): each (row, unit) belongs to one piece, so one thread adds its T terms in time order.
+constexpr double kRgC = 8.0;  // Griffin's c (gated.cores.RGLRU_C)
+
+// RG-LRU blocks (a, i, n[, rho]); HGRN (f, i[, rho])
+enum LruCell : int64_t { RGLRU = 2, HGRN = 3 };
+
+template <typename T, bool R>
+struct RgGates {
+  Vec<T> r, rc, i, ic, n, u, a, ac, rho, rhoc, g, s;
+
+  RgGates(const Row<T>& row, const T* sp, int64_t j, int64_t m) {
+    const int64_t H = row.H;
+    sig2<T>(row.pre(0, j, m), r, rc);
+    sig2<T>(row.pre(1, j, m), i, ic);
+    n = row.pre(2, j, m);
+    u = Vec<T>(T(kRgC)) * r * ld(sp, j, m);      // -log a_t >= 0
+    ac = fast_expm1<T>(u.neg()).neg();            // 1 - a_t, exact as a_t -> 1
+    const Vec<T> one(T(1)), two(T(2));
+    a = one - ac;
+    Vec<T> norm;                                  // 1 - g^2
+    if constexpr (R) {
+      sig2<T>(row.pre(3, j, m), rho, rhoc);
+      g = a * at::vec::fmadd(two * rho, ac, a);
+      norm = ac * at::vec::fmadd(two * rhoc, a, ac) * (one + g);
+    } else {
+      g = a;
+      norm = ac * (one + a);
+    }
+    s = norm.sqrt();
+    (void)H;
+  }
+};
+
+template <typename T, bool R>
+struct RgFwd {
+  const T* P;
+  const T* bias;
+  const T* sp;
+  int64_t B, H, G;
+  inline void operator()(int64_t t, int64_t b, int64_t j, int64_t m, Vec<T>& a, Vec<T>& c) const {
+    const RgGates<T, R> g(Row<T>{P + (t * B + b) * G, bias, nullptr, H}, sp, j, m);
+    a = g.g;
+    c = g.s * g.i * g.n;
+  }
+};
+
+// h_t = g h_{t-1} + s i n. With dg0 = dh h_{t-1} and ds = dh i n: dL/dg = dg0 - ds g / s, which is
+// unbounded as g -> 1; it only enters multiplied by u (dg/du = -a dg/da) or by 1 - a (dg/drho =
+// 2 a (1 - a)), and u / s and (1 - a) / s are bounded, so those are formed (0 where s = 0 exactly,
+// as the reference's square root, whose gradient is 0 there).
+template <typename T, bool R>
+struct RgBwd {
+  const T* P;
+  T* dP;
+  const T* bias;
+  const T* sp;
+  const T* q;   // sigma(-Lambda) / sp: du/dLambda = -u q
+  T* du;        // (B, H) sums of dL/dLambda, or nullptr
+  int64_t B, H, G;
+  bool stream;
+  inline Vec<T> operator()(int64_t t, int64_t b, int64_t j, int64_t m, const Vec<T>& dh, const Vec<T>& hp) const {
+    const int64_t row = (t * B + b) * G;
+    const RgGates<T, R> g(Row<T>{P + row, bias, nullptr, H}, sp, j, m);
+    T* d = dP + row;
+    const Vec<T> zero(T(0)), two(T(2));
+    const Vec<T> dsi = dh * g.s;
+    put(d + 2 * H + j, dsi * g.i, m, stream);                     // dP_n
+    put(d + H + j, dsi * g.n * g.i * g.ic, m, stream);            // dP_i
+    const Vec<T> ds = dh * g.i * g.n, dg0 = dh * hp;
+    const Vec<T> inv = Vec<T>::blendv(g.s.reciprocal(), zero, g.s == zero);
+    const Vec<T> sg = ds * g.g;
+    Vec<T> duu;  // u dL/du
+    if constexpr (R) {
+      const Vec<T> dgda = two * at::vec::fmadd(g.rho, g.ac, g.rhoc * g.a);
+      duu = (g.a * dgda * at::vec::fmsub(g.u, dg0, sg * (g.u * inv))).neg();
+      put(d + 3 * H + j, two * g.a * g.rho * g.rhoc * at::vec::fmsub(g.ac, dg0, sg * (g.ac * inv)), m, stream);
+    } else {
+      duu = (g.a * at::vec::fmsub(g.u, dg0, sg * (g.u * inv))).neg();
+    }
+    put(d + j, duu * g.rc, m, stream);                            // dP_a: du/dP_a = u (1 - r)
+    if (du != nullptr) {
+      T* acc = du + b * H + j;
+      (ld(acc, 0, m) - duu * ld(q, j, m)).store(acc, m);
+    }
+    return g.g;
+  }
+  void zero(int64_t t, int64_t b, int64_t j0, int64_t j1) const {
+    T* d = dP + (t * B + b) * G;
+    for (int64_t k = 0; k < G; k += H) std::fill(d + k + j0, d + k + j1, T(0));
+  }
+};
+
+template <typename T, bool R>
+struct HgGates {
+  Vec<T> f, fc, r, rc, g, gc, k, kc, lbc, pi, si, sic, n;
+
+  HgGates(const Row<T>& row, const T* lb, int64_t j, int64_t m) {
+    const Vec<T> one(T(1)), two(T(2));
+    Vec<T> p = row.pre(0, j, m);
+    if (row.fb) p = p + ld(row.fb, j, m);
+    sig2<T>(p, f, fc);
+    if constexpr (R) {
+      Vec<T> qq = row.pre(2, j, m);
+      if (row.fb) qq = qq - ld(row.fb, j, m);
+      sig2<T>(qq, r, rc);
+      g = f * at::vec::fmadd(two * r, fc, f);
+      gc = fc * at::vec::fmadd(two * rc, f, fc);
+    } else {
+      g = f;
+      gc = fc;
+    }
+    if (lb != nullptr) {
+      const Vec<T> l = ld(lb, j, m);
+      lbc = one - l;
+      k = at::vec::fmadd(lbc, g, l);
+      kc = lbc * gc;
+    } else {
+      lbc = one;
+      k = g;
+      kc = gc;
+    }
+    pi = row.pre(1, j, m);
+    sig2<T>(pi, si, sic);
+    n = pi * si;  // SiLU
+  }
+};
+
+template <typename T, bool R>
+struct HgFwd {
+  const T* P;
+  const T* bias;
+  const T* fb;
+  const T* lb;
+  int64_t B, H, G;
+  inline void operator()(int64_t t, int64_t b, int64_t j, int64_t m, Vec<T>& a, Vec<T>& c) const {
+    const HgGates<T, R> g(Row<T>{P + (t * B + b) * G, bias, fb, H}, lb, j, m);
+    a = g.k;
+    c = g.kc * g.n;
+  }
+};
+
+template <typename T, bool R>
+struct HgBwd {
+  const T* P;
+  T* dP;
+  const T* bias;
+  const T* fb;
+  const T* lb;
+  T* du;  // (B, H) sums of dL/dlb, or nullptr
+  int64_t B, H, G;
+  bool stream;
+  inline Vec<T> operator()(int64_t t, int64_t b, int64_t j, int64_t m, const Vec<T>& dh, const Vec<T>& hp) const {
+    const int64_t row = (t * B + b) * G;
+    const HgGates<T, R> g(Row<T>{P + row, bias, fb, H}, lb, j, m);
+    T* d = dP + row;
+    const Vec<T> one(T(1)), two(T(2));
+    // dSiLU/dx = s (1 + x (1 - s))
+    put(d + H + j, dh * g.kc * g.si * at::vec::fmadd(g.pi, g.sic, one), m, stream);
+    const Vec<T> dk = dh * (hp - g.n);  // dL/dk - dL/d(1 - k)
+    const Vec<T> dg = dk * g.lbc, ffc = g.f * g.fc;
+    if constexpr (R) {
+      put(d + j, dg * two * at::vec::fmadd(g.r, g.fc, g.rc * g.f) * ffc, m, stream);
+      put(d + 2 * H + j, dg * two * ffc * (g.r * g.rc), m, stream);
+    } else {
+      put(d + j, dg * ffc, m, stream);
+    }
+    if (du != nullptr) {  // dk/dlb = 1 - g, d(1 - k)/dlb = -(1 - g)
+      T* acc = du + b * H + j;
+      at::vec::fmadd(dk, g.gc, ld(acc, 0, m)).store(acc, m);
+    }
+    return g.k;
+  }
+  void zero(int64_t t, int64_t b, int64_t j0, int64_t j1) const {
+    T* d = dP + (t * B + b) * G;
+    for (int64_t k = 0; k < G; k += H) std::fill(d + k + j0, d + k + j1, T(0));
+  }
 };
 
 // The pieces a call is split into: (row b, units [j0, j1)), kChunk units each.
@@ -565,6 +753,118 @@ Tensor scan_weight_grad(const Tensor& dP_, const Tensor& x_, bool append_sums) {
   return out;
 }
 
+namespace scan {
+// Checks of the RG-LRU / HGRN ops; returns H. units: RG-LRU (2, H) = (sp, q), HGRN (1, H) = lb or absent.
+inline int64_t check_lru(const Tensor& P, const std::optional<Tensor>& bias, const std::optional<Tensor>& fb,
+                         const std::optional<Tensor>& units, const Tensor& h0, const std::optional<Tensor>& lengths,
+                         int64_t cell, bool refine) {
+  TORCH_CHECK(cell == RGLRU || cell == HGRN, "gated lru scan: unknown cell ", cell);
+  TORCH_CHECK(P.dim() == 3, "gated lru scan: the projection must be (T, B, G), got ", P.sizes());
+  check_float(P, "the projection");
+  const int64_t H = h0.size(-1), k = (cell == RGLRU ? 3 : 2) + (refine ? 1 : 0);
+  TORCH_CHECK(h0.dim() == 2 && h0.size(0) == P.size(1) && P.size(2) == k * H, "gated lru scan: projection ",
+              P.sizes(), " and h0 ", h0.sizes(), " disagree (G must be ", k, " x H)");
+  TORCH_CHECK(h0.scalar_type() == P.scalar_type(), "gated lru scan: h0 and the projection differ in dtype");
+  if (bias) TORCH_CHECK(bias->dim() == 1 && bias->size(0) == P.size(2) && bias->scalar_type() == P.scalar_type(),
+                        "gated lru scan: bias must be (G,) of the projection's dtype");
+  if (fb) TORCH_CHECK(cell == HGRN && fb->dim() == 1 && fb->size(0) == H && fb->scalar_type() == P.scalar_type(),
+                      "gated lru scan: forget_bias must be (H,) of the projection's dtype (HGRN only)");
+  if (cell == RGLRU) {
+    TORCH_CHECK(units && units->dim() == 2 && units->size(0) == 2 && units->size(1) == H &&
+                    units->scalar_type() == P.scalar_type(),
+                "gated lru scan: RG-LRU needs units (2, H) = (softplus(-Lambda), sigmoid(-Lambda) / softplus(-Lambda))");
+  } else if (units) {
+    TORCH_CHECK(units->dim() == 2 && units->size(0) == 1 && units->size(1) == H && units->scalar_type() == P.scalar_type(),
+                "gated lru scan: HGRN's units must be (1, H): the lower bound");
+  }
+  if (lengths) {
+    TORCH_CHECK(lengths->scalar_type() == at::kLong && lengths->dim() == 1 && lengths->size(0) == P.size(1),
+                "gated lru scan: lengths must be (B,) int64");
+    TORCH_CHECK(lengths->device().is_cpu(), "gated lru scan: lengths must be on the CPU");
+  }
+  return H;
+}
+
+template <typename F>
+inline void dispatch_refine(bool refine, const F& f) {
+  if (refine) f(std::true_type{});
+  else f(std::false_type{});
+}
+}  // namespace scan
+
+// (out (T, B, H), h_n (B, H)) of an RG-LRU / HGRN layer from its projection P = x W^T (+ bias, added here).
+std::tuple<Tensor, Tensor> lru_forward(const Tensor& P_, const std::optional<Tensor>& bias_,
+                                       const std::optional<Tensor>& fb_, const std::optional<Tensor>& units_,
+                                       const Tensor& h0_, const std::optional<Tensor>& lengths, int64_t cell,
+                                       bool refine) {
+  const int64_t H = scan::check_lru(P_, bias_, fb_, units_, h0_, lengths, cell, refine);
+  at::NoGradGuard no_grad;
+  const Tensor P = P_.contiguous(), h0 = h0_.contiguous();
+  const auto bias = scan::contig(bias_), fb = scan::contig(fb_), units = scan::contig(units_), lc = scan::contig(lengths);
+  const int64_t Tn = P.size(0), B = P.size(1), G = P.size(2);
+  Tensor out = empty({Tn, B, H}, P.options()), hn = empty({B, H}, P.options());
+  if (B == 0 || H == 0) return {out.zero_(), hn.zero_()};
+  AT_DISPATCH_FLOATING_TYPES(P.scalar_type(), "lru_forward", [&] {
+    using T = scalar_t;
+    const T* u = scan::ptr<T>(units);
+    scan::dispatch_refine(refine, [&](auto r) {
+      constexpr bool Rf = decltype(r)::value;
+      if (cell == scan::RGLRU)
+        scan::forward<T>(Tn, B, H, h0.data_ptr<T>(), scan::len_ptr(lc), out.data_ptr<T>(), hn.data_ptr<T>(),
+                         scan::RgFwd<T, Rf>{P.data_ptr<T>(), scan::ptr<T>(bias), u, B, H, G});
+      else
+        scan::forward<T>(Tn, B, H, h0.data_ptr<T>(), scan::len_ptr(lc), out.data_ptr<T>(), hn.data_ptr<T>(),
+                         scan::HgFwd<T, Rf>{P.data_ptr<T>(), scan::ptr<T>(bias), scan::ptr<T>(fb), u, B, H, G});
+    });
+  });
+  return {out, hn};
+}
+
+// (dP (T, B, G), dh0 (B, H), du (B, H)) given dL/dout and dL/dh_n (either may be absent: zero): du holds,
+// per batch row, the gradient of the per-unit parameter (RG-LRU: Lambda; HGRN: the lower bound), summed
+// over time, when unit_grad (else it is (0,)).
+std::tuple<Tensor, Tensor, Tensor> lru_backward(const std::optional<Tensor>& dout_, const std::optional<Tensor>& dhn_,
+                                                const Tensor& P_, const std::optional<Tensor>& bias_,
+                                                const std::optional<Tensor>& fb_, const std::optional<Tensor>& units_,
+                                                const Tensor& out_, const Tensor& h0_,
+                                                const std::optional<Tensor>& lengths, int64_t cell, bool refine,
+                                                bool unit_grad) {
+  const int64_t H = scan::check_lru(P_, bias_, fb_, units_, h0_, lengths, cell, refine);
+  TORCH_CHECK(out_.dim() == 3 && out_.size(0) == P_.size(0) && out_.size(1) == P_.size(1) && out_.size(2) == H &&
+                  (!dout_ || dout_->sizes() == out_.sizes()),
+              "gated lru scan: dout and out must be (T, B, H)");
+  if (dhn_) TORCH_CHECK(dhn_->sizes() == h0_.sizes(), "gated lru scan: dh_n must be (B, H)");
+  TORCH_CHECK(!unit_grad || units_, "gated lru scan: unit_grad needs units");
+  at::NoGradGuard no_grad;
+  const Tensor P = P_.contiguous(), h0 = h0_.contiguous(), out = out_.contiguous();
+  const auto dout = scan::contig(dout_), dhn = scan::contig(dhn_), bias = scan::contig(bias_), fb = scan::contig(fb_),
+             units = scan::contig(units_), lc = scan::contig(lengths);
+  const int64_t Tn = P.size(0), B = P.size(1), G = P.size(2);
+  Tensor dP = empty({Tn, B, G}, P.options()), dh0 = empty({B, H}, P.options());
+  Tensor du = unit_grad ? at::zeros({B, H}, P.options()) : at::zeros({0}, P.options());
+  if (B == 0 || H == 0) return {dP.zero_(), dh0.zero_(), du};
+  AT_DISPATCH_FLOATING_TYPES(P.scalar_type(), "lru_backward", [&] {
+    using T = scalar_t;
+    const T* u = scan::ptr<T>(units);
+    T* dup = unit_grad ? du.data_ptr<T>() : nullptr;
+    const bool stream = dP.nbytes() >= scan::kStreamBytes;
+    scan::dispatch_refine(refine, [&](auto r) {
+      constexpr bool Rf = decltype(r)::value;
+      if (cell == scan::RGLRU)
+        scan::backward<T>(Tn, B, H, scan::ptr<T>(dout), scan::ptr<T>(dhn), out.data_ptr<T>(), h0.data_ptr<T>(),
+                          scan::len_ptr(lc), dh0.data_ptr<T>(),
+                          scan::RgBwd<T, Rf>{P.data_ptr<T>(), dP.data_ptr<T>(), scan::ptr<T>(bias), u, u + H, dup,
+                                             B, H, G, stream});
+      else
+        scan::backward<T>(Tn, B, H, scan::ptr<T>(dout), scan::ptr<T>(dhn), out.data_ptr<T>(), h0.data_ptr<T>(),
+                          scan::len_ptr(lc), dh0.data_ptr<T>(),
+                          scan::HgBwd<T, Rf>{P.data_ptr<T>(), dP.data_ptr<T>(), scan::ptr<T>(bias), scan::ptr<T>(fb),
+                                             u, dup, B, H, G, stream});
+    });
+  });
+  return {dP, dh0, du};
+}
+
 TORCH_LIBRARY_FRAGMENT(gated_fused, m) {
   m.def(
       "scan_forward(Tensor P, Tensor? bias, Tensor? fb, Tensor h0, Tensor? lengths, int cell, bool refine) "
@@ -575,6 +875,12 @@ TORCH_LIBRARY_FRAGMENT(gated_fused, m) {
   m.def("linear_scan(Tensor a, Tensor b, Tensor h0) -> Tensor");
   m.def("linear_scan_backward(Tensor dout, Tensor a, Tensor out, Tensor h0) -> (Tensor, Tensor, Tensor)");
   m.def("scan_weight_grad(Tensor dP, Tensor x, bool append_sums) -> Tensor");
+  m.def(
+      "lru_forward(Tensor P, Tensor? bias, Tensor? fb, Tensor? units, Tensor h0, Tensor? lengths, int cell, "
+      "bool refine) -> (Tensor, Tensor)");
+  m.def(
+      "lru_backward(Tensor? dout, Tensor? dh_n, Tensor P, Tensor? bias, Tensor? fb, Tensor? units, Tensor out, "
+      "Tensor h0, Tensor? lengths, int cell, bool refine, bool unit_grad) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(gated_fused, CPU, m) {
@@ -583,4 +889,6 @@ TORCH_LIBRARY_IMPL(gated_fused, CPU, m) {
   m.impl("linear_scan", &linear_scan);
   m.impl("linear_scan_backward", &linear_scan_backward);
   m.impl("scan_weight_grad", &scan_weight_grad);
+  m.impl("lru_forward", &lru_forward);
+  m.impl("lru_backward", &lru_backward);
 }

@@ -43,6 +43,30 @@ inline Vec<float> fast_exp<float>(const Vec<float>& x) {
 }
 #endif
 
+// expm1(x) = exp(x) - 1 without cancellation near 0. float: the degree-8 Taylor polynomial for
+// |x| < 1/2 (truncation below 2e-8 relative) and fast_exp(x) - 1 elsewhere (|exp(x) - 1| > 0.39 there,
+// so exp_u20's few-ulp error stays a few ulp), inline: Sleef's expm1 is an out-of-line call that
+// costs more than the rest of RG-LRU's gate maths. double keeps Sleef's 1-ulp expm1. NaN in, NaN out.
+template <typename T>
+inline Vec<T> fast_expm1(const Vec<T>& x) {
+  return x.expm1();
+}
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+template <>
+inline Vec<float> fast_expm1<float>(const Vec<float>& x) {
+  using V = Vec<float>;
+  V p(1.0f / 40320.0f);
+  p = at::vec::fmadd(p, x, V(1.0f / 5040.0f));
+  p = at::vec::fmadd(p, x, V(1.0f / 720.0f));
+  p = at::vec::fmadd(p, x, V(1.0f / 120.0f));
+  p = at::vec::fmadd(p, x, V(1.0f / 24.0f));
+  p = at::vec::fmadd(p, x, V(1.0f / 6.0f));
+  p = at::vec::fmadd(p, x, V(0.5f));
+  p = at::vec::fmadd(p, x, V(1.0f));
+  return V::blendv(fast_exp<float>(x) - V(1.0f), p * x, x.abs() < V(0.5f));
+}
+#endif
+
 // 1 / x: on AVX-512 float uses the hardware's reciprocal estimate refined by one Newton step
 // (about 1e-8 relative error, and exactly 1 at x = 1, so saturated gates are exactly 1 as in
 // torch) instead of a division, which is the slowest instruction of the gate maths. AVX2's 12-bit
