@@ -211,7 +211,8 @@ def _differentiable_backward(ctx, dout, dh_n, dc_n):
     autograd.grad, also composes with an enclosing torch.func transform). Slower than the fused
     backward, and only taken when the caller asked for a differentiable gradient."""
     x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0, lengths = ctx.saved_tensors[:10]
-    extras = _extras(*ctx.saved_tensors[14:17], *ctx.probs, 1 if c0 is None else 2)
+    probs = getattr(ctx, "probs", None)  # the Triton backend's view has no cell options
+    extras = None if probs is None else _extras(*ctx.saved_tensors[14:17], *probs, 1 if c0 is None else 2)
     inputs = (x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0)
     wanted = [k for k, t in enumerate(inputs) if t is not None and ctx.needs_input_grad[k]]
     mask = None
@@ -229,7 +230,7 @@ def _differentiable_backward(ctx, dout, dh_n, dc_n):
 
     _, vjp = torch.func.vjp(layer, *(inputs[k] for k in wanted))
     got = vjp((dout, dh_n) if c0 is None else (dout, dh_n, dc_n))
-    grads: list = [None] * 16
+    grads: list = [None] * len(ctx.needs_input_grad)  # one per input of the caller's Function
     for k, g in zip(wanted, got):
         grads[k] = g
     return tuple(grads)
