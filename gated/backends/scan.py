@@ -11,6 +11,10 @@ each with the contract of :func:`gated.backends.reference.run_layer` (``w_hh``/`
   gradients are one GEMM (the register-tiled kernel in float32 on AVX-512);
 - ``"torch"``: the pure-torch fallback (any device and dtype): the gates as whole-sequence torch ops,
   the recurrence as a Python loop inside an autograd.Function whose backward is the reverse scan;
+- ``"triton"``: the ``"torch"`` backend's gates (torch ops, differentiated by autograd) with the
+  recurrence as one Triton kernel per layer and direction instead of the Python loop, the time loop
+  inside the kernel, and its backward (the reverse scan) as one more (gated/backends/_triton_scan.py);
+  for CUDA tensors, and for CPU tensors in Triton's interpreter (``TRITON_INTERPRET=1``, tests);
 - ``"reference"``: the sequential step loop of :mod:`gated.backends.reference` (its step gets ``gh=None``), the oracle.
 
 RG-LRU and HGRN have their own gate hooks in ``scan.h`` (``gated_fused::lru_forward``/``lru_backward``,
@@ -20,8 +24,9 @@ parameter's gradient (``Lambda``, the lower bound) summed over time per batch ro
 ``a_t``, ``b_t`` are torch ops over the whole sequence (:data:`gated.cores.SCAN_COEFFICIENTS`,
 differentiated by autograd) and the recurrence is the Python loop.
 
-``"auto"`` takes ``fused_cpu`` where it can run (CPU, float32/float64, the extension built) and the
-``torch`` fallback elsewhere, logging the reason once; under tracing, export, torch.func transforms
+``"auto"`` takes ``fused_cpu`` where it can run (CPU, float32/float64, the extension built),
+``triton`` for CUDA tensors when triton imports, and the ``torch`` fallback elsewhere, logging the
+reason once; under tracing, export, torch.func transforms
 and forward-mode AD it takes the reference (plain torch ops), as :func:`gated.backends.resolve` does.
 
 Glossary: T time, B batch, I input features, H hidden_size, G gate rows (``layout.rows``).
@@ -36,7 +41,7 @@ from torch import Tensor
 from gated.backends import _build, _forward_ad, _log_once, _traced, _transformed, fused_cpu, reference
 from gated.cores import SCAN_COEFFICIENTS, Layout, scan_gates
 
-__all__ = ["linear_scan", "resolve", "check_name", "why_not", "BACKENDS"]
+__all__ = ["linear_scan", "resolve", "check_name", "why_not", "triton_why_not", "BACKENDS"]
 
 _CELL_ID = {"mingru": 0, "minlstm": 1}  # scan.h's Cell
 _LRU_ID = {"rglru": 2, "hgrn": 3}  # scan.h's LruCell
@@ -61,6 +66,31 @@ def why_not(layout: Layout | None, x: Tensor) -> str | None:
         return f"dtype {x.dtype}"
     if not available():
         return f"the extension could not be built ({_build._state.get('error') or 'it has no scan kernels'})"
+    return None
+
+
+_TRITON_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
+def triton_why_not(layout: Layout | None, x: Tensor) -> str | None:
+    """None if the Triton scan (``"triton"``) can run the call, else the reason (for the one-time log).
+    CUDA tensors with the compiled kernels; CPU tensors only in Triton's interpreter (as
+    :func:`gated.backends.triton_gpu.why_not`)."""
+    from gated.backends import triton_gpu  # imports no triton by itself
+
+    if layout is not None and layout.core.name not in _CELL_ID and layout.core.name not in SCAN_COEFFICIENTS:
+        return f"core {layout.core.name!r}"
+    if x.device.type == "cpu":
+        if not triton_gpu.interpreting():
+            return "CPU tensors (they run the Triton kernels only in Triton's interpreter, TRITON_INTERPRET=1)"
+    elif x.device.type != "cuda":
+        return f"device {x.device.type!r}"
+    elif triton_gpu.interpreting():
+        return "CUDA tensors under TRITON_INTERPRET=1 (the interpreter runs the Triton scan on CPU tensors only)"
+    if x.dtype not in _TRITON_DTYPES:
+        return f"dtype {x.dtype}"
+    if not triton_gpu.available():
+        return f"triton could not be imported ({triton_gpu.import_error()}; pip install 'gated[gpu]')"
     return None
 
 
@@ -341,6 +371,50 @@ class _LinearScanOp(torch.autograd.Function):
         return torch.ops.gated_fused.linear_scan_backward(dout, a, out, h0)
 
 
+def _save_triton_scan(ctx, inputs, output):
+    """:func:`_save_scan`, and ``b``'s dtype (that of its gradient)."""
+    _save_scan(ctx, inputs, output)
+    ctx.b_dtype = inputs[1].dtype
+
+
+class _TritonScan(torch.autograd.Function):
+    """``h_t = a_t h_{t-1} + b_t`` as one Triton kernel (the time loop inside it), with the reverse
+    scan as one more for backward (gated/backends/_triton_scan.py); ``a``, ``b`` ``(T, *S)``,
+    ``h0`` ``(*S)``, ``T >= 1`` and at least one column. The output has the promoted dtype of ``a``
+    and ``h0``, as :class:`_LoopScan`'s; bfloat16/float16 accumulate in float32."""
+
+    @staticmethod
+    def forward(a, b, h0):
+        from gated.backends import _triton_scan
+
+        T = a.shape[0]
+        out = _triton_scan.forward(a.reshape(T, -1).contiguous(), b.reshape(T, -1).contiguous(),
+                                   h0.reshape(-1).contiguous())
+        return out.view((T, *h0.shape))
+
+    setup_context = staticmethod(_save_triton_scan)
+
+    @staticmethod
+    def backward(ctx, dout):
+        a, h0, out = ctx.saved_tensors
+        if torch.is_grad_enabled():  # double backward: differentiate the plain loop instead
+            return _reference_vjp(a, h0, out, dout)
+        from gated.backends import _triton_scan
+
+        T = a.shape[0]
+        da, db, dh0 = _triton_scan.backward(dout.reshape(T, -1).contiguous(), a.reshape(T, -1).contiguous(),
+                                            out.reshape(T, -1), h0.reshape(-1).contiguous(), ctx.b_dtype)
+        return da.view(a.shape), db.view(a.shape), dh0.view(h0.shape)
+
+
+def _scan(a: Tensor, b: Tensor, h0: Tensor, triton: bool) -> Tensor:
+    """The recurrence of the torch and Triton backends: :class:`_TritonScan` if ``triton`` (and there
+    is something to scan), else :class:`_LoopScan`."""
+    if triton and a.numel() > 0 and a.shape == b.shape and a.shape[1:] == h0.shape:
+        return _TritonScan.apply(a, b, h0)
+    return _LoopScan.apply(a, b, h0)
+
+
 def _reference_scan(a: Tensor, b: Tensor, h0: Tensor) -> Tensor:
     """The plain loop with autograd: the oracle of :func:`linear_scan`."""
     h, outs = h0, []
@@ -361,11 +435,15 @@ def _reference_vjp(a: Tensor, h0: Tensor, out: Tensor, dout: Tensor):
 def _linear_backend(name: str, a: Tensor) -> str:
     check_name(name)
     if name != "auto":
-        if name == "fused_cpu" and why_not(None, a) is not None:
-            raise RuntimeError(f"backend 'fused_cpu' cannot run this call: {why_not(None, a)}")
+        check = {"fused_cpu": why_not, "triton": triton_why_not}.get(name)
+        reason = check(None, a) if check is not None else None
+        if reason is not None:
+            raise RuntimeError(f"backend {name!r} cannot run this call: {reason}")
         return name
     if _traced() or _transformed():
         return "reference"
+    if a.device.type == "cuda" and not torch.compiler.is_compiling() and triton_why_not(None, a) is None:
+        return "triton"
     return "fused_cpu" if why_not(None, a) is None else "torch"
 
 
@@ -375,8 +453,9 @@ def linear_scan(a: Tensor, b: Tensor, h0: Tensor | None = None, backend: str = "
     Args:
         a, b: ``(T, *S)`` coefficients (any trailing shape ``S``, e.g. ``(B, H)``), time first.
         h0: ``(*S)`` initial state; zeros if None.
-        backend: ``"auto"`` (the C++ kernel on CPU float32/float64, else the pure-torch loop),
-            ``"fused_cpu"``, ``"torch"`` or ``"reference"`` (the plain loop with autograd).
+        backend: ``"auto"`` (the C++ kernel on CPU float32/float64, the Triton kernel on CUDA
+            tensors when triton imports, else the pure-torch loop), ``"fused_cpu"``, ``"triton"``,
+            ``"torch"`` or ``"reference"`` (the plain loop with autograd).
 
     Returns:
         ``(T, *S)``: ``h_1 ... h_T``. Differentiable in ``a``, ``b`` and ``h0`` (the backward is the
@@ -401,8 +480,8 @@ def linear_scan(a: Tensor, b: Tensor, h0: Tensor | None = None, backend: str = "
     how = _linear_backend(backend, a)
     if how == "reference":
         return _reference_scan(a, b, h0)
-    if how == "torch":
-        return _LoopScan.apply(a, b, h0)
+    if how in ("torch", "triton"):
+        return _scan(a, b, h0, how == "triton")
     shape = a.shape
     flat = (T, 1, h0.numel())  # (T, B, H) for the kernel; contiguous copies of strided inputs
     out = _LinearScanOp.apply(a.reshape(flat), b.reshape(flat), h0.reshape(1, -1))
@@ -418,10 +497,13 @@ def _coefficients(x, w_ih, b_ih, units, layout, mask):
     return a, c
 
 
-def run_layer_torch(x, state, w_ih, w_hh, b_ih, b_hh, forget_bias, layout, mask=None, record=None, w_hr=None):
-    """The pure-torch fallback: the gates for all steps at once, then :class:`_LoopScan`."""
+def run_layer_torch(x, state, w_ih, w_hh, b_ih, b_hh, forget_bias, layout, mask=None, record=None, w_hr=None,
+                    triton=False):
+    """The pure-torch fallback: the gates for all steps at once, then :class:`_LoopScan` (with
+    ``triton``: the Triton kernel, :class:`_TritonScan`)."""
     if record is not None:
-        raise ValueError("the torch scan records no gates; gate_activations uses the reference backend")
+        raise ValueError(f"the {'triton' if triton else 'torch'} scan records no gates; "
+                         "gate_activations uses the reference backend")
     if layout.core.name in SCAN_COEFFICIENTS:
         keep, c = _coefficients(x, w_ih, b_ih, forget_bias, layout, mask)
     else:
@@ -430,12 +512,19 @@ def run_layer_torch(x, state, w_ih, w_hh, b_ih, b_hh, forget_bias, layout, mask=
         c = write * P[..., layout.block("n")]  # (T, B, H)
         if mask is not None:  # past a sequence's end the state is held: a = 1, b = 0
             keep, c = torch.where(mask, keep, 1.0), torch.where(mask, c, 0.0)
-    out = _LoopScan.apply(keep, c, state[0])
+    out = _scan(keep, c, state[0], triton)
     h_n = out[-1]
     return (out * mask if mask is not None else out), (h_n,)
 
 
-BACKENDS = {"reference": reference.run_layer, "torch": run_layer_torch, "fused_cpu": run_layer}
+def run_layer_triton(x, state, w_ih, w_hh, b_ih, b_hh, forget_bias, layout, mask=None, record=None, w_hr=None):
+    """The Triton scan: :func:`run_layer_torch`'s gates (torch ops) and masks, the recurrence on
+    :class:`_TritonScan`."""
+    return run_layer_torch(x, state, w_ih, w_hh, b_ih, b_hh, forget_bias, layout, mask, record, w_hr, triton=True)
+
+
+BACKENDS = {"reference": reference.run_layer, "torch": run_layer_torch, "fused_cpu": run_layer,
+            "triton": run_layer_triton}
 
 
 def check_name(name: str) -> str:
@@ -449,7 +538,8 @@ def resolve(name: str, layout: Layout, x: Tensor):
     """The ``run_layer`` that runs ``layout`` (a scan core) on ``x`` (``name``: "auto" or a backend)."""
     check_name(name)
     if name != "auto":
-        reason = why_not(layout, x) if name == "fused_cpu" else None
+        check = {"fused_cpu": why_not, "triton": triton_why_not}.get(name)
+        reason = check(layout, x) if check is not None else None
         if reason is None and name != "reference" and _forward_ad():
             reason = "forward-mode AD (torch.func.jvp, forward_ad.dual_level) needs backend='reference' or 'auto'"
         if reason is not None:
@@ -462,6 +552,13 @@ def resolve(name: str, layout: Layout, x: Tensor):
     if _transformed():
         _log_once("gated: the scan cores use the reference backend under a torch.func transform or forward-mode AD")
         return BACKENDS["reference"]
+    if x.device.type == "cuda":
+        reason = triton_why_not(layout, x)
+        if reason is None:
+            return BACKENDS["triton"]
+        _log_once(f"gated: {layout.core.name} runs the pure-torch scan (a Python loop over time, slower than the "
+                  f"Triton kernel): no Triton scan for {reason}")
+        return BACKENDS["torch"]
     reason = why_not(layout, x)
     if reason is None:
         return BACKENDS["fused_cpu"]
