@@ -1,10 +1,16 @@
 """Fused CPU backend: the time loop and the pointwise gate maths in C++ (gated/csrc/recurrence.cpp).
 
 Supports every core in its plain (``-``, ``C``, ``U``) and sigmoid-refine (``R``, ``UR``) variants,
-float32 and float64 on the CPU, with zoneout and recurrent dropout (gated/options.py; not with
-``proj_size``, and not LayerNorm, which run on the reference backend): the kernels take the
+float32 and float64 on the CPU, with LayerNorm, zoneout and recurrent dropout (gated/options.py;
+not with ``proj_size``, which runs them on the reference backend): the kernels take the
 recurrent-dropout mask ``(B, H)`` and per state a zoneout keep mask ``(T, B, H)`` (training) or the
-probability ``p`` as a float (eval: the expectation, no ``(T, B, H)`` tensor of a constant). Same signature and results as :func:`gated.backends.reference.run_layer`
+probability ``p`` as a float (eval: the expectation, no ``(T, B, H)`` tensor of a constant). With
+LayerNorm the input side ``LN_ih(x W_ih^T) + b_ih + b_hh`` (GRU/MGU without ``b_hn``) of all steps
+is torch ops here (:func:`_ln_input`, differentiated by autograd) and replaces ``x`` and ``W_ih``
+in the kernels, which normalise each step's ``h W_hh^T`` and the LSTM's ``c`` per batch row (the
+non-tiled path) and save the statistics; their backward returns the raw recurrent product's
+gradients, of which ``W_hh``'s is one matmul here, and the norms' gains and biases are sums here
+(:func:`_ln_backward`). Same signature and results as :func:`gated.backends.reference.run_layer`
 (tests/test_fused.py). Backward is hand-written: the C++ pass returns the gradients of every step's
 pre-activations ``(T, B, G)``; the weight gradients are then single large matmuls here. In float32
 on AVX-512 and AVX2 CPUs every matmul but the input gradient runs on the register-tiled kernel of
@@ -308,7 +314,7 @@ def _differentiable_backward(ctx, dout, dh_n, dc_n):
 
 def run_layer(x, state, w_ih, w_hh, b_ih, b_hh, forget_bias, layout, mask=None, record=None, w_hr=None, extras=None):
     """Same contract as :func:`gated.backends.reference.run_layer` (``record`` is not supported;
-    ``extras`` without LayerNorm, and without projections)."""
+    ``extras`` not with projections)."""
     if record is not None:
         raise ValueError("the fused backend records no gates; gate_activations uses the reference backend")
     if x.shape[1] == 0:  # an empty batch: nothing to compute, and the kernels need B > 0

@@ -4,6 +4,10 @@
 // vectorised pointwise pass over the gates. The input projection for all steps is one GEMM before
 // the loop. Backward walks time in reverse, writing the pre-activation gradients of every step
 // into one (T, B, G) buffer, so the weight gradients are single large GEMMs done by the caller.
+// The LayerNorm cell: the caller passes the normalised input projection as x (no w_ih) and the
+// norms' parameters; the kernels normalise each step's recurrent product (and the LSTM's c) per
+// row on the non-tiled path, forward's last output holding the statistics and backward's the raw
+// recurrent product's gradients (time_loop.h), where projections would put m_t and dH.
 // Glossary: T time, B batch, H hidden, G gate rows; "refine" = paper Eq. 10 with shared b_f.
 // The equations are those of gated/cores.py (the reference); tests/test_fused.py checks equality.
 // Layout: vec_math.h (vectorised maths), recurrent_gemm.h (the per-step GEMM), cells.h (the
