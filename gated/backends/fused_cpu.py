@@ -244,9 +244,11 @@ def _ln_backward(ctx, dA, dghn, dh0, dc0, dL):
         h_prev = h_prev * rmask
     dw_hh = torch.ops.gated_fused.tiled_mm(dL[:TB * G].view(TB, G), h_prev.reshape(TB, H), True, False)
     n_rows = _n_rows(layout)
-    dy = dA if n_rows is None else _splice(dA.movedim(2, 0), n_rows, dghn.movedim(2, 0)).movedim(0, 2)
     xhat = m[:TB * G].view(T, B, G)
-    dlnw, dlnb = (dy * xhat).sum((0, 1)), dy.sum((0, 1))
+    dlnw, dlnb = (dA * xhat).sum((0, 1)), dA.sum((0, 1))
+    if n_rows is not None:  # the candidate block's dy is dghn (contiguous products, no spliced copy)
+        dlnw = _splice(dlnw, n_rows, (dghn * xhat[..., n_rows]).sum((0, 1)))
+        dlnb = _splice(dlnb, n_rows, dghn.sum((0, 1)))
     dlncw = dlncb = None
     if lncw is not None:
         dyc, chat = dL[TB * G:].view(T, B, H), m[TB * (G + 1):TB * (G + 1 + H)].view(T, B, H)
