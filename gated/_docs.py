@@ -102,11 +102,13 @@ The gate biases (`b_ih`, `b_hh`, `b_f`) are added after the normalisation, so UG
 `forget_bias_` set the same biases with and without LayerNorm; the LayerNorms start at gain 1, bias 0
 (eps 1e-5) and draw nothing, so a seed gives the same RNN weights with and without them. Masks come
 from torch's generator on the input's device, per call, layer and direction, whatever the backend (a
-seed gives the same masks on each). Weight dropout runs on every backend. Zoneout and recurrent
-dropout run in the fused CPU kernels (float32/float64, packed sequences, every GEMM path; the kernels
-take the `(B, H)` recurrent-dropout mask and per state the `(T, B, H)` zoneout mask, or in eval the
-float `p`), except with `proj_size > 0`, where they run on the reference backend; the Triton backend
-does not have them (reference fallback). LayerNorm runs on the reference backend only. `"auto"` logs
+seed gives the same masks on each). Weight dropout runs on every backend. LayerNorm, zoneout and
+recurrent dropout run in the fused CPU kernels (float32/float64, packed sequences; the kernels take
+the `(B, H)` recurrent-dropout mask and per state the `(T, B, H)` zoneout mask, or in eval the float
+`p`; with LayerNorm the input side `LN_ih(W_ih x) + b` of all steps is computed by torch ops before
+the kernel, which normalises each step's `W_hh h` and the LSTM's `c` per batch row, on the per-step
+GEMM path rather than the tiled one), except with `proj_size > 0`, where they run on the reference
+backend; the Triton backend does not have them (reference fallback). `"auto"` logs
 each fallback once; `backend="fused_cpu"` refuses a call it cannot run. A cell sees one step per call: it keeps its recurrent and
 weight dropout masks until `cell.reset_dropout_mask()` (call it at the start of each sequence, as
 Keras's `reset_recurrent_dropout_mask`), and draws a zoneout mask per step. The scan cores take none

@@ -24,9 +24,9 @@ nothing changes: variant ``-`` still equals torch.nn). What each one does:
 Masks are drawn once per call, per layer and direction, from torch's default generator on the
 input's device (so a seed reproduces them, whatever the backend), by :meth:`CellOptions.extras`.
 Which backends run what: weight dropout changes only the weight a backend is given, so every
-backend runs it; the fused CPU kernels also run zoneout and recurrent dropout (except with
-``proj_size``); LayerNorm, and zoneout and recurrent dropout elsewhere (Triton, projections), run
-on the reference backend (``"auto"`` falls back with one logged line, see :meth:`CellOptions.unfused`).
+backend runs it; the fused CPU kernels also run LayerNorm, zoneout and recurrent dropout (except
+with ``proj_size``); elsewhere (Triton, projections) these three run on the reference backend
+(``"auto"`` falls back with one logged line, see :meth:`CellOptions.unfused`).
 
 Glossary: T time, B batch, H hidden_size, P state width (``proj_size`` or ``H``), G gate rows.
 """
@@ -49,7 +49,8 @@ EPS = 1e-5  # torch.nn.LayerNorm's default
 class Extras(NamedTuple):
     """What one call of one layer and direction needs beyond the weights (None: not in use).
 
-    - ``ln``: ``(ih, hh, c)``, each ``(weight, bias)`` of a LayerNorm or None (``c``: LSTM only);
+    - ``ln``: ``(ih, hh, c)``, each ``(weight, bias)`` of a LayerNorm or None (``c``: LSTM only;
+      ``ih`` None: the input is not normalised);
     - ``rmask``: ``(B, P)``, the scaled variational mask on the ``h`` fed to ``W_hh``;
     - ``zoneout``: per state, ``(T, B, ·)`` keep masks (1: keep the previous value) in training,
       or the float ``p`` (the expectation) in eval; None for a state without zoneout.
@@ -61,9 +62,11 @@ class Extras(NamedTuple):
 
     # -- the reference loop's hooks (gated/backends/reference.py) ------------------------------
     def project(self, v: Tensor, which: int, bias: Tensor | None) -> Tensor:
-        """``x W_ih^T`` (``which`` 0) or ``h W_hh^T`` (1), without its bias, normalised, plus the bias."""
-        w, b = self.ln[which]
-        v = F.layer_norm(v, (v.shape[-1],), w, b, EPS)
+        """``x W_ih^T`` (``which`` 0) or ``h W_hh^T`` (1), without its bias, normalised, plus the bias
+        (a None norm: none; the fused backend's double backward passes the normalised input side)."""
+        if self.ln[which] is not None:
+            w, b = self.ln[which]
+            v = F.layer_norm(v, (v.shape[-1],), w, b, EPS)
         return v if bias is None else v + bias
 
     def cell_norm(self):
@@ -139,14 +142,12 @@ class CellOptions:
         """What keeps a call in this mode off each backend's kernels (for the fallback log), as
         ``{backend: reason}`` for the backends it concerns, or None. The Triton kernels: LayerNorm
         and zoneout always, recurrent dropout in training (eval: the identity). The fused CPU
-        kernels: LayerNorm, and zoneout and recurrent dropout only with projections (``proj``)."""
+        kernels: all three, except with projections (``proj``)."""
         used = self.unfused_names[bool(training)]
         if not used:
             return None
         say = lambda names: f"{' and '.join(names)} (only the reference backend has them so far)"  # noqa: E731
-        cpu = tuple(n for n in used if n == "layer_norm" or proj)
-        cpu_reason = None if not cpu else (say(cpu) if cpu == ("layer_norm",) else
-                                           say(cpu).replace(" (only", " with proj_size (only", 1))
+        cpu_reason = say(used).replace(" (only", " with proj_size (only", 1) if proj else None
         return {"triton": say(used), "fused_cpu": cpu_reason}
 
     def add_params(self, module: nn.Module, suffix: str, factory_kwargs: dict) -> None:

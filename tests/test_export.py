@@ -240,3 +240,42 @@ def test_compile_keeps_the_fused_op_opaque_with_zoneout_and_recurrent_dropout(cl
     assert targets.count("gated_fused.recurrence_forward") == 2
     assert targets.count("gated_fused.recurrence_backward") == 2
     assert not any(a in t for t in targets for a in ("sigmoid", "tanh", "lerp")), targets
+
+
+@pytest.mark.parametrize("cls", [gated.LSTM, gated.GRU], ids=["LSTM", "GRU"])
+def test_compile_keeps_the_fused_op_opaque_with_layer_norm(cls):
+    """The LayerNorm cell (with zoneout and recurrent dropout) runs the fused kernels under
+    torch.compile: one opaque op per layer, forward and backward; the input side's LayerNorm is
+    an ordinary op outside it (not recurrent), the recurrent one and the cell norm are inside."""
+    from gated.backends import fused_cpu
+
+    if not fused_cpu.available():
+        pytest.skip("the fused extension is not built here")
+    torch._dynamo.reset()
+    graphs = []
+
+    def capture(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    m = cls(I, H, num_layers=2, layer_norm=True, zoneout=0.1, recurrent_dropout=0.25).train()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    compiled = torch.compile(m, backend=capture, fullgraph=True)
+    x = torch.randn(T, B, I, requires_grad=True)
+    torch.manual_seed(3)
+    got = _flat(compiled(x))
+    torch.manual_seed(3)
+    ref = _flat(m(x))
+    for g, r in zip(got, ref):
+        torch.testing.assert_close(g, r)
+    gg = torch.autograd.grad(_loss(got, [torch.ones_like(o) for o in got]), [x, *m.parameters()])
+    rg = torch.autograd.grad(_loss(ref, [torch.ones_like(o) for o in ref]), [x, *m.parameters()])
+    for g, r in zip(gg, rg):
+        torch.testing.assert_close(g, r)
+    targets = [str(n.target) for g in graphs[0].modules() for n in g.graph.nodes if n.op == "call_function"]
+    assert targets.count("gated_fused.recurrence_forward") == 2
+    assert targets.count("gated_fused.recurrence_backward") == 2
+    assert sum("layer_norm" in t for t in targets) == 2, targets  # LN_ih of each layer
+    assert not any(a in t for t in targets for a in ("sigmoid", "tanh", "lerp")), targets

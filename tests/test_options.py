@@ -268,15 +268,15 @@ def test_weight_dropout_runs_on_the_fused_backend_and_equals_the_reference():
 
 
 def test_auto_falls_back_once_with_a_log_and_fused_cpu_refuses(caplog):
-    m = gated.GRU(I, H, layer_norm=True)
+    m = gated.LSTM(I, H, proj_size=3, layer_norm=True)  # LayerNorm with projections: reference only
     x = torch.randn(T, B, I)
     with caplog.at_level(logging.WARNING, "gated"):
         m(x)
         m(x)
-    said = [r for r in caplog.records if "layer_norm" in r.getMessage()]
+    said = [r for r in caplog.records if "layer_norm with proj_size" in r.getMessage()]
     assert len(said) <= 1  # once per process (an earlier test may have said it already)
-    with pytest.raises(RuntimeError, match="layer_norm"):
-        gated.GRU(I, H, zoneout=0.1, layer_norm=True, backend="fused_cpu").train()(x)
+    with pytest.raises(RuntimeError, match="layer_norm and zoneout with proj_size"):
+        gated.LSTM(I, H, proj_size=3, zoneout=0.1, layer_norm=True, backend="fused_cpu").train()(x)
     # in eval, recurrent and weight dropout are the identity: the fused kernels run the call
     gated.GRU(I, H, recurrent_dropout=0.5, backend="fused_cpu").eval()(x)
 
@@ -491,7 +491,7 @@ def test_fused_gradcheck_with_fixed_zoneout_and_recurrent_dropout_masks(core, tr
 
 def test_projections_and_triton_keep_zoneout_and_recurrent_dropout_on_the_reference(monkeypatch, caplog):
     """proj_size with these options falls back (logged; backend='fused_cpu' refuses), and the
-    Triton backend still refuses them; LayerNorm stays reference-only everywhere."""
+    Triton backend still refuses them and LayerNorm, which the fused CPU kernels run."""
     _fused_ops()
     from gated import backends
 
@@ -510,8 +510,10 @@ def test_projections_and_triton_keep_zoneout_and_recurrent_dropout_on_the_refere
         with pytest.raises(RuntimeError, match=match):
             backends.resolve("triton", g.layout, x, g.opts.unfused(training))
     assert backends.resolve("fused_cpu", g.layout, x, g.opts.unfused(True)) is backends.BACKENDS["fused_cpu"]
+    ln = gated.GRU(I, H, layer_norm=True, zoneout=0.1)
+    assert backends.resolve("fused_cpu", ln.layout, x, ln.opts.unfused(True)) is backends.BACKENDS["fused_cpu"]
     with pytest.raises(RuntimeError, match="layer_norm"):
-        backends.resolve("fused_cpu", g.layout, x, gated.GRU(I, H, layer_norm=True, zoneout=0.1).opts.unfused(True))
+        backends.resolve("triton", ln.layout, x, ln.opts.unfused(False))
 
 
 def test_opcheck_fused_ops_with_zoneout_and_recurrent_dropout():
@@ -539,3 +541,175 @@ def test_opcheck_fused_ops_with_zoneout_and_recurrent_dropout():
             bwd = (torch.randn_like(out), torch.randn_like(h_n), dc, A, aux, out, h0, c0, w_hh, lengths, None, core,
                    refine, *opt)
             torch.library.opcheck(torch.ops.gated_fused.recurrence_backward.default, bwd, test_utils=utils)
+
+
+# ------------------------------------------------------------------ LayerNorm on the fused CPU kernels
+
+def _randomise(m, scale=0.3):
+    """Every parameter moved off its initial value (the LayerNorms' gains off 1, biases off 0)."""
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(scale * torch.randn_like(p))
+
+
+@pytest.mark.parametrize("dtype,path", PATHS, ids=["f64", "f32-onednn", "f32-addmm", "f32-tiled"])
+@pytest.mark.parametrize("variant", ["-", "UR"])
+@pytest.mark.parametrize("core", ["lstm", "gru", "mgu"])
+def test_fused_equals_the_reference_with_layer_norm(core, variant, dtype, path):
+    """layer_norm=True alone, with zoneout and recurrent and weight dropout (training) and with the
+    eval zoneout, on the fused kernels equals the reference: outputs, final states, the gradients
+    of the input, h0/c0 and every parameter (the three LayerNorms' gains and biases included,
+    randomised); packed sequences through a bidirectional 2-layer module, buffers NaN-poisoned.
+    LayerNorm runs the non-tiled path, so the pinned tiled setting runs addmm per step."""
+    ops = _fused_ops()
+    if path and path not in ops.gemm_kinds():
+        pytest.skip(f"{GEMMS[path]} is not available in this torch build")
+    tol = {"rtol": 1e-10, "atol": 1e-10} if dtype == torch.float64 else {"rtol": 2e-5, "atol": 2e-5}
+    n = 2 if core == "lstm" else 1
+    pair = n == 2
+    sets = {
+        "ln": (dict(layer_norm=True), True),
+        "ln_all": (dict(layer_norm=True, zoneout=(0.25, 0.35) if pair else 0.25, recurrent_dropout=0.3,
+                        weight_dropout=0.2), True),
+        "ln_eval": (dict(layer_norm=True, zoneout=(0.3, 0.15) if pair else 0.35, recurrent_dropout=0.3), False),
+    }
+    if dtype == torch.float32:
+        sets = {"ln_all": sets["ln_all"]}
+    ops.set_poison(True)
+    ops.set_gemm(path)
+    try:
+        for name, (kw, training) in sets.items():
+            torch.manual_seed(0)
+            m = CLS[core](I, H, variant=variant, num_layers=2, bidirectional=True, dtype=dtype, **kw).train(training)
+            # float32: smaller moves. A recurrent product whose G values spread little is badly
+            # conditioned under LayerNorm (rounding amplified by rstd): at 0.3 an MGU-UR's float32
+            # reference is 1e-2 off its float64 result (the fused kernels' float32 3e-4)
+            _randomise(m, 0.3 if dtype == torch.float64 else 0.1)
+            seqs = [torch.randn(k, I, dtype=dtype) for k in (3, 7, 1, 5)]  # unsorted lengths
+            x = torch.nn.utils.rnn.pack_sequence(seqs, enforce_sorted=False)
+            x.data.requires_grad_(True)
+            hx = tuple(torch.randn(4, 4, H, dtype=dtype, requires_grad=True) for _ in range(n))
+            hx = hx if n == 2 else hx[0]
+            assert gated.backends.resolve("auto", m.layout, x.data, m.opts.unfused(training)) is \
+                gated.backends.BACKENDS["fused_cpu"], name
+            got, got_grads = _backend_run(m, x, hx, "fused_cpu")
+            want, want_grads = _backend_run(m, x, hx, "reference")
+            assert sum("layer_norm" in k for k in want_grads) == 8 * (3 if pair else 2)  # 2 layers x 2 directions
+            for a, b in zip(got, want):
+                torch.testing.assert_close(a, b, **tol, msg=lambda s, name=name: f"{name}: {s}")
+            for k in want_grads:
+                torch.testing.assert_close(got_grads[k], want_grads[k], **tol,
+                                           msg=lambda s, name=name, k=k: f"{name}, grad of {k}: {s}")
+    finally:
+        ops.set_poison(False)
+        ops.set_gemm(0)
+
+
+@pytest.mark.parametrize("core", ["lstm", "gru"])
+def test_fused_layer_norm_on_two_threads_leaves_the_tiled_team(core):
+    """float32 at a width of several tiled groups on 2 threads with the automatic GEMM choice: a
+    LayerNorm call runs the non-tiled path (whole rows per thread; the tiled time-loop counter does
+    not move) and equals the reference, also in inference (no saved statistics)."""
+    ops = _fused_ops()
+    threads = torch.get_num_threads()
+    ops.set_poison(True)
+    torch.set_num_threads(2)
+    try:
+        torch.manual_seed(0)
+        m = CLS[core](7, 40, variant="UR", dtype=torch.float32, layer_norm=True, recurrent_dropout=0.3).train()
+        _randomise(m)
+        x = torch.randn(6, 5, 7, dtype=torch.float32, requires_grad=True)
+        hx = torch.randn(1, 5, 40, dtype=torch.float32, requires_grad=True)
+        hx = (hx, torch.randn(1, 5, 40, dtype=torch.float32, requires_grad=True)) if core == "lstm" else hx
+        before = ops.tiled_runs()
+        got, gg = _backend_run(m, x, hx, "fused_cpu")
+        assert ops.tiled_runs() == before
+        want, wg = _backend_run(m, x, hx, "reference")
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=2e-5, atol=2e-5)
+        for k in wg:
+            torch.testing.assert_close(gg[k], wg[k], rtol=2e-5, atol=2e-5, msg=lambda s, k=k: f"grad of {k}: {s}")
+        m.eval()
+        with torch.no_grad():
+            for a, b in zip(_backend_run_nograd(m, x, hx, "fused_cpu"), _backend_run_nograd(m, x, hx, "reference")):
+                torch.testing.assert_close(a, b, rtol=2e-5, atol=2e-5)
+    finally:
+        torch.set_num_threads(threads)
+        ops.set_poison(False)
+
+
+def _backend_run_nograd(m, x, hx, backend):
+    out, st = m._run(x, hx, backend=backend)
+    return [out, *(st if isinstance(st, tuple) else (st,))]
+
+
+@pytest.mark.parametrize("core", ["lstm", "gru", "mgu"])
+def test_fused_gradcheck_with_layer_norm(core):
+    """torch.autograd.gradcheck of the fused backward with LayerNorm (float64, every LayerNorm
+    parameter a leaf, fixed zoneout and recurrent-dropout masks, a shorter sequence), and for the
+    LSTM and GRU gradgradcheck (on a few leaves, for time), whose double backward recomputes on the
+    reference from the kernels' normalised input side."""
+    _fused_ops()
+    from gated.backends import fused_cpu
+    from gated.cores import make_layout
+
+    torch.manual_seed(0)
+    T_, B_, I_, H_ = 3, 2, 2, 3
+    layout = make_layout(core, "UR", H_)
+    G = layout.rows
+    n = 2 if core == "lstm" else 1
+    rmask = torch.bernoulli(torch.full((B_, H_), 0.6)) / 0.6
+    zone = tuple(torch.bernoulli(torch.full((T_, B_, H_), p)) for p in (0.4, 0.5)[:n])
+    mask = torch.tensor([[True, True], [True, True], [True, False]]).unsqueeze(-1)
+    leaves = [torch.randn(T_, B_, I_), torch.randn(G, I_), torch.randn(G, H_), torch.randn(G), torch.randn(G),
+              torch.randn(H_), *(torch.randn(B_, H_) for _ in range(n)),
+              1 + 0.3 * torch.randn(G), 0.3 * torch.randn(G), 1 + 0.3 * torch.randn(G), 0.3 * torch.randn(G)]
+    if n == 2:
+        leaves += [1 + 0.3 * torch.randn(H_), 0.3 * torch.randn(H_)]
+    leaves = [t.requires_grad_() for t in leaves]
+
+    def f(x, w_ih, w_hh, b_ih, b_hh, fb, *rest):
+        state, norms = rest[:n], rest[n:]
+        ln = ((norms[0], norms[1]), (norms[2], norms[3]), (norms[4], norms[5]) if n == 2 else None)
+        extras = options.Extras(ln, rmask, zone)
+        out, st = fused_cpu.run_layer(x, state, w_ih, w_hh, b_ih, b_hh, fb, layout, mask, extras=extras)
+        return (out, *st)
+
+    assert torch.autograd.gradcheck(f, leaves)
+    if core != "mgu":  # x, W_hh, b_hh, the recurrent norm's gain and (LSTM) the cell norm's bias
+        some = [0, 2, 4, 8 + n, *([11 + n] if n == 2 else [])]
+
+        def g(*diff):
+            args = list(leaves)
+            for k, t in zip(some, diff):
+                args[k] = t
+            return f(*args)
+
+        assert torch.autograd.gradgradcheck(g, [leaves[k] for k in some], fast_mode=True)
+
+
+def test_opcheck_fused_ops_with_layer_norm():
+    """torch.library.opcheck (schemas, fake implementations) with the LayerNorm arguments: the input
+    projection as x without w_ih, the flat statistics (forward) and gradients (backward) as the
+    last outputs."""
+    _fused_ops()
+    torch.manual_seed(0)
+    T_, B_, H_ = 4, 3, 6
+    utils = ("test_schema", "test_faketensor")
+    for core, blocks in ((0, 4), (1, 4)):  # LSTM-UR, GRU-UR (with b_hn from b_hh)
+        G = blocks * H_
+        gi, w_hh, fb = torch.randn(T_, B_, G), torch.randn(G, H_), torch.randn(H_)
+        b_hh = torch.randn(G) if core == 1 else None
+        h0, c0 = torch.randn(B_, H_), (torch.randn(B_, H_) if core == 0 else None)
+        lengths = torch.tensor([4, 2, 3])
+        lnw, lnb = torch.randn(G), torch.randn(G)
+        lnc = (torch.randn(H_), torch.randn(H_)) if core == 0 else (None, None)
+        args = (gi, None, w_hh, None, b_hh, fb, h0, c0, lengths, None, core, True, True, None, None, None, 0.0, 0.0,
+                lnw, lnb, *lnc)
+        torch.library.opcheck(torch.ops.gated_fused.recurrence_forward.default, args, test_utils=utils)
+        out, h_n, c_n, A, aux, stats = torch.ops.gated_fused.recurrence_forward(*args)
+        assert stats.numel() == T_ * B_ * (G + 1 + (H_ + 1 if core == 0 else 0))
+        dc = torch.randn(B_, H_) if core == 0 else None
+        bwd = (torch.randn_like(out), torch.randn_like(h_n), dc, A, aux, out, h0, c0, w_hh, lengths, None, core, True,
+               None, None, None, 0.0, 0.0, stats, lnw, *lnc)
+        torch.library.opcheck(torch.ops.gated_fused.recurrence_backward.default, bwd, test_utils=utils)

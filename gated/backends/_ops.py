@@ -4,7 +4,8 @@ The C++ extension (gated/csrc/recurrence.cpp) defines ``gated_fused::recurrence_
 ``recurrence_backward``, ``xh_mm`` and ``tiled_mm`` with schemas and CPU kernels. Here they get
 
 - fake (meta) implementations: output shapes from input shapes (the zoneout and recurrent-dropout
-  arguments change none of them), so ``torch.compile`` and
+  arguments change none of them; LayerNorm's make the last output its flat statistics, forward,
+  and gradients, backward: see gated/csrc/time_loop.h), so ``torch.compile`` and
   ``torch.export`` keep each op as one opaque call (no unrolled time loop, dynamic T and B);
 - batching rules for ``torch.func.vmap``: the op runs once per batch element and the results
   are stacked. (Batched gradients, ``autograd.grad(is_grads_batched=True)`` as gradcheck uses,
@@ -26,26 +27,38 @@ _registered = False
 
 
 def _recurrence_forward_fake(x, w_ih, w_hh, b_ih, b_hh, fb, h0, c0, lengths, w_hr, core, refine, save, rmask=None,
-                             zone_h=None, zone_c=None, p_h=0.0, p_c=0.0):
-    T, B, _ = x.shape
-    G, P = w_ih.shape[0], w_hh.shape[1]  # P: the width of h (proj_size with projections)
+                             zone_h=None, zone_c=None, p_h=0.0, p_c=0.0, ln_w=None, ln_b=None, lnc_w=None, lnc_b=None):
+    T, B, _ = x.shape  # x: (T, B, I), or the input projection (T, B, G) without w_ih (LayerNorm)
+    G, P = w_hh.shape  # P: the width of h (proj_size with projections)
     H = P if w_hr is None else w_hr.shape[1]
     out, h_n = x.new_empty(T, B, P), x.new_empty(B, P)
     c_n = x.new_empty(B, H) if c0 is not None else x.new_empty(0)
     A = x.new_empty(T, B, G) if save else x.new_empty(0)
     aux = x.new_empty(T, B, H) if save else x.new_empty(0)
-    m = x.new_empty(T, B, H) if save and w_hr is not None else x.new_empty(0)
+    # the last output: m_t with projections, or LayerNorm's saved statistics (flat), else empty
+    if save and w_hr is not None:
+        m = x.new_empty(T, B, H)
+    elif save and ln_w is not None:
+        m = x.new_empty(T * B * (G + 1 + (H + 1 if c0 is not None else 0)))
+    else:
+        m = x.new_empty(0)
     return out, h_n, c_n, A, aux, m
 
 
 def _recurrence_backward_fake(dout, dh_n, dc_n, A, aux, out, h0, c0, w_hh, lengths, w_hr, core, refine, rmask=None,
-                              zone_h=None, zone_c=None, p_h=0.0, p_c=0.0):
+                              zone_h=None, zone_c=None, p_h=0.0, p_c=0.0, ln=None, ln_w=None, lnc_w=None, lnc_b=None):
     T, B, G = A.shape
     P = w_hh.shape[1]
     H = P if w_hr is None else w_hr.shape[1]
     dghn = A.new_empty(0) if c0 is not None else A.new_empty(T, B, H)
     dc0 = A.new_empty(B, H) if c0 is not None else A.new_empty(0)
-    dH = A.new_empty(0) if w_hr is None else A.new_empty(T, B, P)
+    # the last output: dH with projections, or LayerNorm's gradients (flat), else empty
+    if w_hr is not None:
+        dH = A.new_empty(T, B, P)
+    elif ln is not None:
+        dH = A.new_empty(T * B * (G + (H if c0 is not None else 0)))
+    else:
+        dH = A.new_empty(0)
     return A.new_empty(T, B, G), dghn, A.new_empty(B, P), dc0, dH
 
 

@@ -1,10 +1,16 @@
 """Fused CPU backend: the time loop and the pointwise gate maths in C++ (gated/csrc/recurrence.cpp).
 
 Supports every core in its plain (``-``, ``C``, ``U``) and sigmoid-refine (``R``, ``UR``) variants,
-float32 and float64 on the CPU, with zoneout and recurrent dropout (gated/options.py; not with
-``proj_size``, and not LayerNorm, which run on the reference backend): the kernels take the
+float32 and float64 on the CPU, with LayerNorm, zoneout and recurrent dropout (gated/options.py;
+not with ``proj_size``, which runs them on the reference backend): the kernels take the
 recurrent-dropout mask ``(B, H)`` and per state a zoneout keep mask ``(T, B, H)`` (training) or the
-probability ``p`` as a float (eval: the expectation, no ``(T, B, H)`` tensor of a constant). Same signature and results as :func:`gated.backends.reference.run_layer`
+probability ``p`` as a float (eval: the expectation, no ``(T, B, H)`` tensor of a constant). With
+LayerNorm the input side ``LN_ih(x W_ih^T) + b_ih + b_hh`` (GRU/MGU without ``b_hn``) of all steps
+is torch ops here (:func:`_ln_input`, differentiated by autograd) and replaces ``x`` and ``W_ih``
+in the kernels, which normalise each step's ``h W_hh^T`` and the LSTM's ``c`` per batch row (the
+non-tiled path) and save the statistics; their backward returns the raw recurrent product's
+gradients, of which ``W_hh``'s is one matmul here, and the norms' gains and biases are sums here
+(:func:`_ln_backward`). Same signature and results as :func:`gated.backends.reference.run_layer`
 (tests/test_fused.py). Backward is hand-written: the C++ pass returns the gradients of every step's
 pre-activations ``(T, B, G)``; the weight gradients are then single large matmuls here. In float32
 on AVX-512 and AVX2 CPUs every matmul but the input gradient runs on the register-tiled kernel of
@@ -20,12 +26,13 @@ import functools
 import logging
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from gated.backends import _build, reference
 from gated.cores import Layout
 from gated.gates import sigmoid_gate
-from gated.options import Extras
+from gated.options import EPS, Extras
 
 _CORE_ID = {"lstm": 0, "gru": 1, "mgu": 2}
 _said = {"proj": False}  # one-time notes
@@ -76,8 +83,6 @@ def _option_args(extras, x: Tensor) -> tuple:
     masks contiguous in ``x``'s dtype, an eval zoneout as its float ``p`` (0: off)."""
     if extras is None:
         return None, None, None, 0.0, 0.0
-    if extras.ln is not None:
-        raise ValueError("the fused kernels have no LayerNorm (the reference backend runs it)")
     prep = lambda t: None if t is None else t.to(x.dtype).contiguous()  # noqa: E731
     zone = tuple(extras.zoneout or ()) + (None,) * 2
     masks = [prep(z) if isinstance(z, Tensor) else None for z in zone[:2]]
@@ -85,19 +90,38 @@ def _option_args(extras, x: Tensor) -> tuple:
     return prep(extras.rmask), masks[0], masks[1], probs[0], probs[1]
 
 
-def _extras(rmask, zh, zc, ph, pc, n_states: int):
+def _extras(rmask, zh, zc, ph, pc, n_states: int, ln=None):
     """The :class:`gated.options.Extras` of the kernels' option arguments (for the reference)."""
-    if rmask is None and zh is None and zc is None and not ph and not pc:
+    if rmask is None and zh is None and zc is None and not ph and not pc and ln is None:
         return None
     zone = tuple(m if m is not None else (p or None) for m, p in ((zh, ph), (zc, pc)))[:n_states]
-    return Extras(None, rmask, None if all(z is None for z in zone) else zone)
+    return Extras(ln, rmask, None if all(z is None for z in zone) else zone)
 
 
-def _forward(x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0, lengths, layout, save: bool, opt=(None, None, None, 0.0, 0.0)):
+def _ln_input(x: Tensor, w_ih: Tensor, b_ih: Tensor | None, b_hh: Tensor | None, ln_ih: tuple, layout: Layout) -> Tensor:
+    """The LayerNorm cell's input side, ``LN_ih(x W_ih^T) + b_ih + b_hh`` for all steps ``(T, B, G)``,
+    in torch ops (autograd differentiates it): it is not recurrent, so the kernels take it in
+    place of ``x`` and ``W_ih``. GRU/MGU: without ``b_hn``, which the kernel adds inside the reset
+    product. The biases join the norm's own (one pass over ``(T, B, G)``, not two)."""
+    w, b = ln_ih
+    if b_ih is not None:
+        n = _n_rows(layout)
+        rec = b_hh if n is None else _splice(b_hh, n, b_hh.new_zeros(n.stop - n.start))
+        b = b + (b_ih + rec)
+    return F.layer_norm(F.linear(x, w_ih), (w_ih.shape[0],), w, b, EPS)
+
+
+_NO_OPT = (None, None, None, 0.0, 0.0)
+_NO_LN = (None, None, None, None)
+
+
+def _forward(x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0, lengths, layout, save: bool, opt=_NO_OPT, ln=_NO_LN):
+    """The forward op; with LayerNorm (``ln``: the recurrent norm's and the LSTM cell norm's weight
+    and bias) ``x`` is :func:`_ln_input`'s ``(T, B, G)`` and ``w_ih``, ``b_ih`` are None."""
     core, refine = _kernel_ids(layout)
     return torch.ops.gated_fused.recurrence_forward(
-        x.contiguous(), w_ih.contiguous(), w_hh.contiguous(), b_ih, b_hh, fb, h0, c0, lengths,
-        None if w_hr is None else w_hr.contiguous(), core, refine, save, *opt,
+        x.contiguous(), None if w_ih is None else w_ih.contiguous(), w_hh.contiguous(), b_ih, b_hh, fb, h0, c0,
+        lengths, None if w_hr is None else w_hr.contiguous(), core, refine, save, *opt, *ln,
     )
 
 
@@ -141,15 +165,18 @@ class _Recurrence(torch.autograd.Function):
     generate_vmap_rule = True  # vmap runs forward and backward on the ops' batching rules (_ops.py)
 
     @staticmethod
-    def forward(x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0, lengths, layout, rmask, zh, zc, ph, pc):
-        return _forward(x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0, lengths, layout, True, (rmask, zh, zc, ph, pc))
+    def forward(x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0, lengths, layout, rmask, zh, zc, ph, pc,
+                lnw=None, lnb=None, lncw=None, lncb=None):
+        return _forward(x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0, lengths, layout, True, (rmask, zh, zc, ph, pc),
+                        (lnw, lnb, lncw, lncb))
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0, lengths, layout, rmask, zh, zc, ph, pc = inputs
+        x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0, lengths, layout, rmask, zh, zc, ph, pc = inputs[:16]
+        ln = tuple(inputs[16:]) + (None,) * (20 - len(inputs))
         out, h_n, c_n, A, aux, m = output
         ctx.mark_non_differentiable(A, aux, m)
-        ctx.save_for_backward(x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0, lengths, A, aux, m, out, rmask, zh, zc)
+        ctx.save_for_backward(x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0, lengths, A, aux, m, out, rmask, zh, zc, *ln)
         ctx.layout = layout
         ctx.probs = (ph, pc)
 
@@ -157,14 +184,17 @@ class _Recurrence(torch.autograd.Function):
     def backward(ctx, dout, dh_n, dc_n, _dA, _daux, _dm):
         if torch.is_grad_enabled():  # create_graph: the gradients must themselves be differentiable
             return _differentiable_backward(ctx, dout, dh_n, dc_n)
-        x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0, lengths, A, aux, m, out, rmask, zh, zc = ctx.saved_tensors
+        x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0, lengths, A, aux, m, out, rmask, zh, zc = ctx.saved_tensors[:17]
+        lnw, _, lncw, lncb = ctx.saved_tensors[17:]
         layout = ctx.layout
         core, refine = _kernel_ids(layout)
         dA, dghn, dh0, dc0, dH = torch.ops.gated_fused.recurrence_backward(
             dout.contiguous(), dh_n.contiguous(), None if c0 is None else dc_n.contiguous(), A, aux, out, h0, c0,
             w_hh.contiguous(), lengths, None if w_hr is None else w_hr.contiguous(), core, refine,
-            rmask, zh, zc, *ctx.probs,
+            rmask, zh, zc, *ctx.probs, None if lnw is None else m, lnw, lncw, lncb,
         )
+        if lnw is not None:
+            return _ln_backward(ctx, dA, dghn, dh0, dc0, dH)
         T, B, G = dA.shape
         I, H = x.shape[-1], h0.shape[-1]  # H: the width of h (proj_size with projections)
         dA2 = dA.view(T * B, G)
@@ -193,7 +223,46 @@ class _Recurrence(torch.autograd.Function):
         if w_hr is not None:  # dL/dW_hr = sum over steps of dh_t^T m_t
             dw_hr = torch.ops.gated_fused.tiled_mm(dH.view(T * B, H), m.view(T * B, -1), True, False)
         return (dx, dw_ih, dw_hh, db_ih, db_hh, dfb, dw_hr, dh0, (dc0 if c0 is not None else None), None, None,
-                None, None, None, None, None)
+                None, None, None, None, None, None, None, None, None)
+
+
+def _ln_backward(ctx, dA, dghn, dh0, dc0, dL):
+    """The first-order gradients of a LayerNorm call from the backward op's results: ``dA`` is the
+    input projection's gradient (autograd takes it back through :func:`_ln_input`), ``dL`` the flat
+    ``[d(h W_hh^T) before the norm (T, B, G) | LSTM: the cell norm's dy (T, B, H)]`` and the
+    forward's ``m`` the flat ``[xhat (T, B, G) | rstd (T, B) | LSTM: chat (T, B, H) | rstd (T, B)]``
+    (gated/csrc/time_loop.h). The norms' gains and biases: sums of ``dy * xhat`` and ``dy`` over
+    steps and batch, ``dy`` the gradient of the normalised product (GRU/MGU: ``dghn`` in the
+    candidate block, what the reset gate multiplied)."""
+    x, _, w_hh, _, b_hh, fb, _, h0, c0, _, A, _, m, out, rmask = ctx.saved_tensors[:15]
+    lncw = ctx.saved_tensors[19]
+    layout = ctx.layout
+    T, B, G = dA.shape
+    H, TB = h0.shape[-1], T * B
+    h_prev = torch.cat([h0.unsqueeze(0), out[:-1]])  # what W_hh multiplied
+    if rmask is not None:
+        h_prev = h_prev * rmask
+    dw_hh = torch.ops.gated_fused.tiled_mm(dL[:TB * G].view(TB, G), h_prev.reshape(TB, H), True, False)
+    n_rows = _n_rows(layout)
+    xhat = m[:TB * G].view(T, B, G)
+    dlnw, dlnb = (dA * xhat).sum((0, 1)), dA.sum((0, 1))
+    if n_rows is not None:  # the candidate block's dy is dghn (contiguous products, no spliced copy)
+        dlnw = _splice(dlnw, n_rows, (dghn * xhat[..., n_rows]).sum((0, 1)))
+        dlnb = _splice(dlnb, n_rows, dghn.sum((0, 1)))
+    dlncw = dlncb = None
+    if lncw is not None:
+        dyc, chat = dL[TB * G:].view(T, B, H), m[TB * (G + 1):TB * (G + 1 + H)].view(T, B, H)
+        dlncw, dlncb = (dyc * chat).sum((0, 1)), dyc.sum((0, 1))
+    db_hh = None
+    if b_hh is not None:  # GRU/MGU: b_hn (the rest of b_hh is in the input projection)
+        db_hh = _splice(torch.zeros_like(b_hh), n_rows, dghn.sum((0, 1)))
+    dfb = None
+    if fb is not None:
+        total = dA.sum((0, 1))
+        dfb = total[layout.keep] - total[layout.refine]
+    dx = dA if ctx.needs_input_grad[0] else None
+    return (dx, None, dw_hh, None, db_hh, dfb, None, dh0, (dc0 if c0 is not None else None), None, None,
+            None, None, None, None, None, dlnw, dlnb, dlncw, dlncb)
 
 
 def _splice(t: Tensor, rows: slice, block: Tensor) -> Tensor:
@@ -210,22 +279,32 @@ def _differentiable_backward(ctx, dout, dh_n, dc_n):
     all have derivatives, and its vector-Jacobian product taken with torch.func.vjp (which, unlike
     autograd.grad, also composes with an enclosing torch.func transform). Slower than the fused
     backward, and only taken when the caller asked for a differentiable gradient."""
-    x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0, lengths = ctx.saved_tensors[:10]
+    saved = ctx.saved_tensors
+    x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0, lengths = saved[:10]
     probs = getattr(ctx, "probs", None)  # the Triton backend's view has no cell options
-    extras = None if probs is None else _extras(*ctx.saved_tensors[14:17], *probs, 1 if c0 is None else 2)
-    inputs = (x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0)
-    wanted = [k for k, t in enumerate(inputs) if t is not None and ctx.needs_input_grad[k]]
+    lnw, lnb, lncw, lncb = saved[17:21] if probs is not None else (None,) * 4
+    inputs = dict(enumerate((x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0))) | {16: lnw, 17: lnb, 18: lncw, 19: lncb}
+    wanted = [k for k, t in inputs.items() if t is not None and ctx.needs_input_grad[k]]
     mask = None
     if lengths is not None:
         steps = torch.arange(x.shape[0], device=x.device).unsqueeze(1)
         mask = (steps < lengths.unsqueeze(0)).unsqueeze(-1)
 
     def layer(*diff):
-        args = list(inputs)
-        for k, t in zip(wanted, diff):
-            args[k] = t
+        args = dict(inputs)
+        args.update(zip(wanted, diff))
         state = (args[7],) if c0 is None else (args[7], args[8])
-        out, final = reference.run_layer(args[0], state, *args[1:6], ctx.layout, mask, w_hr=args[6], extras=extras)
+        ln = None
+        w_in, b_rec = args[1], args[4]
+        if lnw is not None:  # x is the input projection: its norm and biases are done (an identity W_ih)
+            ln = (None, (args[16], args[17]), None if lncw is None else (args[18], args[19]))
+            w_in = torch.eye(x.shape[-1], dtype=x.dtype, device=x.device)
+            n = _n_rows(ctx.layout)
+            if b_rec is not None:  # only b_hn is the kernel's
+                b_rec = _splice(torch.zeros_like(b_rec), n, b_rec[n])
+        extras = None if probs is None else _extras(*saved[14:17], *probs, 1 if c0 is None else 2, ln)
+        out, final = reference.run_layer(args[0], state, w_in, args[2], args[3], b_rec, args[5], ctx.layout, mask,
+                                         w_hr=args[6], extras=extras)
         return (out, *final)
 
     _, vjp = torch.func.vjp(layer, *(inputs[k] for k in wanted))
@@ -238,7 +317,7 @@ def _differentiable_backward(ctx, dout, dh_n, dc_n):
 
 def run_layer(x, state, w_ih, w_hh, b_ih, b_hh, forget_bias, layout, mask=None, record=None, w_hr=None, extras=None):
     """Same contract as :func:`gated.backends.reference.run_layer` (``record`` is not supported;
-    ``extras`` without LayerNorm, and without projections)."""
+    ``extras`` not with projections)."""
     if record is not None:
         raise ValueError("the fused backend records no gates; gate_activations uses the reference backend")
     if x.shape[1] == 0:  # an empty batch: nothing to compute, and the kernels need B > 0
@@ -248,6 +327,15 @@ def run_layer(x, state, w_ih, w_hh, b_ih, b_hh, forget_bias, layout, mask=None, 
     if w_hr is not None and (any(t is not None for t in opt[:3]) or opt[3] or opt[4]):
         raise ValueError("the fused kernels have no zoneout or recurrent dropout with projections (the reference "
                          "backend runs them)")
+    ln = _NO_LN
+    if extras is not None and extras.ln is not None:  # the LayerNorm cell: the input side here, in torch ops
+        if w_hr is not None:
+            raise ValueError("the fused kernels have no LayerNorm with projections (the reference backend runs it)")
+        ln_ih, ln_hh, ln_c = extras.ln
+        x = _ln_input(x, w_ih, b_ih, b_hh, ln_ih, layout)
+        w_ih = b_ih = None
+        b_hh = None if _n_rows(layout) is None else b_hh  # GRU/MGU: the kernel reads b_hn from it
+        ln = tuple(t.contiguous() for t in ln_hh) + (_NO_LN[:2] if ln_c is None else tuple(t.contiguous() for t in ln_c))
     if w_hr is not None and x.dtype == torch.float32 and not _said["proj"] and not torch.compiler.is_compiling():
         _said["proj"] = True
         logging.getLogger("gated").warning(
@@ -256,8 +344,8 @@ def run_layer(x, state, w_ih, w_hh, b_ih, b_hh, forget_bias, layout, mask=None, 
     lengths = None if mask is None else mask[:, :, 0].sum(0).to(torch.int64)
     c0 = state[1].contiguous() if len(state) == 2 else None
     args = (x, w_ih, w_hh, b_ih, b_hh, forget_bias, w_hr, state[0].contiguous(), c0, lengths, layout)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args[:9]):
-        out, h_n, c_n = _Recurrence.apply(*args, *opt)[:3]
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (*args[:9], *ln)):
+        out, h_n, c_n = _Recurrence.apply(*args, *opt, *ln)[:3]
     else:  # inference: no graph, and the kernel keeps no per-step activations
-        out, h_n, c_n = _forward(*args, save=False, opt=opt)[:3]
+        out, h_n, c_n = _forward(*args, save=False, opt=opt, ln=ln)[:3]
     return out, (h_n, c_n) if c0 is not None else (h_n,)

@@ -12,6 +12,7 @@
 #include "vec_math.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 
 namespace {
@@ -45,13 +46,91 @@ inline void fill_units(const Step& s, T* row, T v) {
   for (int64_t k = 0; k < s.G; k += s.H) std::fill(row + k + s.j0, row + k + s.j1, v);
 }
 
+// ---------------------------------------------------------------- LayerNorm (gated/options.py)
+// The LayerNorm cell's row-wise pieces, on whole rows (so only on the non-tiled path, whose
+// pointwise pass splits batch rows, never units): the normalisation of a recurrent product row
+// over its G gate rows, and the LSTM's cell norm over H. xhat = (x - mean) * rstd, rstd = 1 /
+// sqrt(var + eps) with the biased variance (torch.nn.LayerNorm's, eps 1e-5).
+constexpr double kLnEps = 1e-5;
+
+template <typename T>
+inline T hsum(const Vec<T>& v) {
+  __at_align__ T buf[Vec<T>::size()];
+  v.store(buf);
+  T s = T(0);
+  for (int64_t k = 0; k < Vec<T>::size(); ++k) s += buf[k];
+  return s;
+}
+
+// mean and rstd of x[0, n), two passes (the partial loads of lanes() fill the rest with zeros)
+template <typename T>
+inline void ln_stats(const T* x, int64_t n, T& mean, T& rstd) {
+  const Vec<T> zero(T(0));
+  Vec<T> acc = zero;
+  lanes<T>(0, n, [&](int64_t j, int64_t k) { acc = acc + ld(x, j, k); });
+  mean = hsum(acc) / T(n);
+  const Vec<T> m(mean);
+  acc = zero;
+  lanes<T>(0, n, [&](int64_t j, int64_t k) {
+    Vec<T> d = ld(x, j, k) - m;
+    if (k < Vec<T>::size()) d = Vec<T>::set(zero, d, k);
+    acc = acc + d * d;
+  });
+  rstd = T(1) / std::sqrt(hsum(acc) / T(n) + T(kLnEps));
+}
+
+// y = w xhat + b over a row of n (y += with add; y may be x itself); xhat and rstd are saved where
+// the pointers are given (training)
+template <typename T>
+inline void ln_row(const T* x, int64_t n, const T* w, const T* b, T* y, bool add, T* xhat, T* rstd_out) {
+  T mean, rstd;
+  ln_stats(x, n, mean, rstd);
+  const Vec<T> m(mean), r(rstd);
+  lanes<T>(0, n, [&](int64_t j, int64_t k) {
+    Vec<T> xh = (ld(x, j, k) - m) * r;
+    if (xhat != nullptr) xh.store(xhat + j, k);
+    Vec<T> v = ld(w, j, k) * xh + ld(b, j, k);
+    if (add) v = v + ld(y, j, k);
+    v.store(y + j, k);
+  });
+  if (rstd_out != nullptr) *rstd_out = rstd;
+}
+
+// the input gradient of a LayerNorm row: dx = rstd (g - mean(g) - xhat mean(g xhat)), g = w dy
+template <typename T>
+inline void ln_row_bwd(const T* dy, const T* xhat, T rstd, const T* w, int64_t n, T* dx) {
+  Vec<T> s1(T(0)), s2(T(0));
+  lanes<T>(0, n, [&](int64_t j, int64_t k) {  // zero-filled tails add nothing
+    Vec<T> g = ld(w, j, k) * ld(dy, j, k);
+    s1 = s1 + g;
+    s2 = s2 + g * ld(xhat, j, k);
+  });
+  const Vec<T> m1(hsum(s1) / T(n)), m2(hsum(s2) / T(n)), r(rstd);
+  lanes<T>(0, n, [&](int64_t j, int64_t k) {
+    Vec<T> xh = ld(xhat, j, k);
+    (r * (ld(w, j, k) * ld(dy, j, k) - m1 - xh * m2)).store(dx + j, k);
+  });
+}
+
+// The LSTM's cell norm h = o tanh(w chat + b), chat the normalised c~ over H: forward, chat and
+// rstd of step t's rows are saved where given; backward reads them and writes dy, the gradient of
+// w chat + b (its sums give the LayerNorm's parameter gradients, summed by the caller)
+template <typename T>
+struct CellNorm {
+  const T *w = nullptr, *b = nullptr;
+  T *chat = nullptr, *rstd = nullptr, *dy = nullptr;  // step t's rows: (B, H), (B,), (B, H)
+  bool on() const { return w != nullptr; }
+};
+
 // ---------------------------------------------------------------- forward pointwise
 
 // LSTM: A holds pre-activations (i|r, f, g, o) and gets the activations back. With zoneout the
-// states written are the zoned ones (h~ = o tanh(c~) from the un-zoned c~; hp: h_{t-1}).
+// states written are the zoned ones (h~ = o tanh(c~) from the un-zoned c~; hp: h_{t-1}). With the
+// cell norm (whole rows: j0 = 0, j1 = H) a first pass writes the gates and c~ (into ct), a second
+// normalises c~ and writes h and the zoned c.
 template <typename T>
 void lstm_fwd(const Step& s, const T* P, T* A, const T* cp, T* ct, T* ht, const T* fb, int64_t b0, int64_t b1,
-              const T* hp = nullptr, const Zone<T>& zh = {}, const Zone<T>& zc = {}) {
+              const T* hp = nullptr, const Zone<T>& zh = {}, const Zone<T>& zc = {}, const CellNorm<T>& cn = {}) {
   const int64_t H = s.H, G = s.G;
   for (int64_t b = b0; b < b1; ++b) {
     const T* p = P + b * G;  // pre-activations (may alias a)
@@ -61,6 +140,10 @@ void lstm_fwd(const Step& s, const T* P, T* A, const T* cp, T* ct, T* ht, const 
     if (s.masked(b)) {  // past the sequence's end: hold the state, output 0
       std::copy(c0 + s.j0, c0 + s.j1, c1 + s.j0);
       std::fill(h1 + s.j0, h1 + s.j1, T(0));
+      if (cn.chat != nullptr) {  // defined values for backward (whose gradients here are 0)
+        std::fill(cn.chat + b * H, cn.chat + (b + 1) * H, T(0));
+        cn.rstd[b] = T(0);
+      }
       continue;
     }
     lanes<T>(s.j0, s.j1, [&](int64_t j, int64_t n) {
@@ -76,15 +159,34 @@ void lstm_fwd(const Step& s, const T* P, T* A, const T* cp, T* ct, T* ht, const 
         keep = f * f + Vec<T>(T(2)) * i * f * (one - f);
         write = one - keep;
       }
-      Vec<T> cprev = ld(c0, j, n), c = keep * cprev + write * u, h = o * th(c);
-      if (zh.on()) h = h + zh.at(s, b, j, n) * (ld(hp + b * H, j, n) - h);
-      if (zc.on()) c = c + zc.at(s, b, j, n) * (cprev - c);
-      h.store(h1 + j, n);
-      c.store(c1 + j, n);
+      Vec<T> cprev = ld(c0, j, n), c = keep * cprev + write * u;
       i.store(a + j, n);
       f.store(a + H + j, n);
       u.store(a + 2 * H + j, n);
       o.store(a + 3 * H + j, n);
+      if (cn.on()) {  // c~ for the second pass
+        c.store(c1 + j, n);
+        return;
+      }
+      Vec<T> h = o * th(c);
+      if (zh.on()) h = h + zh.at(s, b, j, n) * (ld(hp + b * H, j, n) - h);
+      if (zc.on()) c = c + zc.at(s, b, j, n) * (cprev - c);
+      h.store(h1 + j, n);
+      c.store(c1 + j, n);
+    });
+    if (!cn.on()) continue;
+    T mean, rstd;
+    ln_stats(c1, H, mean, rstd);
+    if (cn.rstd != nullptr) cn.rstd[b] = rstd;
+    const Vec<T> m(mean), r(rstd);
+    lanes<T>(0, H, [&](int64_t j, int64_t n) {
+      Vec<T> c = ld(c1, j, n), chat = (c - m) * r;
+      if (cn.chat != nullptr) chat.store(cn.chat + b * H + j, n);
+      Vec<T> h = ld(a + 3 * H, j, n) * th(ld(cn.w, j, n) * chat + ld(cn.b, j, n));
+      if (zh.on()) h = h + zh.at(s, b, j, n) * (ld(hp + b * H, j, n) - h);
+      if (zc.on()) c = c + zc.at(s, b, j, n) * (ld(c0, j, n) - c);
+      h.store(h1 + j, n);
+      c.store(c1 + j, n);
     });
   }
 }
@@ -148,10 +250,11 @@ inline void refine_grads(const Vec<T>& f, const Vec<T>& r, Vec<T>& g, Vec<T>& dg
 // LSTM: reads activations A_t, writes pre-activation grads dA_t; dc is updated in place;
 // dhn gets the part of dh_{t-1} that does not go through W_hh (the carry of masked rows, and with
 // zoneout z_h dh_t). With zoneout of c, ct holds the zoned c_t, so c~_t is recomputed from the
-// activations and c_{t-1} (no saved buffer).
+// activations and c_{t-1} (no saved buffer). With the cell norm (whole rows) a first pass gets
+// the gradient of w chat + b (into cn.dy) and its row means, a second the rest.
 template <typename T>
 void lstm_bwd(const Step& s, const T* A, const T* cp, const T* ct, const T* dout, const T* dh, T* dc, T* dA, T* dhn,
-              int64_t b0, int64_t b1, const Zone<T>& zh = {}, const Zone<T>& zc = {}) {
+              int64_t b0, int64_t b1, const Zone<T>& zh = {}, const Zone<T>& zc = {}, const CellNorm<T>& cn = {}) {
   const int64_t H = s.H, G = s.G;
   for (int64_t b = b0; b < b1; ++b) {
     const T* a = A + b * G;
@@ -159,9 +262,36 @@ void lstm_bwd(const Step& s, const T* A, const T* cp, const T* ct, const T* dout
     if (s.masked(b)) {  // the state was held: gradients pass through unchanged
       fill_units(s, da, T(0));
       std::copy(dh + b * H + s.j0, dh + b * H + s.j1, dhn + b * H + s.j0);
+      if (cn.on()) std::fill(cn.dy + b * H, cn.dy + (b + 1) * H, T(0));
       continue;
     }
     if (!zh.on()) std::fill(dhn + b * H + s.j0, dhn + b * H + s.j1, T(0));
+    // the gradient of h~_t (what reaches o tanh(.)), with zoneout's direct part stored into dhn
+    auto dh_cell = [&](int64_t j, int64_t n) {
+      Vec<T> dht = ld(dout + b * H, j, n) + ld(dh + b * H, j, n);
+      if (zh.on()) {  // h_t = h~ + z (h_{t-1} - h~): z dh_t goes straight to h_{t-1}
+        Vec<T> direct = zh.at(s, b, j, n) * dht;
+        direct.store(dhn + b * H + j, n);
+        dht = dht - direct;
+      }
+      return dht;
+    };
+    Vec<T> m1(T(0)), m2(T(0)), rc(T(0));
+    if (cn.on()) {
+      Vec<T> s1(T(0)), s2(T(0));
+      lanes<T>(0, H, [&](int64_t j, int64_t n) {
+        Vec<T> one(T(1)), o = ld(a + 3 * H, j, n), chat = ld(cn.chat + b * H, j, n), w = ld(cn.w, j, n);
+        Vec<T> tc = th(w * chat + ld(cn.b, j, n)), dht = dh_cell(j, n);
+        Vec<T> dy = dht * o * (one - tc * tc), g = w * dy;
+        dy.store(cn.dy + b * H + j, n);
+        (dht * tc * o * (one - o)).store(da + 3 * H + j, n);
+        s1 = s1 + g;
+        s2 = s2 + g * chat;
+      });
+      m1 = Vec<T>(hsum(s1) / T(H));
+      m2 = Vec<T>(hsum(s2) / T(H));
+      rc = Vec<T>(cn.rstd[b]);
+    }
     lanes<T>(s.j0, s.j1, [&](int64_t j, int64_t n) {
       Vec<T> one(T(1));
       Vec<T> i = ld(a, j, n), f = ld(a + H, j, n), u = ld(a + 2 * H, j, n), o = ld(a + 3 * H, j, n);
@@ -171,20 +301,22 @@ void lstm_bwd(const Step& s, const T* A, const T* cp, const T* ct, const T* dout
         refine_grads(f, i, keep, dgdf, dgdr);
         write = one - keep;
       }
-      Vec<T> tc = th(zc.on() ? keep * c0 + write * u : ld(ct + b * H, j, n));
-      Vec<T> dht = ld(dout + b * H, j, n) + ld(dh + b * H, j, n);
-      if (zh.on()) {  // h_t = h~ + z (h_{t-1} - h~): z dh_t goes straight to h_{t-1}
-        Vec<T> direct = zh.at(s, b, j, n) * dht;
-        direct.store(dhn + b * H + j, n);
-        dht = dht - direct;
-      }
       Vec<T> dcin = ld(dc + b * H, j, n), dcd(T(0));
       if (zc.on()) {
         dcd = zc.at(s, b, j, n) * dcin;
         dcin = dcin - dcd;
       }
-      Vec<T> dct = dcin + dht * o * (one - tc * tc);
-      Vec<T> dpo = dht * tc * o * (one - o), dpu, dpi, dpf, dcp;
+      Vec<T> dct;
+      if (cn.on()) {  // through the LayerNorm of c~ (dpo is written)
+        Vec<T> chat = ld(cn.chat + b * H, j, n);
+        dct = dcin + rc * (ld(cn.w, j, n) * ld(cn.dy + b * H, j, n) - m1 - chat * m2);
+      } else {
+        Vec<T> tc = th(zc.on() ? keep * c0 + write * u : ld(ct + b * H, j, n));
+        Vec<T> dht = dh_cell(j, n);
+        dct = dcin + dht * o * (one - tc * tc);
+        (dht * tc * o * (one - o)).store(da + 3 * H + j, n);
+      }
+      Vec<T> dpu, dpi, dpf, dcp;
       if (s.refine) {
         Vec<T> dg = dct * (c0 - u);
         dpu = dct * (one - keep) * (one - u * u);
@@ -201,7 +333,6 @@ void lstm_bwd(const Step& s, const T* A, const T* cp, const T* ct, const T* dout
       dpi.store(da + j, n);
       dpf.store(da + H + j, n);
       dpu.store(da + 2 * H + j, n);
-      dpo.store(da + 3 * H + j, n);
       dcp.store(dc + b * H + j, n);
     });
   }

@@ -4,6 +4,10 @@
 // vectorised pointwise pass over the gates. The input projection for all steps is one GEMM before
 // the loop. Backward walks time in reverse, writing the pre-activation gradients of every step
 // into one (T, B, G) buffer, so the weight gradients are single large GEMMs done by the caller.
+// The LayerNorm cell: the caller passes the normalised input projection as x (no w_ih) and the
+// norms' parameters; the kernels normalise each step's recurrent product (and the LSTM's c) per
+// row on the non-tiled path, forward's last output holding the statistics and backward's the raw
+// recurrent product's gradients (time_loop.h), where projections would put m_t and dH.
 // Glossary: T time, B batch, H hidden, G gate rows; "refine" = paper Eq. 10 with shared b_f.
 // The equations are those of gated/cores.py (the reference); tests/test_fused.py checks equality.
 // Layout: vec_math.h (vectorised maths), recurrent_gemm.h (the per-step GEMM), cells.h (the
@@ -60,6 +64,33 @@ void check_options(const Tensor& like, int64_t Tn, int64_t B, int64_t H, bool pr
   ok(zone_c, {Tn, B, H}, "the zoneout mask of c");
 }
 
+// The LayerNorm cell's parameters (time_loop.h's Ln): the recurrent product's norm, ln_w and ln_b
+// (G each), and the LSTM's cell norm, lnc_w and lnc_b (H each). The input side is the caller's:
+// with them x is the input projection (T, B, G) and w_ih and b_ih are absent. Not with projections.
+void check_ln(const Tensor& like, bool pre, int64_t G, int64_t H, bool proj, bool lstm, const std::optional<Tensor>& w,
+              const std::optional<Tensor>& b, const std::optional<Tensor>& cw, const std::optional<Tensor>& cb) {
+  if (!w && !b && !cw && !cb) return;
+  TORCH_CHECK(w && b && (lstm ? cw && cb : !cw && !cb),
+              "gated fused CPU backend: LayerNorm takes ln_w and ln_b, and for the LSTM lnc_w and lnc_b");
+  TORCH_CHECK(!proj, "gated fused CPU backend: LayerNorm is not fused with projections");
+  TORCH_CHECK(pre, "gated fused CPU backend: with LayerNorm x is the input projection (w_ih absent)");
+  auto ok = [&](const std::optional<Tensor>& t, int64_t n, const char* what) {
+    TORCH_CHECK(!t || (t->dim() == 1 && t->size(0) == n && t->scalar_type() == like.scalar_type() && t->is_contiguous()),
+                "gated fused CPU backend: ", what, " must be a contiguous (", n, ",) tensor of the input's dtype");
+  };
+  ok(w, G, "ln_w");
+  ok(b, G, "ln_b");
+  ok(cw, H, "lnc_w");
+  ok(cb, H, "lnc_b");
+}
+
+template <typename T>
+Ln<T> ln_args(const std::optional<Tensor>& w, const std::optional<Tensor>& b, const std::optional<Tensor>& cw,
+              const std::optional<Tensor>& cb) {
+  auto p = [](const std::optional<Tensor>& t) -> const T* { return t ? t->data_ptr<T>() : nullptr; };
+  return {p(w), p(b), p(cw), p(cb)};
+}
+
 template <typename T>
 Zone<T> zone(const std::optional<Tensor>& mask, double p) {
   return mask ? Zone<T>{mask->data_ptr<T>(), T(0)} : Zone<T>{nullptr, T(p)};
@@ -69,10 +100,16 @@ using Tensors6 = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
 using Tensors5 = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>;
 
 // torch's two biases as the kernels take them: b_ih + b_hh added to the input projection, except
-// that GRU/MGU keep the candidate block's b_hn apart (it sits inside the reset product)
+// that GRU/MGU keep the candidate block's b_hn apart (it sits inside the reset product). With the
+// caller's input projection (pre) only b_hn is the kernel's: b_ih is absent, and b_hh, if given
+// (GRU/MGU), is read for its candidate block alone (the caller added the rest).
 std::pair<std::optional<Tensor>, std::optional<Tensor>> split_biases(const std::optional<Tensor>& b_ih,
                                                                     const std::optional<Tensor>& b_hh, int64_t core,
-                                                                    int64_t H) {
+                                                                    int64_t H, bool pre) {
+  if (pre) {
+    if (!b_hh || core == LSTM) return {std::nullopt, std::nullopt};
+    return {std::nullopt, b_hh->narrow(0, (core == GRU ? 2 : 1) * H, H).contiguous()};
+  }
   if (!b_ih) return {std::nullopt, std::nullopt};
   if (core == LSTM) return {*b_ih + *b_hh, std::nullopt};
   const int64_t kn = core == GRU ? 2 : 1;  // the candidate block
@@ -81,22 +118,30 @@ std::pair<std::optional<Tensor>, std::optional<Tensor>> split_biases(const std::
   return {*b_ih + rec, b_hn};
 }
 
-Tensors6 recurrence_forward(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, const std::optional<Tensor>& b_ih,
+Tensors6 recurrence_forward(const Tensor& x, const std::optional<Tensor>& w_ih, const Tensor& w_hh, const std::optional<Tensor>& b_ih,
                             const std::optional<Tensor>& b_hh, const std::optional<Tensor>& fb, const Tensor& h0,
                             const std::optional<Tensor>& c0, const std::optional<Tensor>& lengths,
                             const std::optional<Tensor>& w_hr, int64_t core, bool refine, bool save,
                             const std::optional<Tensor>& rmask, const std::optional<Tensor>& zone_h,
-                            const std::optional<Tensor>& zone_c, double p_h, double p_c) {
+                            const std::optional<Tensor>& zone_c, double p_h, double p_c,
+                            const std::optional<Tensor>& ln_w, const std::optional<Tensor>& ln_b,
+                            const std::optional<Tensor>& lnc_w, const std::optional<Tensor>& lnc_b) {
   check(x, w_hh);
   check_options(x, x.size(0), x.size(1), w_hh.size(1), w_hr.has_value(), rmask, zone_h, zone_c, p_h, p_c, core == LSTM);
   TORCH_CHECK(!w_hr || (core == LSTM && w_hr->is_contiguous()), "gated fused CPU backend: projections are LSTM only");
-  TORCH_CHECK(b_ih.has_value() == b_hh.has_value(), "gated fused CPU backend: both biases or neither");
+  const bool pre = !w_ih.has_value();
+  const int64_t G = w_hh.size(0), H = w_hr ? w_hr->size(1) : w_hh.size(1);
+  TORCH_CHECK(pre ? !b_ih && x.size(2) == G && (core != LSTM || !b_hh) : b_ih.has_value() == b_hh.has_value(),
+              "gated fused CPU backend: both biases or neither; without w_ih x is the (T, B, G) input projection, "
+              "without b_ih (and the LSTM without b_hh)");
+  check_ln(x, pre, G, H, w_hr.has_value(), core == LSTM, ln_w, ln_b, lnc_w, lnc_b);
   at::NoGradGuard no_grad;
-  const auto [bias_x, b_hn] = split_biases(b_ih, b_hh, core, w_hr ? w_hr->size(1) : w_hh.size(1));
+  const auto [bias_x, b_hn] = split_biases(b_ih, b_hh, core, H, pre);
   auto r = AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gated_recurrence_forward", [&] {
-    return forward_impl<scalar_t>(x, w_ih, w_hh, bias_x, b_hn, fb, h0.contiguous(),
+    return forward_impl<scalar_t>(x, pre ? Tensor() : *w_ih, w_hh, bias_x, b_hn, fb, h0.contiguous(),
                                   c0 ? std::optional<Tensor>(c0->contiguous()) : c0, lengths, w_hr, core, refine,
-                                  save, rmask, zone<scalar_t>(zone_h, p_h), zone<scalar_t>(zone_c, p_c));
+                                  save, rmask, zone<scalar_t>(zone_h, p_h), zone<scalar_t>(zone_c, p_c),
+                                  ln_args<scalar_t>(ln_w, ln_b, lnc_w, lnc_b));
   });
   return {r[0], r[1], r[2], r[3], r[4], r[5]};
 }
@@ -106,14 +151,24 @@ Tensors5 recurrence_backward(const Tensor& dout, const Tensor& dh_n, const std::
                              const std::optional<Tensor>& c0, const Tensor& w_hh, const std::optional<Tensor>& lengths,
                              const std::optional<Tensor>& w_hr, int64_t core, bool refine,
                              const std::optional<Tensor>& rmask, const std::optional<Tensor>& zone_h,
-                             const std::optional<Tensor>& zone_c, double p_h, double p_c) {
+                             const std::optional<Tensor>& zone_c, double p_h, double p_c,
+                             const std::optional<Tensor>& ln, const std::optional<Tensor>& ln_w,
+                             const std::optional<Tensor>& lnc_w, const std::optional<Tensor>& lnc_b) {
   check(A, w_hh);
   check_options(A, A.size(0), A.size(1), w_hh.size(1), w_hr.has_value(), rmask, zone_h, zone_c, p_h, p_c, core == LSTM);
+  const int64_t Tn = A.size(0), B = A.size(1), G = A.size(2), H = w_hr ? w_hr->size(1) : w_hh.size(1);
+  // ln: the forward's saved LayerNorm statistics (its last output); ln_b is not needed
+  check_ln(A, true, G, H, w_hr.has_value(), core == LSTM, ln_w, ln_w, lnc_w, lnc_b);
+  TORCH_CHECK(ln_w.has_value() == ln.has_value(), "gated fused CPU backend: LayerNorm needs ln and ln_w");
+  TORCH_CHECK(!ln || (ln->numel() == Tn * B * (G + 1 + (core == LSTM ? H + 1 : 0)) && ln->is_contiguous() &&
+                      ln->scalar_type() == A.scalar_type()),
+              "gated fused CPU backend: ln must be the forward's saved LayerNorm statistics");
   at::NoGradGuard no_grad;
   auto r = AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "gated_recurrence_backward", [&] {
     return backward_impl<scalar_t>(dout.contiguous(), dh_n, dc_n, A, aux, out, h0.contiguous(),
                                    c0 ? std::optional<Tensor>(c0->contiguous()) : c0, w_hh, lengths, w_hr, core,
-                                   refine, rmask, zone<scalar_t>(zone_h, p_h), zone<scalar_t>(zone_c, p_c));
+                                   refine, rmask, zone<scalar_t>(zone_h, p_h), zone<scalar_t>(zone_c, p_c),
+                                   ln_args<scalar_t>(ln_w, ln_w, lnc_w, lnc_b), ln ? ln->data_ptr<scalar_t>() : nullptr);
   });
   return {r[0], r[1], r[2], r[3], r[4]};
 }
@@ -243,15 +298,15 @@ TORCH_LIBRARY(gated_fused, m) {
   m.def("tiled_mm(Tensor a, Tensor b, bool transpose_a, bool append_sums) -> Tensor");
   m.def("xh_mm(Tensor a, Tensor? a2, Tensor x2, Tensor h0, Tensor out, bool append_sums) -> (Tensor, Tensor)");
   m.def(
-      "recurrence_forward(Tensor x, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? fb, Tensor h0, "
+      "recurrence_forward(Tensor x, Tensor? w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? fb, Tensor h0, "
       "Tensor? c0, Tensor? lengths, Tensor? w_hr, int core, bool refine, bool save, Tensor? rmask=None, "
-      "Tensor? zone_h=None, Tensor? zone_c=None, float p_h=0., float p_c=0.) "
-      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "Tensor? zone_h=None, Tensor? zone_c=None, float p_h=0., float p_c=0., Tensor? ln_w=None, Tensor? ln_b=None, "
+      "Tensor? lnc_w=None, Tensor? lnc_b=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "recurrence_backward(Tensor dout, Tensor dh_n, Tensor? dc_n, Tensor A, Tensor aux, Tensor out, Tensor h0, "
       "Tensor? c0, Tensor w_hh, Tensor? lengths, Tensor? w_hr, int core, bool refine, Tensor? rmask=None, "
-      "Tensor? zone_h=None, Tensor? zone_c=None, float p_h=0., float p_c=0.) "
-      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "Tensor? zone_h=None, Tensor? zone_c=None, float p_h=0., float p_c=0., Tensor? ln=None, Tensor? ln_w=None, "
+      "Tensor? lnc_w=None, Tensor? lnc_b=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(gated_fused, CPU, m) {

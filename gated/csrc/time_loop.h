@@ -8,7 +8,10 @@
 // state (c_t, or W_hn h + b_hn), M m_t before the projection W_hr, S the recurrent projection's
 // gradients (GRU/MGU), dA dh dc d<name> gradients, tid/nth a thread and the team's size, q0/q1 a
 // thread's range of tiled groups; rm the recurrent-dropout mask (B, H), HM the masked h the next
-// step's GEMM reads, zh/zc zoneout (cells.h's Zone).
+// step's GEMM reads, zh/zc zoneout (cells.h's Zone); ln the LayerNorm cell's parameters (Ln), LS
+// its saved statistics, flat: [xhat of the recurrent product (T, B, G) | its rstd (T, B) | LSTM:
+// chat, the normalised c~ (T, B, H) | its rstd (T, B)], DL the backward's flat [the recurrent
+// product's gradients before the norm (T, B, G) | LSTM: the cell norm's dy (T, B, H)].
 #pragma once
 
 #include "vec_math.h"  // first: its CPU_CAPABILITY defines must precede every ATen header
@@ -69,19 +72,32 @@ inline void barrier() {
 // the start of thread tid's share of n items split into nth contiguous, near-equal parts
 inline int64_t share(int64_t n, int64_t tid, int64_t nth) { return n * tid / nth; }
 
+// The LayerNorm cell's parameters (gated/options.py): the recurrent product's norm (w, b; G each)
+// and the LSTM's cell norm (cw, cb; H each). The input side, LN_ih(x W_ih^T) + biases, is not
+// recurrent: the caller computes it (torch ops, differentiated by autograd) and passes it as x,
+// without w_ih. The norms need whole rows, so calls with them run the non-tiled path (a GEMM per
+// step, then the pointwise pass split over batch rows by rows()), never the tiled team, whose
+// threads own ranges of units.
+template <typename T>
+struct Ln {
+  const T *w = nullptr, *b = nullptr, *cw = nullptr, *cb = nullptr;
+  bool on() const { return w != nullptr; }
+};
+
 // save: keep what backward needs (every step's gate activations, c_t or W_hn h + b_hn). Without
 // it (inference) the input projection runs in chunks of steps into one reused buffer and the
 // per-step states live in two rows, so memory does not grow with T beyond the output.
+// w_ih undefined: x is the input projection already, (T, B, G) with its biases (bias_x absent).
 template <typename T>
 std::vector<Tensor> forward_impl(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh,
                                  const std::optional<Tensor>& bias_x, const std::optional<Tensor>& b_hn,
                                  const std::optional<Tensor>& fb, const Tensor& h0, const std::optional<Tensor>& c0,
                                  const std::optional<Tensor>& lengths, const std::optional<Tensor>& w_hr,
                                  int64_t core, bool refine, bool save, const std::optional<Tensor>& rmask,
-                                 const Zone<T>& zh, const Zone<T>& zc) {
+                                 const Zone<T>& zh, const Zone<T>& zc, const Ln<T>& ln = {}) {
   // P: the width of h (proj_size with projections, else H); H: the hidden units (the gates' width)
-  const int64_t Tn = x.size(0), B = x.size(1), I = x.size(2), G = w_ih.size(0), P = w_hh.size(1);
-  const bool proj = w_hr.has_value();
+  const int64_t Tn = x.size(0), B = x.size(1), I = x.size(2), G = w_hh.size(0), P = w_hh.size(1);
+  const bool proj = w_hr.has_value(), pre = !w_ih.defined();
   const int64_t H = proj ? w_hr->size(1) : P;
   auto opts = x.options();
   // steps per input projection: about 512 rows keeps the buffer in cache and reused across calls
@@ -93,6 +109,14 @@ std::vector<Tensor> forward_impl(const Tensor& x, const Tensor& w_ih, const Tens
   // W_hr's gradient when saving)
   Tensor M = proj ? empty({save ? Tn : 2, B, H}, opts) : Tensor();
   Tensor gh = empty({B, G}, opts);
+  const int64_t TB = Tn * B;
+  Tensor LS = save && ln.on() ? empty({TB * (G + 1) + (core == LSTM ? TB * (H + 1) : 0)}, opts) : empty({0}, opts);
+  T *xhp = nullptr, *rsp = nullptr, *chp = nullptr, *rcp = nullptr;
+  if (LS.numel() > 0) {
+    xhp = LS.data_ptr<T>();
+    rsp = xhp + TB * G;
+    if (core == LSTM) chp = rsp + TB, rcp = chp + TB * H;
+  }
   // recurrent dropout: the GEMM reads h_{t-1} * rm, which each step's pointwise pass writes for its
   // units into HM (two rows: step t writes one while step t's GEMM has read the other); h_0 * rm
   // before the loop
@@ -109,7 +133,7 @@ std::vector<Tensor> forward_impl(const Tensor& x, const Tensor& w_ih, const Tens
     // projections run the per-step GEMMs below; so do calls of fewer than 4 rows (T x B), where
     // packing the weights (a copy of each) costs more than the products (one-step streaming at
     // batch 1: 83 us against 117 us for a UR-LSTM with H = 256, one thread)
-    if (tiled_chosen() && !proj && (Tn * B >= 4 || g_gemm == kTiled)) {
+    if (tiled_chosen() && !proj && !pre && !ln.on() && (Tn * B >= 4 || g_gemm == kTiled)) {
       wh.emplace(w_hh.data_ptr<float>(), 1, H, H, G / H, H);  // B(k, n) = W_hh[n, k]
       wi.emplace(w_ih.data_ptr<float>(), 1, I, I, G / H, H);
     }
@@ -145,7 +169,9 @@ std::vector<Tensor> forward_impl(const Tensor& x, const Tensor& w_ih, const Tens
   // LSTM: pre = gx_t + h W_hh^T (accumulated into A_t); GRU/MGU: pre = h W_hh^T on its own
   auto pointwise = [&](const Step& s, const auto& r, const T* pre, int64_t b0, int64_t b1) {
     if (core == LSTM) {
-      lstm_fwd<T>(s, pre, r.a, r.c_prev, r.state, r.h, fbp, b0, b1, r.h_prev, zh, zc);
+      CellNorm<T> cn;
+      if (ln.on()) cn = {ln.cw, ln.cb, chp ? chp + s.t * B * H : nullptr, rcp ? rcp + s.t * B : nullptr, nullptr};
+      lstm_fwd<T>(s, pre, r.a, r.c_prev, r.state, r.h, fbp, b0, b1, r.h_prev, zh, zc, cn);
     } else {
       gru_mgu_fwd<T>(s, core, r.a, pre, r.h_prev, r.h, r.state, bhnp, fbp, b0, b1, zh);
     }
@@ -193,7 +219,9 @@ std::vector<Tensor> forward_impl(const Tensor& x, const Tensor& w_ih, const Tens
       Tensor a2 = A.narrow(0, 0, n).view({n * B, G}), x2 = x.narrow(0, t0, n).reshape({n * B, I});
       // the input projection of n steps at once, written in place (addmm_out with a broadcast bias
       // would go through a fresh temporary on every chunk)
-      if (bias_x) {
+      if (pre) {  // the caller's input projection
+        a2.copy_(x2);
+      } else if (bias_x) {
         a2.copy_(bias_x->expand({n * B, G}));
         a2.addmm_(x2, w_ih.t());
       } else {
@@ -202,10 +230,20 @@ std::vector<Tensor> forward_impl(const Tensor& x, const Tensor& w_ih, const Tens
       for (int64_t t = t0; t < t0 + n; ++t) {
         const auto r = step(t, t0);
         Tensor gin = rm != nullptr ? (t == 0 ? h0m : HM[(t - 1) % 2]) : (t == 0 ? h0 : out[t - 1]);
-        Tensor pre = gemm->run(gin, core == LSTM ? A[t - t0] : Tensor(), gh);
-        const T* pp = pre.data_ptr<T>();
+        // with LayerNorm the product stays apart (normalised below, then added to A_t for the LSTM)
+        Tensor prod = gemm->run(gin, core == LSTM && !ln.on() ? A[t - t0] : Tensor(), gh);
+        T* pp = prod.data_ptr<T>();
         const Step s{B, H, G, t, lp, refine, 0, H};
-        rows(B, H, [&](int64_t b0, int64_t b1) { pointwise(s, r, pp, b0, b1); });
+        rows(B, H, [&](int64_t b0, int64_t b1) {
+          if (ln.on()) {  // LN_hh(h W_hh^T) per row: into A_t (LSTM, += gx_t) or in place (GRU/MGU)
+            for (int64_t b = b0; b < b1; ++b) {
+              const int64_t k = t * B + b;
+              ln_row<T>(pp + b * G, G, ln.w, ln.b, core == LSTM ? r.a + b * G : pp + b * G, core == LSTM,
+                        xhp ? xhp + k * G : nullptr, rsp ? rsp + k : nullptr);
+            }
+          }
+          pointwise(s, r, core == LSTM && ln.on() ? r.a : pp, b0, b1);
+        });
         if (proj) {  // masked rows of m are 0, so their outputs are too
           Tensor h_t = out[t];
           Tensor res = projection->run(M[ring(save, t)], Tensor(), h_t);
@@ -222,7 +260,7 @@ std::vector<Tensor> forward_impl(const Tensor& x, const Tensor& w_ih, const Tens
   }
   Tensor c_n = core == LSTM ? aux[ring(save, Tn - 1)].clone() : empty({0}, opts);  // c is held past each end
   if (!save) return {out, h_n, c_n, empty({0}, opts), empty({0}, opts), empty({0}, opts)};
-  return {out, h_n, c_n, A, aux, proj ? M : empty({0}, opts)};
+  return {out, h_n, c_n, A, aux, proj ? M : LS};  // the last: m_t with projections, or LayerNorm's
 }
 
 template <typename T>
@@ -231,10 +269,15 @@ std::vector<Tensor> backward_impl(const Tensor& dout, const Tensor& dh_n, const 
                                   const std::optional<Tensor>& c0, const Tensor& w_hh,
                                   const std::optional<Tensor>& lengths, const std::optional<Tensor>& w_hr,
                                   int64_t core, bool refine, const std::optional<Tensor>& rmask, const Zone<T>& zh,
-                                  const Zone<T>& zc) {
+                                  const Zone<T>& zc, const Ln<T>& ln = {}, const T* LSp = nullptr) {
   const int64_t Tn = A.size(0), B = A.size(1), G = A.size(2), P = w_hh.size(1);
-  const int64_t H = w_hr ? w_hr->size(1) : P;
+  const int64_t H = w_hr ? w_hr->size(1) : P, TB = Tn * B;
   auto opts = A.options();
+  // LayerNorm (forward_impl's LS, DL): the statistics read, the gradients written
+  Tensor DL = ln.on() ? empty({TB * G + (core == LSTM ? TB * H : 0)}, opts) : empty({0}, opts);
+  const T *xhp = LSp, *rsp = LSp ? LSp + TB * G : nullptr;
+  const T *chp = LSp && core == LSTM ? rsp + TB : nullptr, *rcp = chp ? chp + TB * H : nullptr;
+  T *dgp = ln.on() ? DL.data_ptr<T>() : nullptr, *dyc = ln.on() && core == LSTM ? dgp + TB * G : nullptr;
   Tensor dA = empty({Tn, B, G}, opts);
   Tensor dghn = core == LSTM ? empty({0}, opts) : empty({Tn, B, H}, opts);
   // GRU/MGU: the grads of the recurrent projection, two buffers (the tiled path reads step t+1's
@@ -258,7 +301,9 @@ std::vector<Tensor> backward_impl(const Tensor& dout, const Tensor& dh_n, const 
     T* dap = dAp + t * BG;
     if (core == LSTM) {
       const T *cp = t == 0 ? c0->data_ptr<T>() : auxp + (t - 1) * BH, *ct = auxp + t * BH;
-      lstm_bwd<T>(s, ap, cp, ct, dop, dhp, dcp, dap, dhnp, b0, b1, zh, zc);
+      CellNorm<T> cn;
+      if (ln.on()) cn = {ln.cw, ln.cb, const_cast<T*>(chp + t * BH), const_cast<T*>(rcp + t * B), dyc + t * BH};
+      lstm_bwd<T>(s, ap, cp, ct, dop, dhp, dcp, dap, dhnp, b0, b1, zh, zc, cn);
     } else {
       const T *q = auxp + t * BH, *hp = t == 0 ? h0.data_ptr<T>() : outp + (t - 1) * BH;
       gru_mgu_bwd<T>(s, core, ap, q, hp, dop, dhp, dap, Sp + (t % 2) * BG, dghnp + t * BH, dhnp, b0, b1, zh);
@@ -305,7 +350,7 @@ std::vector<Tensor> backward_impl(const Tensor& dout, const Tensor& dh_n, const 
   }
 #if defined(GATED_TILED_GEMM)
   if constexpr (use_tiled<T>()) {
-    if (tiled_chosen() && (Tn * B >= 4 || g_gemm == kTiled)) {
+    if (tiled_chosen() && !ln.on() && (Tn * B >= 4 || g_gemm == kTiled)) {
       // step t, per thread: dh_t = src_{t+1} @ W_hh + dhn_{t+1} for its units, then step t's
       // pointwise on them (which overwrites dhn with dhn_t); the last pass only finishes dh_0
       const tiled::Panels wh(w_hh.data_ptr<float>(), H, 1, G, 1, H);  // B(k, n) = W_hh[k, n]
@@ -339,16 +384,27 @@ std::vector<Tensor> backward_impl(const Tensor& dout, const Tensor& dh_n, const 
     Tensor dhn = dh.data_ptr() == buf0.data_ptr() ? buf1 : buf0;  // the part of dh_{t-1} outside W_hh
     const T* dhp = dh.data_ptr<T>();
     T* dhnp = dhn.data_ptr<T>();
-    rows(B, H, [&](int64_t b0, int64_t b1) { pointwise(s, dhp, dhnp, b0, b1); });
+    const T* sp = core == LSTM ? dAp + t * B * G : Sp + (t % 2) * B * G;
+    rows(B, H, [&](int64_t b0, int64_t b1) {
+      pointwise(s, dhp, dhnp, b0, b1);
+      if (ln.on()) {  // through LN_hh, per row: the gradients of the raw product h W_hh^T
+        for (int64_t b = b0; b < b1; ++b) {
+          const int64_t k = t * B + b;
+          ln_row_bwd<T>(sp + b * G, xhp + k * G, rsp[k], ln.w, G, dgp + k * G);
+        }
+      }
+    });
+    // what W_hh's product carries back: the grads of the (raw, with LayerNorm) recurrent product
+    Tensor g_t = ln.on() ? DL.narrow(0, t * B * G, B * G).view({B, G}) : src(t);
     if (rm != nullptr) {
-      Tensor g = gemm.run(src(t), Tensor(), scratch);
+      Tensor g = gemm.run(g_t, Tensor(), scratch);
       mask_add(g.data_ptr<T>(), dhnp, 0, H);
       dh = g;  // scratch or a new tensor: read by the next pointwise pass before the next product
     } else {
-      dh = gemm.run(src(t), dhn, scratch);
+      dh = gemm.run(g_t, dhn, scratch);
     }
   }
-  return {dA, dghn, dh, core == LSTM ? dc : empty({0}, opts), empty({0}, opts)};
+  return {dA, dghn, dh, core == LSTM ? dc : empty({0}, opts), DL};  // the last: dH with projections, or DL
 }
 
 }  // namespace
