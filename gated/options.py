@@ -24,9 +24,9 @@ nothing changes: variant ``-`` still equals torch.nn). What each one does:
 Masks are drawn once per call, per layer and direction, from torch's default generator on the
 input's device (so a seed reproduces them, whatever the backend), by :meth:`CellOptions.extras`.
 Which backends run what: weight dropout changes only the weight a backend is given, so every
-backend runs it; the fused CPU kernels also run zoneout and recurrent dropout (except with
-``proj_size``); LayerNorm, and zoneout and recurrent dropout elsewhere (Triton, projections), run
-on the reference backend (``"auto"`` falls back with one logged line, see :meth:`CellOptions.unfused`).
+backend runs it; the fused CPU and the Triton kernels also run zoneout and recurrent dropout
+(except with ``proj_size``); LayerNorm, and zoneout and recurrent dropout with projections, run on
+the reference backend (``"auto"`` falls back with one logged line, see :meth:`CellOptions.unfused`).
 
 Glossary: T time, B batch, H hidden_size, P state width (``proj_size`` or ``H``), G gate rows.
 """
@@ -137,17 +137,17 @@ class CellOptions:
 
     def unfused(self, training: bool, proj: bool = False) -> dict[str, str] | None:
         """What keeps a call in this mode off each backend's kernels (for the fallback log), as
-        ``{backend: reason}`` for the backends it concerns, or None. The Triton kernels: LayerNorm
-        and zoneout always, recurrent dropout in training (eval: the identity). The fused CPU
-        kernels: LayerNorm, and zoneout and recurrent dropout only with projections (``proj``)."""
+        ``{backend: reason}`` for the backends it concerns, or None. The fused CPU and the Triton
+        kernels alike: LayerNorm always, zoneout and recurrent dropout (in training; eval's
+        recurrent dropout is the identity) only with projections (``proj``)."""
         used = self.unfused_names[bool(training)]
         if not used:
             return None
         say = lambda names: f"{' and '.join(names)} (only the reference backend has them so far)"  # noqa: E731
-        cpu = tuple(n for n in used if n == "layer_norm" or proj)
-        cpu_reason = None if not cpu else (say(cpu) if cpu == ("layer_norm",) else
-                                           say(cpu).replace(" (only", " with proj_size (only", 1))
-        return {"triton": say(used), "fused_cpu": cpu_reason}
+        off = tuple(n for n in used if n == "layer_norm" or proj)
+        reason = None if not off else (say(off) if off == ("layer_norm",) else
+                                       say(off).replace(" (only", " with proj_size (only", 1))
+        return {"triton": reason, "fused_cpu": reason}
 
     def add_params(self, module: nn.Module, suffix: str, factory_kwargs: dict) -> None:
         """Register the LayerNorms of one layer and direction (torch-style names)."""
