@@ -2,8 +2,10 @@
 
 Supports what the fused CPU backend supports: every core in its plain (``-``, ``C``, ``U``) and
 sigmoid-refine (``R``, ``UR``) variants, ``proj_size``, masks (PackedSequence), in float32,
-float64, and bfloat16/float16 (as parameters, or under ``torch.autocast``). Same signature and
-results as :func:`gated.backends.reference.run_layer` (tests/test_triton.py). ``"auto"`` picks it
+float64, and bfloat16/float16 (as parameters, or under ``torch.autocast``), and zoneout and
+recurrent dropout (gated/options.py; not with ``proj_size``; LayerNorm runs on the reference).
+Same signature and results as :func:`gated.backends.reference.run_layer` (tests/test_triton.py,
+tests/test_triton_options.py). ``"auto"`` picks it
 for CUDA tensors when triton imports (``pip install 'gated[gpu]'``).
 
 Per layer and direction, forward:
@@ -42,6 +44,16 @@ summed from it in float32. The outputs and final states are in the low-precision
 torch.nn.LSTM/GRU return them under autocast; every gradient comes back in its tensor's dtype.
 Training keeps, per step and batch row, ``4 G + 4 H`` bytes (GRU/MGU ``4 G + 8 H``) besides the
 outputs, as float32 does; the forward's input projection is a separate low-precision array.
+
+**Zoneout and recurrent dropout** (as the CPU kernels, gated/csrc/cells.h and time_loop.h): the
+masks reach the kernels through table slots in the state dtype (``RM_`` ``(B, H)``, ``ZH_``/``ZC_``
+``(T, B, H)``), eval zoneout's ``p`` through the workspace's ``zp``; which of off/mask/p each state
+uses is in the spec (a constexpr). Forward: ``s_t = s~ + z (s_{t-1} - s~)`` after the cell (the
+LSTM's ``h~`` from the un-zoned ``c~``; with zoneout of ``h`` the LSTM keeps ``h`` in a ring of its
+own), the next product's input ``h_t * rmask``. Backward: ``dh_{t-1} = (dA_t W_hh) * rmask +
+direct``, ``z dh_t`` (and ``z dc_t``) passed straight to step ``t - 1``, the LSTM's ``c~_t``
+recomputed from the activations when ``c`` is zoned; ``dW_hh`` from ``h_0 * rmask`` and
+``out * rmask``.
 
 **CPU tensors** run only through Triton's interpreter, when ``TRITON_INTERPRET=1``: slow, for
 tests (CI has no GPU). The same kernels and the same loop run as on the GPU.
@@ -598,8 +610,8 @@ def _option_args(extras, sd: torch.dtype) -> tuple:
     """The operators' ``(rmask, zh, zc, ph, pc)`` from a :class:`gated.options.Extras`: the masks
     contiguous in the state dtype ``sd`` (backward reads them elementwise), an eval zoneout as its
     float ``p`` (0: off)."""
-    if extras is None:
-        return _NO_OPTIONS
+    if extras is None:  # literal constants: torch.compile would trace a global tuple's floats as symbolic
+        return None, None, None, 0.0, 0.0
     if extras.ln is not None:
         raise ValueError("the Triton kernels have no LayerNorm (the reference backend runs it)")
     prep = lambda t: None if t is None else t.to(sd).contiguous()  # noqa: E731
