@@ -24,9 +24,10 @@ nothing changes: variant ``-`` still equals torch.nn). What each one does:
 Masks are drawn once per call, per layer and direction, from torch's default generator on the
 input's device (so a seed reproduces them, whatever the backend), by :meth:`CellOptions.extras`.
 Which backends run what: weight dropout changes only the weight a backend is given, so every
-backend runs it; the fused CPU kernels also run LayerNorm, zoneout and recurrent dropout (except
-with ``proj_size``); elsewhere (Triton, projections) these three run on the reference backend
-(``"auto"`` falls back with one logged line, see :meth:`CellOptions.unfused`).
+backend runs it; the fused CPU kernels also run LayerNorm, zoneout and recurrent dropout, the
+Triton kernels zoneout and recurrent dropout, both except with ``proj_size``; the rest (LayerNorm
+on Triton, the three with projections) runs on the reference backend (``"auto"`` falls back with
+one logged line, see :meth:`CellOptions.unfused`).
 
 Glossary: T time, B batch, H hidden_size, P state width (``proj_size`` or ``H``), G gate rows.
 """
@@ -140,15 +141,17 @@ class CellOptions:
 
     def unfused(self, training: bool, proj: bool = False) -> dict[str, str] | None:
         """What keeps a call in this mode off each backend's kernels (for the fallback log), as
-        ``{backend: reason}`` for the backends it concerns, or None. The Triton kernels: LayerNorm
-        and zoneout always, recurrent dropout in training (eval: the identity). The fused CPU
-        kernels: all three, except with projections (``proj``)."""
+        ``{backend: reason}`` for the backends it concerns, or None. The fused CPU kernels run all
+        three, the Triton kernels zoneout and recurrent dropout (in training; eval's recurrent
+        dropout is the identity), neither with projections (``proj``)."""
         used = self.unfused_names[bool(training)]
         if not used:
             return None
         say = lambda names: f"{' and '.join(names)} (only the reference backend has them so far)"  # noqa: E731
-        cpu_reason = say(used).replace(" (only", " with proj_size (only", 1) if proj else None
-        return {"triton": say(used), "fused_cpu": cpu_reason}
+        with_proj = lambda names: say(names).replace(" (only", " with proj_size (only", 1)  # noqa: E731
+        off = tuple(n for n in used if n == "layer_norm" or proj)  # what Triton cannot run
+        triton = None if not off else (with_proj(off) if proj else say(off))
+        return {"triton": triton, "fused_cpu": with_proj(used) if proj else None}
 
     def add_params(self, module: nn.Module, suffix: str, factory_kwargs: dict) -> None:
         """Register the LayerNorms of one layer and direction (torch-style names)."""

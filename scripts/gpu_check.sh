@@ -8,8 +8,8 @@
 # Uses the machine's python3 (torch 2.11, triton 3.6 there) with this checkout on PYTHONPATH, no
 # install. Writes into $OUT (the device tool brings it back; default ./gpu-check-out):
 #   env.txt    torch, triton, GPU, cuDNN, TF32 settings
-#   tests.txt  tests/test_triton.py and test_triton_scan.py on CUDA: compiled kernels, real CUDA
-#              graphs, float16 too
+#   tests.txt  tests/test_triton.py, test_triton_options.py and test_triton_scan.py on CUDA: compiled
+#              kernels, real CUDA graphs, float16 too
 #   graphs.txt CUDA graphs on and off give the same results; their train and inference times
 #   bench_f32.md, bench_bf16.md  gated bench --device cuda against torch.nn (cuDNN), with peak
 #              training memory (torch.cuda.max_memory_allocated), the six GPU benchmark shapes
@@ -31,7 +31,7 @@ EOF
 
 echo "== tests (compiled kernels on CUDA)"
 GATED_TEST_DEVICE=cuda timeout 180 $PY -m pytest -q -p no:cacheprovider --maxfail=10 -rfE \
-    tests/test_triton.py tests/test_triton_scan.py 2>&1 | tee "$OUT/tests.txt"
+    tests/test_triton.py tests/test_triton_options.py tests/test_triton_scan.py 2>&1 | tee "$OUT/tests.txt"
 
 echo "== CUDA graphs on and off"
 timeout 90 $PY - <<'EOF' 2>&1 | tee "$OUT/graphs.txt"

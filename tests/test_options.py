@@ -489,9 +489,10 @@ def test_fused_gradcheck_with_fixed_zoneout_and_recurrent_dropout_masks(core, tr
     assert torch.autograd.gradcheck(f, leaves)
 
 
-def test_projections_and_triton_keep_zoneout_and_recurrent_dropout_on_the_reference(monkeypatch, caplog):
-    """proj_size with these options falls back (logged; backend='fused_cpu' refuses), and the
-    Triton backend still refuses them and LayerNorm, which the fused CPU kernels run."""
+def test_projections_keep_zoneout_and_recurrent_dropout_on_the_reference(monkeypatch, caplog):
+    """proj_size with these options falls back (logged; backend='fused_cpu' and 'triton' refuse);
+    without it both fast backends take zoneout and recurrent dropout (tests/test_triton_options.py
+    runs Triton's), and LayerNorm runs on the fused CPU kernels but not on Triton."""
     _fused_ops()
     from gated import backends
 
@@ -506,9 +507,10 @@ def test_projections_and_triton_keep_zoneout_and_recurrent_dropout_on_the_refere
         gated.LSTM(I, H, proj_size=3, zoneout=0.1, backend="fused_cpu")(x)
     g = gated.GRU(I, H, zoneout=0.1, recurrent_dropout=0.2)
     monkeypatch.setitem(backends._CHECKS, "triton", lambda layout, x: None)  # as if Triton could run it
-    for training, match in ((True, "zoneout and recurrent_dropout"), (False, "zoneout")):
-        with pytest.raises(RuntimeError, match=match):
-            backends.resolve("triton", g.layout, x, g.opts.unfused(training))
+    for training in (True, False):
+        assert backends.resolve("triton", g.layout, x, g.opts.unfused(training)) is backends.BACKENDS["triton"]
+    with pytest.raises(RuntimeError, match="zoneout and recurrent_dropout with proj_size"):
+        backends.resolve("triton", m.layout, x, m.opts.unfused(True, proj=True))
     assert backends.resolve("fused_cpu", g.layout, x, g.opts.unfused(True)) is backends.BACKENDS["fused_cpu"]
     ln = gated.GRU(I, H, layer_norm=True, zoneout=0.1)
     assert backends.resolve("fused_cpu", ln.layout, x, ln.opts.unfused(True)) is backends.BACKENDS["fused_cpu"]

@@ -46,22 +46,27 @@ import triton.language as tl
 # slots of the offset table (host side); the kernels read them as the constexprs below. PX: the
 # input projection (pre-activations); A: the activations saved for backward (the same array as PX
 # when both dtypes agree); HF: GRU/MGU's h_t in the state dtype
-PX_, OUT_, M_, DOUT_, DA_, DGHN_, DH_, A_, AUX_, HF_ = range(10)
-SLOTS = 10
-STATE_SLOTS = (A_, AUX_, HF_)  # offsets from SBASE (state dtype); the others from BASE (compute dtype)
-_PX, _OUT, _M, _DOUT, _DA, _DGHN, _DH, _A, _AUX, _HF = (tl.constexpr(k) for k in range(SLOTS))
+PX_, OUT_, M_, DOUT_, DA_, DGHN_, DH_, A_, AUX_, HF_, RM_, ZH_, ZC_ = range(13)
+SLOTS = 13
+# offsets from SBASE (state dtype); the others from BASE (compute dtype). RM: the recurrent-dropout
+# mask (B, H); ZH, ZC: the zoneout keep masks of h and c (T, B, H), in training
+STATE_SLOTS = (A_, AUX_, HF_, RM_, ZH_, ZC_)
+_PX, _OUT, _M, _DOUT, _DA, _DGHN, _DH, _A, _AUX, _HF, _RM, _ZH, _ZC = (tl.constexpr(k) for k in range(SLOTS))
 
 # sigma(v) = 1 / (1 + exp(-v)): sigma(-inf) = 0, sigma(inf) = 1, NaN in, NaN out (as tl.sigmoid)
 # tanh(v) = 2 sigma(2 v) - 1: exact limits +-1, NaN in, NaN out
 
 
-def lstm_fwd(TAB, BASE, SBASE, GH, Cp, Cn, HS, FB, LEN, t, B, H, G,
+def lstm_fwd(TAB, BASE, SBASE, GH, Cp, Cn, HS, FB, LEN, Hp, Hn, ZP, t, B, H, G,
              REFINE: tl.constexpr, HAS_FB: tl.constexpr, MASKED: tl.constexpr, SAVE: tl.constexpr,
-             PROJ: tl.constexpr, BLOCK: tl.constexpr):
+             PROJ: tl.constexpr, ZH: tl.constexpr, ZC: tl.constexpr, RDROP: tl.constexpr, BLOCK: tl.constexpr):
     """One LSTM step. Reads PX_t (``x_t W_ih^T + b``) and GH (``h_{t-1} W_hh^T``); writes c_t
     into Cn (from Cp, the state dtype), h_t into HS (the next product's input; m_t =
-    o tanh(c_t) with projections) and OUT_t; if SAVE, the activations into A_t and c_t into
-    AUX_t (state dtype), and m_t into M_t."""
+    o tanh(c_t) with projections; h_t RM with recurrent dropout, RDROP) and OUT_t; if SAVE, the
+    activations into A_t and c_t into AUX_t (state dtype), and m_t into M_t. Zoneout (no
+    projections): ZH, ZC 0 off, 1 the keep mask ZH_t / ZC_t, 2 the eval probability ZP[0] / ZP[1];
+    ``s_t = s~ + z (s_{t-1} - s~)``, h~ from the un-zoned c~; with ZH, h lives in Hp -> Hn (state
+    dtype), held past a sequence's end."""
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     inb = offs < B * H
     b = offs // H
@@ -90,12 +95,32 @@ def lstm_fwd(TAB, BASE, SBASE, GH, Cp, Cn, HS, FB, LEN, t, B, H, G,
     else:
         c = f * cp + i * u
     h = o * (2.0 / (1.0 + tl.exp(-2.0 * c)) - 1.0)
+    if ZH != 0:
+        hp = tl.load(Hp + offs, mask=inb, other=0.0)
+        if ZH == 1:
+            zh = tl.load(SBASE + tl.load(TAB + _ZH) + step * H + offs, mask=inb, other=0.0)
+        else:
+            zh = tl.load(ZP)
+        h = h + zh * (hp - h)
+    if ZC != 0:
+        if ZC == 1:
+            zc = tl.load(SBASE + tl.load(TAB + _ZC) + step * H + offs, mask=inb, other=0.0)
+        else:
+            zc = tl.load(ZP + 1)
+        c = c + zc * (cp - c)
     if MASKED:
         live = t < tl.load(LEN + b, mask=inb, other=0)
         c = tl.where(live, c, cp)
+        if ZH != 0:
+            tl.store(Hn + offs, tl.where(live, h, hp), mask=inb)
         h = tl.where(live, h, 0.0)
+    elif ZH != 0:
+        tl.store(Hn + offs, h, mask=inb)
     tl.store(Cn + offs, c, mask=inb)
-    tl.store(HS + offs, h, mask=inb)
+    if RDROP:  # the next product reads h_t times the recurrent-dropout mask
+        tl.store(HS + offs, h * tl.load(SBASE + tl.load(TAB + _RM) + offs, mask=inb, other=0.0), mask=inb)
+    else:
+        tl.store(HS + offs, h, mask=inb)
     if PROJ:
         if SAVE:
             tl.store(BASE + tl.load(TAB + _M) + step * H + offs, h, mask=inb)
@@ -109,15 +134,16 @@ def lstm_fwd(TAB, BASE, SBASE, GH, Cp, Cn, HS, FB, LEN, t, B, H, G,
         tl.store(a + 3 * H, o, mask=inb)
 
 
-def gru_fwd(TAB, BASE, SBASE, GH, Hp, Hn, HS, BHN, FB, LEN, t, B, H, G,
+def gru_fwd(TAB, BASE, SBASE, GH, Hp, Hn, HS, BHN, FB, LEN, ZP, t, B, H, G,
             GRU: tl.constexpr, KZ: tl.constexpr, KN: tl.constexpr, KR: tl.constexpr, REFINE: tl.constexpr,
             HAS_FB: tl.constexpr, HAS_BHN: tl.constexpr, MASKED: tl.constexpr, SAVE: tl.constexpr,
-            SAVE_H: tl.constexpr, BLOCK: tl.constexpr):
+            SAVE_H: tl.constexpr, ZH: tl.constexpr, RDROP: tl.constexpr, BLOCK: tl.constexpr):
     """One GRU/MGU step. Reads PX_t (the input projection with every bias but b_hn), GH
     (``h_{t-1} W_hh^T``) and Hp (h_{t-1}, state dtype); writes h_t into Hn, HS (the next
     product's input, zero past a sequence's end) and OUT_t; if SAVE, the activations s, z, n,
     rho into A_t and ``W_hn h + b_hn`` into AUX_t (state dtype); if SAVE_H (low precision), h_t
-    as OUT_t holds it into HF_t (state dtype)."""
+    as OUT_t holds it into HF_t (state dtype). Zoneout ZH as lstm_fwd's (``h_t = h~ + z
+    (h_{t-1} - h~)``); RDROP: HS gets h_t RM."""
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     inb = offs < B * H
     b = offs // H
@@ -151,10 +177,19 @@ def gru_fwd(TAB, BASE, SBASE, GH, Hp, Hn, HS, BHN, FB, LEN, t, B, H, G,
         r = 1.0 / (1.0 + tl.exp(-pr))
         keep = z * z + 2.0 * r * z * (1.0 - z)
     h = keep * hp + (1.0 - keep) * cand
+    if ZH != 0:
+        if ZH == 1:
+            zh = tl.load(SBASE + tl.load(TAB + _ZH) + step * H + offs, mask=inb, other=0.0)
+        else:
+            zh = tl.load(ZP)
+        h = h + zh * (hp - h)
     tl.store(Hn + offs, h, mask=inb)  # rows past their end stay so: their state is never read again
     if MASKED:
         h = tl.where(t < tl.load(LEN + b, mask=inb, other=0), h, 0.0)
-    tl.store(HS + offs, h, mask=inb)
+    if RDROP:  # the next product reads h_t times the recurrent-dropout mask
+        tl.store(HS + offs, h * tl.load(SBASE + tl.load(TAB + _RM) + offs, mask=inb, other=0.0), mask=inb)
+    else:
+        tl.store(HS + offs, h, mask=inb)
     tl.store(BASE + tl.load(TAB + _OUT) + step * H + offs, h, mask=inb)
     if SAVE_H:
         tl.store(SBASE + tl.load(TAB + _HF) + step * H + offs, h, mask=inb)
@@ -175,15 +210,19 @@ def proj_out(TAB, BASE, HS, t, B, P, BLOCK: tl.constexpr):
     tl.store(BASE + tl.load(TAB + _OUT) + t.to(tl.int64) * B * P + offs, tl.load(HS + offs, mask=inb), mask=inb)
 
 
-def lstm_bwd(TAB, BASE, SBASE, C0, D1, D2, DC, DAS, DHN, DM, LEN, t, B, H, G,
+def lstm_bwd(TAB, BASE, SBASE, C0, D1, D2, DC, DAS, DHN, DM, LEN, ZP, t, B, H, G,
              REFINE: tl.constexpr, HAS_D1: tl.constexpr, HAS_D2: tl.constexpr, MASKED: tl.constexpr,
-             FIRST: tl.constexpr, PROJ: tl.constexpr, BLOCK: tl.constexpr):
+             FIRST: tl.constexpr, PROJ: tl.constexpr, ZH: tl.constexpr, ZC: tl.constexpr, RDROP: tl.constexpr,
+             BLOCK: tl.constexpr):
     """One LSTM step backwards. dL/dh_t = DOUT_t + D1 (``dA_{t+1} W_hh``) + D2 (dh_n at the last
     step, else the carry of rows past their end); with projections dL/dm_t = DM instead. DC:
     dL/dc_t, updated in place to dL/dc_{t-1}; writes the pre-activation gradients into DA_t and
     DAS (the next product's input) and, if MASKED, the part of dL/dh_{t-1} that bypasses W_hh
     (the carry, nonzero only past a sequence's end) into DHN. FIRST: t = 0, c_{-1} = C0. A_t and
-    AUX_t (c_t) are read in the state dtype."""
+    AUX_t (c_t) are read in the state dtype. Options (no projections), as cells.h's lstm_bwd:
+    RDROP scales D1 by RM (``dh_{t-1} = (dA_t W_hh) RM + direct``); ZH sends ``z_h dh_t`` straight
+    to DHN (then always written); ZC splits dc_t likewise and recomputes c~_t from A_t and
+    c_{t-1} (AUX_t holds the zoned c_t)."""
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     inb = offs < B * H
     b = offs // H
@@ -196,7 +235,10 @@ def lstm_bwd(TAB, BASE, SBASE, C0, D1, D2, DC, DAS, DHN, DM, LEN, t, B, H, G,
     sd = dc.dtype
     carry = tl.full([BLOCK], 0.0, dtype=sd)
     if HAS_D1:
-        carry = carry + tl.load(D1 + offs, mask=inb, other=0.0).to(sd)
+        d1 = tl.load(D1 + offs, mask=inb, other=0.0).to(sd)
+        if RDROP:
+            d1 = d1 * tl.load(SBASE + tl.load(TAB + _RM) + offs, mask=inb, other=0.0)
+        carry = carry + d1
     if HAS_D2:
         carry = carry + tl.load(D2 + offs, mask=inb, other=0.0).to(sd)
     if PROJ:
@@ -212,12 +254,36 @@ def lstm_bwd(TAB, BASE, SBASE, C0, D1, D2, DC, DAS, DHN, DM, LEN, t, B, H, G,
         c0 = tl.load(C0 + offs, mask=inb, other=0.0).to(sd)
     else:
         c0 = tl.load(aux - B * H, mask=inb, other=0.0).to(sd)
-    ct = tl.load(aux, mask=inb, other=0.0).to(sd)
-    tc = 2.0 / (1.0 + tl.exp(-2.0 * ct)) - 1.0
-    dct = dc + dht * o * (1.0 - tc * tc)
-    dpo = dht * tc * o * (1.0 - o)
     if REFINE:
         keep = f * f + 2.0 * i * f * (1.0 - f)
+    else:
+        keep = f
+    if ZC != 0:  # AUX_t holds the zoned c_t: c~_t from the activations
+        if REFINE:
+            ct = keep * c0 + (1.0 - keep) * u
+        else:
+            ct = f * c0 + i * u
+    else:
+        ct = tl.load(aux, mask=inb, other=0.0).to(sd)
+    dcin = dc
+    if ZH != 0:  # h_t = h~ + z (h_{t-1} - h~): z dh_t goes straight to h_{t-1}
+        if ZH == 1:
+            zh = tl.load(SBASE + tl.load(TAB + _ZH) + step * H + offs, mask=inb, other=0.0)
+        else:
+            zh = tl.load(ZP)
+        direct = zh * dht
+        dht = dht - direct
+    if ZC != 0:
+        if ZC == 1:
+            zc = tl.load(SBASE + tl.load(TAB + _ZC) + step * H + offs, mask=inb, other=0.0)
+        else:
+            zc = tl.load(ZP + 1)
+        dcd = zc * dc
+        dcin = dc - dcd
+    tc = 2.0 / (1.0 + tl.exp(-2.0 * ct)) - 1.0
+    dct = dcin + dht * o * (1.0 - tc * tc)
+    dpo = dht * tc * o * (1.0 - o)
+    if REFINE:
         dgdf = 2.0 * (i * (1.0 - f) + (1.0 - i) * f)
         dgdr = 2.0 * f * (1.0 - f)
         dg = dct * (c0 - u)
@@ -230,6 +296,12 @@ def lstm_bwd(TAB, BASE, SBASE, C0, D1, D2, DC, DAS, DHN, DM, LEN, t, B, H, G,
         dpf = dct * c0 * f * (1.0 - f)
         dpi = dct * u * i * (1.0 - i)
         dcp = dct * f
+    if ZC != 0:
+        dcp = dcp + dcd
+    if ZH != 0:
+        live_direct = direct
+    else:
+        live_direct = tl.full([BLOCK], 0.0, dtype=sd)
     if MASKED:  # past the sequence's end the state was held: gradients pass through
         live = t < tl.load(LEN + b, mask=inb, other=0)
         dpi = tl.where(live, dpi, 0.0)
@@ -238,7 +310,9 @@ def lstm_bwd(TAB, BASE, SBASE, C0, D1, D2, DC, DAS, DHN, DM, LEN, t, B, H, G,
         dpo = tl.where(live, dpo, 0.0)
         dcp = tl.where(live, dcp, dc)
         if not PROJ:
-            tl.store(DHN + offs, tl.where(live, 0.0, carry), mask=inb)
+            tl.store(DHN + offs, tl.where(live, live_direct, carry), mask=inb)
+    elif ZH != 0:
+        tl.store(DHN + offs, live_direct, mask=inb)
     tl.store(da, dpi, mask=inb)
     tl.store(da + H, dpf, mask=inb)
     tl.store(da + 2 * H, dpu, mask=inb)
@@ -250,14 +324,16 @@ def lstm_bwd(TAB, BASE, SBASE, C0, D1, D2, DC, DAS, DHN, DM, LEN, t, B, H, G,
     tl.store(DC + offs, dcp, mask=inb)
 
 
-def gru_bwd(TAB, BASE, SBASE, H0, D1, D2, S, DHN, LEN, t, B, H, G,
+def gru_bwd(TAB, BASE, SBASE, H0, D1, D2, S, DHN, LEN, ZP, t, B, H, G,
             GRU: tl.constexpr, KZ: tl.constexpr, KN: tl.constexpr, KR: tl.constexpr, REFINE: tl.constexpr,
-            HAS_D1: tl.constexpr, MASKED: tl.constexpr, FIRST: tl.constexpr, BLOCK: tl.constexpr):
+            HAS_D1: tl.constexpr, MASKED: tl.constexpr, FIRST: tl.constexpr, ZH: tl.constexpr,
+            RDROP: tl.constexpr, BLOCK: tl.constexpr):
     """One GRU/MGU step backwards. dL/dh_t = DOUT_t + D1 (``S_{t+1} W_hh``) + D2 (the direct part
     of dL/dh_t from step t+1, or dh_n); writes DA_t (gradients of the input projection), S (of
     the recurrent projection: they differ in the candidate block), DGHN_t (S's candidate block,
     for W_hh's gradient) and DHN (the direct part of dL/dh_{t-1}, state dtype). h_{t-1} is
-    HF_{t-1}, or H0 at t = 0 (FIRST); it, A_t and AUX_t are read in the state dtype."""
+    HF_{t-1}, or H0 at t = 0 (FIRST); it, A_t and AUX_t are read in the state dtype. RDROP
+    scales D1 by RM; ZH sends ``z_h dh_t`` straight to DHN (cells.h's gru_mgu_bwd)."""
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     inb = offs < B * H
     b = offs // H
@@ -269,8 +345,18 @@ def gru_bwd(TAB, BASE, SBASE, H0, D1, D2, S, DHN, LEN, t, B, H, G,
     carry = tl.load(D2 + offs, mask=inb, other=0.0)
     sd = carry.dtype
     if HAS_D1:
-        carry = carry + tl.load(D1 + offs, mask=inb, other=0.0).to(sd)
+        d1 = tl.load(D1 + offs, mask=inb, other=0.0).to(sd)
+        if RDROP:
+            d1 = d1 * tl.load(SBASE + tl.load(TAB + _RM) + offs, mask=inb, other=0.0)
+        carry = carry + d1
     dht = tl.load(BASE + tl.load(TAB + _DOUT) + step * H + offs, mask=inb, other=0.0).to(sd) + carry
+    if ZH != 0:  # h_t = h~ + z (h_{t-1} - h~): z dh_t goes straight to h_{t-1}
+        if ZH == 1:
+            zh = tl.load(SBASE + tl.load(TAB + _ZH) + step * H + offs, mask=inb, other=0.0)
+        else:
+            zh = tl.load(ZP)
+        direct = zh * dht
+        dht = dht - direct
     z = tl.load(a + KZ * H, mask=inb, other=0.0).to(sd)
     cand = tl.load(a + KN * H, mask=inb, other=0.0).to(sd)
     q = tl.load(SBASE + tl.load(TAB + _AUX) + step * H + offs, mask=inb, other=0.0).to(sd)
@@ -297,6 +383,8 @@ def gru_bwd(TAB, BASE, SBASE, H0, D1, D2, S, DHN, LEN, t, B, H, G,
         sn = dpn * (1.0 - z)
     dpz = dz * z * (1.0 - z)
     dhn = dht * keep
+    if ZH != 0:
+        dhn = dhn + direct
     if REFINE:
         dpr = dkeep * dgdr * r * (1.0 - r)
     if MASKED:  # past the sequence's end: no gradient into the gates, dh passes through

@@ -2,8 +2,10 @@
 
 Supports what the fused CPU backend supports: every core in its plain (``-``, ``C``, ``U``) and
 sigmoid-refine (``R``, ``UR``) variants, ``proj_size``, masks (PackedSequence), in float32,
-float64, and bfloat16/float16 (as parameters, or under ``torch.autocast``). Same signature and
-results as :func:`gated.backends.reference.run_layer` (tests/test_triton.py). ``"auto"`` picks it
+float64, and bfloat16/float16 (as parameters, or under ``torch.autocast``), and zoneout and
+recurrent dropout (gated/options.py; not with ``proj_size``; LayerNorm runs on the reference).
+Same signature and results as :func:`gated.backends.reference.run_layer` (tests/test_triton.py,
+tests/test_triton_options.py). ``"auto"`` picks it
 for CUDA tensors when triton imports (``pip install 'gated[gpu]'``).
 
 Per layer and direction, forward:
@@ -42,6 +44,16 @@ summed from it in float32. The outputs and final states are in the low-precision
 torch.nn.LSTM/GRU return them under autocast; every gradient comes back in its tensor's dtype.
 Training keeps, per step and batch row, ``4 G + 4 H`` bytes (GRU/MGU ``4 G + 8 H``) besides the
 outputs, as float32 does; the forward's input projection is a separate low-precision array.
+
+**Zoneout and recurrent dropout** (as the CPU kernels, gated/csrc/cells.h and time_loop.h): the
+masks reach the kernels through table slots in the state dtype (``RM_`` ``(B, H)``, ``ZH_``/``ZC_``
+``(T, B, H)``), eval zoneout's ``p`` through the workspace's ``zp``; which of off/mask/p each state
+uses is in the spec (a constexpr). Forward: ``s_t = s~ + z (s_{t-1} - s~)`` after the cell (the
+LSTM's ``h~`` from the un-zoned ``c~``; with zoneout of ``h`` the LSTM keeps ``h`` in a ring of its
+own), the next product's input ``h_t * rmask``. Backward: ``dh_{t-1} = (dA_t W_hh) * rmask +
+direct``, ``z dh_t`` (and ``z dc_t``) passed straight to step ``t - 1``, the LSTM's ``c~_t``
+recomputed from the activations when ``c`` is zoned; ``dW_hh`` from ``h_0 * rmask`` and
+``out * rmask``.
 
 **CPU tensors** run only through Triton's interpreter, when ``TRITON_INTERPRET=1``: slow, for
 tests (CI has no GPU). The same kernels and the same loop run as on the GPU.
@@ -185,6 +197,9 @@ class _Spec:
     cd: torch.dtype
     device: torch.device
     stream: int  # the CUDA stream the calls run on (0 on the CPU)
+    zh: int = 0  # zoneout of h: 0 off, 1 a keep mask per step (training), 2 the probability (eval)
+    zc: int = 0  # zoneout of c (LSTM), likewise
+    rdrop: bool = False  # recurrent dropout: the products read h_{t-1} times a (B, H) mask
 
 
 def _block(n: int, interpret: bool) -> int:
@@ -217,12 +232,15 @@ class _Workspace:
         self.w_hh = torch.empty(s.G, s.P, dtype=cd, device=dev)
         self.w_hr = torch.empty(s.P, s.H, dtype=cd, device=dev) if s.proj else None
         self.len = torch.zeros(s.B, dtype=torch.int64, device=dev)
+        self.zp = torch.zeros(2, dtype=sd, device=dev)  # eval zoneout's (p_h, p_c), exact in the state dtype
         B, H, P, G = s.B, s.H, s.P, s.G
         if not s.backward:
             self.gh = torch.empty(B, G, dtype=cd, device=dev)  # h_{t-1} W_hh^T
             self.hs = torch.empty(B, P, dtype=cd, device=dev)  # h_{t-1}, the product's input
             self.ms = torch.empty(B, H, dtype=cd, device=dev) if s.proj else None  # m_t
             self.ring = torch.empty(2, B, H, dtype=sd, device=dev)  # c (LSTM) or h (GRU/MGU), t % 2
+            # LSTM with zoneout of h: h is a state of its own (h_{t-1} enters h_t), t % 2
+            self.hring = torch.empty(2, B, H, dtype=sd, device=dev) if s.core == LSTM and s.zh else None
             self.fb = torch.empty(H, dtype=sd, device=dev)
             self.bhn = torch.empty(H, dtype=sd, device=dev)
         else:
@@ -297,17 +315,19 @@ class _Workspace:
             torch.mm(self.hs, w_t, out=self.gh)
             prev, new = self.ring[(t + 1) % 2], self.ring[t % 2]  # t = 0 reads ring[1], the initial state
             if s.core == LSTM:
+                hp, hn = (self.hring[(t + 1) % 2], self.hring[t % 2]) if s.zh else (prev, new)  # (unused)
                 k.lstm_fwd[grid](self.tab, self.base, self.sbase, self.gh, prev, new, self.ms if s.proj else self.hs,
-                                 self.fb, self.len, t, B, H, G, REFINE=s.refine, HAS_FB=s.has_fb, MASKED=s.masked,
-                                 SAVE=s.save, PROJ=s.proj, BLOCK=blk)
+                                 self.fb, self.len, hp, hn, self.zp, t, B, H, G, REFINE=s.refine, HAS_FB=s.has_fb,
+                                 MASKED=s.masked, SAVE=s.save, PROJ=s.proj, ZH=s.zh, ZC=s.zc, RDROP=s.rdrop,
+                                 BLOCK=blk)
                 if s.proj:
                     torch.mm(self.ms, self.w_hr.t(), out=self.hs)
                     k.proj_out[grid_p](self.tab, self.base, self.hs, t, B, P, BLOCK=blk_p)
             else:
                 k.gru_fwd[grid](self.tab, self.base, self.sbase, self.gh, prev, new, self.hs, self.bhn, self.fb,
-                                self.len, t, B, H, G, GRU=s.core == GRU, KZ=kz, KN=kn, KR=kn + 1, REFINE=s.refine,
-                                HAS_FB=s.has_fb, HAS_BHN=s.has_bhn, MASKED=s.masked, SAVE=s.save,
-                                SAVE_H=s.save and self.sd != s.cd, BLOCK=blk)
+                                self.len, self.zp, t, B, H, G, GRU=s.core == GRU, KZ=kz, KN=kn, KR=kn + 1,
+                                REFINE=s.refine, HAS_FB=s.has_fb, HAS_BHN=s.has_bhn, MASKED=s.masked, SAVE=s.save,
+                                SAVE_H=s.save and self.sd != s.cd, ZH=s.zh, RDROP=s.rdrop, BLOCK=blk)
 
     def _backward_loop(self) -> None:
         s, k = self.spec, self.k
@@ -321,29 +341,34 @@ class _Workspace:
             last = t == T - 1
             carry_in, carry_out = self.carry[(t + 1) % 2], self.carry[t % 2]
             if s.core == LSTM:
-                d2 = self.dhn if last else carry_in  # dh_n, or the carry of rows past their end
-                has_d2 = last or s.masked
+                d2 = self.dhn if last else carry_in  # dh_n, or the carry (rows past their end, zoneout of h)
+                has_d2 = last or s.masked or bool(s.zh)
                 if s.proj:
                     k.proj_dh[grid_p](self.tab, self.base, self.g, d2, self.dhs, carry_out, self.len, t, B, P,
                                       HAS_D1=not last, HAS_D2=has_d2, MASKED=s.masked, BLOCK=blk_p)
                     torch.mm(self.dhs, self.w_hr, out=self.dm)
                 k.lstm_bwd[grid](self.tab, self.base, self.sbase, self.h0, self.g, d2, self.dc, self.src,
-                                 carry_out, self.dm if s.proj else self.dc, self.len, t, B, H, G, REFINE=s.refine,
-                                 HAS_D1=not last and not s.proj, HAS_D2=has_d2 and not s.proj, MASKED=s.masked,
-                                 FIRST=t == 0, PROJ=s.proj, BLOCK=blk)
+                                 carry_out, self.dm if s.proj else self.dc, self.len, self.zp, t, B, H, G,
+                                 REFINE=s.refine, HAS_D1=not last and not s.proj, HAS_D2=has_d2 and not s.proj,
+                                 MASKED=s.masked, FIRST=t == 0, PROJ=s.proj, ZH=s.zh, ZC=s.zc, RDROP=s.rdrop,
+                                 BLOCK=blk)
             else:
                 k.gru_bwd[grid](self.tab, self.base, self.sbase, self.h0, self.g, self.dhn if last else carry_in,
-                                self.src, carry_out, self.len, t, B, H, G, GRU=s.core == GRU, KZ=kz, KN=kn, KR=kn + 1,
-                                REFINE=s.refine, HAS_D1=not last, MASKED=s.masked, FIRST=t == 0, BLOCK=blk)
+                                self.src, carry_out, self.len, self.zp, t, B, H, G, GRU=s.core == GRU, KZ=kz, KN=kn,
+                                KR=kn + 1, REFINE=s.refine, HAS_D1=not last, MASKED=s.masked, FIRST=t == 0,
+                                ZH=s.zh, RDROP=s.rdrop, BLOCK=blk)
             torch.mm(self.src, self.w_hh, out=self.g)
 
-    def dh0(self) -> Tensor:
-        """dL/dh_0 after the backward loop, in the state dtype: the last product plus the carry
-        (rows past their end)."""
+    def dh0(self, rmask: Tensor | None = None) -> Tensor:
+        """dL/dh_0 after the backward loop, in the state dtype: the last product (times the
+        recurrent-dropout mask ``rmask``) plus the carry (rows past their end, zoneout of h)."""
         s = self.spec
-        if s.core != LSTM or s.masked:
-            return self.g.to(self.sd) + self.carry[0]
-        return self.g.to(self.sd, copy=True)
+        g = self.g.to(self.sd, copy=True)
+        if rmask is not None:
+            g = g * rmask
+        if s.core != LSTM or s.masked or s.zh:
+            return g + self.carry[0]
+        return g
 
 
 _workspaces: collections.OrderedDict = collections.OrderedDict()
@@ -406,17 +431,35 @@ def _capture(ws: _Workspace):
     return graph.replay
 
 
-def _spec(backward, core, refine, has_fb, has_bhn, masked, save, proj, T, B, G, H, P, x) -> _Spec:
+def _spec(backward, core, refine, has_fb, has_bhn, masked, save, proj, T, B, G, H, P, x, opt=None) -> _Spec:
     stream = torch.cuda.current_stream(x.device).cuda_stream if x.device.type == "cuda" else 0
+    zh = zc = 0
+    rdrop = False
+    if opt is not None:
+        rmask, mh, mc, ph, pc = opt
+        zh, zc, rdrop = (1 if mh is not None else 2 if ph else 0), (1 if mc is not None else 2 if pc else 0), \
+            rmask is not None
     return _Spec(backward, core, refine, has_fb, has_bhn, masked, save, proj, T, B, G, H, P, x.dtype, x.device,
-                 stream)
+                 stream, zh, zc, rdrop)
+
+
+def _set_options(ws: _Workspace, opt, arrays: dict) -> None:
+    """The options' per-call arrays into the table's slots, the eval probabilities into ``ws.zp``."""
+    from gated.backends._triton_kernels import RM_, ZC_, ZH_
+
+    rmask, mh, mc, ph, pc = opt
+    arrays.update({RM_: rmask, ZH_: mh, ZC_: mc})
+    if ws.spec.zh == 2 or ws.spec.zc == 2:
+        ws.zp[0].fill_(ph)
+        ws.zp[1].fill_(pc)
 
 
 # ---------------------------------------------------------------- operators
 
 def _forward_impl(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None, b_hh: Tensor | None,
                   fb: Tensor | None, h0: Tensor, c0: Tensor | None, lengths: Tensor | None,
-                  w_hr: Tensor | None, core: int, refine: bool, save: bool):
+                  w_hr: Tensor | None, core: int, refine: bool, save: bool, rmask: Tensor | None = None,
+                  zh: Tensor | None = None, zc: Tensor | None = None, ph: float = 0.0, pc: float = 0.0):
     T, B, I = x.shape
     G, P = w_ih.shape[0], w_hh.shape[1]
     H = P if w_hr is None else w_hr.shape[1]
@@ -437,8 +480,9 @@ def _forward_impl(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None, b_
     hf = _empty((T, B, H), sd, dev) if save and core != LSTM and sd != cd else x.new_empty(0)
     out = _empty((T, B, P), cd, dev)
     m = _empty((T, B, H), cd, dev) if save and w_hr is not None else x.new_empty(0)
+    opt = (rmask, zh, zc, ph, pc)
     ws = _workspace(_spec(False, core, refine, fb is not None, b_hn is not None, lengths is not None, save,
-                          w_hr is not None, T, B, G, H, P, x))
+                          w_hr is not None, T, B, G, H, P, x, opt))
     ws.w_hh.copy_(w_hh)
     if w_hr is not None:
         ws.w_hr.copy_(w_hr)
@@ -448,11 +492,15 @@ def _forward_impl(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None, b_
         ws.bhn.copy_(b_hn)
     if lengths is not None:
         ws.len.copy_(lengths)
-    ws.hs.copy_(h0)
+    ws.hs.copy_(h0 if rmask is None else h0 * rmask)
     ws.ring[1].copy_(c0 if core == LSTM else h0)
+    if ws.hring is not None:
+        ws.hring[1].copy_(h0)
     from gated.backends._triton_kernels import A_, AUX_, HF_, M_, OUT_, PX_
 
-    ws.write_table({PX_: px, A_: A, OUT_: out, AUX_: aux, M_: m, HF_: hf})
+    arrays = {PX_: px, A_: A, OUT_: out, AUX_: aux, M_: m, HF_: hf}
+    _set_options(ws, opt, arrays)
+    ws.write_table(arrays)
     ws.run()
     if lengths is None:
         h_n = out[T - 1].clone()
@@ -464,7 +512,8 @@ def _forward_impl(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None, b_
 
 def _backward_impl(dout: Tensor, dh_n: Tensor, dc_n: Tensor | None, A: Tensor, aux: Tensor, hf: Tensor,
                    out: Tensor, h0: Tensor, c0: Tensor | None, w_hh: Tensor, lengths: Tensor | None,
-                   w_hr: Tensor | None, core: int, refine: bool):
+                   w_hr: Tensor | None, core: int, refine: bool, rmask: Tensor | None = None,
+                   zh: Tensor | None = None, zc: Tensor | None = None, ph: float = 0.0, pc: float = 0.0):
     T, B, G = A.shape
     P = w_hh.shape[1]
     H = P if w_hr is None else w_hr.shape[1]
@@ -475,8 +524,9 @@ def _backward_impl(dout: Tensor, dh_n: Tensor, dc_n: Tensor | None, A: Tensor, a
     dA = _empty((T, B, G), cd, dev)
     dghn = _empty((T, B, H), cd, dev) if core != LSTM else w_hh.new_empty(0)
     dH = _empty((T, B, P), cd, dev) if w_hr is not None else w_hh.new_empty(0)
+    opt = (rmask, zh, zc, ph, pc)
     ws = _workspace(_spec(True, core, refine, False, False, lengths is not None, True, w_hr is not None,
-                          T, B, G, H, P, w_hh))
+                          T, B, G, H, P, w_hh, opt))
     ws.w_hh.copy_(w_hh)
     if w_hr is not None:
         ws.w_hr.copy_(w_hr)
@@ -493,21 +543,26 @@ def _backward_impl(dout: Tensor, dh_n: Tensor, dc_n: Tensor | None, A: Tensor, a
     dout = dout.to(cd).contiguous()
     if core != LSTM and hf.numel() == 0:  # the outputs are h_t in the state dtype
         hf = out
-    ws.write_table({A_: A, AUX_: aux, HF_: hf, OUT_: out, DOUT_: dout, DA_: dA, DGHN_: dghn, DH_: dH})
+    arrays = {A_: A, AUX_: aux, HF_: hf, OUT_: out, DOUT_: dout, DA_: dA, DGHN_: dghn, DH_: dH}
+    _set_options(ws, opt, arrays)
+    ws.write_table(arrays)
     ws.run()
     dc0 = ws.dc.clone() if core == LSTM else w_hh.new_empty(0)
-    return dA, dghn, ws.dh0(), dc0, dH
+    return dA, dghn, ws.dh0(rmask), dc0, dH
 
 
 _FWD_SCHEMA = ("(Tensor x, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? fb, Tensor h0, Tensor? c0, "
-               "Tensor? lengths, Tensor? w_hr, int core, bool refine, bool save) "
+               "Tensor? lengths, Tensor? w_hr, int core, bool refine, bool save, Tensor? rmask=None, Tensor? zh=None, "
+               "Tensor? zc=None, float ph=0., float pc=0.) "
                "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)")
 _BWD_SCHEMA = ("(Tensor dout, Tensor dh_n, Tensor? dc_n, Tensor A, Tensor aux, Tensor hf, Tensor out, Tensor h0, "
-               "Tensor? c0, Tensor w_hh, Tensor? lengths, Tensor? w_hr, int core, bool refine) "
+               "Tensor? c0, Tensor w_hh, Tensor? lengths, Tensor? w_hr, int core, bool refine, Tensor? rmask=None, "
+               "Tensor? zh=None, Tensor? zc=None, float ph=0., float pc=0.) "
                "-> (Tensor, Tensor, Tensor, Tensor, Tensor)")
 
 
-def _forward_fake(x, w_ih, w_hh, b_ih, b_hh, fb, h0, c0, lengths, w_hr, core, refine, save):
+def _forward_fake(x, w_ih, w_hh, b_ih, b_hh, fb, h0, c0, lengths, w_hr, core, refine, save, rmask=None, zh=None,
+                  zc=None, ph=0.0, pc=0.0):
     """The fused CPU operator's shapes (gated/backends/_ops.py), with the saved ``A`` and ``aux``
     in the state dtype, and ``hf``: GRU/MGU's h_t in the state dtype where the outputs are rounded."""
     T, B, _ = x.shape
@@ -522,7 +577,8 @@ def _forward_fake(x, w_ih, w_hh, b_ih, b_hh, fb, h0, c0, lengths, w_hr, core, re
     return x.new_empty(T, B, P), x.new_empty(B, P), c_n, A, aux, m, hf
 
 
-def _backward_fake(dout, dh_n, dc_n, A, aux, hf, out, h0, c0, w_hh, lengths, w_hr, core, refine):
+def _backward_fake(dout, dh_n, dc_n, A, aux, hf, out, h0, c0, w_hh, lengths, w_hr, core, refine, rmask=None,
+                   zh=None, zc=None, ph=0.0, pc=0.0):
     """dA, dghn and dH in the compute dtype (``w_hh``'s), dh0 and dc0 in the state dtype (``A``'s)."""
     T, B, G = A.shape
     P = w_hh.shape[1]
@@ -547,16 +603,35 @@ for _op, _fake in ((recurrence_forward, _forward_fake), (recurrence_backward, _b
 
 # ---------------------------------------------------------------- autograd
 
-def _forward(x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0, lengths, layout, cd, save: bool):
+_NO_OPTIONS = (None, None, None, 0.0, 0.0)
+
+
+def _option_args(extras, sd: torch.dtype) -> tuple:
+    """The operators' ``(rmask, zh, zc, ph, pc)`` from a :class:`gated.options.Extras`: the masks
+    contiguous in the state dtype ``sd`` (backward reads them elementwise), an eval zoneout as its
+    float ``p`` (0: off)."""
+    if extras is None:  # literal constants: torch.compile would trace a global tuple's floats as symbolic
+        return None, None, None, 0.0, 0.0
+    if extras.ln is not None:
+        raise ValueError("the Triton kernels have no LayerNorm (the reference backend runs it)")
+    prep = lambda t: None if t is None else t.to(sd).contiguous()  # noqa: E731
+    zone = tuple(extras.zoneout or ()) + (None,) * 2
+    masks = [prep(z) if isinstance(z, Tensor) else None for z in zone[:2]]
+    probs = [float(z) if z is not None and not isinstance(z, Tensor) else 0.0 for z in zone[:2]]
+    return prep(extras.rmask), masks[0], masks[1], probs[0], probs[1]
+
+
+def _forward(x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0, lengths, layout, cd, save: bool, opt=_NO_OPTIONS):
     """The forward operator on ``x`` and the weights cast to the compute dtype ``cd`` and the states
-    to the state dtype (autocast is off inside: the casts are explicit)."""
+    to the state dtype (autocast is off inside: the casts are explicit); ``opt``: the options'
+    arguments (:func:`_option_args`)."""
     core, refine = _kernel_ids(layout)
     sd = _state_dtype(cd)
     with torch.autocast(x.device.type, enabled=False):
         return torch.ops.gated_triton.recurrence_forward(
             x.to(cd).contiguous(), w_ih.to(cd).contiguous(), w_hh.to(cd).contiguous(), b_ih, b_hh, fb,
             h0.to(sd).contiguous(), None if c0 is None else c0.to(sd).contiguous(), lengths,
-            None if w_hr is None else w_hr.to(cd).contiguous(), core, refine, save)
+            None if w_hr is None else w_hr.to(cd).contiguous(), core, refine, save, *opt)
 
 
 def _hprev_mm(d: Tensor, h0: Tensor, out: Tensor) -> Tensor:
@@ -582,28 +657,31 @@ class _Recurrence(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0, lengths, layout, cd):
-        return _forward(x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0, lengths, layout, cd, save=True)
+    def forward(x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0, lengths, layout, cd, rmask, zh, zc, ph, pc):
+        return _forward(x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0, lengths, layout, cd, True,
+                        (rmask, zh, zc, ph, pc))
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0, lengths, layout, cd = inputs
+        x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0, lengths, layout, cd, rmask, zh, zc, ph, pc = inputs
         out, h_n, c_n, A, aux, m, hf = output
         ctx.mark_non_differentiable(A, aux, m, hf)
-        ctx.save_for_backward(x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0, lengths, A, aux, m, hf, out)
-        ctx.layout, ctx.cd = layout, cd
+        ctx.save_for_backward(x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0, lengths, A, aux, m, hf, out,
+                              rmask, zh, zc)
+        ctx.layout, ctx.cd, ctx.probs = layout, cd, (ph, pc)
         ctx.autocast = cd if cd != w_ih.dtype else None  # the forward ran under autocast
 
     @staticmethod
     def backward(ctx, dout, dh_n, dc_n, _dA, _daux, _dm, _dhf):
         if torch.is_grad_enabled():  # create_graph: recompute on the reference, differentiably
-            view = types.SimpleNamespace(saved_tensors=ctx.saved_tensors, layout=ctx.layout,
-                                         needs_input_grad=ctx.needs_input_grad[:11])
+            saved = ctx.saved_tensors  # fused_cpu's order: the option masks at 14:17
+            view = types.SimpleNamespace(saved_tensors=(*saved[:14], *saved[15:18]), layout=ctx.layout,
+                                         needs_input_grad=ctx.needs_input_grad[:11], probs=ctx.probs)
             device = ctx.saved_tensors[0].device.type
             cast = torch.autocast(device, dtype=ctx.autocast) if ctx.autocast else contextlib.nullcontext()
             with cast:  # the recomputation under the forward's autocast
-                return (*fused_cpu._differentiable_backward(view, dout, dh_n, dc_n), None)
-        x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0, lengths, A, aux, m, hf, out = ctx.saved_tensors
+                return (*fused_cpu._differentiable_backward(view, dout, dh_n, dc_n), None, *(None,) * 5)
+        x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0, lengths, A, aux, m, hf, out, rmask, zh, zc = ctx.saved_tensors
         layout, cd = ctx.layout, ctx.cd
         sd = _state_dtype(cd)
         core, refine = _kernel_ids(layout)
@@ -614,13 +692,16 @@ class _Recurrence(torch.autograd.Function):
             w_hr_c = None if w_hr is None else w_hr.to(cd).contiguous()
             dA, dghn, dh0, dc0, dH = torch.ops.gated_triton.recurrence_backward(
                 dout.contiguous(), dh_n.contiguous(), None if c0 is None else dc_n.contiguous(), A, aux, hf, out,
-                h0s, None if c0 is None else c0.to(sd).contiguous(), w_hh_c, lengths, w_hr_c, core, refine)
+                h0s, None if c0 is None else c0.to(sd).contiguous(), w_hh_c, lengths, w_hr_c, core, refine,
+                rmask, zh, zc, *ctx.probs)
             T, B, G = dA.shape
             I, H = x.shape[-1], layout.hidden_size
             dA2 = dA.view(T * B, G)
             dx = (dA2 @ w_ih.to(cd)).view(T, B, I).to(x.dtype) if need[0] else None
             dw_ih = (dA2.t() @ x.to(cd).reshape(T * B, I)).to(w_ih.dtype) if need[1] else None
             h0c = h0s.to(cd)
+            if rmask is not None:  # what W_hh multiplied: h_{t-1} times the recurrent-dropout mask
+                h0c, out = (h0s * rmask).to(cd), (out.to(sd) * rmask).to(cd)
             dw_hh = None
             if need[2]:
                 if core == LSTM:
@@ -646,22 +727,28 @@ class _Recurrence(torch.autograd.Function):
                 dw_hr = (dH.view(T * B, -1).t() @ m.view(T * B, -1)).to(w_hr.dtype)
             dh0 = dh0.to(h0.dtype)
             dc0 = dc0.to(c0.dtype) if c0 is not None else None
-        return dx, dw_ih, dw_hh, db_ih, db_hh, dfb, dw_hr, dh0, dc0, None, None, None
+        return dx, dw_ih, dw_hh, db_ih, db_hh, dfb, dw_hr, dh0, dc0, None, None, None, None, None, None, None, None
 
 
-def run_layer(x, state, w_ih, w_hh, b_ih, b_hh, forget_bias, layout, mask=None, record=None, w_hr=None):
-    """Same contract as :func:`gated.backends.reference.run_layer` (``record`` is not supported).
+def run_layer(x, state, w_ih, w_hh, b_ih, b_hh, forget_bias, layout, mask=None, record=None, w_hr=None, extras=None):
+    """Same contract as :func:`gated.backends.reference.run_layer` (``record`` is not supported;
+    ``extras``: zoneout and recurrent dropout, without LayerNorm and without projections).
     Under autocast the outputs and states are in autocast's dtype, as torch.nn's."""
     if record is not None:
         raise ValueError("the triton backend records no gates; gate_activations uses the reference backend")
     if x.shape[1] == 0:  # an empty batch: nothing to compute
-        return reference.run_layer(x, state, w_ih, w_hh, b_ih, b_hh, forget_bias, layout, mask, w_hr=w_hr)
+        return reference.run_layer(x, state, w_ih, w_hh, b_ih, b_hh, forget_bias, layout, mask, w_hr=w_hr,
+                                   extras=extras)
     cd = compute_dtype(x)
+    opt = _option_args(extras, _state_dtype(cd))
+    if w_hr is not None and (any(t is not None for t in opt[:3]) or opt[3] or opt[4]):
+        raise ValueError("the Triton kernels have no zoneout or recurrent dropout with projections (the reference "
+                         "backend runs them)")
     lengths = None if mask is None else mask[:, :, 0].sum(0).to(torch.int64)
     c0 = state[1] if len(state) == 2 else None
     args = (x, w_ih, w_hh, b_ih, b_hh, forget_bias, w_hr, state[0], c0, lengths, layout, cd)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args[:9]):
-        out, h_n, c_n = _Recurrence.apply(*args)[:3]
+        out, h_n, c_n = _Recurrence.apply(*args, *opt)[:3]
     else:  # inference: no graph, and no activations kept
-        out, h_n, c_n = _forward(*args, save=False)[:3]
+        out, h_n, c_n = _forward(*args, save=False, opt=opt)[:3]
     return out, (h_n, c_n) if c0 is not None else (h_n,)

@@ -1,0 +1,201 @@
+"""The Triton backend with zoneout and recurrent dropout (gated/options.py) equals the reference.
+
+Conventions of tests/test_triton.py: on CPU tensors through Triton's interpreter
+(``TRITON_INTERPRET=1``, set per test), every buffer the backend allocates starts as NaN
+(``set_poison``), tiny shapes; ``GATED_TEST_DEVICE=cuda`` runs the same tests on a GPU. The masks
+are drawn from torch's default generator: seeding it identically before each backend's call draws
+the same masks (as tests/test_options.py's fused tests do).
+"""
+
+import importlib.util
+import logging
+import os
+
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_sequence
+
+import gated
+from gated import backends
+from gated.backends import triton_gpu
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
+                                reason="triton is not installed (pip install -e '.[gpu]')")
+
+DEVICE = os.environ.get("GATED_TEST_DEVICE", "cpu")
+PAIRS = [(c, v) for c in ("LSTM", "GRU", "MGU") for v in ("-", "UR")]
+TOL = {torch.float64: {"rtol": 1e-10, "atol": 1e-10}, torch.float32: {"rtol": 2e-5, "atol": 2e-5}}
+I, H = 4, 5
+
+
+@pytest.fixture(autouse=True)
+def interpreter(monkeypatch):
+    if DEVICE == "cpu":
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    triton_gpu.set_poison(True)
+    yield
+    triton_gpu.set_poison(False)
+
+
+def _sets(core):
+    pair = core == "LSTM"
+    return {  # (module options, training)
+        "zoneout_h": (dict(zoneout=(0.3, 0.0) if pair else 0.3), True),
+        "all": (dict(zoneout=(0.25, 0.35) if pair else 0.25, recurrent_dropout=0.3, weight_dropout=0.2), True),
+        "eval": (dict(zoneout=(0.3, 0.15) if pair else 0.35, recurrent_dropout=0.3), False),
+    }
+
+
+def _module(core, variant, kw, training, dtype, **more):
+    torch.manual_seed(0)
+    m = getattr(gated, core)(I, H, variant=variant, dtype=dtype, device=DEVICE, **kw, **more).train(training)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    return m
+
+
+def _hx(m, B, dtype):
+    n = m.num_layers * m.num_directions
+    hx = tuple(torch.randn(n, B, H, dtype=dtype, device=DEVICE, requires_grad=True)
+               for _ in range(2 if m.core == "lstm" else 1))
+    return hx if m.core == "lstm" else hx[0]
+
+
+def _run(m, x, hx, backend, autocast=None, seed=11):
+    """Outputs, final states and the gradients of a random projection of them with respect to the
+    input, the initial states and every parameter; the masks from ``seed``."""
+    torch.manual_seed(seed)
+    with torch.autocast(DEVICE, dtype=autocast, enabled=autocast is not None):
+        out, st = m._run(x, hx, backend=backend)
+    states = list(st) if isinstance(st, tuple) else [st]
+    data = out.data if hasattr(out, "batch_sizes") else out
+    gen = torch.Generator(device=DEVICE).manual_seed(5)
+    vals = [data, *states]
+    loss = sum((v.double() * torch.randn(v.shape, generator=gen, dtype=torch.float64, device=DEVICE)).sum()
+               for v in vals)
+    leaves = [x.data if hasattr(x, "batch_sizes") else x, *(hx if isinstance(hx, tuple) else (hx,))]
+    names = ["input", "h0", "c0"][: len(leaves)] + [n for n, _ in m.named_parameters()]
+    return vals, dict(zip(names, torch.autograd.grad(loss, [*leaves, *m.parameters()])))
+
+
+def _compare(m, x, hx, tol, what):
+    want, want_grads = _run(m, x, hx, "reference")
+    got, got_grads = _run(m, x, hx, "triton")
+    for k, (a, b) in enumerate(zip(got, want, strict=True)):
+        torch.testing.assert_close(a, b, **tol, msg=lambda s, k=k: f"{what}, value {k}: {s}")
+    for k in want_grads:
+        torch.testing.assert_close(got_grads[k], want_grads[k], **tol, msg=lambda s, k=k: f"{what}, grad of {k}: {s}")
+
+
+@pytest.mark.parametrize("core,variant", PAIRS, ids=[f"{c}-{v}" for c, v in PAIRS])
+def test_triton_equals_reference_with_zoneout_and_recurrent_dropout(core, variant):
+    """Zoneout (h, the LSTM's (h, c), the eval expectation) and recurrent dropout with weight
+    dropout, float64 to 1e-10: outputs, final states, the gradients of the input, h0/c0 and every
+    parameter; then everything on in float32. "auto" would pick Triton for these options."""
+    for name, (kw, training) in _sets(core).items():
+        m = _module(core, variant, kw, training, torch.float64)
+        assert backends._unfused_for(m.opts.unfused(training), "triton") is None, name
+        x = torch.randn(3, 2, I, dtype=torch.float64, device=DEVICE, requires_grad=True)
+        _compare(m, x, _hx(m, 2, torch.float64), TOL[torch.float64], name)
+    kw, training = _sets(core)["all"]
+    m = _module(core, variant, kw, training, torch.float32)
+    x = torch.randn(3, 2, I, device=DEVICE, requires_grad=True)
+    _compare(m, x, _hx(m, 2, torch.float32), TOL[torch.float32], "all, float32")
+
+
+@pytest.mark.parametrize("core", ["LSTM", "GRU"])
+def test_triton_packed_bidirectional_with_zoneout_and_recurrent_dropout(core):
+    """Packed sequences (rows past their end hold their state, zoneout or not) through a
+    bidirectional module, everything on."""
+    kw, training = _sets(core)["all"]
+    m = _module(core, "UR", kw, training, torch.float64, bidirectional=True)
+    seqs = [torch.randn(n, I, dtype=torch.float64, device=DEVICE) for n in (2, 3, 1)]  # unsorted lengths
+    x = pack_sequence(seqs, enforce_sorted=False)
+    x.data.requires_grad_(True)
+    _compare(m, x, _hx(m, 3, torch.float64), TOL[torch.float64], "packed")
+
+
+def _close_normwise(a, b, what, rel=0.05):
+    a, b = a.detach().double(), b.detach().double()
+    err, size = float((a - b).norm()), float(b.norm())
+    assert err <= rel * size + 1e-3, f"{what}: |error| {err:.3g} against |reference| {size:.3g}"
+
+
+@pytest.mark.parametrize("core", ["LSTM", "GRU"])
+def test_triton_bfloat16_autocast_with_zoneout_and_recurrent_dropout(core):
+    """Under bfloat16 autocast, everything on: within bfloat16's rounding of the float32
+    reference (in norm, as tests/test_triton.py), gradients in float32; the masks the backward
+    reads are float32 (the state dtype)."""
+    kw, training = _sets(core)["all"]
+    m = _module(core, "UR", kw, training, torch.float32)
+    x = torch.randn(4, 3, I, device=DEVICE, requires_grad=True)
+    hx = _hx(m, 3, torch.float32)
+    want, want_grads = _run(m, x, hx, "reference")
+    got, got_grads = _run(m, x, hx, "triton", autocast=torch.bfloat16)
+    assert all(v.dtype == torch.bfloat16 for v in got)
+    for k, (a, b) in enumerate(zip(got, want, strict=True)):
+        _close_normwise(a, b, f"value {k}")
+    for k in want_grads:
+        assert got_grads[k].dtype == torch.float32, k
+        _close_normwise(got_grads[k], want_grads[k], f"grad of {k}")
+    used = [s for s in triton_gpu._workspaces if s.cd == torch.bfloat16 and s.rdrop and s.zh == 1]
+    assert used and all(triton_gpu._workspaces[s].zp.dtype == torch.float32 for s in used)
+
+
+def test_triton_options_graph_replay_takes_new_masks(monkeypatch):
+    """The CUDA-graph property with options (as test_triton_loop_reads_only_its_workspace_and_table):
+    a replayed loop reads each call's masks through the table; eval's p comes from the workspace."""
+    def fake_capture(ws):
+        ptrs = {k: t.data_ptr() for k, t in vars(ws).items() if isinstance(t, torch.Tensor)}
+
+        def replay():
+            assert ptrs == {k: t.data_ptr() for k, t in vars(ws).items() if isinstance(t, torch.Tensor)}
+            ws.loop()
+
+        return replay
+
+    if DEVICE == "cpu":
+        real_init = triton_gpu._Workspace.__init__
+
+        def init(self, spec):
+            real_init(self, spec)
+            self.graphs = True
+
+        monkeypatch.setattr(triton_gpu._Workspace, "__init__", init)
+        monkeypatch.setattr(triton_gpu, "_capture", fake_capture)
+    monkeypatch.setenv("GATED_CUDA_GRAPHS", "1")
+    triton_gpu.empty_cache()
+    kw, training = _sets("LSTM")["all"]
+    m = _module("LSTM", "-", kw, training, torch.float64)
+    for k in range(3):  # launches, capture, replay: a new draw of every mask each time
+        x = torch.randn(2, 2, I, dtype=torch.float64, device=DEVICE, requires_grad=True)
+        _compare(m, x, _hx(m, 2, torch.float64), TOL[torch.float64], f"call {k}")
+    assert sum(ws.graph is not None for ws in triton_gpu._workspaces.values()) == 2
+    triton_gpu.empty_cache()
+
+
+def test_layer_norm_and_projections_still_fall_back(monkeypatch, caplog):
+    """LayerNorm, and zoneout or recurrent dropout with proj_size, stay on the reference: "auto"
+    falls back with its log line and backend="triton" refuses; zoneout alone is taken."""
+    monkeypatch.setitem(backends._CHECKS, "triton", lambda layout, x: None)  # as if on a GPU
+    x = torch.randn(2, 1, I)
+    ln = gated.GRU(I, H, layer_norm=True, zoneout=0.1)
+    with pytest.raises(RuntimeError, match="layer_norm"):
+        backends.resolve("triton", ln.layout, x, ln.opts.unfused(True))
+    assert backends._unfused_for(ln.opts.unfused(False), "triton") is not None
+    proj = gated.LSTM(I, H, proj_size=3, zoneout=0.1, recurrent_dropout=0.2)
+    with pytest.raises(RuntimeError, match="with proj_size"):
+        backends.resolve("triton", proj.layout, x, proj.opts.unfused(True, proj=True))
+    plain = gated.GRU(I, H, zoneout=0.1, recurrent_dropout=0.2)
+    for training in (True, False):
+        assert backends.resolve("triton", plain.layout, x, plain.opts.unfused(training)) is backends.BACKENDS["triton"]
+    if DEVICE == "cpu":  # "auto" with a LayerNorm module on CPU tensors: the one fallback line
+        with caplog.at_level(logging.WARNING, "gated"):
+            backends._logged.clear()
+            assert backends.resolve("auto", ln.layout, x, ln.opts.unfused(True)) is backends.BACKENDS["reference"]
+        assert any("layer_norm" in r.getMessage() for r in caplog.records)
+    with pytest.raises(ValueError, match="projections"):  # run_layer itself refuses
+        ex = proj.opts.extras(proj, "_l0", x, (3, H), True)
+        triton_gpu.run_layer(x, (torch.zeros(1, 3), torch.zeros(1, H)), *proj._params("_l0"), proj.layout,
+                             w_hr=proj.weight_hr_l0, extras=ex)
