@@ -190,7 +190,9 @@ def test_layer_norm_and_projections_still_fall_back(monkeypatch, caplog):
     plain = gated.GRU(I, H, zoneout=0.1, recurrent_dropout=0.2)
     for training in (True, False):
         assert backends.resolve("triton", plain.layout, x, plain.opts.unfused(training)) is backends.BACKENDS["triton"]
-    if DEVICE == "cpu":  # "auto" with a LayerNorm module on CPU tensors: the one fallback line
+    if DEVICE == "cpu":  # "auto" on CPU tensors: the fused CPU kernels, which run LayerNorm
+        assert backends.resolve("auto", ln.layout, x, ln.opts.unfused(True)) is backends.BACKENDS["fused_cpu"]
+    else:  # on CUDA tensors Triton has no LayerNorm: the reference, with the one fallback line
         with caplog.at_level(logging.WARNING, "gated"):
             backends._logged.clear()
             assert backends.resolve("auto", ln.layout, x, ln.opts.unfused(True)) is backends.BACKENDS["reference"]

@@ -281,8 +281,9 @@ def _differentiable_backward(ctx, dout, dh_n, dc_n):
     backward, and only taken when the caller asked for a differentiable gradient."""
     saved = ctx.saved_tensors
     x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0, lengths = saved[:10]
-    probs = getattr(ctx, "probs", None)  # the Triton backend's view has no cell options
-    lnw, lnb, lncw, lncb = saved[17:21] if probs is not None else (None,) * 4
+    probs = getattr(ctx, "probs", None)  # zoneout's eval probabilities (None: no option arguments saved)
+    # the LayerNorm parameters, which the Triton backend's view (17 saved tensors) does not have
+    lnw, lnb, lncw, lncb = saved[17:21] if len(saved) >= 21 else (None,) * 4
     inputs = dict(enumerate((x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0))) | {16: lnw, 17: lnb, 18: lncw, 19: lncb}
     wanted = [k for k, t in inputs.items() if t is not None and ctx.needs_input_grad[k]]
     mask = None
