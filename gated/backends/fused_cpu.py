@@ -98,7 +98,8 @@ def _extras(rmask, zh, zc, ph, pc, n_states: int, ln=None):
     return Extras(ln, rmask, None if all(z is None for z in zone) else zone)
 
 
-def _ln_input(x: Tensor, w_ih: Tensor, b_ih: Tensor | None, b_hh: Tensor | None, ln_ih: tuple, layout: Layout) -> Tensor:
+def _ln_input(x: Tensor, w_ih: Tensor, b_ih: Tensor | None, b_hh: Tensor | None, ln_ih: tuple,
+              layout: Layout) -> Tensor:
     """The LayerNorm cell's input side, ``LN_ih(x W_ih^T) + b_ih + b_hh`` for all steps ``(T, B, G)``,
     in torch ops (autograd differentiates it): it is not recurrent, so the kernels take it in
     place of ``x`` and ``W_ih``. GRU/MGU: without ``b_hn``, which the kernel adds inside the reset
@@ -288,9 +289,7 @@ def _differentiable_backward(ctx, dout, dh_n, dc_n):
     backward, and only taken when the caller asked for a differentiable gradient."""
     saved = ctx.saved_tensors
     x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0, lengths = saved[:10]
-    probs = getattr(ctx, "probs", None)  # zoneout's eval probabilities (None: no option arguments saved)
-    # the LayerNorm parameters, which the Triton backend's view (17 saved tensors) does not have
-    lnw, lnb, lncw, lncb = saved[17:21] if len(saved) >= 21 else (None,) * 4
+    lnw, lnb, lncw, lncb = saved[17:21]
     inputs = dict(enumerate((x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0))) | {16: lnw, 17: lnb, 18: lncw, 19: lncb}
     wanted = [k for k, t in inputs.items() if t is not None and ctx.needs_input_grad[k]]
     mask = None
@@ -310,7 +309,7 @@ def _differentiable_backward(ctx, dout, dh_n, dc_n):
             n = _n_rows(ctx.layout)
             if b_rec is not None:  # only b_hn is the kernel's
                 b_rec = _splice(torch.zeros_like(b_rec), n, b_rec[n])
-        extras = None if probs is None else _extras(*saved[14:17], *probs, 1 if c0 is None else 2, ln)
+        extras = _extras(*saved[14:17], *ctx.probs, 1 if c0 is None else 2, ln)
         out, final = reference.run_layer(args[0], state, w_in, args[2], args[3], b_rec, args[5], ctx.layout, mask,
                                          w_hr=args[6], extras=extras)
         return (out, *final)
@@ -343,7 +342,8 @@ def run_layer(x, state, w_ih, w_hh, b_ih, b_hh, forget_bias, layout, mask=None, 
         x = _ln_input(x, w_ih, b_ih, b_hh, ln_ih, layout)
         w_ih = b_ih = None
         b_hh = None if _n_rows(layout) is None else b_hh  # GRU/MGU: the kernel reads b_hn from it
-        ln = tuple(t.contiguous() for t in ln_hh) + (_NO_LN[:2] if ln_c is None else tuple(t.contiguous() for t in ln_c))
+        ln_c = _NO_LN[:2] if ln_c is None else tuple(t.contiguous() for t in ln_c)
+        ln = tuple(t.contiguous() for t in ln_hh) + ln_c
     if w_hr is not None and x.dtype == torch.float32 and not _said["proj"] and not torch.compiler.is_compiling():
         _said["proj"] = True
         logging.getLogger("gated").warning(

@@ -674,8 +674,8 @@ class _Recurrence(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout, dh_n, dc_n, _dA, _daux, _dm, _dhf):
         if torch.is_grad_enabled():  # create_graph: recompute on the reference, differentiably
-            saved = ctx.saved_tensors  # fused_cpu's order: the option masks at 14:17
-            view = types.SimpleNamespace(saved_tensors=(*saved[:14], *saved[15:18]), layout=ctx.layout,
+            saved = ctx.saved_tensors  # fused_cpu's order: the option masks at 14:17, no LayerNorm at 17:21
+            view = types.SimpleNamespace(saved_tensors=(*saved[:14], *saved[15:18], *(None,) * 4), layout=ctx.layout,
                                          needs_input_grad=ctx.needs_input_grad[:11], probs=ctx.probs)
             device = ctx.saved_tensors[0].device.type
             cast = torch.autocast(device, dtype=ctx.autocast) if ctx.autocast else contextlib.nullcontext()
