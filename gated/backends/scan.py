@@ -171,27 +171,36 @@ class _ScanLayer(torch.autograd.Function):
         return dx, dw, db, dfb, dh0, None, None
 
 
-def _differentiable_backward(ctx, dout, dh_n):
+def _layer_vjp(ctx, inputs: tuple, lengths, run, dout, dh_n):
     """The vector-Jacobian product on the reference loop (whose ops all have derivatives), for
-    double backward; slower, taken only when the caller asks for a differentiable gradient."""
-    x, w, b, fb, h0, lengths = ctx.saved_tensors[:6]
-    inputs = (x, w, b, fb, h0)
+    double backward; slower, taken only when the caller asks for a differentiable gradient.
+    ``run(args, mask) -> (out, h_n)`` runs the loop on ``inputs`` with the differentiated ones
+    replaced; one gradient per input of the caller's Function (``ctx.needs_input_grad``)."""
     wanted = [k for k, t in enumerate(inputs) if t is not None and ctx.needs_input_grad[k]]
-    mask = _lengths_mask(lengths, x.shape[0])
+    mask = _lengths_mask(lengths, inputs[0].shape[0])
 
     def layer(*diff):
         args = list(inputs)
         for k, t in zip(wanted, diff):
             args[k] = t
-        out, (h_n,) = reference.run_layer(args[0], (args[4],), args[1], None, args[2], None, args[3],
-                                               ctx.layout, mask)
-        return out, h_n
+        return run(args, mask)
 
     _, vjp = torch.func.vjp(layer, *(inputs[k] for k in wanted))
-    grads: list = [None] * 7
+    grads: list = [None] * len(ctx.needs_input_grad)
     for k, g in zip(wanted, vjp((dout, dh_n))):
         grads[k] = g
     return tuple(grads)
+
+
+def _differentiable_backward(ctx, dout, dh_n):
+    """:func:`_layer_vjp` for :class:`_ScanLayer`'s inputs ``(x, w, b, fb, h0)``."""
+    x, w, b, fb, h0, lengths = ctx.saved_tensors[:6]
+
+    def run(a, mask):
+        out, (h_n,) = reference.run_layer(a[0], (a[4],), a[1], None, a[2], None, a[3], ctx.layout, mask)
+        return out, h_n
+
+    return _layer_vjp(ctx, (x, w, b, fb, h0), lengths, run, dout, dh_n)
 
 
 def _lru_units(layout: Layout, unit: Tensor | None) -> Tensor | None:
@@ -263,26 +272,16 @@ class _LruLayer(torch.autograd.Function):
 
 
 def _lru_differentiable_backward(ctx, dout, dh_n):
-    """:func:`_differentiable_backward` for :class:`_LruLayer` (double backward on the reference loop)."""
+    """:func:`_layer_vjp` for :class:`_LruLayer`'s inputs ``(x, w, b, fb, unit, h0)``."""
     x, w, b, fb, unit, h0, lengths = ctx.saved_tensors[:7]
     L = ctx.layout
-    inputs = (x, w, b, fb, unit, h0)
-    wanted = [k for k, t in enumerate(inputs) if t is not None and ctx.needs_input_grad[k]]
-    mask = _lengths_mask(lengths, x.shape[0])
 
-    def layer(*diff):
-        args = list(inputs)
-        for k, t in zip(wanted, diff):
-            args[k] = t
-        units = (args[4],) if L.core.name == "rglru" else (args[4], args[3])
-        out, (h_n,) = reference.run_layer(args[0], (args[5],), args[1], None, args[2], None, units, L, mask)
+    def run(a, mask):
+        units = (a[4],) if L.core.name == "rglru" else (a[4], a[3])
+        out, (h_n,) = reference.run_layer(a[0], (a[5],), a[1], None, a[2], None, units, L, mask)
         return out, h_n
 
-    _, vjp = torch.func.vjp(layer, *(inputs[k] for k in wanted))
-    grads: list = [None] * 8
-    for k, g in zip(wanted, vjp((dout, dh_n))):
-        grads[k] = g
-    return tuple(grads)
+    return _layer_vjp(ctx, (x, w, b, fb, unit, h0), lengths, run, dout, dh_n)
 
 
 def _run_lru(x, h0, w_ih, b_ih, units, layout, lengths):
