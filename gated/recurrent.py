@@ -275,6 +275,8 @@ class RNNBase(GatedModule):
                     w_hh = self.opts.recurrent_weight(w_hh, self.training)
                     extras = self.opts.extras(self, sfx, xin, sizes, self.training, cast=cast)
                     more = {} if extras is None else {"extras": extras}
+                if prec is not None and w_hh is not None:  # bfloat16 matmuls (gated/precision.py)
+                    w_ih, w_hh = prec.operand(w_ih), prec.operand(w_hh)
                 out, st = run(xin, tuple(s[idx] for s in h0), w_ih, w_hh, *rest, self.layout, mask, rec,
                               w_hr=cast(getattr(self, "weight_hr" + sfx, None)), **more)
                 if record is not None:

@@ -6,12 +6,14 @@ not with ``proj_size``, which runs them on the reference backend): the kernels t
 recurrent-dropout mask ``(B, H)`` and per state a zoneout keep mask ``(T, B, H)`` (training) or the
 probability ``p`` as a float (eval: the expectation, no ``(T, B, H)`` tensor of a constant). With
 LayerNorm the input side ``LN_ih(x W_ih^T) + b_ih + b_hh`` (GRU/MGU without ``b_hn``) of all steps
-is torch ops here (:func:`_ln_input`, differentiated by autograd) and replaces ``x`` and ``W_ih``
+is torch ops here (:func:`_input_side`, differentiated by autograd) and replaces ``x`` and ``W_ih``
 in the kernels, which normalise each step's ``h W_hh^T`` and the LSTM's ``c`` per batch row (the
 non-tiled path) and save the statistics; their backward returns the raw recurrent product's
 gradients, of which ``W_hh``'s is one matmul here, and the norms' gains and biases are sums here
-(:func:`_ln_backward`). Same signature and results as :func:`gated.backends.reference.run_layer`
-(tests/test_fused.py). Backward is hand-written: the C++ pass returns the gradients of every step's
+(:func:`_pre_backward`). With bfloat16 matmul weights (gated/precision.py) the input side is
+the same function's bfloat16 product and the kernels run each step's recurrent product on
+bfloat16 operands (gated/csrc/recurrent_gemm.h); everything else stays float32. Same signature
+and results as :func:`gated.backends.reference.run_layer` (tests/test_fused.py). Backward is hand-written: the C++ pass returns the gradients of every step's
 pre-activations ``(T, B, G)``; the weight gradients are then single large matmuls here. In float32
 on AVX-512 and AVX2 CPUs every matmul but the input gradient runs on the register-tiled kernel of
 gated/csrc/tiled_gemm.h; buffers above 32 MiB are reused across calls (gated/csrc/pool.h,
@@ -98,18 +100,22 @@ def _extras(rmask, zh, zc, ph, pc, n_states: int, ln=None):
     return Extras(ln, rmask, None if all(z is None for z in zone) else zone)
 
 
-def _ln_input(x: Tensor, w_ih: Tensor, b_ih: Tensor | None, b_hh: Tensor | None, ln_ih: tuple,
-              layout: Layout) -> Tensor:
-    """The LayerNorm cell's input side, ``LN_ih(x W_ih^T) + b_ih + b_hh`` for all steps ``(T, B, G)``,
-    in torch ops (autograd differentiates it): it is not recurrent, so the kernels take it in
-    place of ``x`` and ``W_ih``. GRU/MGU: without ``b_hn``, which the kernel adds inside the reset
-    product. The biases join the norm's own (one pass over ``(T, B, G)``, not two)."""
-    w, b = ln_ih
+def _input_side(x: Tensor, w_ih: Tensor, b_ih: Tensor | None, b_hh: Tensor | None, ln_ih: tuple | None,
+                layout: Layout) -> Tensor:
+    """The input side of all steps, ``x W_ih^T`` (LayerNorm cell: ``LN_ih(x W_ih^T)``) ``+ b_ih + b_hh``
+    ``(T, B, G)``, in torch ops (autograd differentiates it): it is not recurrent, so the kernels take
+    it in place of ``x`` and ``W_ih``. GRU/MGU: without ``b_hn``, which the kernel adds inside the
+    reset product. The product runs in ``W_ih``'s dtype (bfloat16 matmuls, gated/precision.py) and
+    returns in ``x``'s. With a norm the biases join its own (one pass over ``(T, B, G)``, not two)."""
+    proj = F.linear(x.to(w_ih.dtype), w_ih).to(x.dtype)
+    b = None
     if b_ih is not None:
         n = _n_rows(layout)
-        rec = b_hh if n is None else _splice(b_hh, n, b_hh.new_zeros(n.stop - n.start))
-        b = b + (b_ih + rec)
-    return F.layer_norm(F.linear(x, w_ih), (w_ih.shape[0],), w, b, EPS)
+        b = b_ih + (b_hh if n is None else _splice(b_hh, n, b_hh.new_zeros(n.stop - n.start)))
+    if ln_ih is None:
+        return proj if b is None else proj + b
+    w, b_ln = ln_ih
+    return F.layer_norm(proj, (w_ih.shape[0],), w, b_ln if b is None else b_ln + b, EPS)
 
 
 _NO_OPT = (None, None, None, 0.0, 0.0)
@@ -118,7 +124,7 @@ _NO_LN = (None, None, None, None)
 
 def _forward(x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0, lengths, layout, save: bool, opt=_NO_OPT, ln=_NO_LN):
     """The forward op; with LayerNorm (``ln``: the recurrent norm's and the LSTM cell norm's weight
-    and bias) ``x`` is :func:`_ln_input`'s ``(T, B, G)`` and ``w_ih``, ``b_ih`` are None."""
+    and bias) ``x`` is :func:`_input_side`'s ``(T, B, G)`` and ``w_ih``, ``b_ih`` are None."""
     core, refine = _kernel_ids(layout)
     return torch.ops.gated_fused.recurrence_forward(
         x.contiguous(), None if w_ih is None else w_ih.contiguous(), w_hh.contiguous(), b_ih, b_hh, fb, h0, c0,
@@ -201,8 +207,8 @@ class _Recurrence(torch.autograd.Function):
             w_hh.contiguous(), lengths, None if w_hr is None else w_hr.contiguous(), core, refine,
             rmask, zh, zc, *ctx.probs, None if lnw is None else m, lnw, lncw, lncb,
         )
-        if lnw is not None:
-            return _ln_backward(ctx, dA, dghn, dh0, dc0, dH)
+        if w_ih is None:  # the caller's input projection (LayerNorm, bfloat16 matmuls)
+            return _pre_backward(ctx, dA, dghn, dh0, dc0, dH)
         T, B, G = dA.shape
         I, H = x.shape[-1], h0.shape[-1]  # H: the width of h (proj_size with projections)
         dA2 = dA.view(T * B, G)
@@ -234,43 +240,54 @@ class _Recurrence(torch.autograd.Function):
                 None, None, None, None, None, None, None, None, None)
 
 
-def _ln_backward(ctx, dA, dghn, dh0, dc0, dL):
-    """The first-order gradients of a LayerNorm call from the backward op's results: ``dA`` is the
-    input projection's gradient (autograd takes it back through :func:`_ln_input`), ``dL`` the flat
-    ``[d(h W_hh^T) before the norm (T, B, G) | LSTM: the cell norm's dy (T, B, H)]`` and the
-    forward's ``m`` the flat ``[xhat (T, B, G) | rstd (T, B) | LSTM: chat (T, B, H) | rstd (T, B)]``
-    (gated/csrc/time_loop.h). The norms' gains and biases: sums of ``dy * xhat`` and ``dy`` over
-    steps and batch, ``dy`` the gradient of the normalised product (GRU/MGU: ``dghn`` in the
-    candidate block, what the reset gate multiplied)."""
-    x, _, w_hh, _, b_hh, fb, _, h0, c0, _, A, _, m, out, rmask = ctx.saved_tensors[:15]
-    lncw = ctx.saved_tensors[19]
+def _pre_backward(ctx, dA, dghn, dh0, dc0, dL):
+    """The first-order gradients of a call whose input side :func:`_input_side` computed (autograd
+    takes ``dA``, the gradient of its ``(T, B, G)`` result, back through it), from the backward op's
+    results. ``W_hh``'s gradient is one product with the raw recurrent product's gradient: with
+    LayerNorm the first part of the flat ``dL`` ``[d(h W_hh^T) before the norm (T, B, G) | LSTM: the
+    cell norm's dy (T, B, H)]``, whose statistics are the forward's ``m`` ``[xhat (T, B, G) | rstd
+    (T, B) | LSTM: chat (T, B, H) | rstd (T, B)]`` (gated/csrc/time_loop.h); without, ``dA`` itself
+    (GRU/MGU: ``dghn`` in the candidate block, what the reset gate multiplied), and with projections
+    ``dL`` is ``dH`` (``W_hr``'s). The norms' gains and biases: sums of ``dy * xhat`` and ``dy`` over
+    steps and batch. Gradients return in their inputs' dtypes (a bfloat16 ``W_hh``'s in bfloat16)."""
+    x, _, w_hh, _, b_hh, fb, w_hr, h0, c0, _, A, _, m, out, rmask = ctx.saved_tensors[:15]
+    lnw, lncw = ctx.saved_tensors[17], ctx.saved_tensors[19]
     layout = ctx.layout
     T, B, G = dA.shape
-    H, TB = h0.shape[-1], T * B
+    P, TB = h0.shape[-1], T * B  # P: the width of h (proj_size with projections)
+    n_rows = _n_rows(layout)
     h_prev = torch.cat([h0.unsqueeze(0), out[:-1]])  # what W_hh multiplied
     if rmask is not None:
         h_prev = h_prev * rmask
-    dw_hh = torch.ops.gated_fused.tiled_mm(dL[:TB * G].view(TB, G), h_prev.reshape(TB, H), True, False)
-    n_rows = _n_rows(layout)
-    xhat = m[:TB * G].view(T, B, G)
-    dlnw, dlnb = (dA * xhat).sum((0, 1)), dA.sum((0, 1))
-    if n_rows is not None:  # the candidate block's dy is dghn (contiguous products, no spliced copy)
-        dlnw = _splice(dlnw, n_rows, (dghn * xhat[..., n_rows]).sum((0, 1)))
-        dlnb = _splice(dlnb, n_rows, dghn.sum((0, 1)))
-    dlncw = dlncb = None
-    if lncw is not None:
-        dyc, chat = dL[TB * G:].view(T, B, H), m[TB * (G + 1):TB * (G + 1 + H)].view(T, B, H)
-        dlncw, dlncb = (dyc * chat).sum((0, 1)), dyc.sum((0, 1))
+    if lnw is not None:
+        d_rec = dL[:TB * G].view(T, B, G)
+    else:
+        d_rec = dA if n_rows is None else torch.cat([dA[..., :n_rows.start], dghn, dA[..., n_rows.stop:]], -1)
+    dw_hh = torch.ops.gated_fused.tiled_mm(d_rec.reshape(TB, G), h_prev.reshape(TB, P), True, False)
+    dlnw = dlnb = dlncw = dlncb = None
+    if lnw is not None:
+        xhat = m[:TB * G].view(T, B, G)
+        dlnw, dlnb = (dA * xhat).sum((0, 1)), dA.sum((0, 1))
+        if n_rows is not None:  # the candidate block's dy is dghn (contiguous products, no spliced copy)
+            dlnw = _splice(dlnw, n_rows, (dghn * xhat[..., n_rows]).sum((0, 1)))
+            dlnb = _splice(dlnb, n_rows, dghn.sum((0, 1)))
+        if lncw is not None:
+            H = lncw.shape[0]
+            dyc, chat = dL[TB * G:].view(T, B, H), m[TB * (G + 1):TB * (G + 1 + H)].view(T, B, H)
+            dlncw, dlncb = (dyc * chat).sum((0, 1)), dyc.sum((0, 1))
     db_hh = None
-    if b_hh is not None:  # GRU/MGU: b_hn (the rest of b_hh is in the input projection)
+    if b_hh is not None:  # GRU/MGU: b_hn (the rest of b_hh is in the input side)
         db_hh = _splice(torch.zeros_like(b_hh), n_rows, dghn.sum((0, 1)))
     dfb = None
     if fb is not None:
         total = dA.sum((0, 1))
         dfb = total[layout.keep] - total[layout.refine]
+    dw_hr = None
+    if w_hr is not None:  # dL/dW_hr = sum over steps of dh_t^T m_t
+        dw_hr = torch.ops.gated_fused.tiled_mm(dL.view(TB, P), m.view(TB, -1), True, False)
     dx = dA if ctx.needs_input_grad[0] else None
-    return (dx, None, dw_hh, None, db_hh, dfb, None, dh0, (dc0 if c0 is not None else None), None, None,
-            None, None, None, None, None, dlnw, dlnb, dlncw, dlncb)
+    return (dx, None, dw_hh.to(w_hh.dtype), None, db_hh, dfb, dw_hr, dh0, (dc0 if c0 is not None else None), None,
+            None, None, None, None, None, None, dlnw, dlnb, dlncw, dlncb)
 
 
 def _splice(t: Tensor, rows: slice, block: Tensor) -> Tensor:
@@ -303,9 +320,10 @@ def _differentiable_backward(ctx, dout, dh_n, dc_n):
         state = (args[7],) if c0 is None else (args[7], args[8])
         ln = None
         w_in, b_rec = args[1], args[4]
-        if lnw is not None:  # x is the input projection: its norm and biases are done (an identity W_ih)
-            ln = (None, (args[16], args[17]), None if lncw is None else (args[18], args[19]))
-            w_in = torch.eye(x.shape[-1], dtype=x.dtype, device=x.device)
+        if w_ih is None:  # x is the input side (_input_side): its product, norm and biases are done
+            if lnw is not None:
+                ln = (None, (args[16], args[17]), None if lncw is None else (args[18], args[19]))
+            w_in = torch.eye(x.shape[-1], dtype=x.dtype, device=x.device)  # an identity W_ih
             n = _n_rows(ctx.layout)
             if b_rec is not None:  # only b_hn is the kernel's
                 b_rec = _splice(torch.zeros_like(b_rec), n, b_rec[n])
@@ -335,15 +353,20 @@ def run_layer(x, state, w_ih, w_hh, b_ih, b_hh, forget_bias, layout, mask=None, 
         raise ValueError("the fused kernels have no zoneout or recurrent dropout with projections (the reference "
                          "backend runs them)")
     ln = _NO_LN
-    if extras is not None and extras.ln is not None:  # the LayerNorm cell: the input side here, in torch ops
-        if w_hr is not None:
-            raise ValueError("the fused kernels have no LayerNorm with projections (the reference backend runs it)")
-        ln_ih, ln_hh, ln_c = extras.ln
-        x = _ln_input(x, w_ih, b_ih, b_hh, ln_ih, layout)
+    has_ln = extras is not None and extras.ln is not None
+    if has_ln and w_hr is not None:
+        raise ValueError("the fused kernels have no LayerNorm with projections (the reference backend runs it)")
+    if has_ln or w_hh.dtype != x.dtype:  # the LayerNorm cell, or bfloat16 matmuls: the input side here
+        if w_hh.dtype != x.dtype and (x.dtype != torch.float32 or w_hh.dtype != torch.bfloat16):
+            raise ValueError(f"the fused kernels take {x.dtype} weights, or bfloat16 matmul weights with float32 "
+                             f"inputs (gated/precision.py), got {w_hh.dtype}")
+        ln_ih, ln_hh, ln_c = extras.ln if has_ln else (None, None, None)
+        x = _input_side(x, w_ih, b_ih, b_hh, ln_ih, layout)
         w_ih = b_ih = None
         b_hh = None if _n_rows(layout) is None else b_hh  # GRU/MGU: the kernel reads b_hn from it
-        ln_c = _NO_LN[:2] if ln_c is None else tuple(t.contiguous() for t in ln_c)
-        ln = tuple(t.contiguous() for t in ln_hh) + ln_c
+        if has_ln:
+            ln_c = _NO_LN[:2] if ln_c is None else tuple(t.contiguous() for t in ln_c)
+            ln = tuple(t.contiguous() for t in ln_hh) + ln_c
     if w_hr is not None and x.dtype == torch.float32 and not _said["proj"] and not torch.compiler.is_compiling():
         _said["proj"] = True
         logging.getLogger("gated").warning(

@@ -44,6 +44,8 @@ def run_layer(
         ``(out, state)``: ``out`` is ``(T, B, H)``, ``state`` the final states.
     """
     step = layout.core.step
+    # bfloat16 matmul weights (gated/precision.py): the oracle computes in x's dtype
+    w_ih, w_hh = (None if w is None else w.to(x.dtype) for w in (w_ih, w_hh))
     ln = extras is not None and extras.ln is not None
     gi_all = F.linear(x, w_ih, None if ln else b_ih)  # (T, B, G): the input projection, hoisted out of the loop
     if ln:

@@ -44,6 +44,10 @@ void check(const Tensor& x, const Tensor& w_hh) {
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
               "gated fused CPU backend: float32 or float64 only, got ", x.scalar_type());
   TORCH_CHECK(x.is_contiguous() && w_hh.is_contiguous(), "gated fused CPU backend: contiguous tensors expected");
+  TORCH_CHECK(w_hh.scalar_type() == x.scalar_type() ||
+                  (w_hh.scalar_type() == at::kBFloat16 && x.scalar_type() == at::kFloat),
+              "gated fused CPU backend: w_hh must have the input's dtype, or be bfloat16 with float32 inputs "
+              "(bfloat16 matmuls), got ", w_hh.scalar_type(), " and ", x.scalar_type());
 }
 
 // The optional options (gated/options.py): the recurrent-dropout mask rmask (B, H) and per state
@@ -130,6 +134,8 @@ Tensors6 recurrence_forward(const Tensor& x, const std::optional<Tensor>& w_ih, 
   check_options(x, x.size(0), x.size(1), w_hh.size(1), w_hr.has_value(), rmask, zone_h, zone_c, p_h, p_c, core == LSTM);
   TORCH_CHECK(!w_hr || (core == LSTM && w_hr->is_contiguous()), "gated fused CPU backend: projections are LSTM only");
   const bool pre = !w_ih.has_value();
+  TORCH_CHECK(pre || w_hh.scalar_type() == x.scalar_type(),
+              "gated fused CPU backend: with bfloat16 matmuls x is the caller's input projection (w_ih absent)");
   const int64_t G = w_hh.size(0), H = w_hr ? w_hr->size(1) : w_hh.size(1);
   TORCH_CHECK(pre ? !b_ih && x.size(2) == G && (core != LSTM || !b_hh) : b_ih.has_value() == b_hh.has_value(),
               "gated fused CPU backend: both biases or neither; without w_ih x is the (T, B, G) input projection, "

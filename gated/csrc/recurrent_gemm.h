@@ -3,7 +3,10 @@
 // Per step, h_{t-1} @ W_hh^T (forward) or the gate gradients @ W_hh (backward) on one of: oneDNN's
 // matmul with the weight reordered once per call, plain addmm, or (float32 with AVX-512 or AVX2)
 // the register-tiled kernel of tiled_gemm.h, which the time loop drives itself. The path is chosen
-// per call; g_gemm pins one (tests, gated bench).
+// per call; g_gemm pins one (tests, gated bench). A bfloat16 W with float32 A and C (bfloat16
+// matmuls, gated/precision.py): A is rounded to bfloat16 per step, the product runs on oneDNN's
+// bfloat16 matmul (AMX or AVX512-BF16; at::mm where oneDNN refuses bfloat16, e.g. on AVX2, where
+// torch emulates it) with float32 accumulation and a bfloat16 result, added to C in float32.
 // Glossary: M rows (the batch B), K inner size, N output columns (G gate rows or H hidden units),
 // W the weight (W_hh, or W_hr with projections), C the accumulated operand.
 #pragma once
@@ -59,16 +62,39 @@ class RecurrentGemm {
   RecurrentGemm(const Tensor& w, bool transpose, int64_t M, int64_t steps) : w_(w), transpose_(transpose), M_(M) {
     K_ = transpose ? w.size(1) : w.size(0);
     N_ = transpose ? w.size(0) : w.size(1);
-    const bool f32 = w.scalar_type() == at::kFloat && (steps > 1 || g_gemm != kAuto);
-    if (f32 && (g_gemm == kAuto || g_gemm == kOneDnn) && onednn().ok()) {
+    low_ = w.scalar_type() == at::kBFloat16;
+    const bool packable = (w.scalar_type() == at::kFloat || low_) && (steps > 1 || g_gemm != kAuto);
+    if (packable && (g_gemm == kAuto || g_gemm == kOneDnn) && onednn().ok()) {
       Tensor wt = transpose ? w : w.t().contiguous();  // oneDNN's linear takes (N, K)
-      packed_ = onednn().reorder->typed<Tensor(const Tensor&, std::optional<int64_t>)>().call(wt, M);
-      kind_ = kOneDnn;
+      try {
+        packed_ = onednn().reorder->typed<Tensor(const Tensor&, std::optional<int64_t>)>().call(wt, M);
+        kind_ = kOneDnn;
+      } catch (const c10::Error&) {  // bfloat16 on a CPU without its instructions: at::mm below
+        TORCH_CHECK(low_, "gated fused CPU backend: oneDNN could not prepare a float32 weight");
+      }
     }
   }
   // C may be undefined (no accumulation); out is scratch of shape (M, N) for that case.
   Tensor run(const Tensor& A, const Tensor& C, Tensor& out) const {
     const bool acc = C.defined();
+    if (low_) {  // bfloat16 operands, float32 A, C and result
+      Tensor a = A.to(at::kBFloat16), prod;
+      if (kind_ == kOneDnn) {
+        torch::jit::Stack stack{a, packed_, c10::IValue(), std::string("none"),
+                                c10::List<std::optional<at::Scalar>>(), c10::IValue()};
+        onednn().linear->callBoxed(stack);
+        prod = stack[0].toTensor();
+      } else {
+        prod = at::mm(a, transpose_ ? w_.t() : w_);
+      }
+      Tensor dst = acc ? C : out;
+      if (acc) {
+        dst.add_(prod);
+      } else {
+        dst.copy_(prod);
+      }
+      return dst;
+    }
     if (kind_ == kOneDnn) {
       if (acc) {
         return onednn().linear_add->typed<Tensor(const Tensor&, const Tensor&, const Tensor&,
@@ -91,7 +117,7 @@ class RecurrentGemm {
 
  private:
   Tensor w_, packed_;
-  bool transpose_;
+  bool transpose_, low_ = false;
   int64_t M_, K_ = 0, N_ = 0, kind_ = kAddmm;
 };
 

@@ -350,7 +350,7 @@ std::vector<Tensor> backward_impl(const Tensor& dout, const Tensor& dh_n, const 
   }
 #if defined(GATED_TILED_GEMM)
   if constexpr (use_tiled<T>()) {
-    if (tiled_chosen() && !ln.on() && (Tn * B >= 4 || g_gemm == kTiled)) {
+    if (tiled_chosen() && !ln.on() && w_hh.scalar_type() == at::kFloat && (Tn * B >= 4 || g_gemm == kTiled)) {
       // step t, per thread: dh_t = src_{t+1} @ W_hh + dhn_{t+1} for its units, then step t's
       // pointwise on them (which overwrites dhn with dhn_t); the last pass only finishes dh_0
       const tiled::Panels wh(w_hh.data_ptr<float>(), H, 1, G, 1, H);  // B(k, n) = W_hh[k, n]

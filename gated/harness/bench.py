@@ -67,6 +67,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--autocast", default=None, choices=["bfloat16", "float16"],
                    help="run both sides under torch.autocast in this dtype, with float32 parameters (mixed precision)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16"])
+    p.add_argument("--bf16-gemm", default=None, choices=["auto", "on", "off"],
+                   help="gated.precision.set_bf16_gemm for this run: where the recurrent layers' matmuls run in "
+                        "bfloat16 under bfloat16 autocast or parameters (default: the current mode, 'auto' unless "
+                        "GATED_BF16_GEMM says otherwise: only on CPUs with AMX or AVX512-BF16)")
     p.add_argument("--no-reference", action="store_true", help="skip the (slow) reference backend")
     p.add_argument("--memory", action="store_true", help="also measure peak train-step memory (fresh processes)")
     p.add_argument("--sweep-t", nargs="*", type=int, default=None,
@@ -314,7 +318,33 @@ def _kernel_info(args, dtype, shape) -> str:
             f"tiled kernel {'ran' if ran else 'did not run'} on the first shape")
 
 
+def _precision():
+    from gated import precision
+
+    return precision
+
+
+def _cpu_gemm_dtype(args, dtype: torch.dtype) -> torch.dtype | None:
+    """The dtype of gated's recurrent matmuls on the CPU in this run (None: not a low-precision run)."""
+    low = getattr(torch, args.autocast) if args.autocast else dtype
+    if low not in (torch.bfloat16, torch.float16):
+        return None
+    return _precision()._gemm(low) or torch.float32
+
+
 def main(args) -> int:
+    mode = getattr(args, "bf16_gemm", None)
+    if not mode:
+        return _main(args)
+    before = _precision().get_bf16_gemm()
+    _precision().set_bf16_gemm(mode)
+    try:
+        return _main(args)
+    finally:
+        _precision().set_bf16_gemm(before)
+
+
+def _main(args) -> int:
     plan(args)
     torch.set_num_threads(args.threads)
     from gated.backends import _build as ext
@@ -334,10 +364,11 @@ def main(args) -> int:
     if args.device.startswith("cuda") and "shapes" in args.defaulted and not args.quick:
         args.shapes = SHAPES + CUDA_SHAPES
     shapes = [_parse_shape(s) for s in args.shapes]
-    # the fused path's matmul dtype: autocast's on CUDA (Triton's bf16 GEMMs); on the CPU gated
-    # computes low precision in float32 (gated/precision.py)
-    if args.device == "cpu" and (args.autocast or dtype in (torch.bfloat16, torch.float16)):
-        peak = matmul_peak("cpu", torch.float32)
+    # the fused path's matmul dtype: autocast's on CUDA (Triton's bf16 GEMMs); on the CPU what
+    # gated/precision.py chooses (bfloat16 matmuls where set_bf16_gemm allows, else float32)
+    gemm = _cpu_gemm_dtype(args, dtype) if args.device == "cpu" else None
+    if gemm is not None:  # an emulated bfloat16 2048^3 product takes minutes: 512 there
+        peak = matmul_peak("cpu", gemm, 2048 if gemm == torch.float32 or _precision().native_bf16() else 512)
     else:
         peak = matmul_peak(args.device, getattr(torch, args.autocast) if args.autocast else dtype)
     print(f"# gated bench: gated {gated.__version__} (commit {_commit()}), torch {torch.__version__}, "
@@ -346,10 +377,11 @@ def main(args) -> int:
           + ("; --quick plan" if args.quick else ""))
     print(f"# {_kernel_info(args, dtype, shapes[0])}")
     if args.device == "cpu" and (args.autocast or dtype in (torch.bfloat16, torch.float16)):
-        low = getattr(torch, args.autocast) if args.autocast else dtype  # why gated computes it in float32 here
+        low = getattr(torch, args.autocast) if args.autocast else dtype
         f32, lp = matmul_peak("cpu", torch.float32, 512), matmul_peak("cpu", low, 512)
         print(f"# {low} matmul {lp / 1e9:.1f} GFLOP/s against float32 {f32 / 1e9:.1f} GFLOP/s (512x512, this run); "
-              "gated runs low precision in float32 (gated/precision.py)")
+              f"gated's recurrent matmuls in {str(gemm).removeprefix('torch.')} (bf16 GEMM mode "
+              f"{_precision().get_bf16_gemm()!r}), gate maths and states in float32 (gated/precision.py)")
     _, note = choose_threads(args.threads, args.threads, *machine_load())
     if note:
         print(f"# note: {note} (these times include waits for the busy cores)")

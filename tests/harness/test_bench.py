@@ -122,3 +122,19 @@ def test_cell_option_rows_against_the_python_loop_and_torch_nn(capsys):
     for r in rows:
         assert _quotient_ok(float(r[7]), float(r[3]), float(r[4]))
         assert _quotient_ok(float(r[9]), float(r[3]), float(r[6]))
+
+
+@pytest.mark.parametrize("mode,gemm", [("on", "bfloat16"), ("off", "float32")])
+def test_autocast_header_names_the_matmul_dtype(mode, gemm, capsys):
+    """Under --autocast bfloat16 the header says which dtype gated's recurrent matmuls ran in, as
+    --bf16-gemm chose it, and the run leaves the process's mode as it found it."""
+    from gated import precision
+
+    before = precision.get_bf16_gemm()
+    assert main(["bench", "--shapes", "4x2x3x8", "--cores", "gru", "--variants", "UR", "--layers", "1",
+                 "--directions", "1", "--no-reference", "--repeats", "1", "--threads", "1",
+                 "--autocast", "bfloat16", "--bf16-gemm", mode]) == 0
+    out = capsys.readouterr().out
+    assert f"gated's recurrent matmuls in {gemm} (bf16 GEMM mode '{mode}')" in out
+    assert precision.get_bf16_gemm() == before
+    assert len(_table(out)) == 1
