@@ -11,6 +11,7 @@ so a value the kernels forget to write shows up as a mismatch. Skipped when trit
 installed (``pip install -e ".[gpu]"``; the ``test`` extra includes it).
 """
 
+import contextlib
 import importlib.util
 import os
 import subprocess
@@ -496,3 +497,110 @@ def test_triton_bfloat16_nan_propagates_as_in_float32(core):
     assert vals32[0].isnan().any() and not vals32[0][:, 0].isnan().any()
     for what, a, b in zip(["output", "h_n", "c_n"] + _names(m, hx), [*vals16, *grads16], [*vals32, *grads32]):
         assert torch.equal(a.isnan(), b.isnan()), what
+
+
+class _Launches:
+    """A kernels namespace whose launches first call ``hook(name, grid)`` (and then launch)."""
+
+    def __init__(self, real, hook):
+        self.real, self.hook = real, hook
+
+    def __getattr__(self, name):
+        fn = getattr(self.real, name)
+
+        class Launcher:
+            def __getitem__(_, grid):
+                def launch(*args, **kwargs):
+                    self.hook(name, grid)
+                    return fn[grid](*args, **kwargs)
+
+                return launch
+
+        return Launcher()
+
+
+def _hook_launches(monkeypatch, module, hook):
+    """Every launch of ``module``'s kernels (_triton_kernels or _triton_scan) calls ``hook`` first;
+    fresh workspaces, which fetch the kernels."""
+    real = module.kernels
+    monkeypatch.setattr(module, "kernels", lambda interpret: _Launches(real(interpret), hook))
+    triton_gpu.empty_cache()
+
+
+def test_device_guard_enters_the_tensors_cuda_device_only(monkeypatch):
+    """Triton launches on the current CUDA device: the guard makes it the tensors' (cuda:1 while
+    cuda:0 is current), and calls nothing of CUDA for CPU tensors (the interpreter)."""
+    entered = []
+    monkeypatch.setattr(torch.cuda, "device", lambda d: entered.append(d) or "torch.cuda.device")
+    assert triton_gpu.device_guard(torch.device("cuda:1")) == "torch.cuda.device"
+    assert entered == [torch.device("cuda:1")]
+    with triton_gpu.device_guard(torch.device("cpu")):
+        pass
+    assert entered == [torch.device("cuda:1")]
+
+
+def test_every_launch_runs_under_the_device_guard(monkeypatch):
+    """The operators' implementations (forward and backward loops: allocations, workspaces, launches)
+    run inside ``device_guard`` of their inputs' device."""
+    from gated.backends import _triton_kernels
+
+    real, depth, devices, launched = triton_gpu.device_guard, [0], [], set()
+
+    @contextlib.contextmanager
+    def recording(device):
+        devices.append(device)
+        with real(device):
+            depth[0] += 1
+            try:
+                yield
+            finally:
+                depth[0] -= 1
+
+    def hook(name, grid):
+        assert depth[0] == 1, f"{name} launched outside the device guard"
+        launched.add(name)
+
+    monkeypatch.setattr(triton_gpu, "device_guard", recording)
+    _hook_launches(monkeypatch, _triton_kernels, hook)
+    for core, proj in (("LSTM", 3), ("GRU", 0)):
+        m = _module(core, "UR", proj_size=proj)
+        x = torch.randn(3, 2, 5, dtype=torch.float64, device=DEVICE, requires_grad=True)
+        _compare(m, x, _hx(m, 2), TOL[torch.float64])
+    assert launched == {"lstm_fwd", "proj_out", "lstm_bwd", "proj_dh", "gru_fwd", "gru_bwd"}
+    assert len(devices) == 4 and set(devices) == {x.device}  # a forward and a backward per module
+    triton_gpu.empty_cache()
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+@pytest.mark.parametrize("core", CORES)
+def test_triton_on_the_second_gpu_while_the_first_is_current(core, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    previous = torch.cuda.current_device()
+    torch.cuda.set_device(0)
+    try:
+        m = getattr(gated, core)(5, 6, variant="UR", dtype=torch.float64, device="cuda:1")
+        x = torch.randn(4, 3, 5, dtype=torch.float64, device="cuda:1", requires_grad=True)
+        hx = tuple(torch.randn(1, 3, 6, dtype=torch.float64, device="cuda:1", requires_grad=True)
+                   for _ in range(2 if core == "LSTM" else 1))
+        hx = hx if core == "LSTM" else hx[0]
+        monkeypatch.setenv("GATED_CUDA_GRAPHS", "1")
+        with torch.no_grad():
+            ref, _ = m._run(x, hx, backend="reference")
+            for _ in range(3):  # launches, capture (on cuda:1's stream), replay
+                out, _ = m._run(x, hx, backend="triton")
+                torch.testing.assert_close(out, ref, **TOL[torch.float64])
+        assert out.device == torch.device("cuda:1") and torch.cuda.current_device() == 0
+        leaves = [x, *(hx if core == "LSTM" else (hx,)), *m.parameters()]
+        results = []
+        for backend in ("triton", "reference"):  # outputs, states and every gradient
+            out, st = m._run(x, hx, backend=backend)
+            vals = [out, *(st if core == "LSTM" else (st,))]
+            loss = sum((v * torch.linspace(-1, 1, v.numel(), dtype=v.dtype, device=v.device).view_as(v)).sum()
+                       for v in vals)
+            results.append([*vals, *torch.autograd.grad(loss, leaves)])
+        for a, b in zip(*results, strict=True):
+            assert a.device == torch.device("cuda:1")
+            torch.testing.assert_close(a, b, **TOL[torch.float64])
+    finally:
+        torch.cuda.set_device(previous)
+        triton_gpu.empty_cache()

@@ -7,6 +7,7 @@ run the compiled kernels on a GPU. The kernels are also compiled for the real ta
 without a GPU (Triton's compiler and its bundled ptxas). Skipped when triton is not installed.
 """
 
+import contextlib
 import importlib.util
 import inspect
 import os
@@ -278,3 +279,80 @@ def test_kernels_compile_for_sm90(dtype, monkeypatch):
             raise
         assert re.search(r"\.target sm_90a?\b", compiled.asm["ptx"]), fn.__name__
         assert len(compiled.asm["cubin"]) > 0
+
+
+def _hook_launches(monkeypatch, hook):
+    """Every launch of the scan kernels calls ``hook(name, grid)`` first."""
+    from gated.backends import _triton_scan
+
+    real = _triton_scan.kernels
+
+    def kernels(interpret):
+        k = real(interpret)
+
+        def launcher(name):
+            class Launcher:
+                def __getitem__(self, grid):
+                    def launch(*args, **kwargs):
+                        hook(name, grid)
+                        return getattr(k, name)[grid](*args, **kwargs)
+
+                    return launch
+
+            return Launcher()
+
+        return types.SimpleNamespace(**{name: launcher(name) for name in vars(k)})
+
+    monkeypatch.setattr(_triton_scan, "kernels", kernels)
+
+
+def test_scan_launches_run_under_the_device_guard(monkeypatch):
+    """Both kernels launch inside ``triton_gpu.device_guard`` of their tensors' device (Triton
+    launches on the current CUDA device, tests/test_triton.py)."""
+    from gated.backends import triton_gpu
+
+    real, active, devices, launched = triton_gpu.device_guard, [], [], []
+
+    @contextlib.contextmanager
+    def recording(device):
+        devices.append(device)
+        with real(device):
+            active.append(device)
+            try:
+                yield
+            finally:
+                active.pop()
+
+    def hook(name, grid):
+        assert len(active) == 1, f"{name} launched outside the device guard"
+        launched.append(name)
+
+    monkeypatch.setattr(triton_gpu, "device_guard", recording)
+    _hook_launches(monkeypatch, hook)
+    m = _module("MinGRU", "UR")
+    x = torch.randn(3, 2, 5, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    _compare(m, x, _h0(m, 2), TOL[torch.float64], against=("reference",))
+    assert launched == ["scan_fwd", "scan_bwd"] and devices == [x.device] * 2
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_triton_scan_on_the_second_gpu_while_the_first_is_current(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    previous = torch.cuda.current_device()
+    torch.cuda.set_device(0)
+    try:
+        m = gated.HGRN(5, 6, variant="UR", dtype=torch.float64, device="cuda:1")
+        x = torch.randn(4, 3, 5, dtype=torch.float64, device="cuda:1", requires_grad=True)
+        h0 = torch.randn(1, 3, 6, dtype=torch.float64, device="cuda:1", requires_grad=True)
+        results = []
+        for backend in ("triton", "reference"):
+            out, h_n = m._run(x, h0, backend=backend)
+            loss = sum((v * torch.linspace(-1, 1, v.numel(), dtype=v.dtype, device=v.device).view_as(v)).sum()
+                       for v in (out, h_n))
+            results.append([out, h_n, *torch.autograd.grad(loss, [x, h0, *m.parameters()])])
+        for a, b in zip(*results, strict=True):
+            assert a.device == torch.device("cuda:1")
+            torch.testing.assert_close(a, b, **TOL[torch.float64])
+        assert torch.cuda.current_device() == 0
+    finally:
+        torch.cuda.set_device(previous)

@@ -36,6 +36,8 @@ import types
 import torch
 import triton.language as tl
 
+from gated.backends import triton_gpu
+
 _LOW = (torch.bfloat16, torch.float16)
 
 
@@ -127,8 +129,9 @@ def forward(a, b, h0):
     out = torch.empty((T, N), dtype=dtype, device=a.device)
     interpret = a.device.type == "cpu"
     blk = _block(N, interpret)
-    kernels(interpret).scan_fwd[(triton_cdiv(N, blk),)](a, b, h0, out, T, N, WIDEN=out.dtype in _LOW,
-                                                        BLOCK=blk)
+    with triton_gpu.device_guard(a.device):  # Triton launches on the current device, not a's
+        kernels(interpret).scan_fwd[(triton_cdiv(N, blk),)](a, b, h0, out, T, N, WIDEN=out.dtype in _LOW,
+                                                            BLOCK=blk)
     return out
 
 
@@ -141,8 +144,9 @@ def backward(dout, a, out, h0, b_dtype):
     interpret = a.device.type == "cpu"
     blk = _block(N, interpret)
     widen = any(t.dtype in _LOW for t in (dout, a, out, h0))
-    kernels(interpret).scan_bwd[(triton_cdiv(N, blk),)](dout.contiguous(), a, out, h0, da, db, dh0, T, N, (T - 1) * N,
-                                                        WIDEN=widen, BLOCK=blk)
+    with triton_gpu.device_guard(a.device):
+        kernels(interpret).scan_bwd[(triton_cdiv(N, blk),)](dout.contiguous(), a, out, h0, da, db, dh0, T, N,
+                                                            (T - 1) * N, WIDEN=widen, BLOCK=blk)
     return da, db, dh0
 
 

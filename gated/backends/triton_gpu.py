@@ -67,6 +67,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import types
@@ -144,6 +145,25 @@ def set_poison(on: bool) -> None:
 def _empty(shape, dtype, device) -> Tensor:
     t = torch.empty(shape, dtype=dtype, device=device)
     return t.fill_(float("nan")) if _poison[0] and dtype.is_floating_point else t
+
+
+def device_guard(device: torch.device):
+    """``device`` as the current CUDA device while the backend allocates and launches: Triton launches
+    on the current device, not on its arguments' (tensors on ``cuda:1`` while ``cuda:0`` is current
+    would run on cuda:0's stream with cuda:1's pointers). No CUDA call for CPU tensors (the interpreter)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def _on_input_device(impl):
+    """Run an operator's implementation under :func:`device_guard` of its first tensor's device
+    (the scan's launches take the same guard, gated/backends/_triton_scan.py)."""
+
+    @functools.wraps(impl)
+    def run(*args, **kwargs):
+        with device_guard(args[0].device):
+            return impl(*args, **kwargs)
+
+    return run
 
 
 def _state_dtype(cd: torch.dtype) -> torch.dtype:
@@ -456,6 +476,7 @@ def _set_options(ws: _Workspace, opt, arrays: dict) -> None:
 
 # ---------------------------------------------------------------- operators
 
+@_on_input_device
 def _forward_impl(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None, b_hh: Tensor | None,
                   fb: Tensor | None, h0: Tensor, c0: Tensor | None, lengths: Tensor | None,
                   w_hr: Tensor | None, core: int, refine: bool, save: bool, rmask: Tensor | None = None,
@@ -510,6 +531,7 @@ def _forward_impl(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None, b_
     return out, h_n, c_n, A, aux, m, hf
 
 
+@_on_input_device
 def _backward_impl(dout: Tensor, dh_n: Tensor, dc_n: Tensor | None, A: Tensor, aux: Tensor, hf: Tensor,
                    out: Tensor, h0: Tensor, c0: Tensor | None, w_hh: Tensor, lengths: Tensor | None,
                    w_hr: Tensor | None, core: int, refine: bool, rmask: Tensor | None = None,
