@@ -11,6 +11,7 @@ so a value the kernels forget to write shows up as a mismatch. Skipped when trit
 installed (``pip install -e ".[gpu]"``; the ``test`` extra includes it).
 """
 
+import collections
 import contextlib
 import importlib.util
 import os
@@ -604,3 +605,31 @@ def test_triton_on_the_second_gpu_while_the_first_is_current(core, monkeypatch):
     finally:
         torch.cuda.set_device(previous)
         triton_gpu.empty_cache()
+
+
+MANY = [("LSTM", 0), ("LSTM", 3), ("GRU", 0), ("MGU", 0)]
+
+
+@pytest.mark.parametrize("core,proj", MANY, ids=[f"{c}-proj{p}" for c, p in MANY])
+def test_triton_several_programs_per_launch(core, proj, monkeypatch):
+    """Every other test has B * H <= 32, one program per launch (BLOCK is B * H rounded up to a
+    power of two in the interpreter, 256 on a GPU). Here BLOCK is 4: each launch has several
+    programs, the last one partial, and their boundaries cut through batch rows (B * H = 30,
+    B * P = 15); PackedSequence lengths differ per row. Outputs, states and every gradient."""
+    from gated.backends import _triton_kernels
+
+    grids = collections.defaultdict(set)
+    monkeypatch.setattr(triton_gpu, "_block", lambda n, interpret: 4)
+    _hook_launches(monkeypatch, _triton_kernels, lambda name, grid: grids[name].add(grid))
+    m = _module(core, "UR", H=6, proj_size=proj)
+    seqs = [torch.randn(n, 5, dtype=torch.float64, device=DEVICE) for n in (3, 1, 3, 2, 3)]
+    x = pack_sequence(seqs, enforce_sorted=False)
+    x.data.requires_grad_(True)
+    _compare(m, x, _hx(m, 5), TOL[torch.float64])
+    units = {"proj_out": 5 * proj, "proj_dh": 5 * proj}
+    expected = {"lstm_fwd", "lstm_bwd"} | ({"proj_out", "proj_dh"} if proj else set()) if core == "LSTM" else \
+        {"gru_fwd", "gru_bwd"}
+    assert set(grids) == expected
+    for name, seen in grids.items():
+        assert seen == {((units.get(name, 30) + 3) // 4,)}, (name, seen)  # 8 programs, or 4
+    triton_gpu.empty_cache()

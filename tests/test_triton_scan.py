@@ -335,6 +335,34 @@ def test_scan_launches_run_under_the_device_guard(monkeypatch):
     assert launched == ["scan_fwd", "scan_bwd"] and devices == [x.device] * 2
 
 
+@pytest.mark.parametrize("core", ["MinLSTM", "RGLRU"])
+def test_triton_scan_several_programs_per_launch(core, monkeypatch):
+    """BLOCK 4 (instead of the interpreter's one program per launch): the columns (B * H = 30) split
+    over 8 programs, the last one partial; PackedSequence lengths differ per row. Outputs, h_n and
+    every gradient, against the reference; and gated.linear_scan with N = 21 columns."""
+    from gated.backends import _triton_scan
+
+    grids = []
+    monkeypatch.setattr(_triton_scan, "_block", lambda n, interpret: 4)
+    _hook_launches(monkeypatch, lambda name, grid: grids.append((name, grid)))
+    m = _module(core, "UR")
+    seqs = [torch.randn(n, 5, dtype=torch.float64, device=DEVICE) for n in (4, 1, 3, 4, 2)]
+    x = pack_sequence(seqs, enforce_sorted=False)
+    x.data.requires_grad_(True)
+    _compare(m, x, _h0(m, 5), TOL[torch.float64], against=("reference",))
+    assert grids == [("scan_fwd", (8,)), ("scan_bwd", (8,))]
+    a = torch.rand(6, 3, 7, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    b = torch.randn(6, 3, 7, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    h0 = torch.randn(3, 7, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    w = torch.randn(6, 3, 7, dtype=torch.float64, device=DEVICE)
+    got, want = (gated.linear_scan(a, b, h0, backend=be) for be in ("triton", "reference"))
+    torch.testing.assert_close(got, want, **TOL[torch.float64])
+    for g, r in zip(torch.autograd.grad((got * w).sum(), [a, b, h0]), torch.autograd.grad((want * w).sum(), [a, b, h0]),
+                    strict=True):
+        torch.testing.assert_close(g, r, **TOL[torch.float64])
+    assert grids[2:] == [("scan_fwd", (6,)), ("scan_bwd", (6,))]
+
+
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
 def test_triton_scan_on_the_second_gpu_while_the_first_is_current(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
