@@ -7,7 +7,9 @@ interpreter is slow (about 50 ms a launch), so the sizes are small: T <= 4, H <=
 H = 16 for the saturated gates in bfloat16). With ``GATED_TEST_DEVICE=cuda``
 (scripts/gpu_check.sh) the same tests run on a GPU with the compiled kernels and real CUDA
 graphs. Every buffer the backend allocates starts as NaN (``set_poison``),
-so a value the kernels forget to write shows up as a mismatch. Skipped when triton is not
+so a value the kernels forget to write shows up as a mismatch. The kernels are also compiled for
+the real target (sm_90) without a GPU (Triton's compiler and its bundled ptxas), with the
+arguments the backend launches them with. Skipped when triton is not
 installed (``pip install -e ".[gpu]"``; the ``test`` extra includes it).
 """
 
@@ -29,6 +31,8 @@ from gated.backends import triton_gpu
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
                                 reason="triton is not installed (pip install -e '.[gpu]')")
+if importlib.util.find_spec("triton") is not None:  # imported at collection, outside the fixture's
+    import triton.language  # noqa: F401  TRITON_INTERPRET=1: compiled library functions (the sm_90 tests)
 
 DEVICE = os.environ.get("GATED_TEST_DEVICE", "cpu")
 CORES = ("LSTM", "GRU", "MGU")
@@ -633,3 +637,93 @@ def test_triton_several_programs_per_launch(core, proj, monkeypatch):
     for name, seen in grids.items():
         assert seen == {((units.get(name, 30) + 3) // 4,)}, (name, seen)  # 8 programs, or 4
     triton_gpu.empty_cache()
+
+
+# What each recurrent kernel is launched with (triton_gpu._Workspace's loops): pointer arguments
+# in the compute dtype "cd", the state dtype "sd" or int64, then the constexpr combinations the
+# backend uses, rotated over the dtypes so that every branch compiles at least once
+_PTRS = {
+    "lstm_fwd": "TAB:i64 BASE:cd SBASE:sd GH:cd Cp:sd Cn:sd HS:cd FB:sd LEN:i64 Hp:sd Hn:sd ZP:sd",
+    "gru_fwd": "TAB:i64 BASE:cd SBASE:sd GH:cd Hp:sd Hn:sd HS:cd BHN:sd FB:sd LEN:i64 ZP:sd",
+    "proj_out": "TAB:i64 BASE:cd HS:cd",
+    "lstm_bwd": "TAB:i64 BASE:cd SBASE:sd C0:sd D1:cd D2:sd DC:sd DAS:cd DHN:sd DM:sd LEN:i64 ZP:sd",
+    "gru_bwd": "TAB:i64 BASE:cd SBASE:sd H0:sd D1:cd D2:sd S:cd DHN:sd LEN:i64 ZP:sd",
+    "proj_dh": "TAB:i64 BASE:cd D1:cd D2:sd DHS:cd CARRY:sd LEN:i64",
+}
+_ON = dict.fromkeys(("REFINE", "HAS_FB", "MASKED", "SAVE", "RDROP"), True)
+_GRU, _MGU = {"GRU": True, "KZ": 1, "KN": 2, "KR": 3}, {"GRU": False, "KZ": 0, "KN": 1, "KR": 2}
+_CONSTEXPRS = {
+    "lstm_fwd": [{**_ON, "PROJ": False, "ZH": 1, "ZC": 1},  # training: refine, masks, zoneout, dropout
+                 {**_ON, "PROJ": True, "ZH": 0, "ZC": 0, "RDROP": False},  # projections
+                 {**dict.fromkeys(_ON, False), "PROJ": False, "ZH": 2, "ZC": 2}],  # eval zoneout, inference
+    "gru_fwd": [{**_GRU, **_ON, "HAS_BHN": True, "ZH": 1},
+                {**_MGU, **dict.fromkeys(_ON, False), "HAS_BHN": False, "ZH": 2}],
+    "proj_out": [{}],
+    "lstm_bwd": [{"REFINE": True, "HAS_D1": True, "HAS_D2": True, "MASKED": True, "FIRST": False, "PROJ": False,
+                  "ZH": 1, "ZC": 1, "RDROP": True},
+                 {"REFINE": True, "HAS_D1": False, "HAS_D2": False, "MASKED": True, "FIRST": True, "PROJ": True,
+                  "ZH": 0, "ZC": 0, "RDROP": False},
+                 {"REFINE": False, "HAS_D1": True, "HAS_D2": True, "MASKED": False, "FIRST": False, "PROJ": False,
+                  "ZH": 2, "ZC": 2, "RDROP": False}],
+    "gru_bwd": [{**_GRU, "REFINE": True, "HAS_D1": True, "MASKED": True, "FIRST": False, "ZH": 1, "RDROP": True},
+                {**_MGU, "REFINE": False, "HAS_D1": False, "MASKED": False, "FIRST": True, "ZH": 2, "RDROP": False}],
+    "proj_dh": [{"HAS_D1": True, "HAS_D2": True, "MASKED": True}, {"HAS_D1": False, "HAS_D2": True, "MASKED": False}],
+}
+_SM90_DTYPES = ["fp32", "fp64", "bf16", "fp16"]
+
+
+def _sm90():
+    """Triton's compiler API; skips where triton's library functions were made interpreted (triton
+    first imported under TRITON_INTERPRET=1), which its compiler refuses (tests/test_triton_scan.py)."""
+    try:
+        import triton
+        import triton.language.standard
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler import ASTSource
+        from triton.runtime.jit import JITFunction
+    except Exception as e:  # an older or partial triton
+        pytest.skip(f"triton's compile API is not available: {e}")
+    if not isinstance(triton.language.standard.cdiv, JITFunction):
+        pytest.skip("triton was first imported under TRITON_INTERPRET=1: its compiler refuses interpreted functions")
+    return triton, GPUTarget, ASTSource, JITFunction
+
+
+@pytest.mark.parametrize("dtype", _SM90_DTYPES)
+def test_kernels_compile_for_sm90(dtype, monkeypatch):
+    """Triton's real compiler (not the interpreter) lowers every recurrent kernel to sm_90 PTX and a
+    cubin, with no GPU (its bundled ptxas), with the argument types and constexprs the backend
+    launches them with: bfloat16/float16 operands with float32 state, float32, float64."""
+    import inspect
+    import re
+
+    from gated.backends import _triton_kernels
+
+    triton, GPUTarget, ASTSource, JITFunction = _sm90()
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setenv("TRITON_DEFAULT_FP_FUSION", "1")  # triton 3.9 warns when unset; 1 is its default
+    types_ = {"cd": dtype, "sd": "fp32" if dtype in ("bf16", "fp16") else dtype, "i64": "i64"}
+    assert [fn.__name__ for fn in _triton_kernels._FUNCTIONS] == list(_PTRS)
+    for fn in _triton_kernels._FUNCTIONS:
+        cases = _CONSTEXPRS[fn.__name__]
+        constexprs = {**cases[_SM90_DTYPES.index(dtype) % len(cases)], "BLOCK": 256}
+        if fn is _triton_kernels.gru_fwd:  # GRU/MGU's h_t in float32 beside rounded outputs
+            constexprs["SAVE_H"] = constexprs["SAVE"] and dtype in ("bf16", "fp16")
+        ptrs = dict(p.split(":") for p in _PTRS[fn.__name__].split())
+        if fn is _triton_kernels.lstm_bwd and constexprs["PROJ"]:
+            ptrs["DM"] = "cd"  # dh_t W_hr (else the workspace's dc stands in, unread)
+        sig = {}
+        for name in inspect.signature(fn).parameters:
+            if name in ptrs:
+                sig[name] = "*" + types_[ptrs[name]]
+            else:
+                sig[name] = "constexpr" if name in constexprs else "i32"
+        assert set(constexprs) == {k for k, v in sig.items() if v == "constexpr"}, fn.__name__
+        try:
+            compiled = triton.compile(ASTSource(JITFunction(fn), sig, constexprs), target=GPUTarget("cuda", 90, 32))
+        except RuntimeError as e:
+            if "ptxas" in str(e) and "not found" in str(e).lower():
+                pytest.skip(f"no ptxas: {e}")
+            raise
+        assert re.search(r"\.target sm_90a?\b", compiled.asm["ptx"]), fn.__name__
+        assert len(compiled.asm["cubin"]) > 0, fn.__name__
