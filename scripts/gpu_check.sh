@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU check of the Triton backend, for a session that is lent a GPU machine: one
-# prepared run of at most 8 minutes (each part has its own time limit; what a part printed comes
+# prepared run of at most 9 minutes (each part has its own time limit; what a part printed comes
 # back even if it runs out). Nothing in it has been run on a GPU yet: see docs/gpu.md.
 #
 #   device run, from the repository root:  bash scripts/gpu_check.sh      (timeout_s 600)
@@ -13,6 +13,10 @@
 #   graphs.txt CUDA graphs on and off give the same results; their train and inference times
 #   bench_f32.md, bench_bf16.md  gated bench --device cuda against torch.nn (cuDNN), with peak
 #              training memory (torch.cuda.max_memory_allocated), the six GPU benchmark shapes
+#   bench_f32_tf32.md  the float32 times again with TF32 on in cuBLAS (our GEMMs) and cuDNN
+#              (torch.nn's), LSTM and GRU (the kernels do no matmul of their own: TF32 changes only those)
+#   summary.txt  the parts that failed (tests, a graphs mismatch, a time limit, a crash), if any
+# Every part runs whatever the earlier ones did; the script exits 1 if any part failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-check-out}
@@ -21,6 +25,16 @@ PY=${PYTHON:-python3}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export GATED_DISABLE_FUSED=1  # no C++ build of the CPU kernels there: nothing here runs them
 unset TRITON_INTERPRET
+failed=()
+
+check() {  # check NAME STATUS: a part's exit status (124: its time limit) into the summary
+    if [ "$2" -ne 0 ]; then
+        local why="exit status $2"
+        [ "$2" -eq 124 ] && why="timed out"
+        echo "!! part '$1' failed ($why)"
+        failed+=("$1: $why")
+    fi
+}
 
 $PY - <<'EOF' 2>&1 | tee "$OUT/env.txt"
 import torch, triton, gated
@@ -28,13 +42,15 @@ print("torch", torch.__version__, "triton", triton.__version__, "cuda", torch.ve
 print(torch.cuda.get_device_name(), "cuDNN", torch.backends.cudnn.version())
 print("TF32: cuDNN", torch.backends.cudnn.allow_tf32, "cuBLAS", torch.backends.cuda.matmul.allow_tf32)
 EOF
+check env $?
 
 echo "== tests (compiled kernels on CUDA)"
-GATED_TEST_DEVICE=cuda timeout 180 $PY -m pytest -q -p no:cacheprovider --maxfail=10 -rfE \
+GATED_TEST_DEVICE=cuda timeout 170 $PY -m pytest -q -p no:cacheprovider --maxfail=10 -rfE \
     tests/test_triton.py tests/test_triton_options.py tests/test_triton_scan.py 2>&1 | tee "$OUT/tests.txt"
+check tests $?
 
 echo "== CUDA graphs on and off"
-timeout 90 $PY - <<'EOF' 2>&1 | tee "$OUT/graphs.txt"
+timeout 80 $PY - <<'EOF' 2>&1 | tee "$OUT/graphs.txt"
 import os, time
 import torch, gated
 from gated.backends import triton_gpu
@@ -85,12 +101,27 @@ for core, (T, B, I, H) in (("LSTM", (256, 64, 32, 256)), ("GRU", (784, 64, 1, 12
         print(f"  same results with graphs and without; max |triton - reference| over 32 steps {float((got - want).abs().max()):.2e}")
 print("graphs check passed")
 EOF
+check graphs $?
 
-for amp in f32 bf16; do
+for amp in f32 bf16 f32_tf32; do
     echo "== gated bench --device cuda ($amp)"
-    flag=""
-    [ "$amp" = bf16 ] && flag="--autocast bfloat16"
-    timeout 110 $PY -m gated.harness.bench --device cuda --cores lstm gru mgu --variants UR --layers 1 \
-        --directions 1 --no-reference --memory --repeats 3 $flag 2>&1 | tee "$OUT/bench_$amp.md"
+    args=(--device cuda --variants UR --layers 1 --directions 1 --no-reference --repeats 3)
+    case $amp in
+        f32) timeout 100 $PY -m gated.harness.bench "${args[@]}" --cores lstm gru mgu --memory ;;
+        bf16) timeout 100 $PY -m gated.harness.bench "${args[@]}" --cores lstm gru mgu --memory --autocast bfloat16 ;;
+        f32_tf32)  # the float32 modules with TF32 matmuls and convolutions (the bench's header says so)
+            timeout 70 $PY -c 'import runpy, torch
+torch.backends.cuda.matmul.allow_tf32 = True
+torch.backends.cudnn.allow_tf32 = True
+runpy.run_module("gated.harness.bench", run_name="__main__", alter_sys=True)' "${args[@]}" --cores lstm gru ;;
+    esac 2>&1 | tee "$OUT/bench_$amp.md"
+    check "bench $amp" $?
 done
-echo "== done"
+
+echo "== summary"
+if [ ${#failed[@]} -eq 0 ]; then
+    echo "every part passed" | tee "$OUT/summary.txt"
+    exit 0
+fi
+printf '%s\n' "failed parts:" "${failed[@]}" | tee "$OUT/summary.txt"
+exit 1

@@ -374,6 +374,7 @@ def test_auto_picks_triton_for_cuda_tensors_only(monkeypatch, caplog):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     assert backends.resolve("auto", layout, cuda_x) is triton_gpu.run_layer
     backends._logged.clear()
+    caplog.clear()  # only the CUDA call's lines (the CPU call logs one under GATED_DISABLE_FUSED=1, gpu_check.sh)
     with caplog.at_level("WARNING", logger="gated"):
         om = gated.LSTM(3, 4, variant="OM").layout
         assert backends.resolve("auto", om, cuda_x) is backends.BACKENDS["reference"]
