@@ -108,7 +108,7 @@ the `(B, H)` recurrent-dropout mask and per state the `(T, B, H)` zoneout mask, 
 `p`; with LayerNorm the input side `LN_ih(W_ih x) + b` of all steps is computed by torch ops before
 the kernel, which normalises each step's `W_hh h` and the LSTM's `c` per batch row, on the per-step
 GEMM path rather than the tiled one), except with `proj_size > 0`, where they run on the reference
-backend; the Triton backend runs zoneout and recurrent dropout (not with `proj_size`) but not LayerNorm (reference fallback). `"auto"` logs
+backend; the Triton backend runs all three too (not with `proj_size`; the norms in its kernels, one program per batch row). `"auto"` logs
 each fallback once; `backend="fused_cpu"` refuses a call it cannot run. A cell sees one step per call: it keeps its recurrent and
 weight dropout masks until `cell.reset_dropout_mask()` (call it at the start of each sequence, as
 Keras's `reset_recurrent_dropout_mask`), and draws a zoneout mask per step. The scan cores take none

@@ -24,10 +24,9 @@ nothing changes: variant ``-`` still equals torch.nn). What each one does:
 Masks are drawn once per call, per layer and direction, from torch's default generator on the
 input's device (so a seed reproduces them, whatever the backend), by :meth:`CellOptions.extras`.
 Which backends run what: weight dropout changes only the weight a backend is given, so every
-backend runs it; the fused CPU kernels also run LayerNorm, zoneout and recurrent dropout, the
-Triton kernels zoneout and recurrent dropout, both except with ``proj_size``; the rest (LayerNorm
-on Triton, the three with projections) runs on the reference backend (``"auto"`` falls back with
-one logged line, see :meth:`CellOptions.unfused`).
+backend runs it; the fused CPU and the Triton kernels also run LayerNorm, zoneout and recurrent
+dropout, except with ``proj_size``: those three with projections run on the reference backend
+(``"auto"`` falls back with one logged line, see :meth:`CellOptions.unfused`).
 
 Glossary: T time, B batch, H hidden_size, P state width (``proj_size`` or ``H``), G gate rows.
 """
@@ -114,7 +113,7 @@ class CellOptions:
     weight_dropout: float = 0.0
     # derived by make(), as plain constants (torch.compile treats float attributes as symbolic):
     active: bool = False  # any option on
-    # (eval, training): the options some fast backend lacks (which backend: unfused())
+    # (eval, training): the options the fast backends lack with projections (unfused())
     unfused_names: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
 
     @classmethod
@@ -139,19 +138,14 @@ class CellOptions:
         return cls(layer_norm, probs if any(probs) else (), rd, wd, bool(always or rd or wd),
                    (always, always + (("recurrent_dropout",) if rd else ())))
 
-    def unfused(self, training: bool, proj: bool = False) -> dict[str, str] | None:
-        """What keeps a call in this mode off each backend's kernels (for the fallback log), as
-        ``{backend: reason}`` for the backends it concerns, or None. The fused CPU kernels run all
-        three, the Triton kernels zoneout and recurrent dropout (in training; eval's recurrent
-        dropout is the identity), neither with projections (``proj``)."""
+    def unfused(self, training: bool, proj: bool = False) -> str | None:
+        """What keeps a call in this mode off the fast backends' kernels (for the fallback log), or
+        None. The fused CPU and the Triton kernels run all three (recurrent dropout only in
+        training: eval's is the identity), but not with projections (``proj``)."""
         used = self.unfused_names[bool(training)]
-        if not used:
+        if not used or not proj:
             return None
-        say = lambda names: f"{' and '.join(names)} (only the reference backend has them so far)"  # noqa: E731
-        with_proj = lambda names: say(names).replace(" (only", " with proj_size (only", 1)  # noqa: E731
-        off = tuple(n for n in used if n == "layer_norm" or proj)  # what Triton cannot run
-        triton = None if not off else (with_proj(off) if proj else say(off))
-        return {"triton": triton, "fused_cpu": with_proj(used) if proj else None}
+        return f"{' and '.join(used)} with proj_size (only the reference backend has them so far)"
 
     def add_params(self, module: nn.Module, suffix: str, factory_kwargs: dict) -> None:
         """Register the LayerNorms of one layer and direction (torch-style names)."""

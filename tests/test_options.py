@@ -492,7 +492,7 @@ def test_fused_gradcheck_with_fixed_zoneout_and_recurrent_dropout_masks(core, tr
 def test_projections_keep_zoneout_and_recurrent_dropout_on_the_reference(monkeypatch, caplog):
     """proj_size with these options falls back (logged; backend='fused_cpu' and 'triton' refuse);
     without it both fast backends take zoneout and recurrent dropout (tests/test_triton_options.py
-    runs Triton's), and LayerNorm runs on the fused CPU kernels but not on Triton."""
+    runs Triton's), and LayerNorm too."""
     _fused_ops()
     from gated import backends
 
@@ -513,9 +513,9 @@ def test_projections_keep_zoneout_and_recurrent_dropout_on_the_reference(monkeyp
         backends.resolve("triton", m.layout, x, m.opts.unfused(True, proj=True))
     assert backends.resolve("fused_cpu", g.layout, x, g.opts.unfused(True)) is backends.BACKENDS["fused_cpu"]
     ln = gated.GRU(I, H, layer_norm=True, zoneout=0.1)
-    assert backends.resolve("fused_cpu", ln.layout, x, ln.opts.unfused(True)) is backends.BACKENDS["fused_cpu"]
-    with pytest.raises(RuntimeError, match="layer_norm"):
-        backends.resolve("triton", ln.layout, x, ln.opts.unfused(False))
+    for training in (True, False):
+        for name in ("fused_cpu", "triton"):
+            assert backends.resolve(name, ln.layout, x, ln.opts.unfused(training)) is backends.BACKENDS[name]
 
 
 def test_opcheck_fused_ops_with_zoneout_and_recurrent_dropout():

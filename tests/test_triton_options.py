@@ -1,4 +1,4 @@
-"""The Triton backend with zoneout and recurrent dropout (gated/options.py) equals the reference.
+"""The Triton backend with LayerNorm, zoneout and recurrent dropout (gated/options.py) equals the reference.
 
 Conventions of tests/test_triton.py: on CPU tensors through Triton's interpreter
 (``TRITON_INTERPRET=1``, set per test), every buffer the backend allocates starts as NaN
@@ -10,6 +10,7 @@ the same masks (as tests/test_options.py's fused tests do).
 import importlib.util
 import logging
 import os
+import types
 
 import pytest
 import torch
@@ -44,6 +45,13 @@ def _sets(core):
         "all": (dict(zoneout=(0.25, 0.35) if pair else 0.25, recurrent_dropout=0.3, weight_dropout=0.2), True),
         "eval": (dict(zoneout=(0.3, 0.15) if pair else 0.35, recurrent_dropout=0.3), False),
     }
+
+
+def _ln_sets(core):
+    """LayerNorm alone (training and eval), and with every other option in training and in eval."""
+    more = {name: (dict(kw, layer_norm=True), training) for name, (kw, training) in _sets(core).items()
+            if name != "zoneout_h"}
+    return {"layer_norm": (dict(layer_norm=True), True), "layer_norm_eval": (dict(layer_norm=True), False), **more}
 
 
 def _module(core, variant, kw, training, dtype, **more):
@@ -104,11 +112,53 @@ def test_triton_equals_reference_with_zoneout_and_recurrent_dropout(core, varian
     _compare(m, x, _hx(m, 2, torch.float32), TOL[torch.float32], "all, float32")
 
 
-@pytest.mark.parametrize("core", ["LSTM", "GRU"])
-def test_triton_packed_bidirectional_with_zoneout_and_recurrent_dropout(core):
+@pytest.mark.parametrize("core,variant", PAIRS, ids=[f"{c}-{v}" for c, v in PAIRS])
+def test_triton_equals_reference_with_layer_norm(core, variant):
+    """LayerNorm (the input side in torch ops, the recurrent and LSTM cell norms in the kernels),
+    alone and with zoneout, recurrent and weight dropout, in training and eval, float64 to 1e-10:
+    outputs, final states, the gradients of the input, h0/c0 and every parameter (the norms' gains
+    and biases too); then everything on in float32. "auto" would pick Triton for these options."""
+    for name, (kw, training) in _ln_sets(core).items():
+        m = _module(core, variant, kw, training, torch.float64)
+        assert backends._unfused_for(m.opts.unfused(training), "triton") is None, name
+        x = torch.randn(3, 2, I, dtype=torch.float64, device=DEVICE, requires_grad=True)
+        _compare(m, x, _hx(m, 2, torch.float64), TOL[torch.float64], name)
+        if name == "layer_norm":
+            assert {n for n, _ in m.named_parameters() if n.startswith("layer_norm")} >= {
+                "layer_norm_ih_l0.weight", "layer_norm_hh_l0.bias"}
+    kw, training = _ln_sets(core)["all"]
+    m = _module(core, variant, kw, training, torch.float32)
+    x = torch.randn(3, 2, I, device=DEVICE, requires_grad=True)
+    _compare(m, x, _hx(m, 2, torch.float32), TOL[torch.float32], "layer_norm and all, float32")
+
+
+@pytest.mark.parametrize("core", ["LSTM", "GRU", "MGU"])
+def test_triton_double_backward_with_layer_norm(core):
+    """A differentiable gradient (create_graph) recomputes on the reference through fused_cpu's
+    _differentiable_backward, with the input side as its input and the norms' weights."""
+    kw, training = _ln_sets(core)["all"]
+    m = _module(core, "UR", kw, training, torch.float64)
+    x = torch.randn(3, 2, I, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    grads = {}
+    for backend in ("reference", "triton"):
+        torch.manual_seed(3)
+        out, _ = m._run(x, backend=backend)
+        (gx,) = torch.autograd.grad((out ** 2).sum(), x, create_graph=True)
+        grads[backend] = torch.autograd.grad(gx.sum(), [x, *m.parameters()], allow_unused=True)
+    for name, a, b in zip(["input", *(n for n, _ in m.named_parameters())], grads["triton"], grads["reference"],
+                          strict=True):
+        if b is None:
+            assert a is None or not a.any(), name
+        else:
+            torch.testing.assert_close(a, b, **TOL[torch.float64], msg=lambda s, name=name: f"{name}: {s}")
+
+
+@pytest.mark.parametrize("ln", [False, True], ids=["options", "layer_norm"])
+@pytest.mark.parametrize("core", ["LSTM", "GRU", "MGU"])
+def test_triton_packed_bidirectional_with_zoneout_and_recurrent_dropout(core, ln):
     """Packed sequences (rows past their end hold their state, zoneout or not) through a
-    bidirectional module, everything on."""
-    kw, training = _sets(core)["all"]
+    bidirectional module, everything on (LayerNorm too, or not)."""
+    kw, training = (_ln_sets if ln else _sets)(core)["all"]
     m = _module(core, "UR", kw, training, torch.float64, bidirectional=True)
     seqs = [torch.randn(n, I, dtype=torch.float64, device=DEVICE) for n in (2, 3, 1)]  # unsorted lengths
     x = pack_sequence(seqs, enforce_sorted=False)
@@ -122,12 +172,14 @@ def _close_normwise(a, b, what, rel=0.05):
     assert err <= rel * size + 1e-3, f"{what}: |error| {err:.3g} against |reference| {size:.3g}"
 
 
+@pytest.mark.parametrize("ln", [False, True], ids=["options", "layer_norm"])
 @pytest.mark.parametrize("core", ["LSTM", "GRU"])
-def test_triton_bfloat16_autocast_with_zoneout_and_recurrent_dropout(core):
-    """Under bfloat16 autocast, everything on: within bfloat16's rounding of the float32
-    reference (in norm, as tests/test_triton.py), gradients in float32; the masks the backward
-    reads are float32 (the state dtype)."""
-    kw, training = _sets(core)["all"]
+def test_triton_bfloat16_autocast_with_zoneout_and_recurrent_dropout(core, ln):
+    """Under bfloat16 autocast, everything on (LayerNorm too, or not): within bfloat16's rounding
+    of the float32 reference (in norm, as tests/test_triton.py), gradients in float32; the masks,
+    the norms' weights and their saved statistics, which backward reads, are float32 (the state
+    dtype)."""
+    kw, training = (_ln_sets if ln else _sets)(core)["all"]
     m = _module(core, "UR", kw, training, torch.float32)
     x = torch.randn(4, 3, I, device=DEVICE, requires_grad=True)
     hx = _hx(m, 3, torch.float32)
@@ -139,8 +191,37 @@ def test_triton_bfloat16_autocast_with_zoneout_and_recurrent_dropout(core):
     for k in want_grads:
         assert got_grads[k].dtype == torch.float32, k
         _close_normwise(got_grads[k], want_grads[k], f"grad of {k}")
-    used = [s for s in triton_gpu._workspaces if s.cd == torch.bfloat16 and s.rdrop and s.zh == 1]
+    used = [s for s in triton_gpu._workspaces if s.cd == torch.bfloat16 and s.rdrop and s.zh == 1 and s.ln == ln]
     assert used and all(triton_gpu._workspaces[s].zp.dtype == torch.float32 for s in used)
+    if ln:
+        assert all(triton_gpu._workspaces[s].lnw.dtype == torch.float32 for s in used)
+
+
+def test_triton_ops_opcheck_with_layer_norm():
+    """torch.library.opcheck of the operators with LayerNorm's arguments (the input side as ``x``,
+    no ``w_ih``): the saved statistics are in the state dtype (float32 under bfloat16), the raw
+    product's gradients (and the LSTM cell norm's dy) in the flat ``dH``."""
+    T, B, H_ = 3, 2, 4
+    f64, bf16, f32 = torch.float64, torch.bfloat16, torch.float32
+    for core, blocks, refine, cd in ((0, 4, True, f64), (1, 3, False, f64), (2, 3, True, bf16), (0, 4, False, bf16)):
+        G, sd = blocks * H_, (f32 if cd == bf16 else cd)
+        rnd = lambda *s, dtype=cd: torch.randn(*s, dtype=dtype, device=DEVICE)  # noqa: E731
+        h0, c0 = rnd(B, H_, dtype=sd), (rnd(B, H_, dtype=sd) if core == 0 else None)
+        lengths = torch.tensor([3, 2], device=DEVICE) if core == 0 else None
+        b_hh = None if core == 0 else rnd(G, dtype=sd)
+        cell = (rnd(H_, dtype=sd), rnd(H_, dtype=sd)) if core == 0 else (None, None)
+        ln = (rnd(G, dtype=sd), rnd(G, dtype=sd), *cell)
+        args = (rnd(T, B, G), None, rnd(G, H_), None, b_hh, None, h0, c0, lengths, None, core, refine, True,
+                None, None, None, 0.0, 0.0, *ln)
+        torch.library.opcheck(torch.ops.gated_triton.recurrence_forward.default, args)
+        out, h_n, c_n, A, aux, ls, hf = torch.ops.gated_triton.recurrence_forward(*args)
+        assert ls.dtype == sd and ls.numel() == T * B * (G + 1) + (T * B * (H_ + 1) if core == 0 else 0)
+        dc = rnd(B, H_, dtype=sd) if core == 0 else None
+        bwd = (torch.randn_like(out), torch.randn_like(h_n), dc, A, aux, hf, out, h0, c0, args[2], lengths, None, core,
+               refine, None, None, None, 0.0, 0.0, ls, ln[0], ln[2], ln[3])
+        torch.library.opcheck(torch.ops.gated_triton.recurrence_backward.default, bwd)
+        dH = torch.ops.gated_triton.recurrence_backward(*bwd)[4]
+        assert dH.dtype == cd and dH.numel() == T * B * (G + (H_ if core == 0 else 0))
 
 
 def test_triton_options_graph_replay_takes_new_masks(monkeypatch):
@@ -175,29 +256,38 @@ def test_triton_options_graph_replay_takes_new_masks(monkeypatch):
     triton_gpu.empty_cache()
 
 
-def test_layer_norm_and_projections_still_fall_back(monkeypatch, caplog):
-    """LayerNorm, and zoneout or recurrent dropout with proj_size, stay on the reference: "auto"
-    falls back with its log line and backend="triton" refuses; zoneout alone is taken."""
+def test_layer_norm_is_taken_and_projections_still_fall_back(monkeypatch, caplog):
+    """LayerNorm runs on Triton: backend="triton" takes it, and "auto" on CUDA tensors picks Triton
+    with no fallback line; zoneout or recurrent dropout (or LayerNorm) with proj_size stay on the
+    reference: "auto" falls back with its log line, backend="triton" and run_layer refuse."""
     monkeypatch.setitem(backends._CHECKS, "triton", lambda layout, x: None)  # as if on a GPU
     x = torch.randn(2, 1, I)
-    ln = gated.GRU(I, H, layer_norm=True, zoneout=0.1)
-    with pytest.raises(RuntimeError, match="layer_norm"):
-        backends.resolve("triton", ln.layout, x, ln.opts.unfused(True))
-    assert backends._unfused_for(ln.opts.unfused(False), "triton") is not None
+    cuda_like = types.SimpleNamespace(device=torch.device("cuda"))  # resolve reads only the device
+    ln = gated.GRU(I, H, layer_norm=True, zoneout=0.1, recurrent_dropout=0.2)
+    for training in (True, False):
+        assert backends.resolve("triton", ln.layout, x, ln.opts.unfused(training)) is backends.BACKENDS["triton"]
+        with caplog.at_level(logging.WARNING, "gated"):
+            backends._logged.clear()
+            assert backends.resolve("auto", ln.layout, cuda_like, ln.opts.unfused(training)) is \
+                backends.BACKENDS["triton"]
+        assert not [r for r in caplog.records if r.name == "gated"]
     proj = gated.LSTM(I, H, proj_size=3, zoneout=0.1, recurrent_dropout=0.2)
     with pytest.raises(RuntimeError, match="with proj_size"):
         backends.resolve("triton", proj.layout, x, proj.opts.unfused(True, proj=True))
+    with caplog.at_level(logging.WARNING, "gated"):
+        backends._logged.clear()
+        assert backends.resolve("auto", proj.layout, cuda_like, proj.opts.unfused(True, proj=True)) is \
+            backends.BACKENDS["reference"]
+    assert any("zoneout and recurrent_dropout with proj_size" in r.getMessage() for r in caplog.records)
     plain = gated.GRU(I, H, zoneout=0.1, recurrent_dropout=0.2)
     for training in (True, False):
         assert backends.resolve("triton", plain.layout, x, plain.opts.unfused(training)) is backends.BACKENDS["triton"]
-    if DEVICE == "cpu":  # "auto" on CPU tensors: the fused CPU kernels, which run LayerNorm
-        assert backends.resolve("auto", ln.layout, x, ln.opts.unfused(True)) is backends.BACKENDS["fused_cpu"]
-    else:  # on CUDA tensors Triton has no LayerNorm: the reference, with the one fallback line
-        with caplog.at_level(logging.WARNING, "gated"):
-            backends._logged.clear()
-            assert backends.resolve("auto", ln.layout, x, ln.opts.unfused(True)) is backends.BACKENDS["reference"]
-        assert any("layer_norm" in r.getMessage() for r in caplog.records)
     with pytest.raises(ValueError, match="projections"):  # run_layer itself refuses
         ex = proj.opts.extras(proj, "_l0", x, (3, H), True)
         triton_gpu.run_layer(x, (torch.zeros(1, 3), torch.zeros(1, H)), *proj._params("_l0"), proj.layout,
                              w_hr=proj.weight_hr_l0, extras=ex)
+    proj_ln = gated.LSTM(I, H, proj_size=3, layer_norm=True)
+    with pytest.raises(ValueError, match="LayerNorm with projections"):
+        ex = proj_ln.opts.extras(proj_ln, "_l0", x, (3, H), True)
+        triton_gpu.run_layer(x, (torch.zeros(1, 3), torch.zeros(1, H)), *proj_ln._params("_l0"), proj_ln.layout,
+                             w_hr=proj_ln.weight_hr_l0, extras=ex)

@@ -2,8 +2,8 @@
 
 Supports what the fused CPU backend supports: every core in its plain (``-``, ``C``, ``U``) and
 sigmoid-refine (``R``, ``UR``) variants, ``proj_size``, masks (PackedSequence), in float32,
-float64, and bfloat16/float16 (as parameters, or under ``torch.autocast``), and zoneout and
-recurrent dropout (gated/options.py; not with ``proj_size``; LayerNorm runs on the reference).
+float64, and bfloat16/float16 (as parameters, or under ``torch.autocast``), and LayerNorm, zoneout
+and recurrent dropout (gated/options.py; not with ``proj_size``).
 Same signature and results as :func:`gated.backends.reference.run_layer` (tests/test_triton.py,
 tests/test_triton_options.py). ``"auto"`` picks it
 for CUDA tensors when triton imports (``pip install 'gated[gpu]'``).
@@ -54,6 +54,19 @@ own), the next product's input ``h_t * rmask``. Backward: ``dh_{t-1} = (dA_t W_h
 direct``, ``z dh_t`` (and ``z dc_t``) passed straight to step ``t - 1``, the LSTM's ``c~_t``
 recomputed from the activations when ``c`` is zoned; ``dW_hh`` from ``h_0 * rmask`` and
 ``out * rmask``.
+
+**LayerNorm** (as the fused CPU backend): the input side ``LN_ih(x W_ih^T) + b_ih + b_hh`` (GRU/MGU
+without ``b_hn``) of all steps is torch ops before the loop (:func:`_input_side`, differentiated by
+autograd) and replaces ``x W_ih^T + b`` as the kernels' ``PX``. Each step's ``h W_hh^T`` and the
+LSTM's ``c~`` (for ``h = o tanh(LN_c(c~))``) are normalised inside the gate kernels, which then run
+one program per batch row (BLOCK >= H) instead of flat slices of ``B x H``: the norms reduce over
+the row, and the cell norm sits between ``c~`` and ``h`` in the kernel, so a separate statistics
+pass (a kernel, or torch ops between the GEMM and the kernel) would still leave the cell norm to
+split the kernel in two; one launch per step stays one. Forward saves ``xhat`` and ``rstd`` of both
+norms (float32 under bfloat16/float16); backward takes the pre-activations' gradients back through
+LN_hh per row into the next product's input and ``dH`` (the raw product's gradients, ``W_hh``'s
+GEMM operand), and the cell norm's ``dy`` into ``dH``'s tail; the norms' gains and biases are sums
+here (:func:`_ln_grads`).
 
 **CPU tensors** run only through Triton's interpreter, when ``TRITON_INTERPRET=1``: slow, for
 tests (CI has no GPU). The same kernels and the same loop run as on the GPU.
@@ -220,6 +233,7 @@ class _Spec:
     zh: int = 0  # zoneout of h: 0 off, 1 a keep mask per step (training), 2 the probability (eval)
     zc: int = 0  # zoneout of c (LSTM), likewise
     rdrop: bool = False  # recurrent dropout: the products read h_{t-1} times a (B, H) mask
+    ln: bool = False  # LayerNorm: one batch row per program (the kernels normalise over it)
 
 
 def _block(n: int, interpret: bool) -> int:
@@ -227,6 +241,15 @@ def _block(n: int, interpret: bool) -> int:
     if interpret:
         return min(4096, 1 << max(n - 1, 0).bit_length())
     return 256
+
+
+def _grid(s: _Spec, interpret: bool) -> tuple[int, tuple[int]]:
+    """The gate kernels' BLOCK and grid: with LayerNorm one program per batch row (BLOCK >= H),
+    else flat slices of the ``B x H`` units."""
+    if s.ln:
+        return 1 << max(s.H - 1, 0).bit_length(), (s.B,)
+    blk = _block(s.B * s.H, interpret)
+    return blk, ((s.B * s.H + blk - 1) // blk,)
 
 
 class _Workspace:
@@ -263,6 +286,7 @@ class _Workspace:
             self.hring = torch.empty(2, B, H, dtype=sd, device=dev) if s.core == LSTM and s.zh else None
             self.fb = torch.empty(H, dtype=sd, device=dev)
             self.bhn = torch.empty(H, dtype=sd, device=dev)
+            self.lnb = torch.empty(G, dtype=sd, device=dev) if s.ln else self.fb  # LN_hh's bias
         else:
             self.src = torch.empty(B, G, dtype=cd, device=dev)  # dA_t (LSTM) or S_t: the product's input
             self.g = torch.empty(B, P, dtype=cd, device=dev)  # src W_hh
@@ -272,6 +296,11 @@ class _Workspace:
             self.h0 = torch.empty(B, H if s.core == LSTM else P, dtype=sd, device=dev)  # c0 (LSTM) or h0
             self.dhs = torch.empty(B, P, dtype=cd, device=dev) if s.proj else None  # dh_t, projections
             self.dm = torch.empty(B, H, dtype=cd, device=dev) if s.proj else None  # dh_t W_hr
+        # LayerNorm's gains (LN_hh: G; the LSTM cell norm: H) and the cell norm's bias, state dtype;
+        # without it any tensor stands for the unused pointers
+        self.lnw = torch.empty(G, dtype=sd, device=dev) if s.ln else self.zp
+        self.lncw = torch.empty(H, dtype=sd, device=dev) if s.ln and s.core == LSTM else self.zp
+        self.lncb = torch.empty(H, dtype=sd, device=dev) if s.ln and s.core == LSTM else self.zp
         self.calls = 0  # loops run by their launches
         self.graph = None  # the replay function, once captured
 
@@ -325,8 +354,7 @@ class _Workspace:
     def _forward_loop(self) -> None:
         s, k = self.spec, self.k
         B, H, G, P = s.B, s.H, s.G, s.P
-        blk = _block(B * H, self.interpret)
-        grid = ((B * H + blk - 1) // blk,)
+        blk, grid = _grid(s, self.interpret)
         blk_p = _block(B * P, self.interpret)
         grid_p = ((B * P + blk_p - 1) // blk_p,)
         w_t = self.w_hh.t()
@@ -337,23 +365,23 @@ class _Workspace:
             if s.core == LSTM:
                 hp, hn = (self.hring[(t + 1) % 2], self.hring[t % 2]) if s.zh else (prev, new)  # (unused)
                 k.lstm_fwd[grid](self.tab, self.base, self.sbase, self.gh, prev, new, self.ms if s.proj else self.hs,
-                                 self.fb, self.len, hp, hn, self.zp, t, B, H, G, REFINE=s.refine, HAS_FB=s.has_fb,
-                                 MASKED=s.masked, SAVE=s.save, PROJ=s.proj, ZH=s.zh, ZC=s.zc, RDROP=s.rdrop,
-                                 BLOCK=blk)
+                                 self.fb, self.len, hp, hn, self.zp, self.lnw, self.lnb, self.lncw, self.lncb, t,
+                                 B, H, G, REFINE=s.refine, HAS_FB=s.has_fb, MASKED=s.masked, SAVE=s.save,
+                                 PROJ=s.proj, ZH=s.zh, ZC=s.zc, RDROP=s.rdrop, LN=s.ln, BLOCK=blk)
                 if s.proj:
                     torch.mm(self.ms, self.w_hr.t(), out=self.hs)
                     k.proj_out[grid_p](self.tab, self.base, self.hs, t, B, P, BLOCK=blk_p)
             else:
                 k.gru_fwd[grid](self.tab, self.base, self.sbase, self.gh, prev, new, self.hs, self.bhn, self.fb,
-                                self.len, self.zp, t, B, H, G, GRU=s.core == GRU, KZ=kz, KN=kn, KR=kn + 1,
-                                REFINE=s.refine, HAS_FB=s.has_fb, HAS_BHN=s.has_bhn, MASKED=s.masked, SAVE=s.save,
-                                SAVE_H=s.save and self.sd != s.cd, ZH=s.zh, RDROP=s.rdrop, BLOCK=blk)
+                                self.len, self.zp, self.lnw, self.lnb, t, B, H, G, GRU=s.core == GRU, KZ=kz,
+                                KN=kn, KR=kn + 1, REFINE=s.refine, HAS_FB=s.has_fb, HAS_BHN=s.has_bhn,
+                                MASKED=s.masked, SAVE=s.save, SAVE_H=s.save and self.sd != s.cd, ZH=s.zh,
+                                RDROP=s.rdrop, LN=s.ln, BLOCK=blk)
 
     def _backward_loop(self) -> None:
         s, k = self.spec, self.k
         B, H, G, P, T = s.B, s.H, s.G, s.P, s.T
-        blk = _block(B * H, self.interpret)
-        grid = ((B * H + blk - 1) // blk,)
+        blk, grid = _grid(s, self.interpret)
         blk_p = _block(B * P, self.interpret)
         grid_p = ((B * P + blk_p - 1) // blk_p,)
         kz, kn = (1, 2) if s.core == GRU else (0, 1)
@@ -368,15 +396,15 @@ class _Workspace:
                                       HAS_D1=not last, HAS_D2=has_d2, MASKED=s.masked, BLOCK=blk_p)
                     torch.mm(self.dhs, self.w_hr, out=self.dm)
                 k.lstm_bwd[grid](self.tab, self.base, self.sbase, self.h0, self.g, d2, self.dc, self.src,
-                                 carry_out, self.dm if s.proj else self.dc, self.len, self.zp, t, B, H, G,
-                                 REFINE=s.refine, HAS_D1=not last and not s.proj, HAS_D2=has_d2 and not s.proj,
-                                 MASKED=s.masked, FIRST=t == 0, PROJ=s.proj, ZH=s.zh, ZC=s.zc, RDROP=s.rdrop,
-                                 BLOCK=blk)
+                                 carry_out, self.dm if s.proj else self.dc, self.len, self.zp, self.lnw, self.lncw,
+                                 self.lncb, t, B, H, G, REFINE=s.refine, HAS_D1=not last and not s.proj,
+                                 HAS_D2=has_d2 and not s.proj, MASKED=s.masked, FIRST=t == 0, PROJ=s.proj, ZH=s.zh,
+                                 ZC=s.zc, RDROP=s.rdrop, LN=s.ln, BLOCK=blk)
             else:
                 k.gru_bwd[grid](self.tab, self.base, self.sbase, self.h0, self.g, self.dhn if last else carry_in,
-                                self.src, carry_out, self.len, self.zp, t, B, H, G, GRU=s.core == GRU, KZ=kz, KN=kn,
-                                KR=kn + 1, REFINE=s.refine, HAS_D1=not last, MASKED=s.masked, FIRST=t == 0,
-                                ZH=s.zh, RDROP=s.rdrop, BLOCK=blk)
+                                self.src, carry_out, self.len, self.zp, self.lnw, t, B, H, G, GRU=s.core == GRU,
+                                KZ=kz, KN=kn, KR=kn + 1, REFINE=s.refine, HAS_D1=not last, MASKED=s.masked,
+                                FIRST=t == 0, ZH=s.zh, RDROP=s.rdrop, LN=s.ln, BLOCK=blk)
             torch.mm(self.src, self.w_hh, out=self.g)
 
     def dh0(self, rmask: Tensor | None = None) -> Tensor:
@@ -451,7 +479,8 @@ def _capture(ws: _Workspace):
     return graph.replay
 
 
-def _spec(backward, core, refine, has_fb, has_bhn, masked, save, proj, T, B, G, H, P, x, opt=None) -> _Spec:
+def _spec(backward, core, refine, has_fb, has_bhn, masked, save, proj, T, B, G, H, P, x, opt=None,
+          ln: bool = False) -> _Spec:
     stream = torch.cuda.current_stream(x.device).cuda_stream if x.device.type == "cuda" else 0
     zh = zc = 0
     rdrop = False
@@ -460,7 +489,23 @@ def _spec(backward, core, refine, has_fb, has_bhn, masked, save, proj, T, B, G, 
         zh, zc, rdrop = (1 if mh is not None else 2 if ph else 0), (1 if mc is not None else 2 if pc else 0), \
             rmask is not None
     return _Spec(backward, core, refine, has_fb, has_bhn, masked, save, proj, T, B, G, H, P, x.dtype, x.device,
-                 stream, zh, zc, rdrop)
+                 stream, zh, zc, rdrop, ln)
+
+
+def _ln_slots(ls: Tensor, T: int, B: int, G: int, H: int, core: int) -> dict:
+    """The table's slots of LayerNorm's saved statistics, views of the flat ``ls`` (state dtype)
+    ``[xhat (T, B, G) | rstd (T, B) | LSTM: chat (T, B, H) | rstd (T, B)]`` (fused_cpu's layout)."""
+    from gated.backends._triton_kernels import CH_, RC_, RS_, XH_
+
+    n = T * B
+    slots = {XH_: ls[:n * G], RS_: ls[n * G:n * (G + 1)]}
+    if core == LSTM:
+        slots |= {CH_: ls[n * (G + 1):n * (G + 1 + H)], RC_: ls[n * (G + 1 + H):]}
+    return slots
+
+
+def _ln_size(T: int, B: int, G: int, H: int, core: int) -> int:
+    return T * B * (G + 1) + (T * B * (H + 1) if core == LSTM else 0)
 
 
 def _set_options(ws: _Workspace, opt, arrays: dict) -> None:
@@ -480,19 +525,26 @@ def _set_options(ws: _Workspace, opt, arrays: dict) -> None:
 def _forward_impl(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None, b_hh: Tensor | None,
                   fb: Tensor | None, h0: Tensor, c0: Tensor | None, lengths: Tensor | None,
                   w_hr: Tensor | None, core: int, refine: bool, save: bool, rmask: Tensor | None = None,
-                  zh: Tensor | None = None, zc: Tensor | None = None, ph: float = 0.0, pc: float = 0.0):
+                  zh: Tensor | None = None, zc: Tensor | None = None, ph: float = 0.0, pc: float = 0.0,
+                  lnw: Tensor | None = None, lnb: Tensor | None = None, lncw: Tensor | None = None,
+                  lncb: Tensor | None = None):
     T, B, I = x.shape
-    G, P = w_ih.shape[0], w_hh.shape[1]
+    G, P = w_hh.shape
     H = P if w_hr is None else w_hr.shape[1]
     cd, dev = x.dtype, x.device
     sd = _state_dtype(cd)
-    bias_x, b_hn = _split_biases(b_ih, b_hh, core, H)
     px = _empty((T, B, G), cd, dev)  # the pre-activations (a GEMM's output: compute dtype)
-    x2, px2 = x.reshape(T * B, I), px.view(T * B, G)
-    if bias_x is None:
-        torch.mm(x2, w_ih.t(), out=px2)
+    if w_ih is None:  # x is the input side (LayerNorm, :func:`_input_side`); b_hh: GRU/MGU's b_hn
+        kn = 2 if core == GRU else 1
+        b_hn = None if b_hh is None or core == LSTM else b_hh[kn * H:(kn + 1) * H]
+        px.copy_(x)  # a copy: the kernel overwrites it with the activations
     else:
-        torch.addmm(bias_x.to(cd), x2, w_ih.t(), out=px2)
+        bias_x, b_hn = _split_biases(b_ih, b_hh, core, H)
+        x2, px2 = x.reshape(T * B, I), px.view(T * B, G)
+        if bias_x is None:
+            torch.mm(x2, w_ih.t(), out=px2)
+        else:
+            torch.addmm(bias_x.to(cd), x2, w_ih.t(), out=px2)
     # what backward reads elementwise is kept in the state dtype: the activations (the kernel
     # overwrites the pre-activations with them where the dtypes agree), c_t or W_hn h + b_hn,
     # and GRU/MGU's h_t, which the outputs hold unless they are rounded
@@ -501,10 +553,18 @@ def _forward_impl(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None, b_
     hf = _empty((T, B, H), sd, dev) if save and core != LSTM and sd != cd else x.new_empty(0)
     out = _empty((T, B, P), cd, dev)
     m = _empty((T, B, H), cd, dev) if save and w_hr is not None else x.new_empty(0)
+    if save and lnw is not None:  # LayerNorm's statistics instead (no projections with it)
+        m = _empty((_ln_size(T, B, G, H, core),), sd, dev)
     opt = (rmask, zh, zc, ph, pc)
     ws = _workspace(_spec(False, core, refine, fb is not None, b_hn is not None, lengths is not None, save,
-                          w_hr is not None, T, B, G, H, P, x, opt))
+                          w_hr is not None, T, B, G, H, P, x, opt, lnw is not None))
     ws.w_hh.copy_(w_hh)
+    if lnw is not None:
+        ws.lnw.copy_(lnw)
+        ws.lnb.copy_(lnb)
+        if core == LSTM:
+            ws.lncw.copy_(lncw)
+            ws.lncb.copy_(lncb)
     if w_hr is not None:
         ws.w_hr.copy_(w_hr)
     if fb is not None:
@@ -519,7 +579,9 @@ def _forward_impl(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None, b_
         ws.hring[1].copy_(h0)
     from gated.backends._triton_kernels import A_, AUX_, HF_, M_, OUT_, PX_
 
-    arrays = {PX_: px, A_: A, OUT_: out, AUX_: aux, M_: m, HF_: hf}
+    arrays = {PX_: px, A_: A, OUT_: out, AUX_: aux, M_: None if lnw is not None else m, HF_: hf}
+    if save and lnw is not None:
+        arrays |= _ln_slots(m, T, B, G, H, core)
     _set_options(ws, opt, arrays)
     ws.write_table(arrays)
     ws.run()
@@ -535,7 +597,9 @@ def _forward_impl(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None, b_
 def _backward_impl(dout: Tensor, dh_n: Tensor, dc_n: Tensor | None, A: Tensor, aux: Tensor, hf: Tensor,
                    out: Tensor, h0: Tensor, c0: Tensor | None, w_hh: Tensor, lengths: Tensor | None,
                    w_hr: Tensor | None, core: int, refine: bool, rmask: Tensor | None = None,
-                   zh: Tensor | None = None, zc: Tensor | None = None, ph: float = 0.0, pc: float = 0.0):
+                   zh: Tensor | None = None, zc: Tensor | None = None, ph: float = 0.0, pc: float = 0.0,
+                   ls: Tensor | None = None, lnw: Tensor | None = None, lncw: Tensor | None = None,
+                   lncb: Tensor | None = None):
     T, B, G = A.shape
     P = w_hh.shape[1]
     H = P if w_hr is None else w_hr.shape[1]
@@ -546,10 +610,17 @@ def _backward_impl(dout: Tensor, dh_n: Tensor, dc_n: Tensor | None, A: Tensor, a
     dA = _empty((T, B, G), cd, dev)
     dghn = _empty((T, B, H), cd, dev) if core != LSTM else w_hh.new_empty(0)
     dH = _empty((T, B, P), cd, dev) if w_hr is not None else w_hh.new_empty(0)
+    if lnw is not None:  # LayerNorm: [the raw recurrent product's gradients (T, B, G) | LSTM: LN_c's dy (T, B, H)]
+        dH = _empty((T * B * (G + (H if core == LSTM else 0)),), cd, dev)
     opt = (rmask, zh, zc, ph, pc)
     ws = _workspace(_spec(True, core, refine, False, False, lengths is not None, True, w_hr is not None,
-                          T, B, G, H, P, w_hh, opt))
+                          T, B, G, H, P, w_hh, opt, lnw is not None))
     ws.w_hh.copy_(w_hh)
+    if lnw is not None:
+        ws.lnw.copy_(lnw)
+        if core == LSTM:
+            ws.lncw.copy_(lncw)
+            ws.lncb.copy_(lncb)
     if w_hr is not None:
         ws.w_hr.copy_(w_hr)
     if lengths is not None:
@@ -566,6 +637,10 @@ def _backward_impl(dout: Tensor, dh_n: Tensor, dc_n: Tensor | None, A: Tensor, a
     if core != LSTM and hf.numel() == 0:  # the outputs are h_t in the state dtype
         hf = out
     arrays = {A_: A, AUX_: aux, HF_: hf, OUT_: out, DOUT_: dout, DA_: dA, DGHN_: dghn, DH_: dH}
+    if lnw is not None:
+        from gated.backends._triton_kernels import DYC_
+
+        arrays |= _ln_slots(ls, T, B, G, H, core) | {DH_: dH[:T * B * G], DYC_: dH[T * B * G:]}
     _set_options(ws, opt, arrays)
     ws.write_table(arrays)
     ws.run()
@@ -575,20 +650,21 @@ def _backward_impl(dout: Tensor, dh_n: Tensor, dc_n: Tensor | None, A: Tensor, a
 
 _FWD_SCHEMA = ("(Tensor x, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? fb, Tensor h0, Tensor? c0, "
                "Tensor? lengths, Tensor? w_hr, int core, bool refine, bool save, Tensor? rmask=None, Tensor? zh=None, "
-               "Tensor? zc=None, float ph=0., float pc=0.) "
-               "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)")
+               "Tensor? zc=None, float ph=0., float pc=0., Tensor? lnw=None, Tensor? lnb=None, Tensor? lncw=None, "
+               "Tensor? lncb=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)")
 _BWD_SCHEMA = ("(Tensor dout, Tensor dh_n, Tensor? dc_n, Tensor A, Tensor aux, Tensor hf, Tensor out, Tensor h0, "
                "Tensor? c0, Tensor w_hh, Tensor? lengths, Tensor? w_hr, int core, bool refine, Tensor? rmask=None, "
-               "Tensor? zh=None, Tensor? zc=None, float ph=0., float pc=0.) "
-               "-> (Tensor, Tensor, Tensor, Tensor, Tensor)")
+               "Tensor? zh=None, Tensor? zc=None, float ph=0., float pc=0., Tensor? ls=None, Tensor? lnw=None, "
+               "Tensor? lncw=None, Tensor? lncb=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor)")
 
 
 def _forward_fake(x, w_ih, w_hh, b_ih, b_hh, fb, h0, c0, lengths, w_hr, core, refine, save, rmask=None, zh=None,
-                  zc=None, ph=0.0, pc=0.0):
+                  zc=None, ph=0.0, pc=0.0, lnw=None, lnb=None, lncw=None, lncb=None):
     """The fused CPU operator's shapes (gated/backends/_ops.py), with the saved ``A`` and ``aux``
-    in the state dtype, and ``hf``: GRU/MGU's h_t in the state dtype where the outputs are rounded."""
+    in the state dtype, ``hf``: GRU/MGU's h_t in the state dtype where the outputs are rounded,
+    and with LayerNorm ``m`` its flat statistics in the state dtype."""
     T, B, _ = x.shape
-    G, P = w_ih.shape[0], w_hh.shape[1]
+    G, P = w_hh.shape
     H = P if w_hr is None else w_hr.shape[1]
     sd = _state_dtype(x.dtype)
     c_n = x.new_empty(B, H) if c0 is not None else x.new_empty(0)
@@ -596,11 +672,13 @@ def _forward_fake(x, w_ih, w_hh, b_ih, b_hh, fb, h0, c0, lengths, w_hr, core, re
     aux = x.new_empty(T, B, H, dtype=sd) if save else x.new_empty(0)
     m = x.new_empty(T, B, H) if save and w_hr is not None else x.new_empty(0)
     hf = x.new_empty(T, B, H, dtype=sd) if save and core != LSTM and sd != x.dtype else x.new_empty(0)
+    if save and lnw is not None:
+        m = x.new_empty(_ln_size(T, B, G, H, core), dtype=sd)
     return x.new_empty(T, B, P), x.new_empty(B, P), c_n, A, aux, m, hf
 
 
 def _backward_fake(dout, dh_n, dc_n, A, aux, hf, out, h0, c0, w_hh, lengths, w_hr, core, refine, rmask=None,
-                   zh=None, zc=None, ph=0.0, pc=0.0):
+                   zh=None, zc=None, ph=0.0, pc=0.0, ls=None, lnw=None, lncw=None, lncb=None):
     """dA, dghn and dH in the compute dtype (``w_hh``'s), dh0 and dc0 in the state dtype (``A``'s)."""
     T, B, G = A.shape
     P = w_hh.shape[1]
@@ -608,6 +686,8 @@ def _backward_fake(dout, dh_n, dc_n, A, aux, hf, out, h0, c0, w_hh, lengths, w_h
     dghn = w_hh.new_empty(0) if core == LSTM else w_hh.new_empty(T, B, H)
     dc0 = A.new_empty(B, H) if core == LSTM else w_hh.new_empty(0)
     dH = w_hh.new_empty(0) if w_hr is None else w_hh.new_empty(T, B, P)
+    if lnw is not None:
+        dH = w_hh.new_empty(T * B * (G + (H if core == LSTM else 0)))
     return w_hh.new_empty(T, B, G), dghn, A.new_empty(B, P), dc0, dH
 
 
@@ -626,6 +706,7 @@ for _op, _fake in ((recurrence_forward, _forward_fake), (recurrence_backward, _b
 # ---------------------------------------------------------------- autograd
 
 _NO_OPTIONS = (None, None, None, 0.0, 0.0)
+_NO_LN = (None, None, None, None)
 
 
 def _option_args(extras, sd: torch.dtype) -> tuple:
@@ -634,8 +715,6 @@ def _option_args(extras, sd: torch.dtype) -> tuple:
     float ``p`` (0: off)."""
     if extras is None:  # literal constants: torch.compile would trace a global tuple's floats as symbolic
         return None, None, None, 0.0, 0.0
-    if extras.ln is not None:
-        raise ValueError("the Triton kernels have no LayerNorm (the reference backend runs it)")
     prep = lambda t: None if t is None else t.to(sd).contiguous()  # noqa: E731
     zone = tuple(extras.zoneout or ()) + (None,) * 2
     masks = [prep(z) if isinstance(z, Tensor) else None for z in zone[:2]]
@@ -643,17 +722,32 @@ def _option_args(extras, sd: torch.dtype) -> tuple:
     return prep(extras.rmask), masks[0], masks[1], probs[0], probs[1]
 
 
-def _forward(x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0, lengths, layout, cd, save: bool, opt=_NO_OPTIONS):
+def _input_side(x: Tensor, w_ih: Tensor, b_ih: Tensor | None, b_hh: Tensor | None, ln_ih: tuple | None,
+                layout: Layout, cd: torch.dtype) -> Tensor:
+    """LayerNorm: ``LN_ih(x W_ih^T) + b_ih + b_hh`` (GRU/MGU without ``b_hn``) of all steps
+    ``(T, B, G)``, fused_cpu's :func:`~gated.backends.fused_cpu._input_side` in torch ops (autograd
+    differentiates it): the product in the compute dtype ``cd``, the norm and the biases in the
+    state dtype (the loop then reads it in ``cd``, as it reads the projection without a norm)."""
+    sd = _state_dtype(cd)
+    to_sd = lambda t: None if t is None else t.to(sd)  # noqa: E731
+    with torch.autocast(x.device.type, enabled=False):
+        return fused_cpu._input_side(x.to(sd), w_ih.to(cd), to_sd(b_ih), to_sd(b_hh),
+                                     None if ln_ih is None else tuple(map(to_sd, ln_ih)), layout)
+
+
+def _forward(x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0, lengths, layout, cd, save: bool, opt=_NO_OPTIONS,
+             ln=_NO_LN):
     """The forward operator on ``x`` and the weights cast to the compute dtype ``cd`` and the states
     to the state dtype (autocast is off inside: the casts are explicit); ``opt``: the options'
-    arguments (:func:`_option_args`)."""
+    arguments (:func:`_option_args`); ``ln``: LayerNorm's recurrent and cell norms' weights and
+    biases, with ``x`` :func:`_input_side`'s result and ``w_ih``, ``b_ih`` None."""
     core, refine = _kernel_ids(layout)
     sd = _state_dtype(cd)
     with torch.autocast(x.device.type, enabled=False):
         return torch.ops.gated_triton.recurrence_forward(
-            x.to(cd).contiguous(), w_ih.to(cd).contiguous(), w_hh.to(cd).contiguous(), b_ih, b_hh, fb,
-            h0.to(sd).contiguous(), None if c0 is None else c0.to(sd).contiguous(), lengths,
-            None if w_hr is None else w_hr.to(cd).contiguous(), core, refine, save, *opt)
+            x.to(cd).contiguous(), None if w_ih is None else w_ih.to(cd).contiguous(), w_hh.to(cd).contiguous(),
+            b_ih, b_hh, fb, h0.to(sd).contiguous(), None if c0 is None else c0.to(sd).contiguous(), lengths,
+            None if w_hr is None else w_hr.to(cd).contiguous(), core, refine, save, *opt, *ln)
 
 
 def _hprev_mm(d: Tensor, h0: Tensor, out: Tensor) -> Tensor:
@@ -679,31 +773,36 @@ class _Recurrence(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0, lengths, layout, cd, rmask, zh, zc, ph, pc):
+    def forward(x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0, lengths, layout, cd, rmask, zh, zc, ph, pc,
+                lnw=None, lnb=None, lncw=None, lncb=None):
         return _forward(x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0, lengths, layout, cd, True,
-                        (rmask, zh, zc, ph, pc))
+                        (rmask, zh, zc, ph, pc), (lnw, lnb, lncw, lncb))
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0, lengths, layout, cd, rmask, zh, zc, ph, pc = inputs
+        x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0, lengths, layout, cd, rmask, zh, zc, ph, pc = inputs[:17]
+        ln = tuple(inputs[17:]) + (None,) * (21 - len(inputs))
         out, h_n, c_n, A, aux, m, hf = output
         ctx.mark_non_differentiable(A, aux, m, hf)
         ctx.save_for_backward(x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0, lengths, A, aux, m, hf, out,
-                              rmask, zh, zc)
+                              rmask, zh, zc, *ln)
         ctx.layout, ctx.cd, ctx.probs = layout, cd, (ph, pc)
-        ctx.autocast = cd if cd != w_ih.dtype else None  # the forward ran under autocast
+        ctx.autocast = cd if cd != w_hh.dtype else None  # the forward ran under autocast
 
     @staticmethod
     def backward(ctx, dout, dh_n, dc_n, _dA, _daux, _dm, _dhf):
         if torch.is_grad_enabled():  # create_graph: recompute on the reference, differentiably
-            saved = ctx.saved_tensors  # fused_cpu's order: the option masks at 14:17, no LayerNorm at 17:21
-            view = types.SimpleNamespace(saved_tensors=(*saved[:14], *saved[15:18], *(None,) * 4), layout=ctx.layout,
-                                         needs_input_grad=ctx.needs_input_grad[:11], probs=ctx.probs)
+            saved, need = ctx.saved_tensors, ctx.needs_input_grad
+            # fused_cpu's order: the option masks at 14:17, LayerNorm's weights at 17:21 (its inputs 16:20)
+            view = types.SimpleNamespace(saved_tensors=(*saved[:14], *saved[15:22]), layout=ctx.layout,
+                                         needs_input_grad=(*need[:11], *(False,) * 5, *need[17:21]), probs=ctx.probs)
             device = ctx.saved_tensors[0].device.type
             cast = torch.autocast(device, dtype=ctx.autocast) if ctx.autocast else contextlib.nullcontext()
             with cast:  # the recomputation under the forward's autocast
-                return (*fused_cpu._differentiable_backward(view, dout, dh_n, dc_n), None, *(None,) * 5)
-        x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0, lengths, A, aux, m, hf, out, rmask, zh, zc = ctx.saved_tensors
+                g = fused_cpu._differentiable_backward(view, dout, dh_n, dc_n)
+            return (*g[:11], None, *(None,) * 5, *g[16:20])
+        x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0, lengths, A, aux, m, hf, out, rmask, zh, zc = ctx.saved_tensors[:18]
+        lnw, _, lncw, lncb = ctx.saved_tensors[18:]
         layout, cd = ctx.layout, ctx.cd
         sd = _state_dtype(cd)
         core, refine = _kernel_ids(layout)
@@ -715,18 +814,24 @@ class _Recurrence(torch.autograd.Function):
             dA, dghn, dh0, dc0, dH = torch.ops.gated_triton.recurrence_backward(
                 dout.contiguous(), dh_n.contiguous(), None if c0 is None else dc_n.contiguous(), A, aux, hf, out,
                 h0s, None if c0 is None else c0.to(sd).contiguous(), w_hh_c, lengths, w_hr_c, core, refine,
-                rmask, zh, zc, *ctx.probs)
+                rmask, zh, zc, *ctx.probs, None if lnw is None else m, lnw, lncw, lncb)
             T, B, G = dA.shape
             I, H = x.shape[-1], layout.hidden_size
             dA2 = dA.view(T * B, G)
-            dx = (dA2 @ w_ih.to(cd)).view(T, B, I).to(x.dtype) if need[0] else None
-            dw_ih = (dA2.t() @ x.to(cd).reshape(T * B, I)).to(w_ih.dtype) if need[1] else None
+            dx = dw_ih = None
+            if w_ih is None:  # LayerNorm: x is the input side, whose gradient is dA
+                dx = dA.to(x.dtype) if need[0] else None
+            else:
+                dx = (dA2 @ w_ih.to(cd)).view(T, B, I).to(x.dtype) if need[0] else None
+                dw_ih = (dA2.t() @ x.to(cd).reshape(T * B, I)).to(w_ih.dtype) if need[1] else None
             h0c = h0s.to(cd)
             if rmask is not None:  # what W_hh multiplied: h_{t-1} times the recurrent-dropout mask
                 h0c, out = (h0s * rmask).to(cd), (out.to(sd) * rmask).to(cd)
             dw_hh = None
             if need[2]:
-                if core == LSTM:
+                if lnw is not None:  # the raw product's gradients, through LN_hh
+                    dw_hh = _hprev_mm(dH[:T * B * G].view(T, B, G), h0c, out)
+                elif core == LSTM:
                     dw_hh = _hprev_mm(dA, h0c, out)
                 else:  # the candidate block's recurrent gradients are dghn, not dA
                     kn = 2 if core == GRU else 1
@@ -735,6 +840,10 @@ class _Recurrence(torch.autograd.Function):
                 dw_hh = dw_hh.to(w_hh.dtype)
             total = dA2.sum(0, dtype=sd)  # dA summed over steps and batch
             db_ih = db_hh = dfb = None
+            if b_ih is None and b_hh is not None:  # LayerNorm, GRU/MGU: only b_hn is the loop's
+                kn = 2 if core == GRU else 1
+                db_hh = _cat([total.new_zeros(kn * H), dghn.sum((0, 1), dtype=sd),
+                              total.new_zeros(G - (kn + 1) * H)]).to(b_hh.dtype)
             if b_ih is not None:
                 db_ih = total.to(b_ih.dtype)
                 if core == LSTM:
@@ -749,7 +858,26 @@ class _Recurrence(torch.autograd.Function):
                 dw_hr = (dH.view(T * B, -1).t() @ m.view(T * B, -1)).to(w_hr.dtype)
             dh0 = dh0.to(h0.dtype)
             dc0 = dc0.to(c0.dtype) if c0 is not None else None
-        return dx, dw_ih, dw_hh, db_ih, db_hh, dfb, dw_hr, dh0, dc0, None, None, None, None, None, None, None, None
+            dln = _ln_grads(layout, dA, dghn, dH, m, ctx.saved_tensors[18:]) if lnw is not None else _NO_LN
+        return (dx, dw_ih, dw_hh, db_ih, db_hh, dfb, dw_hr, dh0, dc0, None, None, None, None, None, None, None, None,
+                *dln)
+
+
+def _ln_grads(layout: Layout, dA: Tensor, dghn: Tensor, dL: Tensor, ls: Tensor, ln: tuple) -> tuple:
+    """The LayerNorms' gains and biases' gradients, sums over steps and batch of ``dy xhat`` and
+    ``dy``: LN_hh's ``dy`` is ``dA`` but in GRU/MGU's candidate block ``dghn`` (what the reset gate
+    multiplied), its ``xhat`` the first part of ``ls``; the LSTM cell norm's ``dy`` is the second
+    part of the backward's ``dL``, its ``chat`` the third of ``ls`` (:func:`_ln_slots`)."""
+    T, B, G = dA.shape
+    H, n, sd = layout.hidden_size, T * B, ls.dtype
+    n_rows = layout.block("n") if layout.core.name != "lstm" else None
+    dy = dA if n_rows is None else torch.cat([dA[..., :n_rows.start], dghn, dA[..., n_rows.stop:]], -1)
+    xhat = ls[:n * G].view(T, B, G)
+    grads = [(dy.to(sd) * xhat).sum((0, 1)), dy.sum((0, 1), dtype=sd), None, None]
+    if ln[2] is not None:
+        dyc, chat = dL[n * G:].view(T, B, H).to(sd), ls[n * (G + 1):n * (G + 1 + H)].view(T, B, H)
+        grads[2:] = (dyc * chat).sum((0, 1)), dyc.sum((0, 1))
+    return tuple(None if g is None else g.to(w.dtype) for g, w in zip(grads, ln))
 
 
 def run_layer(x, state, w_ih, w_hh, b_ih, b_hh, forget_bias, layout, mask=None, record=None, w_hr=None, extras=None):
@@ -766,11 +894,20 @@ def run_layer(x, state, w_ih, w_hh, b_ih, b_hh, forget_bias, layout, mask=None, 
     if w_hr is not None and (any(t is not None for t in opt[:3]) or opt[3] or opt[4]):
         raise ValueError("the Triton kernels have no zoneout or recurrent dropout with projections (the reference "
                          "backend runs them)")
+    ln = _NO_LN
+    if extras is not None and extras.ln is not None:  # the input side here, the recurrent norms in the loop
+        if w_hr is not None:
+            raise ValueError("the Triton kernels have no LayerNorm with projections (the reference backend runs it)")
+        ln_ih, ln_hh, ln_c = extras.ln
+        x = _input_side(x, w_ih, b_ih, b_hh, ln_ih, layout, cd)
+        w_ih = b_ih = None
+        b_hh = None if layout.core.name == "lstm" else b_hh  # GRU/MGU: the loop reads b_hn from it
+        ln = (*ln_hh, *(ln_c or (None, None)))
     lengths = None if mask is None else mask[:, :, 0].sum(0).to(torch.int64)
     c0 = state[1] if len(state) == 2 else None
     args = (x, w_ih, w_hh, b_ih, b_hh, forget_bias, w_hr, state[0], c0, lengths, layout, cd)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args[:9]):
-        out, h_n, c_n = _Recurrence.apply(*args, *opt)[:3]
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (*args[:9], *ln)):
+        out, h_n, c_n = _Recurrence.apply(*args, *opt, *ln)[:3]
     else:  # inference: no graph, and no activations kept
-        out, h_n, c_n = _forward(*args, save=False, opt=opt)[:3]
+        out, h_n, c_n = _forward(*args, save=False, opt=opt, ln=ln)[:3]
     return out, (h_n, c_n) if c0 is not None else (h_n,)
