@@ -644,30 +644,32 @@ def test_triton_several_programs_per_launch(core, proj, monkeypatch):
 # in the compute dtype "cd", the state dtype "sd" or int64, then the constexpr combinations the
 # backend uses, rotated over the dtypes so that every branch compiles at least once
 _PTRS = {
-    "lstm_fwd": "TAB:i64 BASE:cd SBASE:sd GH:cd Cp:sd Cn:sd HS:cd FB:sd LEN:i64 Hp:sd Hn:sd ZP:sd",
-    "gru_fwd": "TAB:i64 BASE:cd SBASE:sd GH:cd Hp:sd Hn:sd HS:cd BHN:sd FB:sd LEN:i64 ZP:sd",
+    "lstm_fwd": "TAB:i64 BASE:cd SBASE:sd GH:cd Cp:sd Cn:sd HS:cd FB:sd LEN:i64 Hp:sd Hn:sd ZP:sd LW:sd LB:sd CW:sd CB:sd",
+    "gru_fwd": "TAB:i64 BASE:cd SBASE:sd GH:cd Hp:sd Hn:sd HS:cd BHN:sd FB:sd LEN:i64 ZP:sd LW:sd LB:sd",
     "proj_out": "TAB:i64 BASE:cd HS:cd",
-    "lstm_bwd": "TAB:i64 BASE:cd SBASE:sd C0:sd D1:cd D2:sd DC:sd DAS:cd DHN:sd DM:sd LEN:i64 ZP:sd",
-    "gru_bwd": "TAB:i64 BASE:cd SBASE:sd H0:sd D1:cd D2:sd S:cd DHN:sd LEN:i64 ZP:sd",
+    "lstm_bwd": "TAB:i64 BASE:cd SBASE:sd C0:sd D1:cd D2:sd DC:sd DAS:cd DHN:sd DM:sd LEN:i64 ZP:sd LW:sd CW:sd CB:sd",
+    "gru_bwd": "TAB:i64 BASE:cd SBASE:sd H0:sd D1:cd D2:sd S:cd DHN:sd LEN:i64 ZP:sd LW:sd",
     "proj_dh": "TAB:i64 BASE:cd D1:cd D2:sd DHS:cd CARRY:sd LEN:i64",
 }
 _ON = dict.fromkeys(("REFINE", "HAS_FB", "MASKED", "SAVE", "RDROP"), True)
 _GRU, _MGU = {"GRU": True, "KZ": 1, "KN": 2, "KR": 3}, {"GRU": False, "KZ": 0, "KN": 1, "KR": 2}
 _CONSTEXPRS = {
-    "lstm_fwd": [{**_ON, "PROJ": False, "ZH": 1, "ZC": 1},  # training: refine, masks, zoneout, dropout
-                 {**_ON, "PROJ": True, "ZH": 0, "ZC": 0, "RDROP": False},  # projections
-                 {**dict.fromkeys(_ON, False), "PROJ": False, "ZH": 2, "ZC": 2}],  # eval zoneout, inference
-    "gru_fwd": [{**_GRU, **_ON, "HAS_BHN": True, "ZH": 1},
-                {**_MGU, **dict.fromkeys(_ON, False), "HAS_BHN": False, "ZH": 2}],
+    "lstm_fwd": [{**_ON, "PROJ": False, "ZH": 1, "ZC": 1, "LN": True},  # training: every option, LayerNorm
+                 {**_ON, "PROJ": True, "ZH": 0, "ZC": 0, "RDROP": False, "LN": False},  # projections
+                 {**dict.fromkeys(_ON, False), "PROJ": False, "ZH": 2, "ZC": 2, "LN": False}],  # eval, inference
+    "gru_fwd": [{**_GRU, **_ON, "HAS_BHN": True, "ZH": 1, "LN": True},
+                {**_MGU, **dict.fromkeys(_ON, False), "HAS_BHN": False, "ZH": 2, "LN": False}],
     "proj_out": [{}],
     "lstm_bwd": [{"REFINE": True, "HAS_D1": True, "HAS_D2": True, "MASKED": True, "FIRST": False, "PROJ": False,
-                  "ZH": 1, "ZC": 1, "RDROP": True},
+                  "ZH": 1, "ZC": 1, "RDROP": True, "LN": True},
                  {"REFINE": True, "HAS_D1": False, "HAS_D2": False, "MASKED": True, "FIRST": True, "PROJ": True,
-                  "ZH": 0, "ZC": 0, "RDROP": False},
+                  "ZH": 0, "ZC": 0, "RDROP": False, "LN": False},
                  {"REFINE": False, "HAS_D1": True, "HAS_D2": True, "MASKED": False, "FIRST": False, "PROJ": False,
-                  "ZH": 2, "ZC": 2, "RDROP": False}],
-    "gru_bwd": [{**_GRU, "REFINE": True, "HAS_D1": True, "MASKED": True, "FIRST": False, "ZH": 1, "RDROP": True},
-                {**_MGU, "REFINE": False, "HAS_D1": False, "MASKED": False, "FIRST": True, "ZH": 2, "RDROP": False}],
+                  "ZH": 2, "ZC": 2, "RDROP": False, "LN": False}],
+    "gru_bwd": [{**_GRU, "REFINE": True, "HAS_D1": True, "MASKED": True, "FIRST": False, "ZH": 1, "RDROP": True,
+                 "LN": True},
+                {**_MGU, "REFINE": False, "HAS_D1": False, "MASKED": False, "FIRST": True, "ZH": 2, "RDROP": False,
+                 "LN": False}],
     "proj_dh": [{"HAS_D1": True, "HAS_D2": True, "MASKED": True}, {"HAS_D1": False, "HAS_D2": True, "MASKED": False}],
 }
 _SM90_DTYPES = ["fp32", "fp64", "bf16", "fp16"]
@@ -719,7 +721,9 @@ def test_kernels_compile_for_sm90(dtype, monkeypatch):
                 sig[name] = "*" + types_[ptrs[name]]
             else:
                 sig[name] = "constexpr" if name in constexprs else "i32"
-        assert set(constexprs) == {k for k, v in sig.items() if v == "constexpr"}, fn.__name__
+        declared = {k for k, p in inspect.signature(fn).parameters.items() if "constexpr" in str(p.annotation)}
+        assert set(constexprs) == declared, (fn.__name__, set(constexprs) ^ declared)
+        assert set(ptrs) <= set(sig), (fn.__name__, set(ptrs) - set(sig))
         try:
             compiled = triton.compile(ASTSource(JITFunction(fn), sig, constexprs), target=GPUTarget("cuda", 90, 32))
         except RuntimeError as e:

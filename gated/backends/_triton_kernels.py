@@ -52,6 +52,7 @@ import types
 
 import triton
 import triton.language as tl
+from triton.runtime.jit import JITFunction
 
 # slots of the offset table (host side); the kernels read them as the constexprs below. PX: the
 # input projection (pre-activations); A: the activations saved for backward (the same array as PX
@@ -74,10 +75,12 @@ def _add_fn(a, b):
     return a + b
 
 
-# the row sums' combine function: jitted, as tl.reduce needs it on the GPU; the interpreter calls
-# its ``.fn`` (tl.sum itself is a jitted library function, which the interpreter cannot run when
-# triton was imported before TRITON_INTERPRET was set)
-_add = triton.jit(_add_fn)
+# the row sums' combine function: a JITFunction, as tl.reduce needs it for the compiler; the
+# interpreter calls its ``.fn`` (tl.sum itself is a jitted library function, which the interpreter
+# cannot run when triton was imported before TRITON_INTERPRET was set). Built as JITFunction, not
+# triton.jit, which returns an interpreted function when TRITON_INTERPRET=1 is set at import and
+# the compiler then refuses it (tests/test_triton.py's sm_90 compile)
+_add = JITFunction(_add_fn)
 
 # sigma(v) = 1 / (1 + exp(-v)): sigma(-inf) = 0, sigma(inf) = 1, NaN in, NaN out (as tl.sigmoid)
 # tanh(v) = 2 sigma(2 v) - 1: exact limits +-1, NaN in, NaN out
