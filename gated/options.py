@@ -24,10 +24,10 @@ nothing changes: variant ``-`` still equals torch.nn). What each one does:
 Masks are drawn once per call, per layer and direction, from torch's default generator on the
 input's device (so a seed reproduces them, whatever the backend), by :meth:`CellOptions.extras`.
 Which backends run what: weight dropout changes only the weight a backend is given, so every
-backend runs it; the fused CPU kernels also run LayerNorm, zoneout and recurrent dropout, the
-Triton kernels zoneout and recurrent dropout, both except with ``proj_size``; the rest (LayerNorm
-on Triton, the three with projections) runs on the reference backend (``"auto"`` falls back with
-one logged line, see :meth:`CellOptions.unfused`).
+backend runs it; the fused CPU kernels also run LayerNorm, zoneout and recurrent dropout (with
+``proj_size`` too), the Triton kernels zoneout and recurrent dropout except with ``proj_size``; the
+rest (LayerNorm on Triton, the three with projections on Triton) runs on the reference backend
+(``"auto"`` falls back with one logged line, see :meth:`CellOptions.unfused`).
 
 Glossary: T time, B batch, H hidden_size, P state width (``proj_size`` or ``H``), G gate rows.
 """
@@ -142,8 +142,8 @@ class CellOptions:
     def unfused(self, training: bool, proj: bool = False) -> dict[str, str] | None:
         """What keeps a call in this mode off each backend's kernels (for the fallback log), as
         ``{backend: reason}`` for the backends it concerns, or None. The fused CPU kernels run all
-        three, the Triton kernels zoneout and recurrent dropout (in training; eval's recurrent
-        dropout is the identity), neither with projections (``proj``)."""
+        three, with projections (``proj``) too; the Triton kernels zoneout and recurrent dropout (in
+        training; eval's recurrent dropout is the identity), not with projections."""
         used = self.unfused_names[bool(training)]
         if not used:
             return None
@@ -151,7 +151,7 @@ class CellOptions:
         with_proj = lambda names: say(names).replace(" (only", " with proj_size (only", 1)  # noqa: E731
         off = tuple(n for n in used if n == "layer_norm" or proj)  # what Triton cannot run
         triton = None if not off else (with_proj(off) if proj else say(off))
-        return {"triton": triton, "fused_cpu": with_proj(used) if proj else None}
+        return {"triton": triton, "fused_cpu": None}
 
     def add_params(self, module: nn.Module, suffix: str, factory_kwargs: dict) -> None:
         """Register the LayerNorms of one layer and direction (torch-style names)."""
