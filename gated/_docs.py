@@ -103,12 +103,14 @@ The gate biases (`b_ih`, `b_hh`, `b_f`) are added after the normalisation, so UG
 (eps 1e-5) and draw nothing, so a seed gives the same RNN weights with and without them. Masks come
 from torch's generator on the input's device, per call, layer and direction, whatever the backend (a
 seed gives the same masks on each). Weight dropout runs on every backend. LayerNorm, zoneout and
-recurrent dropout run in the fused CPU kernels (float32/float64, packed sequences; the kernels take
-the `(B, H)` recurrent-dropout mask and per state the `(T, B, H)` zoneout mask, or in eval the float
-`p`; with LayerNorm the input side `LN_ih(W_ih x) + b` of all steps is computed by torch ops before
-the kernel, which normalises each step's `W_hh h` and the LSTM's `c` per batch row, on the per-step
-GEMM path rather than the tiled one), except with `proj_size > 0`, where they run on the reference
-backend; the Triton backend runs all three too (not with `proj_size`; the norms in its kernels, one program per batch row). `"auto"` logs
+recurrent dropout run in the fused CPU kernels (float32/float64, packed sequences, `proj_size` too;
+the kernels take the `(B, P)` recurrent-dropout mask and per state the zoneout mask, `(T, B, P)` for
+`h` and `(T, B, H)` for `c` (`P` is `proj_size`, else `H`), or in eval the float `p`; with
+projections zoneout and the mask act on the projected `h`, as on the reference; with LayerNorm the
+input side `LN_ih(W_ih x) + b` of all steps is computed by torch ops before the kernel, which
+normalises each step's `W_hh h` and the LSTM's `c` per batch row, on the per-step GEMM path rather
+than the tiled one); the Triton backend runs all three too (the norms in its kernels, one program
+per batch row), not with `proj_size` (those fall back to the reference backend). `"auto"` logs
 each fallback once; `backend="fused_cpu"` refuses a call it cannot run. A cell sees one step per call: it keeps its recurrent and
 weight dropout masks until `cell.reset_dropout_mask()` (call it at the start of each sequence, as
 Keras's `reset_recurrent_dropout_mask`), and draws a zoneout mask per step. The scan cores take none

@@ -24,8 +24,9 @@ nothing changes: variant ``-`` still equals torch.nn). What each one does:
 Masks are drawn once per call, per layer and direction, from torch's default generator on the
 input's device (so a seed reproduces them, whatever the backend), by :meth:`CellOptions.extras`.
 Which backends run what: weight dropout changes only the weight a backend is given, so every
-backend runs it; the fused CPU and the Triton kernels also run LayerNorm, zoneout and recurrent
-dropout, except with ``proj_size``: those three with projections run on the reference backend
+backend runs it; the fused CPU kernels also run LayerNorm, zoneout and recurrent dropout (with
+``proj_size`` too), the Triton kernels the same three except with ``proj_size``: those with
+projections run on the reference backend there
 (``"auto"`` falls back with one logged line, see :meth:`CellOptions.unfused`).
 
 Glossary: T time, B batch, H hidden_size, P state width (``proj_size`` or ``H``), G gate rows.
@@ -138,14 +139,16 @@ class CellOptions:
         return cls(layer_norm, probs if any(probs) else (), rd, wd, bool(always or rd or wd),
                    (always, always + (("recurrent_dropout",) if rd else ())))
 
-    def unfused(self, training: bool, proj: bool = False) -> str | None:
-        """What keeps a call in this mode off the fast backends' kernels (for the fallback log), or
-        None. The fused CPU and the Triton kernels run all three (recurrent dropout only in
-        training: eval's is the identity), but not with projections (``proj``)."""
+    def unfused(self, training: bool, proj: bool = False) -> dict[str, str] | None:
+        """What keeps a call in this mode off each backend's kernels (for the fallback log), as
+        ``{backend: reason}``, or None. The fused CPU kernels run all three, with projections
+        (``proj``) too; the Triton kernels run them (recurrent dropout only in training: eval's is
+        the identity), but not with projections."""
         used = self.unfused_names[bool(training)]
         if not used or not proj:
             return None
-        return f"{' and '.join(used)} with proj_size (only the reference backend has them so far)"
+        return {"triton": f"{' and '.join(used)} with proj_size (only the reference backend has them so far)",
+                "fused_cpu": None}
 
     def add_params(self, module: nn.Module, suffix: str, factory_kwargs: dict) -> None:
         """Register the LayerNorms of one layer and direction (torch-style names)."""

@@ -267,18 +267,24 @@ def test_weight_dropout_runs_on_the_fused_backend_and_equals_the_reference():
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
 
 
-def test_auto_falls_back_once_with_a_log_and_fused_cpu_refuses(caplog):
-    m = gated.LSTM(I, H, proj_size=3, layer_norm=True)  # LayerNorm with projections: reference only
+def test_fused_cpu_takes_every_option_with_and_without_projections(caplog):
+    """No option keeps a CPU call off the fused kernels (proj_size included): "auto" picks them
+    without a fallback line and backend="fused_cpu" runs the call."""
+    _fused_ops()
+    from gated import backends
+
     x = torch.randn(T, B, I)
-    with caplog.at_level(logging.WARNING, "gated"):
-        m(x)
-        m(x)
-    said = [r for r in caplog.records if "layer_norm with proj_size" in r.getMessage()]
-    assert len(said) <= 1  # once per process (an earlier test may have said it already)
-    with pytest.raises(RuntimeError, match="layer_norm and zoneout with proj_size"):
-        gated.LSTM(I, H, proj_size=3, zoneout=0.1, layer_norm=True, backend="fused_cpu").train()(x)
-    # in eval, recurrent and weight dropout are the identity: the fused kernels run the call
-    gated.GRU(I, H, recurrent_dropout=0.5, backend="fused_cpu").eval()(x)
+    kw = dict(layer_norm=True, zoneout=0.1, recurrent_dropout=0.2, weight_dropout=0.3)
+    for m in (gated.LSTM(I, H, proj_size=3, **kw), gated.GRU(I, H, **kw)):
+        for training in (True, False):
+            m.train(training)
+            assert backends._unfused_for(m.opts.unfused(training, bool(getattr(m, "proj_size", 0))), "fused_cpu") is None
+            with caplog.at_level(logging.WARNING, "gated"):
+                backends._logged.clear()
+                assert m._resolve_backend("auto", x) is backends.BACKENDS["fused_cpu"]
+            assert not [r for r in caplog.records if "using the reference backend" in r.getMessage()]
+            m.backend = "fused_cpu"
+            m(x)
 
 
 @pytest.mark.parametrize("kwargs,error,match", [
@@ -489,22 +495,18 @@ def test_fused_gradcheck_with_fixed_zoneout_and_recurrent_dropout_masks(core, tr
     assert torch.autograd.gradcheck(f, leaves)
 
 
-def test_projections_keep_zoneout_and_recurrent_dropout_on_the_reference(monkeypatch, caplog):
-    """proj_size with these options falls back (logged; backend='fused_cpu' and 'triton' refuse);
-    without it both fast backends take zoneout and recurrent dropout (tests/test_triton_options.py
-    runs Triton's), and LayerNorm too."""
+def test_projections_keep_the_options_off_triton_only(monkeypatch):
+    """proj_size with these options: the fused CPU kernels take them ("auto" on CPU tensors picks
+    them), Triton refuses; without it both fast backends take zoneout, recurrent dropout and
+    LayerNorm (tests/test_triton_options.py runs Triton's)."""
     _fused_ops()
     from gated import backends
 
     x = torch.randn(T, B, I)
     m = gated.LSTM(I, H, proj_size=3, zoneout=0.1, recurrent_dropout=0.2).train()
-    with caplog.at_level(logging.WARNING, "gated"):
-        backends._logged.clear()
-        m(x)
-    assert any("zoneout and recurrent_dropout with proj_size" in r.getMessage() for r in caplog.records)
-    assert backends.resolve("auto", m.layout, x, m.opts.unfused(True, proj=True)) is backends.BACKENDS["reference"]
-    with pytest.raises(RuntimeError, match="proj_size"):
-        gated.LSTM(I, H, proj_size=3, zoneout=0.1, backend="fused_cpu")(x)
+    assert backends.resolve("auto", m.layout, x, m.opts.unfused(True, proj=True)) is backends.BACKENDS["fused_cpu"]
+    assert backends.resolve("fused_cpu", m.layout, x, m.opts.unfused(True, proj=True)) is \
+        backends.BACKENDS["fused_cpu"]
     g = gated.GRU(I, H, zoneout=0.1, recurrent_dropout=0.2)
     monkeypatch.setitem(backends._CHECKS, "triton", lambda layout, x: None)  # as if Triton could run it
     for training in (True, False):
@@ -715,3 +717,193 @@ def test_opcheck_fused_ops_with_layer_norm():
         bwd = (torch.randn_like(out), torch.randn_like(h_n), dc, A, aux, out, h0, c0, w_hh, lengths, None, core, True,
                None, None, None, 0.0, 0.0, stats, lnw, *lnc)
         torch.library.opcheck(torch.ops.gated_fused.recurrence_backward.default, bwd, test_utils=utils)
+
+
+# ------------------------------------------------------------------ projections on the fused CPU kernels
+
+P = 3  # proj_size: h is P wide (zoneout of h and the recurrent-dropout mask too), c is H wide
+
+
+def _proj_sets():
+    """(module options, training): each option alone and all together, in training and in eval."""
+    one = {
+        "layer_norm": dict(layer_norm=True),
+        "zoneout_h": dict(zoneout=(0.3, 0.0)),
+        "zoneout_c": dict(zoneout=(0.0, 0.4)),
+        "zoneout": dict(zoneout=(0.2, 0.35)),
+        "recurrent_dropout": dict(recurrent_dropout=0.4),
+        "weight_dropout": dict(weight_dropout=0.3),
+        "all": dict(layer_norm=True, zoneout=(0.25, 0.35), recurrent_dropout=0.3, weight_dropout=0.2),
+    }
+    return {f"{name}-{'train' if training else 'eval'}": (kw, training) for name, kw in one.items()
+            for training in (True, False)}
+
+
+def _proj_module(variant, dtype, kw, training):
+    torch.manual_seed(0)
+    m = gated.LSTM(I, H, proj_size=P, variant=variant, num_layers=2, bidirectional=True, dtype=dtype, **kw)
+    _randomise(m, 0.3 if dtype == torch.float64 else 0.05)  # float32: smaller (see the LayerNorm test above)
+    return m.train(training)
+
+
+def _packed_input(dtype):
+    seqs = [torch.randn(k, I, dtype=dtype) for k in (3, 7, 1, 5)]  # unsorted lengths
+    x = torch.nn.utils.rnn.pack_sequence(seqs, enforce_sorted=False)
+    x.data.requires_grad_(True)
+    return x, tuple(torch.randn(4, 4, n, dtype=dtype, requires_grad=True) for n in (P, H))  # h0, c0
+
+
+@pytest.mark.parametrize("dtype,path", [(torch.float64, 0), (torch.float32, 1), (torch.float32, 3)],
+                         ids=["f64", "f32-onednn", "f32-addmm"])
+@pytest.mark.parametrize("variant", ["-", "UR"])
+def test_fused_equals_the_reference_with_projections_and_options(variant, dtype, path):
+    """LSTM with proj_size and each option alone and all together, in training (the same masks:
+    the generator seeded alike before each backend's call) and in eval, on the fused kernels equals
+    the reference: outputs, final states, the gradients of the input, h0, c0 and every parameter
+    (W_hr and the LayerNorms' included); packed sequences of unsorted lengths through a
+    bidirectional 2-layer module, every kernel buffer NaN-poisoned. Projections run the per-step
+    GEMMs (oneDNN or addmm; float64: addmm). float32: outputs and states to 2e-5, gradients to 5e-5
+    of each tensor's largest value (or 1): under LayerNorm both float32 backends are up to 3e-5
+    (fused) and 1.5e-4 (reference) of it off the float64 result (measured on these sizes)."""
+    ops = _fused_ops()
+    if path and path not in ops.gemm_kinds():
+        pytest.skip(f"{GEMMS[path]} is not available in this torch build")
+
+    def close(a, b, what, grad=False):
+        tol = 1e-10 if dtype == torch.float64 else (5e-5 * max(1.0, b.abs().max().item()) if grad else 2e-5)
+        torch.testing.assert_close(a, b, rtol=1e-10 if dtype == torch.float64 else 2e-5, atol=tol,
+                                   msg=lambda s: f"{what}: {s}")
+
+    sets = _proj_sets()
+    if dtype == torch.float32:
+        sets = {k: sets[k] for k in ("all-train", "all-eval")}
+    ops.set_poison(True)
+    ops.set_gemm(path)
+    try:
+        for name, (kw, training) in sets.items():
+            m = _proj_module(variant, dtype, kw, training)
+            x, hx = _packed_input(dtype)
+            assert gated.backends.resolve("auto", m.layout, x.data, m.opts.unfused(training, proj=True)) is \
+                gated.backends.BACKENDS["fused_cpu"], name
+            got, got_grads = _backend_run(m, x, hx, "fused_cpu")
+            want, want_grads = _backend_run(m, x, hx, "reference")
+            assert got[0].shape[-1] == 2 * P and sum(k.startswith("weight_hr") for k in want_grads) == 4
+            for a, b in zip(got, want):
+                close(a, b, name)
+            for k in want_grads:
+                close(got_grads[k], want_grads[k], f"{name}, grad of {k}", grad=True)
+    finally:
+        ops.set_poison(False)
+        ops.set_gemm(0)
+
+
+def test_fused_projections_with_options_in_inference():
+    """Without grad (the kernels keep two rows of m_t and no statistics) the fused call with
+    projections and every option equals the reference, in training (masks) and eval."""
+    _fused_ops()
+    kw = dict(layer_norm=True, zoneout=(0.25, 0.35), recurrent_dropout=0.3, weight_dropout=0.2)
+    for training in (True, False):
+        m = _proj_module("UR", torch.float64, kw, training)
+        x, hx = _packed_input(torch.float64)
+        with torch.no_grad():
+            torch.manual_seed(11)
+            got = _backend_run_nograd(m, x, hx, "fused_cpu")
+            torch.manual_seed(11)
+            want = _backend_run_nograd(m, x, hx, "reference")
+        for a, b in zip(got, want):
+            a, b = (a.data, b.data) if hasattr(a, "batch_sizes") else (a, b)
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_fused_gradcheck_with_projections_and_options(training):
+    """torch.autograd.gradcheck of the fused backward with projections (float64): W_hr, the three
+    LayerNorms' gains and biases, fixed zoneout masks (h: (T, B, P), c: (T, B, H)) and a fixed
+    recurrent-dropout mask (B, P) in training, the eval expectation otherwise, a shorter sequence;
+    then gradgradcheck on a few leaves (the double backward recomputes on the reference)."""
+    _fused_ops()
+    from gated.backends import fused_cpu
+    from gated.cores import make_layout
+
+    torch.manual_seed(0)
+    T_, B_, I_, H_, P_ = 3, 2, 2, 3, 2
+    layout = make_layout("lstm", "UR", H_)
+    G = layout.rows
+    if training:
+        rmask = torch.bernoulli(torch.full((B_, P_), 0.6)) / 0.6
+        zone = (torch.bernoulli(torch.full((T_, B_, P_), 0.4)), torch.bernoulli(torch.full((T_, B_, H_), 0.5)))
+    else:
+        rmask, zone = None, (0.3, 0.45)
+    mask = torch.tensor([[True, True], [True, True], [True, False]]).unsqueeze(-1)
+    leaves = [torch.randn(T_, B_, I_), torch.randn(G, I_), torch.randn(G, P_), torch.randn(G), torch.randn(G),
+              torch.randn(H_), torch.randn(P_, H_), torch.randn(B_, P_), torch.randn(B_, H_),
+              1 + 0.3 * torch.randn(G), 0.3 * torch.randn(G), 1 + 0.3 * torch.randn(G), 0.3 * torch.randn(G),
+              1 + 0.3 * torch.randn(H_), 0.3 * torch.randn(H_)]
+    leaves = [t.requires_grad_() for t in leaves]
+
+    def f(x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0, *norms):
+        ln = ((norms[0], norms[1]), (norms[2], norms[3]), (norms[4], norms[5]))
+        extras = options.Extras(ln, rmask, zone)
+        out, st = fused_cpu.run_layer(x, (h0, c0), w_ih, w_hh, b_ih, b_hh, fb, layout, mask, w_hr=w_hr, extras=extras)
+        return (out, *st)
+
+    assert torch.autograd.gradcheck(f, leaves)
+    some = [0, 2, 6, 11, 14]  # x, W_hh, W_hr, the recurrent norm's gain, the cell norm's bias
+
+    def g(*diff):
+        args = list(leaves)
+        for k, t in zip(some, diff):
+            args[k] = t
+        return f(*args)
+
+    assert torch.autograd.gradgradcheck(g, [leaves[k] for k in some], fast_mode=True)
+
+
+def test_fused_double_backward_with_projections_equals_the_reference():
+    """Second-order gradients through a module with projections and every option (the gradient
+    of a gradient's norm) are the reference's: the fused backward's create_graph path recomputes
+    on the reference with the call's own masks."""
+    _fused_ops()
+    kw = dict(layer_norm=True, zoneout=(0.25, 0.35), recurrent_dropout=0.3, weight_dropout=0.2)
+    m = _proj_module("UR", torch.float64, kw, True)
+    x, hx = _packed_input(torch.float64)
+    results = []
+    for backend in ("fused_cpu", "reference"):
+        torch.manual_seed(11)
+        out, st = m._run(x, hx, backend=backend)
+        loss = (out.data ** 2).sum() + (st[0] * st[1][..., :P]).sum()
+        params = [x.data, *hx, *m.parameters()]
+        first = torch.autograd.grad(loss, params, create_graph=True)
+        second = torch.autograd.grad(sum((g ** 2).sum() for g in first), params, allow_unused=True)
+        results.append(second)
+    for a, b in zip(*results):
+        if a is None or b is None:
+            assert a is None and b is None
+            continue
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+
+
+def test_opcheck_fused_ops_with_projections_and_options():
+    """torch.library.opcheck (schemas, fake implementations) with projections and every option:
+    the last outputs are the flat [statistics | m_t] (forward) and [gradients | dH] (backward)."""
+    _fused_ops()
+    torch.manual_seed(0)
+    T_, B_, H_, P_ = 4, 3, 6, 2
+    G = 4 * H_
+    gi, w_hh, w_hr, fb = torch.randn(T_, B_, G), torch.randn(G, P_), torch.randn(P_, H_), torch.randn(H_)
+    h0, c0, lengths = torch.randn(B_, P_), torch.randn(B_, H_), torch.tensor([4, 2, 3])
+    rmask = torch.bernoulli(torch.full((B_, P_), 0.7)) / 0.7
+    zh, zc = torch.bernoulli(torch.full((T_, B_, P_), 0.3)), torch.bernoulli(torch.full((T_, B_, H_), 0.3))
+    lnw, lnb, lncw, lncb = torch.randn(G), torch.randn(G), torch.randn(H_), torch.randn(H_)
+    utils = ("test_schema", "test_faketensor")
+    args = (gi, None, w_hh, None, None, fb, h0, c0, lengths, w_hr, 0, True, True, rmask, zh, zc, 0.0, 0.0,
+            lnw, lnb, lncw, lncb)
+    torch.library.opcheck(torch.ops.gated_fused.recurrence_forward.default, args, test_utils=utils)
+    out, h_n, c_n, A, aux, saved = torch.ops.gated_fused.recurrence_forward(*args)
+    n_stats = T_ * B_ * (G + 1 + H_ + 1)
+    assert out.shape == (T_, B_, P_) and saved.numel() == n_stats + T_ * B_ * H_
+    bwd = (torch.randn_like(out), torch.randn_like(h_n), torch.randn(B_, H_), A, aux, out, h0, c0, w_hh, lengths,
+           w_hr, 0, True, rmask, zh, zc, 0.0, 0.0, saved[:n_stats], lnw, lncw, lncb)
+    torch.library.opcheck(torch.ops.gated_fused.recurrence_backward.default, bwd, test_utils=utils)
+    grads = torch.ops.gated_fused.recurrence_backward(*bwd)[-1]
+    assert grads.numel() == T_ * B_ * (G + H_) + T_ * B_ * P_

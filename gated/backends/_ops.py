@@ -5,8 +5,9 @@ The C++ extension (gated/csrc/recurrence.cpp) defines ``gated_fused::recurrence_
 
 - fake (meta) implementations: output shapes from input shapes (the zoneout and recurrent-dropout
   arguments change none of them; LayerNorm's make the last output its flat statistics, forward,
-  and gradients, backward: see gated/csrc/time_loop.h), so ``torch.compile`` and
-  ``torch.export`` keep each op as one opaque call (no unrolled time loop, dynamic T and B);
+  and gradients, backward, followed by ``m_t`` and ``dH`` with projections: see
+  gated/csrc/time_loop.h), so ``torch.compile`` and ``torch.export`` keep each op as one opaque
+  call (no unrolled time loop, dynamic T and B);
 - batching rules for ``torch.func.vmap``: the op runs once per batch element and the results
   are stacked. (Batched gradients, ``autograd.grad(is_grads_batched=True)`` as gradcheck uses,
   go through torch's older vmap, whose per-element fallback serves the same purpose.) Correct for any batched
@@ -35,13 +36,13 @@ def _recurrence_forward_fake(x, w_ih, w_hh, b_ih, b_hh, fb, h0, c0, lengths, w_h
     c_n = x.new_empty(B, H) if c0 is not None else x.new_empty(0)
     A = x.new_empty(T, B, G) if save else x.new_empty(0)
     aux = x.new_empty(T, B, H) if save else x.new_empty(0)
-    # the last output: m_t with projections, or LayerNorm's saved statistics (flat), else empty
+    # the last output: m_t with projections, LayerNorm's saved statistics (flat), both as one flat
+    # [statistics | m_t], else empty
+    stats = T * B * (G + 1 + (H + 1 if c0 is not None else 0)) if save and ln_w is not None else 0
     if save and w_hr is not None:
-        m = x.new_empty(T, B, H)
-    elif save and ln_w is not None:
-        m = x.new_empty(T * B * (G + 1 + (H + 1 if c0 is not None else 0)))
+        m = x.new_empty(T, B, H) if not stats else x.new_empty(stats + T * B * H)
     else:
-        m = x.new_empty(0)
+        m = x.new_empty(stats)
     return out, h_n, c_n, A, aux, m
 
 
@@ -52,13 +53,13 @@ def _recurrence_backward_fake(dout, dh_n, dc_n, A, aux, out, h0, c0, w_hh, lengt
     H = P if w_hr is None else w_hr.shape[1]
     dghn = A.new_empty(0) if c0 is not None else A.new_empty(T, B, H)
     dc0 = A.new_empty(B, H) if c0 is not None else A.new_empty(0)
-    # the last output: dH with projections, or LayerNorm's gradients (flat), else empty
+    # the last output: dH with projections, LayerNorm's gradients (flat), both as one flat
+    # [gradients | dH], else empty
+    grads = T * B * (G + (H if c0 is not None else 0)) if ln is not None else 0
     if w_hr is not None:
-        dH = A.new_empty(T, B, P)
-    elif ln is not None:
-        dH = A.new_empty(T * B * (G + (H if c0 is not None else 0)))
+        dH = A.new_empty(T, B, P) if not grads else A.new_empty(grads + T * B * P)
     else:
-        dH = A.new_empty(0)
+        dH = A.new_empty(grads)
     return A.new_empty(T, B, G), dghn, A.new_empty(B, P), dc0, dH
 
 

@@ -1,10 +1,10 @@
 """Fused CPU backend: the time loop and the pointwise gate maths in C++ (gated/csrc/recurrence.cpp).
 
 Supports every core in its plain (``-``, ``C``, ``U``) and sigmoid-refine (``R``, ``UR``) variants,
-float32 and float64 on the CPU, with LayerNorm, zoneout and recurrent dropout (gated/options.py;
-not with ``proj_size``, which runs them on the reference backend): the kernels take the
-recurrent-dropout mask ``(B, H)`` and per state a zoneout keep mask ``(T, B, H)`` (training) or the
-probability ``p`` as a float (eval: the expectation, no ``(T, B, H)`` tensor of a constant). With
+float32 and float64 on the CPU, with LayerNorm, zoneout and recurrent dropout (gated/options.py),
+also with ``proj_size``: the kernels take the recurrent-dropout mask ``(B, P)`` and per state a
+zoneout keep mask (``(T, B, P)`` for ``h``, ``(T, B, H)`` for ``c``; training) or the probability
+``p`` as a float (eval: the expectation, no ``(T, B, ·)`` tensor of a constant). With
 LayerNorm the input side ``LN_ih(x W_ih^T) + b_ih + b_hh`` (GRU/MGU without ``b_hn``) of all steps
 is torch ops here (:func:`_input_side`, differentiated by autograd) and replaces ``x`` and ``W_ih``
 in the kernels, which normalise each step's ``h W_hh^T`` and the LSTM's ``c`` per batch row (the
@@ -19,7 +19,8 @@ on AVX-512 and AVX2 CPUs every matmul but the input gradient runs on the registe
 gated/csrc/tiled_gemm.h; buffers above 32 MiB are reused across calls (gated/csrc/pool.h,
 :func:`empty_cache`).
 
-Glossary: T time, B batch, I input features, H hidden_size, G gate rows.
+Glossary: T time, B batch, I input features, H hidden_size, P the width of h (``proj_size`` or
+``H``), G gate rows.
 """
 
 from __future__ import annotations
@@ -202,10 +203,11 @@ class _Recurrence(torch.autograd.Function):
         lnw, _, lncw, lncb = ctx.saved_tensors[17:]
         layout = ctx.layout
         core, refine = _kernel_ids(layout)
+        stats = None if lnw is None else _ln_stats(m, w_hr, out, c0)
         dA, dghn, dh0, dc0, dH = torch.ops.gated_fused.recurrence_backward(
             dout.contiguous(), dh_n.contiguous(), None if c0 is None else dc_n.contiguous(), A, aux, out, h0, c0,
             w_hh.contiguous(), lengths, None if w_hr is None else w_hr.contiguous(), core, refine,
-            rmask, zh, zc, *ctx.probs, None if lnw is None else m, lnw, lncw, lncb,
+            rmask, zh, zc, *ctx.probs, stats, lnw, lncw, lncb,
         )
         if w_ih is None:  # the caller's input projection (LayerNorm, bfloat16 matmuls)
             return _pre_backward(ctx, dA, dghn, dh0, dc0, dH)
@@ -240,6 +242,14 @@ class _Recurrence(torch.autograd.Function):
                 None, None, None, None, None, None, None, None, None)
 
 
+def _ln_stats(m: Tensor, w_hr: Tensor | None, out: Tensor, c0: Tensor) -> Tensor:
+    """LayerNorm's saved statistics from the forward op's last output ``m``: all of it, or with
+    projections its flat ``[statistics | m_t (T, B, H)]``'s first part (gated/csrc/time_loop.h)."""
+    if w_hr is None:
+        return m
+    return m[:m.numel() - out.shape[0] * out.shape[1] * c0.shape[-1]]
+
+
 def _pre_backward(ctx, dA, dghn, dh0, dc0, dL):
     """The first-order gradients of a call whose input side :func:`_input_side` computed (autograd
     takes ``dA``, the gradient of its ``(T, B, G)`` result, back through it), from the backward op's
@@ -247,9 +257,10 @@ def _pre_backward(ctx, dA, dghn, dh0, dc0, dL):
     LayerNorm the first part of the flat ``dL`` ``[d(h W_hh^T) before the norm (T, B, G) | LSTM: the
     cell norm's dy (T, B, H)]``, whose statistics are the forward's ``m`` ``[xhat (T, B, G) | rstd
     (T, B) | LSTM: chat (T, B, H) | rstd (T, B)]`` (gated/csrc/time_loop.h); without, ``dA`` itself
-    (GRU/MGU: ``dghn`` in the candidate block, what the reset gate multiplied), and with projections
-    ``dL`` is ``dH`` (``W_hr``'s). The norms' gains and biases: sums of ``dy * xhat`` and ``dy`` over
-    steps and batch. Gradients return in their inputs' dtypes (a bfloat16 ``W_hh``'s in bfloat16)."""
+    (GRU/MGU: ``dghn`` in the candidate block, what the reset gate multiplied). With projections
+    ``dL`` ends with ``dH`` (``(T, B, P)``, ``W_hr``'s) and ``m`` with ``m_t`` (``(T, B, H)``): all of
+    them without LayerNorm, each one flat buffer with it. The norms' gains and biases: sums of
+    ``dy * xhat`` and ``dy`` over steps and batch. Gradients return in their inputs' dtypes (a bfloat16 ``W_hh``'s in bfloat16)."""
     x, _, w_hh, _, b_hh, fb, w_hr, h0, c0, _, A, _, m, out, rmask = ctx.saved_tensors[:15]
     lnw, lncw = ctx.saved_tensors[17], ctx.saved_tensors[19]
     layout = ctx.layout
@@ -273,7 +284,7 @@ def _pre_backward(ctx, dA, dghn, dh0, dc0, dL):
             dlnb = _splice(dlnb, n_rows, dghn.sum((0, 1)))
         if lncw is not None:
             H = lncw.shape[0]
-            dyc, chat = dL[TB * G:].view(T, B, H), m[TB * (G + 1):TB * (G + 1 + H)].view(T, B, H)
+            dyc, chat = dL[TB * G:TB * (G + H)].view(T, B, H), m[TB * (G + 1):TB * (G + 1 + H)].view(T, B, H)
             dlncw, dlncb = (dyc * chat).sum((0, 1)), dyc.sum((0, 1))
     db_hh = None
     if b_hh is not None:  # GRU/MGU: b_hn (the rest of b_hh is in the input side)
@@ -283,8 +294,9 @@ def _pre_backward(ctx, dA, dghn, dh0, dc0, dL):
         total = dA.sum((0, 1))
         dfb = total[layout.keep] - total[layout.refine]
     dw_hr = None
-    if w_hr is not None:  # dL/dW_hr = sum over steps of dh_t^T m_t
-        dw_hr = torch.ops.gated_fused.tiled_mm(dL.view(TB, P), m.view(TB, -1), True, False)
+    if w_hr is not None:  # dL/dW_hr = sum over steps of dh_t^T m_t (the last parts of dL and m)
+        dH, m_t = dL.reshape(-1)[-TB * P:], m.reshape(-1)[-TB * w_hr.shape[1]:]
+        dw_hr = torch.ops.gated_fused.tiled_mm(dH.view(TB, P), m_t.view(TB, -1), True, False)
     dx = dA if ctx.needs_input_grad[0] else None
     return (dx, None, dw_hh.to(w_hh.dtype), None, db_hh, dfb, dw_hr, dh0, (dc0 if c0 is not None else None), None,
             None, None, None, None, None, None, dlnw, dlnb, dlncw, dlncb)
@@ -341,21 +353,15 @@ def _differentiable_backward(ctx, dout, dh_n, dc_n):
 
 
 def run_layer(x, state, w_ih, w_hh, b_ih, b_hh, forget_bias, layout, mask=None, record=None, w_hr=None, extras=None):
-    """Same contract as :func:`gated.backends.reference.run_layer` (``record`` is not supported;
-    ``extras`` not with projections)."""
+    """Same contract as :func:`gated.backends.reference.run_layer` (``record`` is not supported)."""
     if record is not None:
         raise ValueError("the fused backend records no gates; gate_activations uses the reference backend")
     if x.shape[1] == 0:  # an empty batch: nothing to compute, and the kernels need B > 0
         return reference.run_layer(x, state, w_ih, w_hh, b_ih, b_hh, forget_bias, layout, mask, w_hr=w_hr,
                                    extras=extras)
     opt = _option_args(extras, x)
-    if w_hr is not None and (any(t is not None for t in opt[:3]) or opt[3] or opt[4]):
-        raise ValueError("the fused kernels have no zoneout or recurrent dropout with projections (the reference "
-                         "backend runs them)")
     ln = _NO_LN
     has_ln = extras is not None and extras.ln is not None
-    if has_ln and w_hr is not None:
-        raise ValueError("the fused kernels have no LayerNorm with projections (the reference backend runs it)")
     if has_ln or w_hh.dtype != x.dtype:  # the LayerNorm cell, or bfloat16 matmuls: the input side here
         if w_hh.dtype != x.dtype and (x.dtype != torch.float32 or w_hh.dtype != torch.bfloat16):
             raise ValueError(f"the fused kernels take {x.dtype} weights, or bfloat16 matmul weights with float32 "

@@ -7,11 +7,13 @@
 // The LayerNorm cell: the caller passes the normalised input projection as x (no w_ih) and the
 // norms' parameters; the kernels normalise each step's recurrent product (and the LSTM's c) per
 // row on the non-tiled path, forward's last output holding the statistics and backward's the raw
-// recurrent product's gradients (time_loop.h), where projections would put m_t and dH.
+// recurrent product's gradients (time_loop.h); with projections too, each is one flat buffer with
+// m_t (forward) or dH (backward) after it.
 // Glossary: T time, B batch, H hidden, G gate rows; "refine" = paper Eq. 10 with shared b_f.
 // The equations are those of gated/cores.py (the reference); tests/test_fused.py checks equality.
 // Layout: vec_math.h (vectorised maths), recurrent_gemm.h (the per-step GEMM), cells.h (the
-// pointwise cells), time_loop.h (forward_impl, backward_impl); this file holds the checks, the
+// pointwise cells), projection.h (zoneout and the recurrent-dropout mask of a projected h),
+// time_loop.h (forward_impl, backward_impl); this file holds the checks, the
 // entry points and the op registration, and scan.h the scan cores.
 
 #include "vec_math.h"  // first: its CPU_CAPABILITY defines must precede every ATen header
@@ -50,33 +52,31 @@ void check(const Tensor& x, const Tensor& w_hh) {
               "(bfloat16 matmuls), got ", w_hh.scalar_type(), " and ", x.scalar_type());
 }
 
-// The optional options (gated/options.py): the recurrent-dropout mask rmask (B, H) and per state
-// zoneout, a (T, B, H) keep mask or the eval probability p (used where the mask is absent). Not
-// with projections (those run on the reference backend).
-void check_options(const Tensor& like, int64_t Tn, int64_t B, int64_t H, bool proj, const std::optional<Tensor>& rmask,
+// The optional options (gated/options.py): the recurrent-dropout mask rmask (B, P) and per state
+// zoneout, a keep mask, (T, B, P) for h and (T, B, H) for c, or the eval probability p (used where
+// the mask is absent); P is the width of h (proj_size with projections, else H).
+void check_options(const Tensor& like, int64_t Tn, int64_t B, int64_t P, int64_t H, const std::optional<Tensor>& rmask,
                    const std::optional<Tensor>& zone_h, const std::optional<Tensor>& zone_c, double p_h, double p_c,
                    bool lstm) {
-  const bool any = rmask || zone_h || zone_c || p_h != 0 || p_c != 0;
-  TORCH_CHECK(!(any && proj), "gated fused CPU backend: zoneout and recurrent dropout are not fused with projections");
   TORCH_CHECK(lstm || (!zone_c && p_c == 0), "gated fused CPU backend: zoneout of c is LSTM only");
   auto ok = [&](const std::optional<Tensor>& t, at::IntArrayRef shape, const char* what) {
     TORCH_CHECK(!t || (t->sizes() == shape && t->scalar_type() == like.scalar_type() && t->is_contiguous()),
                 "gated fused CPU backend: ", what, " must be a contiguous ", shape, " tensor of the input's dtype");
   };
-  ok(rmask, {B, H}, "the recurrent-dropout mask");
-  ok(zone_h, {Tn, B, H}, "the zoneout mask of h");
+  ok(rmask, {B, P}, "the recurrent-dropout mask");
+  ok(zone_h, {Tn, B, P}, "the zoneout mask of h");
   ok(zone_c, {Tn, B, H}, "the zoneout mask of c");
 }
 
 // The LayerNorm cell's parameters (time_loop.h's Ln): the recurrent product's norm, ln_w and ln_b
 // (G each), and the LSTM's cell norm, lnc_w and lnc_b (H each). The input side is the caller's:
-// with them x is the input projection (T, B, G) and w_ih and b_ih are absent. Not with projections.
-void check_ln(const Tensor& like, bool pre, int64_t G, int64_t H, bool proj, bool lstm, const std::optional<Tensor>& w,
+// with them x is the input projection (T, B, G) and w_ih and b_ih are absent. With projections the
+// cell norm is still over c's H units.
+void check_ln(const Tensor& like, bool pre, int64_t G, int64_t H, bool lstm, const std::optional<Tensor>& w,
               const std::optional<Tensor>& b, const std::optional<Tensor>& cw, const std::optional<Tensor>& cb) {
   if (!w && !b && !cw && !cb) return;
   TORCH_CHECK(w && b && (lstm ? cw && cb : !cw && !cb),
               "gated fused CPU backend: LayerNorm takes ln_w and ln_b, and for the LSTM lnc_w and lnc_b");
-  TORCH_CHECK(!proj, "gated fused CPU backend: LayerNorm is not fused with projections");
   TORCH_CHECK(pre, "gated fused CPU backend: with LayerNorm x is the input projection (w_ih absent)");
   auto ok = [&](const std::optional<Tensor>& t, int64_t n, const char* what) {
     TORCH_CHECK(!t || (t->dim() == 1 && t->size(0) == n && t->scalar_type() == like.scalar_type() && t->is_contiguous()),
@@ -131,16 +131,16 @@ Tensors6 recurrence_forward(const Tensor& x, const std::optional<Tensor>& w_ih, 
                             const std::optional<Tensor>& ln_w, const std::optional<Tensor>& ln_b,
                             const std::optional<Tensor>& lnc_w, const std::optional<Tensor>& lnc_b) {
   check(x, w_hh);
-  check_options(x, x.size(0), x.size(1), w_hh.size(1), w_hr.has_value(), rmask, zone_h, zone_c, p_h, p_c, core == LSTM);
   TORCH_CHECK(!w_hr || (core == LSTM && w_hr->is_contiguous()), "gated fused CPU backend: projections are LSTM only");
+  const int64_t G = w_hh.size(0), P = w_hh.size(1), H = w_hr ? w_hr->size(1) : P;
+  check_options(x, x.size(0), x.size(1), P, H, rmask, zone_h, zone_c, p_h, p_c, core == LSTM);
   const bool pre = !w_ih.has_value();
   TORCH_CHECK(pre || w_hh.scalar_type() == x.scalar_type(),
               "gated fused CPU backend: with bfloat16 matmuls x is the caller's input projection (w_ih absent)");
-  const int64_t G = w_hh.size(0), H = w_hr ? w_hr->size(1) : w_hh.size(1);
   TORCH_CHECK(pre ? !b_ih && x.size(2) == G && (core != LSTM || !b_hh) : b_ih.has_value() == b_hh.has_value(),
               "gated fused CPU backend: both biases or neither; without w_ih x is the (T, B, G) input projection, "
               "without b_ih (and the LSTM without b_hh)");
-  check_ln(x, pre, G, H, w_hr.has_value(), core == LSTM, ln_w, ln_b, lnc_w, lnc_b);
+  check_ln(x, pre, G, H, core == LSTM, ln_w, ln_b, lnc_w, lnc_b);
   at::NoGradGuard no_grad;
   const auto [bias_x, b_hn] = split_biases(b_ih, b_hh, core, H, pre);
   auto r = AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gated_recurrence_forward", [&] {
@@ -161,10 +161,11 @@ Tensors5 recurrence_backward(const Tensor& dout, const Tensor& dh_n, const std::
                              const std::optional<Tensor>& ln, const std::optional<Tensor>& ln_w,
                              const std::optional<Tensor>& lnc_w, const std::optional<Tensor>& lnc_b) {
   check(A, w_hh);
-  check_options(A, A.size(0), A.size(1), w_hh.size(1), w_hr.has_value(), rmask, zone_h, zone_c, p_h, p_c, core == LSTM);
   const int64_t Tn = A.size(0), B = A.size(1), G = A.size(2), H = w_hr ? w_hr->size(1) : w_hh.size(1);
-  // ln: the forward's saved LayerNorm statistics (its last output); ln_b is not needed
-  check_ln(A, true, G, H, w_hr.has_value(), core == LSTM, ln_w, ln_w, lnc_w, lnc_b);
+  check_options(A, Tn, B, w_hh.size(1), H, rmask, zone_h, zone_c, p_h, p_c, core == LSTM);
+  // ln: the forward's saved LayerNorm statistics (its last output, without m_t's part with
+  // projections); ln_b is not needed
+  check_ln(A, true, G, H, core == LSTM, ln_w, ln_w, lnc_w, lnc_b);
   TORCH_CHECK(ln_w.has_value() == ln.has_value(), "gated fused CPU backend: LayerNorm needs ln and ln_w");
   TORCH_CHECK(!ln || (ln->numel() == Tn * B * (G + 1 + (core == LSTM ? H + 1 : 0)) && ln->is_contiguous() &&
                       ln->scalar_type() == A.scalar_type()),

@@ -7,11 +7,14 @@
 // (proj_size with projections, else H), G gate rows; A gate (pre-)activations, aux the saved
 // state (c_t, or W_hn h + b_hn), M m_t before the projection W_hr, S the recurrent projection's
 // gradients (GRU/MGU), dA dh dc d<name> gradients, tid/nth a thread and the team's size, q0/q1 a
-// thread's range of tiled groups; rm the recurrent-dropout mask (B, H), HM the masked h the next
-// step's GEMM reads, zh/zc zoneout (cells.h's Zone); ln the LayerNorm cell's parameters (Ln), LS
-// its saved statistics, flat: [xhat of the recurrent product (T, B, G) | its rstd (T, B) | LSTM:
-// chat, the normalised c~ (T, B, H) | its rstd (T, B)], DL the backward's flat [the recurrent
-// product's gradients before the norm (T, B, G) | LSTM: the cell norm's dy (T, B, H)].
+// thread's range of tiled groups; rm the recurrent-dropout mask (B, P), HM the masked h the next
+// step's GEMM reads, zh/zc zoneout (cells.h's Zone; zh on h, P wide, applied after the projection
+// with one: projection.h); ln the LayerNorm cell's parameters (Ln), LS its saved statistics, flat:
+// [xhat of the recurrent product (T, B, G) | its rstd (T, B) | LSTM: chat, the normalised c~
+// (T, B, H) | its rstd (T, B)], DL the backward's flat [the recurrent product's gradients before
+// the norm (T, B, G) | LSTM: the cell norm's dy (T, B, H)], dH the gradients of the projected h~
+// (T, B, P). The last output, forward: M, LS, or with both one flat [LS | M]; backward: dH, DL,
+// or with both one flat [DL | dH].
 #pragma once
 
 #include "vec_math.h"  // first: its CPU_CAPABILITY defines must precede every ATen header
@@ -27,6 +30,7 @@
 
 #include "cells.h"
 #include "pool.h"
+#include "projection.h"
 #include "recurrent_gemm.h"
 #include "tiled_gemm.h"
 
@@ -77,7 +81,8 @@ inline int64_t share(int64_t n, int64_t tid, int64_t nth) { return n * tid / nth
 // recurrent: the caller computes it (torch ops, differentiated by autograd) and passes it as x,
 // without w_ih. The norms need whole rows, so calls with them run the non-tiled path (a GEMM per
 // step, then the pointwise pass split over batch rows by rows()), never the tiled team, whose
-// threads own ranges of units.
+// threads own ranges of units. With projections they normalise the same way: the cell norm acts on
+// c (H wide), before m_t = o tanh(LN_c(c)) is projected.
 template <typename T>
 struct Ln {
   const T *w = nullptr, *b = nullptr, *cw = nullptr, *cb = nullptr;
@@ -105,12 +110,14 @@ std::vector<Tensor> forward_impl(const Tensor& x, const Tensor& w_ih, const Tens
   Tensor A = empty({chunk, B, G}, opts);  // gate pre-activations, then activations
   Tensor out = empty({Tn, B, P}, opts);
   Tensor aux = empty({save ? Tn : 2, B, H}, opts);  // LSTM: c_t; GRU/MGU: W_hn h + b_hn
-  // with projections: m_t = o_t * tanh(c_t) before the projection h_t = m_t W_hr^T (kept for
-  // W_hr's gradient when saving)
-  Tensor M = proj ? empty({save ? Tn : 2, B, H}, opts) : Tensor();
   Tensor gh = empty({B, G}, opts);
   const int64_t TB = Tn * B;
-  Tensor LS = save && ln.on() ? empty({TB * (G + 1) + (core == LSTM ? TB * (H + 1) : 0)}, opts) : empty({0}, opts);
+  // what backward needs beyond A and aux, in one flat buffer: [LS | M], with M (projections) m_t =
+  // o_t * tanh(c_t) before the projection h_t = m_t W_hr^T (kept for W_hr's gradient when saving)
+  const int64_t n_stats = save && ln.on() ? TB * (G + 1) + (core == LSTM ? TB * (H + 1) : 0) : 0;
+  const int64_t n_m = proj ? (save ? Tn : 2) * B * H : 0;
+  Tensor saved = empty({n_stats + n_m}, opts), LS = saved.narrow(0, 0, n_stats);
+  Tensor M = proj ? saved.narrow(0, n_stats, n_m).view({n_m / (B * H), B, H}) : Tensor();
   T *xhp = nullptr, *rsp = nullptr, *chp = nullptr, *rcp = nullptr;
   if (LS.numel() > 0) {
     xhp = LS.data_ptr<T>();
@@ -167,15 +174,17 @@ std::vector<Tensor> forward_impl(const Tensor& x, const Tensor& w_ih, const Tens
     return r;
   };
   // LSTM: pre = gx_t + h W_hh^T (accumulated into A_t); GRU/MGU: pre = h W_hh^T on its own
+  // (with projections the zoneout of h and the mask come after the projection: projection.h)
+  const Zone<T> zcell = proj ? Zone<T>{} : zh;
   auto pointwise = [&](const Step& s, const auto& r, const T* pre, int64_t b0, int64_t b1) {
     if (core == LSTM) {
       CellNorm<T> cn;
       if (ln.on()) cn = {ln.cw, ln.cb, chp ? chp + s.t * B * H : nullptr, rcp ? rcp + s.t * B : nullptr, nullptr};
-      lstm_fwd<T>(s, pre, r.a, r.c_prev, r.state, r.h, fbp, b0, b1, r.h_prev, zh, zc, cn);
+      lstm_fwd<T>(s, pre, r.a, r.c_prev, r.state, r.h, fbp, b0, b1, r.h_prev, zcell, zc, cn);
     } else {
       gru_mgu_fwd<T>(s, core, r.a, pre, r.h_prev, r.h, r.state, bhnp, fbp, b0, b1, zh);
     }
-    if (rm != nullptr) {  // no projections here: h_t is (B, H)
+    if (rm != nullptr && !proj) {  // h_t is (B, H) here
       for (int64_t b = b0; b < b1; ++b) {
         const T *hb = r.h + b * H, *mb = rm + b * H;
         T* ob = r.hm + b * H;
@@ -248,6 +257,11 @@ std::vector<Tensor> forward_impl(const Tensor& x, const Tensor& w_ih, const Tens
           Tensor h_t = out[t];
           Tensor res = projection->run(M[ring(save, t)], Tensor(), h_t);
           if (res.data_ptr() != h_t.data_ptr()) h_t.copy_(res);
+          if (zh.on() || rm != nullptr) {  // zoneout of the projected h, then the next product's mask
+            const Step sh{B, P, G, t, lp, refine, 0, P};
+            T* h = outp + t * B * P;
+            rows(B, P, [&](int64_t b0, int64_t b1) { project_fwd<T>(sh, h, r.h_prev, zh, rm, r.hm, b0, b1); });
+          }
         }
       }
     }
@@ -260,7 +274,7 @@ std::vector<Tensor> forward_impl(const Tensor& x, const Tensor& w_ih, const Tens
   }
   Tensor c_n = core == LSTM ? aux[ring(save, Tn - 1)].clone() : empty({0}, opts);  // c is held past each end
   if (!save) return {out, h_n, c_n, empty({0}, opts), empty({0}, opts), empty({0}, opts)};
-  return {out, h_n, c_n, A, aux, proj ? M : LS};  // the last: m_t with projections, or LayerNorm's
+  return {out, h_n, c_n, A, aux, proj && n_stats == 0 ? M : saved};  // the last: M, LS, or [LS | M]
 }
 
 template <typename T>
@@ -271,10 +285,14 @@ std::vector<Tensor> backward_impl(const Tensor& dout, const Tensor& dh_n, const 
                                   int64_t core, bool refine, const std::optional<Tensor>& rmask, const Zone<T>& zh,
                                   const Zone<T>& zc, const Ln<T>& ln = {}, const T* LSp = nullptr) {
   const int64_t Tn = A.size(0), B = A.size(1), G = A.size(2), P = w_hh.size(1);
-  const int64_t H = w_hr ? w_hr->size(1) : P, TB = Tn * B;
+  const bool proj = w_hr.has_value();
+  const int64_t H = proj ? w_hr->size(1) : P, TB = Tn * B;
   auto opts = A.options();
-  // LayerNorm (forward_impl's LS, DL): the statistics read, the gradients written
-  Tensor DL = ln.on() ? empty({TB * G + (core == LSTM ? TB * H : 0)}, opts) : empty({0}, opts);
+  // the last output, flat: [DL | dH]; LayerNorm (forward_impl's LS, DL): the statistics read, the
+  // gradients written; projections: dH
+  const int64_t n_dl = ln.on() ? TB * G + (core == LSTM ? TB * H : 0) : 0;
+  Tensor grads = empty({n_dl + (proj ? TB * P : 0)}, opts), DL = grads.narrow(0, 0, n_dl);
+  Tensor dH = proj ? grads.narrow(0, n_dl, TB * P).view({Tn, B, P}) : Tensor();
   const T *xhp = LSp, *rsp = LSp ? LSp + TB * G : nullptr;
   const T *chp = LSp && core == LSTM ? rsp + TB : nullptr, *rcp = chp ? chp + TB * H : nullptr;
   T *dgp = ln.on() ? DL.data_ptr<T>() : nullptr, *dyc = ln.on() && core == LSTM ? dgp + TB * G : nullptr;
@@ -284,7 +302,7 @@ std::vector<Tensor> backward_impl(const Tensor& dout, const Tensor& dh_n, const 
   // while it writes step t's)
   Tensor S = core == LSTM ? Tensor() : empty({2, B, G}, opts);
   Tensor dh = dh_n.contiguous().clone();  // dL/dh_t carried backwards
-  Tensor buf0 = empty({B, H}, opts), buf1 = empty({B, H}, opts);
+  Tensor buf0 = empty({B, P}, opts), buf1 = empty({B, P}, opts);
   Tensor dc = core == LSTM ? dc_n->contiguous().clone() : Tensor();
   Tensor len = lengths ? lengths->contiguous() : Tensor();
   const int64_t* lp = len.defined() ? len.data_ptr<int64_t>() : nullptr;
@@ -295,15 +313,18 @@ std::vector<Tensor> backward_impl(const Tensor& dout, const Tensor& dh_n, const 
   T *dAp = dA.data_ptr<T>(), *Sp = core == LSTM ? nullptr : S.data_ptr<T>();
   T* dghnp = core == LSTM ? nullptr : dghn.data_ptr<T>();
   T* dcp = core == LSTM ? dc.data_ptr<T>() : nullptr;
-  auto pointwise = [&](const Step& s, const T* dhp, T* dhnp, int64_t b0, int64_t b1) {
+  // the cell's zoneout of h (with projections: on the projected h, projection.h's project_bwd)
+  const Zone<T> zcell = proj ? Zone<T>{} : zh;
+  // dop: the gradient of the cell's output at step t (dout_t, or m_t's with projections)
+  auto pointwise = [&](const Step& s, const T* dop, const T* dhp, T* dhnp, int64_t b0, int64_t b1) {
     const int64_t t = s.t, BG = B * G, BH = B * H;
-    const T *ap = Ap + t * BG, *dop = doutp + t * BH;
+    const T* ap = Ap + t * BG;
     T* dap = dAp + t * BG;
     if (core == LSTM) {
       const T *cp = t == 0 ? c0->data_ptr<T>() : auxp + (t - 1) * BH, *ct = auxp + t * BH;
       CellNorm<T> cn;
       if (ln.on()) cn = {ln.cw, ln.cb, const_cast<T*>(chp + t * BH), const_cast<T*>(rcp + t * B), dyc + t * BH};
-      lstm_bwd<T>(s, ap, cp, ct, dop, dhp, dcp, dap, dhnp, b0, b1, zh, zc, cn);
+      lstm_bwd<T>(s, ap, cp, ct, dop, dhp, dcp, dap, dhnp, b0, b1, zcell, zc, cn);
     } else {
       const T *q = auxp + t * BH, *hp = t == 0 ? h0.data_ptr<T>() : outp + (t - 1) * BH;
       gru_mgu_bwd<T>(s, core, ap, q, hp, dop, dhp, dap, Sp + (t % 2) * BG, dghnp + t * BH, dhnp, b0, b1, zh);
@@ -313,44 +334,12 @@ std::vector<Tensor> backward_impl(const Tensor& dout, const Tensor& dh_n, const 
   const T* rm = rmask ? rmask->data_ptr<T>() : nullptr;
   auto mask_add = [&](T* d, const T* direct, int64_t j0, int64_t j1) {
     for (int64_t b = 0; b < B; ++b) {
-      for (int64_t j = j0; j < j1; ++j) d[b * H + j] = d[b * H + j] * rm[b * H + j] + direct[b * H + j];
+      for (int64_t j = j0; j < j1; ++j) d[b * P + j] = d[b * P + j] * rm[b * P + j] + direct[b * P + j];
     }
   };
-  if (w_hr) {
-    // LSTM with projections, h_t = m_t W_hr^T: per step the gradient of h_t (dout_t plus the carry
-    // from step t+1, kept in dH for W_hr's gradient) goes back through W_hr to m_t, then through
-    // the gates; the carry to step t-1 is dA_t @ W_hh, plus the carry itself on rows already past
-    // their sequence's end (held state; their dout is not part of the graph)
-    Tensor dH = empty({Tn, B, P}, opts), dm = empty({B, H}, opts);
-    Tensor zero = at::zeros({B, H}, opts), unused = empty({B, H}, opts), scratch = empty({B, P}, opts);
-    Tensor carry0 = empty({B, P}, opts), carry1 = empty({B, P}, opts);
-    RecurrentGemm gemm(w_hh, /*transpose=*/false, B, Tn);  // dgates (B, G) @ W_hh -> (B, P)
-    for (int64_t t = Tn - 1; t >= 0; --t) {
-      Tensor d = dH[t];
-      at::add_out(d, dout[t], dh);
-      at::mm_out(dm, d, *w_hr);
-      Tensor carry = dh.data_ptr() == carry0.data_ptr() ? carry1 : carry0;
-      const T* dhp = dh.data_ptr<T>();
-      T* kp = carry.data_ptr<T>();
-      for (int64_t b = 0; b < B; ++b) {
-        if (lp != nullptr && t >= lp[b]) {
-          std::copy(dhp + b * P, dhp + (b + 1) * P, kp + b * P);
-        } else {
-          std::fill(kp + b * P, kp + (b + 1) * P, T(0));
-        }
-      }
-      const Step s{B, H, G, t, lp, refine, 0, H};
-      const T *ap = Ap + t * B * G, *cp = t == 0 ? c0->data_ptr<T>() : auxp + (t - 1) * B * H, *ct = auxp + t * B * H;
-      const T *dmp = dm.data_ptr<T>(), *zp = zero.data_ptr<T>();
-      T* up = unused.data_ptr<T>();
-      rows(B, H, [&](int64_t b0, int64_t b1) { lstm_bwd<T>(s, ap, cp, ct, dmp, zp, dcp, dAp + t * B * G, up, b0, b1); });
-      dh = gemm.run(dA[t], carry, scratch);
-    }
-    return {dA, dghn, dh, dc, dH};
-  }
 #if defined(GATED_TILED_GEMM)
   if constexpr (use_tiled<T>()) {
-    if (tiled_chosen() && !ln.on() && w_hh.scalar_type() == at::kFloat && (Tn * B >= 4 || g_gemm == kTiled)) {
+    if (tiled_chosen() && !ln.on() && !proj && w_hh.scalar_type() == at::kFloat && (Tn * B >= 4 || g_gemm == kTiled)) {
       // step t, per thread: dh_t = src_{t+1} @ W_hh + dhn_{t+1} for its units, then step t's
       // pointwise on them (which overwrites dhn with dhn_t); the last pass only finishes dh_0
       const tiled::Panels wh(w_hh.data_ptr<float>(), H, 1, G, 1, H);  // B(k, n) = W_hh[k, n]
@@ -368,7 +357,7 @@ std::vector<Tensor> backward_impl(const Tensor& dout, const Tensor& dh_n, const 
           }
           if (t >= 0) {
             const Step own{B, H, G, t, lp, refine, wh.unit_begin(q0), wh.unit_end(q1)};
-            pointwise(own, dhp, dhnp, 0, B);
+            pointwise(own, doutp + t * B * H, dhp, dhnp, 0, B);
           }
           barrier();
         }
@@ -377,16 +366,32 @@ std::vector<Tensor> backward_impl(const Tensor& dout, const Tensor& dh_n, const 
     }
   }
 #endif
-  RecurrentGemm gemm(w_hh, /*transpose=*/false, B, Tn);  // dgates (B, G) @ W_hh -> (B, H)
-  Tensor scratch = empty({B, H}, opts);
+  // LSTM with projections, h_t = h~ + z (h_{t-1} - h~), h~ = m_t W_hr^T: per step the gradient of
+  // h_t (dout_t plus the carry from step t+1) goes through the zoneout (projection.h: dH_t, the
+  // gradient of h~, and the direct part of dh_{t-1}), back through W_hr to m_t (dm), then through
+  // the gates with no gradient arriving at h_t itself (zero); the cell's own dh_{t-1} part is not
+  // used (spare)
+  Tensor dm, zero, spare;
+  if (proj) dm = empty({B, H}, opts), zero = at::zeros({B, H}, opts), spare = empty({B, H}, opts);
+  RecurrentGemm gemm(w_hh, /*transpose=*/false, B, Tn);  // dgates (B, G) @ W_hh -> (B, P)
+  Tensor scratch = empty({B, P}, opts);
   for (int64_t t = Tn - 1; t >= 0; --t) {
     Step s{B, H, G, t, lp, refine, 0, H};
     Tensor dhn = dh.data_ptr() == buf0.data_ptr() ? buf1 : buf0;  // the part of dh_{t-1} outside W_hh
     const T* dhp = dh.data_ptr<T>();
     T* dhnp = dhn.data_ptr<T>();
+    const T *dop = doutp + t * B * P, *dcell = dhp;
+    T* dhn_cell = dhnp;
+    if (proj) {
+      const Step sh{B, P, G, t, lp, refine, 0, P};
+      T* dht = dH.data_ptr<T>() + t * B * P;
+      rows(B, P, [&](int64_t b0, int64_t b1) { project_bwd<T>(sh, dop, dhp, zh, dht, dhnp, b0, b1); });
+      at::mm_out(dm, dH[t], *w_hr);
+      dop = dm.data_ptr<T>(), dcell = zero.data_ptr<T>(), dhn_cell = spare.data_ptr<T>();
+    }
     const T* sp = core == LSTM ? dAp + t * B * G : Sp + (t % 2) * B * G;
     rows(B, H, [&](int64_t b0, int64_t b1) {
-      pointwise(s, dhp, dhnp, b0, b1);
+      pointwise(s, dop, dcell, dhn_cell, b0, b1);
       if (ln.on()) {  // through LN_hh, per row: the gradients of the raw product h W_hh^T
         for (int64_t b = b0; b < b1; ++b) {
           const int64_t k = t * B + b;
@@ -398,13 +403,14 @@ std::vector<Tensor> backward_impl(const Tensor& dout, const Tensor& dh_n, const 
     Tensor g_t = ln.on() ? DL.narrow(0, t * B * G, B * G).view({B, G}) : src(t);
     if (rm != nullptr) {
       Tensor g = gemm.run(g_t, Tensor(), scratch);
-      mask_add(g.data_ptr<T>(), dhnp, 0, H);
+      mask_add(g.data_ptr<T>(), dhnp, 0, P);
       dh = g;  // scratch or a new tensor: read by the next pointwise pass before the next product
     } else {
       dh = gemm.run(g_t, dhn, scratch);
     }
   }
-  return {dA, dghn, dh, core == LSTM ? dc : empty({0}, opts), DL};  // the last: dH with projections, or DL
+  // the last: [DL | dH] (one of them, or empty)
+  return {dA, dghn, dh, core == LSTM ? dc : empty({0}, opts), proj && n_dl == 0 ? dH : grads};
 }
 
 }  // namespace
