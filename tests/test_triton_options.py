@@ -203,7 +203,7 @@ def test_triton_ops_opcheck_with_layer_norm():
     product's gradients (and the LSTM cell norm's dy) in the flat ``dH``."""
     T, B, H_ = 3, 2, 4
     f64, bf16, f32 = torch.float64, torch.bfloat16, torch.float32
-    for core, blocks, refine, cd in ((0, 4, True, f64), (1, 3, False, f64), (2, 3, True, bf16), (0, 4, False, bf16)):
+    for core, blocks, refine, cd in ((0, 4, True, f64), (1, 3, False, bf16)):  # LSTM (cell norm, lengths); GRU
         G, sd = blocks * H_, (f32 if cd == bf16 else cd)
         rnd = lambda *s, dtype=cd: torch.randn(*s, dtype=dtype, device=DEVICE)  # noqa: E731
         h0, c0 = rnd(B, H_, dtype=sd), (rnd(B, H_, dtype=sd) if core == 0 else None)
