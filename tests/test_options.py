@@ -278,7 +278,8 @@ def test_fused_cpu_takes_every_option_with_and_without_projections(caplog):
     for m in (gated.LSTM(I, H, proj_size=3, **kw), gated.GRU(I, H, **kw)):
         for training in (True, False):
             m.train(training)
-            assert backends._unfused_for(m.opts.unfused(training, bool(getattr(m, "proj_size", 0))), "fused_cpu") is None
+            unfused = m.opts.unfused(training, bool(getattr(m, "proj_size", 0)))
+            assert backends._unfused_for(unfused, "fused_cpu") is None
             with caplog.at_level(logging.WARNING, "gated"):
                 backends._logged.clear()
                 assert m._resolve_backend("auto", x) is backends.BACKENDS["fused_cpu"]
@@ -681,15 +682,18 @@ def test_fused_gradcheck_with_layer_norm(core):
 
     assert torch.autograd.gradcheck(f, leaves)
     if core != "mgu":  # x, W_hh, b_hh, the recurrent norm's gain and (LSTM) the cell norm's bias
-        some = [0, 2, 4, 8 + n, *([11 + n] if n == 2 else [])]
+        _gradgradcheck_some(f, leaves, [0, 2, 4, 8 + n, *([11 + n] if n == 2 else [])])
 
-        def g(*diff):
-            args = list(leaves)
-            for k, t in zip(some, diff):
-                args[k] = t
-            return f(*args)
 
-        assert torch.autograd.gradgradcheck(g, [leaves[k] for k in some], fast_mode=True)
+def _gradgradcheck_some(f, leaves, some):
+    """gradgradcheck of ``f(*leaves)`` in the leaves at indices ``some`` (the others held fixed)."""
+    def g(*diff):
+        args = list(leaves)
+        for k, t in zip(some, diff):
+            args[k] = t
+        return f(*args)
+
+    assert torch.autograd.gradgradcheck(g, [leaves[k] for k in some], fast_mode=True)
 
 
 def test_opcheck_fused_ops_with_layer_norm():
@@ -848,15 +852,7 @@ def test_fused_gradcheck_with_projections_and_options(training):
         return (out, *st)
 
     assert torch.autograd.gradcheck(f, leaves)
-    some = [0, 2, 6, 11, 14]  # x, W_hh, W_hr, the recurrent norm's gain, the cell norm's bias
-
-    def g(*diff):
-        args = list(leaves)
-        for k, t in zip(some, diff):
-            args[k] = t
-        return f(*args)
-
-    assert torch.autograd.gradgradcheck(g, [leaves[k] for k in some], fast_mode=True)
+    _gradgradcheck_some(f, leaves, [0, 2, 6, 11, 14])  # x, W_hh, W_hr, the recurrent norm's gain, the cell norm's bias
 
 
 def test_fused_double_backward_with_projections_equals_the_reference():

@@ -676,19 +676,10 @@ _SM90_DTYPES = ["fp32", "fp64", "bf16", "fp16"]
 
 
 def _sm90():
-    """Triton's compiler API; skips where triton's library functions were made interpreted (triton
-    first imported under TRITON_INTERPRET=1), which its compiler refuses (tests/test_triton_scan.py)."""
-    try:
-        import triton
-        import triton.language.standard
-        from triton.backends.compiler import GPUTarget
-        from triton.compiler import ASTSource
-        from triton.runtime.jit import JITFunction
-    except Exception as e:  # an older or partial triton
-        pytest.skip(f"triton's compile API is not available: {e}")
-    if not isinstance(triton.language.standard.cdiv, JITFunction):
-        pytest.skip("triton was first imported under TRITON_INTERPRET=1: its compiler refuses interpreted functions")
-    return triton, GPUTarget, ASTSource, JITFunction
+    """Triton's compiler API, or a skip (tests/test_triton_scan.py's helper, shared)."""
+    from test_triton_scan import _sm90 as compile_api
+
+    return compile_api()
 
 
 @pytest.mark.parametrize("dtype", _SM90_DTYPES)

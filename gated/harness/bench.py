@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 import gated
+from gated import precision
 from gated.harness.bench_common import _commit, _parse_shape, _steps, _sync, _time  # noqa: F401 (bench's API)
 from gated.harness.config import auto_threads, choose_threads, machine_load
 
@@ -302,10 +303,8 @@ def _kernel_info(args, dtype, shape) -> str:
                 f"{triton.__version__}; TF32 in cuDNN {torch.backends.cudnn.allow_tf32}, in cuBLAS "
                 f"{torch.backends.cuda.matmul.allow_tf32}; fused = gated's Triton backend, CUDA graphs "
                 f"{'on' if triton_gpu._graphs_enabled() else 'off'}; autocast {args.autocast or 'off'}")
-    from gated.precision import native_bf16
-
     info = (f"torch CPU capability {torch.backends.cpu.get_cpu_capability()}; native bfloat16 matmul: "
-            f"{native_bf16() or 'none (no AMX, no AVX512-BF16)'}; autocast {args.autocast or 'off'}")
+            f"{precision.native_bf16() or 'none (no AMX, no AVX512-BF16)'}; autocast {args.autocast or 'off'}")
     ops = ext.load() if args.device == "cpu" else None
     if ops is None:
         return info + ("; fused extension unavailable" if args.device == "cpu" else "")
@@ -318,30 +317,24 @@ def _kernel_info(args, dtype, shape) -> str:
             f"tiled kernel {'ran' if ran else 'did not run'} on the first shape")
 
 
-def _precision():
-    from gated import precision
-
-    return precision
-
-
 def _cpu_gemm_dtype(args, dtype: torch.dtype) -> torch.dtype | None:
     """The dtype of gated's recurrent matmuls on the CPU in this run (None: not a low-precision run)."""
     low = getattr(torch, args.autocast) if args.autocast else dtype
     if low not in (torch.bfloat16, torch.float16):
         return None
-    return _precision()._gemm(low) or torch.float32
+    return precision._gemm(low) or torch.float32
 
 
 def main(args) -> int:
     mode = getattr(args, "bf16_gemm", None)
     if not mode:
         return _main(args)
-    before = _precision().get_bf16_gemm()
-    _precision().set_bf16_gemm(mode)
+    before = precision.get_bf16_gemm()
+    precision.set_bf16_gemm(mode)
     try:
         return _main(args)
     finally:
-        _precision().set_bf16_gemm(before)
+        precision.set_bf16_gemm(before)
 
 
 def _main(args) -> int:
@@ -368,7 +361,7 @@ def _main(args) -> int:
     # gated/precision.py chooses (bfloat16 matmuls where set_bf16_gemm allows, else float32)
     gemm = _cpu_gemm_dtype(args, dtype) if args.device == "cpu" else None
     if gemm is not None:  # an emulated bfloat16 2048^3 product takes minutes: 512 there
-        peak = matmul_peak("cpu", gemm, 2048 if gemm == torch.float32 or _precision().native_bf16() else 512)
+        peak = matmul_peak("cpu", gemm, 2048 if gemm == torch.float32 or precision.native_bf16() else 512)
     else:
         peak = matmul_peak(args.device, getattr(torch, args.autocast) if args.autocast else dtype)
     print(f"# gated bench: gated {gated.__version__} (commit {_commit()}), torch {torch.__version__}, "
@@ -381,7 +374,7 @@ def _main(args) -> int:
         f32, lp = matmul_peak("cpu", torch.float32, 512), matmul_peak("cpu", low, 512)
         print(f"# {low} matmul {lp / 1e9:.1f} GFLOP/s against float32 {f32 / 1e9:.1f} GFLOP/s (512x512, this run); "
               f"gated's recurrent matmuls in {str(gemm).removeprefix('torch.')} (bf16 GEMM mode "
-              f"{_precision().get_bf16_gemm()!r}), gate maths and states in float32 (gated/precision.py)")
+              f"{precision.get_bf16_gemm()!r}), gate maths and states in float32 (gated/precision.py)")
     _, note = choose_threads(args.threads, args.threads, *machine_load())
     if note:
         print(f"# note: {note} (these times include waits for the busy cores)")
