@@ -166,6 +166,25 @@ def test_masks_have_the_documented_shapes_and_rates(drawn):
         assert abs(mask.mean().item() - keep) < 4 * (keep * (1 - keep) / mask.numel()) ** 0.5  # 4 sigma
 
 
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.97, 3e-4])
+def test_bernoulli_masks_have_the_rate_and_independent_halves(p):
+    """options._bernoulli splits each 64-bit draw into two 31-bit uniforms: the rate is p (4 sigma),
+    the two masks from one draw (even and odd elements) are independent (both 1 at rate p^2), an
+    odd count and the dtype are kept, and a seed reproduces the mask."""
+    like = torch.empty(0, dtype=torch.float64)
+    torch.manual_seed(5)
+    m = options._bernoulli((1001, 999), p, like)
+    assert m.shape == (1001, 999) and m.dtype == torch.float64
+    assert set(m.unique().tolist()) <= {0.0, 1.0}
+    n = m.numel()
+    assert abs(m.mean().item() - p) < 4 * (p * (1 - p) / n) ** 0.5
+    pairs = m.flatten()[:n - 1].view(-1, 2)
+    both, q = (pairs[:, 0] * pairs[:, 1]).mean().item(), p * p
+    assert abs(both - q) < 4 * (q * (1 - q) / pairs.shape[0]) ** 0.5
+    torch.manual_seed(5)
+    assert torch.equal(options._bernoulli((1001, 999), p, like), m)
+
+
 def test_options_off_or_zero_equal_the_plain_module_bit_for_bit():
     x = torch.randn(T, B, I, dtype=torch.float32)
     for core in CLS:
@@ -565,7 +584,7 @@ def test_fused_equals_the_reference_with_layer_norm(core, variant, dtype, path):
     eval zoneout, on the fused kernels equals the reference: outputs, final states, the gradients
     of the input, h0/c0 and every parameter (the three LayerNorms' gains and biases included,
     randomised); packed sequences through a bidirectional 2-layer module, buffers NaN-poisoned.
-    LayerNorm runs the non-tiled path, so the pinned tiled setting runs addmm per step."""
+    The pinned tiled setting runs the tiled team (the norms on whole rows between its products)."""
     ops = _fused_ops()
     if path and path not in ops.gemm_kinds():
         pytest.skip(f"{GEMMS[path]} is not available in this torch build")
@@ -610,25 +629,31 @@ def test_fused_equals_the_reference_with_layer_norm(core, variant, dtype, path):
         ops.set_gemm(0)
 
 
-@pytest.mark.parametrize("core", ["lstm", "gru"])
-def test_fused_layer_norm_on_two_threads_leaves_the_tiled_team(core):
+@pytest.mark.parametrize("batch", [5, 1])
+@pytest.mark.parametrize("core", ["lstm", "gru", "mgu"])
+def test_fused_layer_norm_in_the_tiled_team_on_two_threads(core, batch):
     """float32 at a width of several tiled groups on 2 threads with the automatic GEMM choice: a
-    LayerNorm call runs the non-tiled path (whole rows per thread; the tiled time-loop counter does
-    not move) and equals the reference, also in inference (no saved statistics)."""
+    LayerNorm call runs the tiled team (the time-loop counter moves; each step's product split by
+    units, then the norms and gate maths split by batch rows, one thread idle at batch 1) with
+    zoneout and recurrent dropout, and equals the reference, also in inference (no saved
+    statistics)."""
     ops = _fused_ops()
+    if 4 not in ops.gemm_kinds():
+        pytest.skip("no tiled GEMM in this build")
     threads = torch.get_num_threads()
     ops.set_poison(True)
     torch.set_num_threads(2)
     try:
         torch.manual_seed(0)
-        m = CLS[core](7, 40, variant="UR", dtype=torch.float32, layer_norm=True, recurrent_dropout=0.3).train()
-        _randomise(m)
-        x = torch.randn(6, 5, 7, dtype=torch.float32, requires_grad=True)
-        hx = torch.randn(1, 5, 40, dtype=torch.float32, requires_grad=True)
-        hx = (hx, torch.randn(1, 5, 40, dtype=torch.float32, requires_grad=True)) if core == "lstm" else hx
+        m = CLS[core](7, 40, variant="UR", dtype=torch.float32, layer_norm=True, zoneout=0.2,
+                      recurrent_dropout=0.3).train()
+        _randomise(m, 0.1)
+        x = torch.randn(6, batch, 7, dtype=torch.float32, requires_grad=True)
+        hx = torch.randn(1, batch, 40, dtype=torch.float32, requires_grad=True)
+        hx = (hx, torch.randn(1, batch, 40, dtype=torch.float32, requires_grad=True)) if core == "lstm" else hx
         before = ops.tiled_runs()
         got, gg = _backend_run(m, x, hx, "fused_cpu")
-        assert ops.tiled_runs() == before
+        assert ops.tiled_runs() == before + 1
         want, wg = _backend_run(m, x, hx, "reference")
         for a, b in zip(got, want):
             torch.testing.assert_close(a, b, rtol=2e-5, atol=2e-5)
@@ -881,7 +906,8 @@ def test_fused_double_backward_with_projections_equals_the_reference():
 
 def test_opcheck_fused_ops_with_projections_and_options():
     """torch.library.opcheck (schemas, fake implementations) with projections and every option:
-    the last outputs are the flat [statistics | m_t] (forward) and [gradients | dH] (backward)."""
+    the last outputs are the flat [statistics | m_t] (forward) and [gradients | dH] (backward), the
+    gradients ending with the norms' parameter gradients per batch row."""
     _fused_ops()
     torch.manual_seed(0)
     T_, B_, H_, P_ = 4, 3, 6, 2
@@ -902,4 +928,4 @@ def test_opcheck_fused_ops_with_projections_and_options():
            w_hr, 0, True, rmask, zh, zc, 0.0, 0.0, saved[:n_stats], lnw, lncw, lncb)
     torch.library.opcheck(torch.ops.gated_fused.recurrence_backward.default, bwd, test_utils=utils)
     grads = torch.ops.gated_fused.recurrence_backward(*bwd)[-1]
-    assert grads.numel() == T_ * B_ * (G + H_) + T_ * B_ * P_
+    assert grads.numel() == T_ * B_ * (G + H_) + B_ * 2 * (G + H_) + T_ * B_ * P_

@@ -53,9 +53,10 @@ def _recurrence_backward_fake(dout, dh_n, dc_n, A, aux, out, h0, c0, w_hh, lengt
     H = P if w_hr is None else w_hr.shape[1]
     dghn = A.new_empty(0) if c0 is not None else A.new_empty(T, B, H)
     dc0 = A.new_empty(B, H) if c0 is not None else A.new_empty(0)
-    # the last output: dH with projections, LayerNorm's gradients (flat), both as one flat
-    # [gradients | dH], else empty
-    grads = T * B * (G + (H if c0 is not None else 0)) if ln is not None else 0
+    # the last output: dH with projections, LayerNorm's gradients (flat: per step, then the norms'
+    # parameter gradients per batch row), both as one flat [gradients | dH], else empty
+    Hc = H if c0 is not None else 0
+    grads = T * B * (G + Hc) + B * 2 * (G + Hc) if ln is not None else 0
     if w_hr is not None:
         dH = A.new_empty(T, B, P) if not grads else A.new_empty(grads + T * B * P)
     else:

@@ -7,9 +7,10 @@ zoneout keep mask (``(T, B, P)`` for ``h``, ``(T, B, H)`` for ``c``; training) o
 ``p`` as a float (eval: the expectation, no ``(T, B, ·)`` tensor of a constant). With
 LayerNorm the input side ``LN_ih(x W_ih^T) + b_ih + b_hh`` (GRU/MGU without ``b_hn``) of all steps
 is torch ops here (:func:`_input_side`, differentiated by autograd) and replaces ``x`` and ``W_ih``
-in the kernels, which normalise each step's ``h W_hh^T`` and the LSTM's ``c`` per batch row (the
-non-tiled path) and save the statistics; their backward returns the raw recurrent product's
-gradients, of which ``W_hh``'s is one matmul here, and the norms' gains and biases are sums here
+in the kernels, which normalise each step's ``h W_hh^T`` and the LSTM's ``c`` per batch row (in
+the tiled team too: whole rows per thread after each step's product) and save the statistics;
+their backward returns the raw recurrent product's gradients, of which ``W_hh``'s is one matmul
+here, and the norms' gains' and biases' gradients summed over steps per batch row
 (:func:`_pre_backward`). With bfloat16 matmul weights (gated/precision.py) the input side is
 the same function's bfloat16 product and the kernels run each step's recurrent product on
 bfloat16 operands (gated/csrc/recurrent_gemm.h); everything else stays float32. Same signature
@@ -255,12 +256,14 @@ def _pre_backward(ctx, dA, dghn, dh0, dc0, dL):
     takes ``dA``, the gradient of its ``(T, B, G)`` result, back through it), from the backward op's
     results. ``W_hh``'s gradient is one product with the raw recurrent product's gradient: with
     LayerNorm the first part of the flat ``dL`` ``[d(h W_hh^T) before the norm (T, B, G) | LSTM: the
-    cell norm's dy (T, B, H)]``, whose statistics are the forward's ``m`` ``[xhat (T, B, G) | rstd
-    (T, B) | LSTM: chat (T, B, H) | rstd (T, B)]`` (gated/csrc/time_loop.h); without, ``dA`` itself
-    (GRU/MGU: ``dghn`` in the candidate block, what the reset gate multiplied). With projections
-    ``dL`` ends with ``dH`` (``(T, B, P)``, ``W_hr``'s) and ``m`` with ``m_t`` (``(T, B, H)``): all of
-    them without LayerNorm, each one flat buffer with it. The norms' gains and biases: sums of
-    ``dy * xhat`` and ``dy`` over steps and batch. Gradients return in their inputs' dtypes (a bfloat16 ``W_hh``'s in bfloat16)."""
+    cell norm's dy (T, B, H) | the norms' parameter gradients per batch row (B, 2 G (+ 2 H))]``, whose
+    statistics are the forward's ``m`` ``[xhat (T, B, G) | rstd (T, B) | LSTM: chat (T, B, H) | rstd
+    (T, B)]`` (gated/csrc/time_loop.h); without, ``dA`` itself (GRU/MGU: ``dghn`` in the candidate
+    block, what the reset gate multiplied). With projections ``dL`` ends with ``dH`` (``(T, B, P)``,
+    ``W_hr``'s) and ``m`` with ``m_t`` (``(T, B, H)``): all of them without LayerNorm, each one flat
+    buffer with it. The norms' gains and biases (sums of ``dy * xhat`` and ``dy`` over steps and
+    batch) come from the kernel summed over steps, per batch row: one sum over rows here. Gradients
+    return in their inputs' dtypes (a bfloat16 ``W_hh``'s in bfloat16)."""
     x, _, w_hh, _, b_hh, fb, w_hr, h0, c0, _, A, _, m, out, rmask = ctx.saved_tensors[:15]
     lnw, lncw = ctx.saved_tensors[17], ctx.saved_tensors[19]
     layout = ctx.layout
@@ -277,15 +280,11 @@ def _pre_backward(ctx, dA, dghn, dh0, dc0, dL):
     dw_hh = torch.ops.gated_fused.tiled_mm(d_rec.reshape(TB, G), h_prev.reshape(TB, P), True, False)
     dlnw = dlnb = dlncw = dlncb = None
     if lnw is not None:
-        xhat = m[:TB * G].view(T, B, G)
-        dlnw, dlnb = (dA * xhat).sum((0, 1)), dA.sum((0, 1))
-        if n_rows is not None:  # the candidate block's dy is dghn (contiguous products, no spliced copy)
-            dlnw = _splice(dlnw, n_rows, (dghn * xhat[..., n_rows]).sum((0, 1)))
-            dlnb = _splice(dlnb, n_rows, dghn.sum((0, 1)))
-        if lncw is not None:
-            H = lncw.shape[0]
-            dyc, chat = dL[TB * G:TB * (G + H)].view(T, B, H), m[TB * (G + 1):TB * (G + 1 + H)].view(T, B, H)
-            dlncw, dlncb = (dyc * chat).sum((0, 1)), dyc.sum((0, 1))
+        Hc = 0 if lncw is None else lncw.shape[0]
+        sums = dL[TB * (G + Hc):TB * (G + Hc) + B * 2 * (G + Hc)].view(B, -1).sum(0)
+        dlnw, dlnb, dlncw, dlncb = sums.split([G, G, Hc, Hc])
+        if lncw is None:
+            dlncw = dlncb = None
     db_hh = None
     if b_hh is not None:  # GRU/MGU: b_hn (the rest of b_hh is in the input side)
         db_hh = _splice(torch.zeros_like(b_hh), n_rows, dghn.sum((0, 1)))

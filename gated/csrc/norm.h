@@ -78,6 +78,18 @@ inline void ln_row_bwd(const T* dy, const T* xhat, T rstd, const T* w, int64_t n
   });
 }
 
+// A LayerNorm's parameter gradients, one row's part accumulated: sw += dy xhat, sb += dy (n each).
+// The backward keeps one (sw, sb) pair per batch row, summed over the steps there and over the
+// rows by the caller (deterministic for any number of threads: each row has one owner per step).
+template <typename T>
+inline void ln_param_acc(const T* dy, const T* xhat, int64_t n, T* sw, T* sb) {
+  lanes<T>(0, n, [&](int64_t j, int64_t k) {
+    const Vec<T> d = ld(dy, j, k);
+    (ld(sw, j, k) + d * ld(xhat, j, k)).store(sw + j, k);
+    (ld(sb, j, k) + d).store(sb + j, k);
+  });
+}
+
 // The LSTM's cell norm h = o tanh(w chat + b), chat the normalised c~ over H: forward, chat and
 // rstd of step t's rows are saved where given; backward reads them and writes dy, the gradient of
 // w chat + b (its sums give the LayerNorm's parameter gradients, summed by the caller)

@@ -79,10 +79,11 @@ inline int64_t share(int64_t n, int64_t tid, int64_t nth) { return n * tid / nth
 // The LayerNorm cell's parameters (gated/options.py): the recurrent product's norm (w, b; G each)
 // and the LSTM's cell norm (cw, cb; H each). The input side, LN_ih(x W_ih^T) + biases, is not
 // recurrent: the caller computes it (torch ops, differentiated by autograd) and passes it as x,
-// without w_ih. The norms need whole rows, so calls with them run the non-tiled path (a GEMM per
-// step, then the pointwise pass split over batch rows by rows()), never the tiled team, whose
-// threads own ranges of units. With projections they normalise the same way: the cell norm acts on
-// c (H wide), before m_t = o tanh(LN_c(c)) is projected.
+// without w_ih. The norms need whole rows: on the non-tiled path each step's GEMM is followed by
+// the pointwise pass split over batch rows by rows(); in the tiled team each step is two phases,
+// the product over each thread's groups of units, a barrier, then the norms and the pointwise pass
+// over each thread's share of batch rows. With projections they normalise the same way: the cell
+// norm acts on c (H wide), before m_t = o tanh(LN_c(c)) is projected.
 template <typename T>
 struct Ln {
   const T *w = nullptr, *b = nullptr, *cw = nullptr, *cb = nullptr;
@@ -140,9 +141,11 @@ std::vector<Tensor> forward_impl(const Tensor& x, const Tensor& w_ih, const Tens
     // projections run the per-step GEMMs below; so do calls of fewer than 4 rows (T x B), where
     // packing the weights (a copy of each) costs more than the products (one-step streaming at
     // batch 1: 83 us against 117 us for a UR-LSTM with H = 256, one thread)
-    if (tiled_chosen() && !proj && !pre && !ln.on() && (Tn * B >= 4 || g_gemm == kTiled)) {
+    // (a given input side, pre, only with LayerNorm: otherwise it comes with a bfloat16 W_hh)
+    const bool fp32 = w_hh.scalar_type() == at::kFloat;
+    if (tiled_chosen() && !proj && fp32 && (!pre || ln.on()) && (Tn * B >= 4 || g_gemm == kTiled)) {
       wh.emplace(w_hh.data_ptr<float>(), 1, H, H, G / H, H);  // B(k, n) = W_hh[n, k]
-      wi.emplace(w_ih.data_ptr<float>(), 1, I, I, G / H, H);
+      if (!pre) wi.emplace(w_ih.data_ptr<float>(), 1, I, I, G / H, H);
     }
   }
   const bool tiled = wh.has_value();
@@ -195,23 +198,41 @@ std::vector<Tensor> forward_impl(const Tensor& x, const Tensor& w_ih, const Tens
 #if defined(GATED_TILED_GEMM)
   if constexpr (use_tiled<T>()) {
     if (tiled) {
-      // one team for the whole sequence: per chunk, its share of the input projection's rows;
-      // per step, its groups' share of the recurrent product and then their units' gate maths
+      // one team for the whole sequence: per chunk, its share of the input projection's rows (or
+      // of the given one's copy); per step, its groups' share of the recurrent product and then
+      // their units' gate maths; with LayerNorm, a barrier between the two and then the norms and
+      // gate maths of its share of batch rows [b0, b1)
       const float *xp = x.data_ptr<float>(), *bp = bias_x ? bias_x->data_ptr<float>() : nullptr;
       float* ghp = gh.data_ptr<float>();
       const int64_t groups = wh->groups();
       team(groups, [&](int64_t tid, int64_t nth) {
         const int64_t q0 = share(groups, tid, nth), q1 = share(groups, tid + 1, nth);
+        const int64_t b0 = share(B, tid, nth), b1 = share(B, tid + 1, nth);
         for (int64_t t0 = 0; t0 < Tn; t0 += chunk) {
-          const int64_t n = std::min(chunk, Tn - t0);
-          wi->run(xp + t0 * B * I, I, share(n * B, tid, nth), share(n * B, tid + 1, nth), Ap, G, 0, wi->groups(), bp, 0);
+          const int64_t n = std::min(chunk, Tn - t0), r0 = share(n * B, tid, nth), r1 = share(n * B, tid + 1, nth);
+          if (pre) {
+            std::copy(xp + (t0 * B + r0) * G, xp + (t0 * B + r1) * G, Ap + r0 * G);
+          } else {
+            wi->run(xp + t0 * B * I, I, r0, r1, Ap, G, 0, wi->groups(), bp, 0);
+          }
           barrier();
           for (int64_t t = t0; t < t0 + n; ++t) {
             const auto r = step(t, t0);
-            float* dst = core == LSTM ? r.a : ghp;
-            wh->run(r.gin, H, 0, B, dst, G, q0, q1, core == LSTM ? dst : nullptr, G);
-            const Step own{B, H, G, t, lp, refine, wh->unit_begin(q0), wh->unit_end(q1)};
-            pointwise(own, r, dst, 0, B);
+            if (ln.on()) {  // LN_hh(h W_hh^T) per row: into A_t (LSTM, += gx_t) or in place (GRU/MGU)
+              wh->run(r.gin, H, 0, B, ghp, G, q0, q1, nullptr, G);
+              barrier();
+              for (int64_t b = b0; b < b1; ++b) {
+                const int64_t k = t * B + b;
+                ln_row<float>(ghp + b * G, G, ln.w, ln.b, core == LSTM ? r.a + b * G : ghp + b * G, core == LSTM,
+                              xhp ? xhp + k * G : nullptr, rsp ? rsp + k : nullptr);
+              }
+              pointwise(Step{B, H, G, t, lp, refine, 0, H}, r, core == LSTM ? r.a : ghp, b0, b1);
+            } else {
+              float* dst = core == LSTM ? r.a : ghp;
+              wh->run(r.gin, H, 0, B, dst, G, q0, q1, core == LSTM ? dst : nullptr, G);
+              const Step own{B, H, G, t, lp, refine, wh->unit_begin(q0), wh->unit_end(q1)};
+              pointwise(own, r, dst, 0, B);
+            }
             barrier();
           }
         }
@@ -289,9 +310,12 @@ std::vector<Tensor> backward_impl(const Tensor& dout, const Tensor& dh_n, const 
   const int64_t H = proj ? w_hr->size(1) : P, TB = Tn * B;
   auto opts = A.options();
   // the last output, flat: [DL | dH]; LayerNorm (forward_impl's LS, DL): the statistics read, the
-  // gradients written; projections: dH
-  const int64_t n_dl = ln.on() ? TB * G + (core == LSTM ? TB * H : 0) : 0;
+  // gradients written, DL ending with the norms' parameter gradients per batch row (PS); projections: dH
+  const int64_t Hc = core == LSTM ? H : 0, n_ps = ln.on() ? B * 2 * (G + Hc) : 0;
+  const int64_t n_dl = ln.on() ? TB * (G + Hc) + n_ps : 0;
   Tensor grads = empty({n_dl + (proj ? TB * P : 0)}, opts), DL = grads.narrow(0, 0, n_dl);
+  T* psp = ln.on() ? DL.data_ptr<T>() + TB * (G + Hc) : nullptr;
+  if (ln.on()) std::fill(psp, psp + n_ps, T(0));
   Tensor dH = proj ? grads.narrow(0, n_dl, TB * P).view({Tn, B, P}) : Tensor();
   const T *xhp = LSp, *rsp = LSp ? LSp + TB * G : nullptr;
   const T *chp = LSp && core == LSTM ? rsp + TB : nullptr, *rcp = chp ? chp + TB * H : nullptr;
@@ -316,6 +340,8 @@ std::vector<Tensor> backward_impl(const Tensor& dout, const Tensor& dh_n, const 
   // the cell's zoneout of h (with projections: on the projected h, projection.h's project_bwd)
   const Zone<T> zcell = proj ? Zone<T>{} : zh;
   // dop: the gradient of the cell's output at step t (dout_t, or m_t's with projections)
+  // then with LayerNorm, rows [b0, b1) of step t back through LN_hh (into DL) and their part of the
+  // norms' parameter gradients (PS, per row b: [w (G) | b (G) | LSTM: the cell norm's w (H) | b (H)])
   auto pointwise = [&](const Step& s, const T* dop, const T* dhp, T* dhnp, int64_t b0, int64_t b1) {
     const int64_t t = s.t, BG = B * G, BH = B * H;
     const T* ap = Ap + t * BG;
@@ -329,6 +355,15 @@ std::vector<Tensor> backward_impl(const Tensor& dout, const Tensor& dh_n, const 
       const T *q = auxp + t * BH, *hp = t == 0 ? h0.data_ptr<T>() : outp + (t - 1) * BH;
       gru_mgu_bwd<T>(s, core, ap, q, hp, dop, dhp, dap, Sp + (t % 2) * BG, dghnp + t * BH, dhnp, b0, b1, zh);
     }
+    if (!ln.on()) return;
+    const T* sp = core == LSTM ? dap : Sp + (t % 2) * BG;  // the gradient of LN_hh's output
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t k = t * B + b;
+      T* ps = psp + b * 2 * (G + Hc);
+      ln_row_bwd<T>(sp + b * G, xhp + k * G, rsp[k], ln.w, G, dgp + k * G);
+      ln_param_acc<T>(sp + b * G, xhp + k * G, G, ps, ps + G);
+      if (core == LSTM) ln_param_acc<T>(dyc + k * H, chp + k * H, H, ps + 2 * G, ps + 2 * G + H);
+    }
   };
   // recurrent dropout: dh_{t-1} = (src_t @ W_hh) * rm + dhn_t, on units [j0, j1) of every row
   const T* rm = rmask ? rmask->data_ptr<T>() : nullptr;
@@ -339,30 +374,39 @@ std::vector<Tensor> backward_impl(const Tensor& dout, const Tensor& dh_n, const 
   };
 #if defined(GATED_TILED_GEMM)
   if constexpr (use_tiled<T>()) {
-    if (tiled_chosen() && !ln.on() && !proj && w_hh.scalar_type() == at::kFloat && (Tn * B >= 4 || g_gemm == kTiled)) {
+    if (tiled_chosen() && !proj && w_hh.scalar_type() == at::kFloat && (Tn * B >= 4 || g_gemm == kTiled)) {
       // step t, per thread: dh_t = src_{t+1} @ W_hh + dhn_{t+1} for its units, then step t's
-      // pointwise on them (which overwrites dhn with dhn_t); the last pass only finishes dh_0
+      // pointwise on them (which overwrites dhn with dhn_t); the last pass only finishes dh_0.
+      // With LayerNorm src is DL, and the pointwise pass (with the norms) takes whole rows: a
+      // barrier after the product, then the thread's share of batch rows [b0, b1).
       const tiled::Panels wh(w_hh.data_ptr<float>(), H, 1, G, 1, H);  // B(k, n) = W_hh[k, n]
       float *dhp = dh.data_ptr<float>(), *dhnp = buf0.data_ptr<float>();
       const int64_t groups = wh.groups();
       team(groups, [&](int64_t tid, int64_t nth) {
         const int64_t q0 = share(groups, tid, nth), q1 = share(groups, tid + 1, nth);
+        const int64_t b0 = share(B, tid, nth), b1 = share(B, tid + 1, nth);
         for (int64_t t = Tn - 1; t >= -1; --t) {
-          const float* sp = t + 1 >= Tn ? nullptr : core == LSTM ? dAp + (t + 1) * B * G : Sp + ((t + 1) % 2) * B * G;
+          const float* sp = t + 1 >= Tn ? nullptr
+                            : ln.on()   ? dgp + (t + 1) * B * G
+                            : core == LSTM ? dAp + (t + 1) * B * G
+                                           : Sp + ((t + 1) % 2) * B * G;
           if (sp != nullptr && rm != nullptr) {
             wh.run(sp, G, 0, B, dhp, H, q0, q1, nullptr, 0);
             mask_add(dhp, dhnp, wh.unit_begin(q0), wh.unit_end(q1));
           } else if (sp != nullptr) {
             wh.run(sp, G, 0, B, dhp, H, q0, q1, dhnp, H);
           }
-          if (t >= 0) {
+          if (t >= 0 && ln.on()) {
+            barrier();
+            pointwise(Step{B, H, G, t, lp, refine, 0, H}, doutp + t * B * H, dhp, dhnp, b0, b1);
+          } else if (t >= 0) {
             const Step own{B, H, G, t, lp, refine, wh.unit_begin(q0), wh.unit_end(q1)};
             pointwise(own, doutp + t * B * H, dhp, dhnp, 0, B);
           }
           barrier();
         }
       });
-      return {dA, dghn, dh, core == LSTM ? dc : empty({0}, opts), empty({0}, opts)};
+      return {dA, dghn, dh, core == LSTM ? dc : empty({0}, opts), grads};  // grads: DL, or empty
     }
   }
 #endif
@@ -389,16 +433,7 @@ std::vector<Tensor> backward_impl(const Tensor& dout, const Tensor& dh_n, const 
       at::mm_out(dm, dH[t], *w_hr);
       dop = dm.data_ptr<T>(), dcell = zero.data_ptr<T>(), dhn_cell = spare.data_ptr<T>();
     }
-    const T* sp = core == LSTM ? dAp + t * B * G : Sp + (t % 2) * B * G;
-    rows(B, H, [&](int64_t b0, int64_t b1) {
-      pointwise(s, dop, dcell, dhn_cell, b0, b1);
-      if (ln.on()) {  // through LN_hh, per row: the gradients of the raw product h W_hh^T
-        for (int64_t b = b0; b < b1; ++b) {
-          const int64_t k = t * B + b;
-          ln_row_bwd<T>(sp + b * G, xhp + k * G, rsp[k], ln.w, G, dgp + k * G);
-        }
-      }
-    });
+    rows(B, H, [&](int64_t b0, int64_t b1) { pointwise(s, dop, dcell, dhn_cell, b0, b1); });
     // what W_hh's product carries back: the grads of the (raw, with LayerNorm) recurrent product
     Tensor g_t = ln.on() ? DL.narrow(0, t * B * G, B * G).view({B, G}) : src(t);
     if (rm != nullptr) {
