@@ -12,8 +12,9 @@
 // with one: projection.h); ln the LayerNorm cell's parameters (Ln), LS its saved statistics, flat:
 // [xhat of the recurrent product (T, B, G) | its rstd (T, B) | LSTM: chat, the normalised c~
 // (T, B, H) | its rstd (T, B)], DL the backward's flat [the recurrent product's gradients before
-// the norm (T, B, G) | LSTM: the cell norm's dy (T, B, H)], dH the gradients of the projected h~
-// (T, B, P). The last output, forward: M, LS, or with both one flat [LS | M]; backward: dH, DL,
+// the norm (T, B, G) | LSTM: the cell norm's dy (T, B, H) | PS], PS the norms' parameter
+// gradients summed over steps, per batch row (B, 2 G (+ 2 H)), dH the gradients of the projected
+// h~ (T, B, P). The last output, forward: M, LS, or with both one flat [LS | M]; backward: dH, DL,
 // or with both one flat [DL | dH].
 #pragma once
 
