@@ -31,6 +31,17 @@ SUBSET = [
 ]
 
 
+def runnable(target: str) -> bool:
+    """Whether this CPU runs ``target``'s code and its kernels differ from the native build's (by
+    the CPU's flags, without building: tests/conftest.py builds these beside the suite's own)."""
+    needs, isa = TARGETS[target]
+    flags = set(_build.cpu_features().split())
+    if os.uname().machine != "x86_64" or not needs <= flags:
+        return False
+    native = "avx512" if "avx512f" in flags else "avx2" if {"avx2", "fma"} <= flags else "default"
+    return _build.march() == "native" and native != isa
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("target", list(TARGETS))
 def test_kernels_on_a_lower_instruction_set(target):
