@@ -108,8 +108,9 @@ the kernels take the `(B, P)` recurrent-dropout mask and per state the zoneout m
 `h` and `(T, B, H)` for `c` (`P` is `proj_size`, else `H`), or in eval the float `p`; with
 projections zoneout and the mask act on the projected `h`, as on the reference; with LayerNorm the
 input side `LN_ih(W_ih x) + b` of all steps is computed by torch ops before the kernel, which
-normalises each step's `W_hh h` and the LSTM's `c` per batch row, on the per-step GEMM path rather
-than the tiled one); the Triton backend runs all three too (the norms in its kernels, one program
+normalises each step's `W_hh h` and the LSTM's `c` per batch row: in float32 on the tiled path
+each step's product is split by hidden units over the threads, then the norms and gate maths by
+batch rows); the Triton backend runs all three too (the norms in its kernels, one program
 per batch row), not with `proj_size` (those fall back to the reference backend). `"auto"` logs
 each fallback once; `backend="fused_cpu"` refuses a call it cannot run. A cell sees one step per call: it keeps its recurrent and
 weight dropout masks until `cell.reset_dropout_mask()` (call it at the start of each sequence, as
