@@ -180,7 +180,17 @@ std::vector<Tensor> forward_impl(const Tensor& x, const Tensor& w_ih, const Tens
   // LSTM: pre = gx_t + h W_hh^T (accumulated into A_t); GRU/MGU: pre = h W_hh^T on its own
   // (with projections the zoneout of h and the mask come after the projection: projection.h)
   const Zone<T> zcell = proj ? Zone<T>{} : zh;
-  auto pointwise = [&](const Step& s, const auto& r, const T* pre, int64_t b0, int64_t b1) {
+  // With LayerNorm, pre is the raw recurrent product of rows [b0, b1) (whole rows: s spans every
+  // unit), normalised here: LN_hh(h W_hh^T) into A_t (LSTM, += gx_t) or in place (GRU/MGU)
+  auto pointwise = [&](const Step& s, const auto& r, T* pre, int64_t b0, int64_t b1) {
+    if (ln.on()) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t k = s.t * B + b;
+        ln_row<T>(pre + b * G, G, ln.w, ln.b, core == LSTM ? r.a + b * G : pre + b * G, core == LSTM,
+                  xhp ? xhp + k * G : nullptr, rsp ? rsp + k : nullptr);
+      }
+      if (core == LSTM) pre = r.a;
+    }
     if (core == LSTM) {
       CellNorm<T> cn;
       if (ln.on()) cn = {ln.cw, ln.cb, chp ? chp + s.t * B * H : nullptr, rcp ? rcp + s.t * B : nullptr, nullptr};
@@ -219,15 +229,10 @@ std::vector<Tensor> forward_impl(const Tensor& x, const Tensor& w_ih, const Tens
           barrier();
           for (int64_t t = t0; t < t0 + n; ++t) {
             const auto r = step(t, t0);
-            if (ln.on()) {  // LN_hh(h W_hh^T) per row: into A_t (LSTM, += gx_t) or in place (GRU/MGU)
+            if (ln.on()) {  // the raw product, then the norms and gate maths on whole rows
               wh->run(r.gin, H, 0, B, ghp, G, q0, q1, nullptr, G);
               barrier();
-              for (int64_t b = b0; b < b1; ++b) {
-                const int64_t k = t * B + b;
-                ln_row<float>(ghp + b * G, G, ln.w, ln.b, core == LSTM ? r.a + b * G : ghp + b * G, core == LSTM,
-                              xhp ? xhp + k * G : nullptr, rsp ? rsp + k : nullptr);
-              }
-              pointwise(Step{B, H, G, t, lp, refine, 0, H}, r, core == LSTM ? r.a : ghp, b0, b1);
+              pointwise(Step{B, H, G, t, lp, refine, 0, H}, r, ghp, b0, b1);
             } else {
               float* dst = core == LSTM ? r.a : ghp;
               wh->run(r.gin, H, 0, B, dst, G, q0, q1, core == LSTM ? dst : nullptr, G);
@@ -261,20 +266,11 @@ std::vector<Tensor> forward_impl(const Tensor& x, const Tensor& w_ih, const Tens
       for (int64_t t = t0; t < t0 + n; ++t) {
         const auto r = step(t, t0);
         Tensor gin = rm != nullptr ? (t == 0 ? h0m : HM[(t - 1) % 2]) : (t == 0 ? h0 : out[t - 1]);
-        // with LayerNorm the product stays apart (normalised below, then added to A_t for the LSTM)
+        // with LayerNorm the product stays apart (normalised by pointwise, then added to A_t for the LSTM)
         Tensor prod = gemm->run(gin, core == LSTM && !ln.on() ? A[t - t0] : Tensor(), gh);
         T* pp = prod.data_ptr<T>();
         const Step s{B, H, G, t, lp, refine, 0, H};
-        rows(B, H, [&](int64_t b0, int64_t b1) {
-          if (ln.on()) {  // LN_hh(h W_hh^T) per row: into A_t (LSTM, += gx_t) or in place (GRU/MGU)
-            for (int64_t b = b0; b < b1; ++b) {
-              const int64_t k = t * B + b;
-              ln_row<T>(pp + b * G, G, ln.w, ln.b, core == LSTM ? r.a + b * G : pp + b * G, core == LSTM,
-                        xhp ? xhp + k * G : nullptr, rsp ? rsp + k : nullptr);
-            }
-          }
-          pointwise(s, r, core == LSTM && ln.on() ? r.a : pp, b0, b1);
-        });
+        rows(B, H, [&](int64_t b0, int64_t b1) { pointwise(s, r, pp, b0, b1); });
         if (proj) {  // masked rows of m are 0, so their outputs are too
           Tensor h_t = out[t];
           Tensor res = projection->run(M[ring(save, t)], Tensor(), h_t);
