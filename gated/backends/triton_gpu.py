@@ -521,6 +521,22 @@ def _set_options(ws: _Workspace, opt, arrays: dict) -> None:
 
 # ---------------------------------------------------------------- operators
 
+def _load(ws: _Workspace, core: int, w_hh: Tensor, w_hr: Tensor | None, lengths: Tensor | None,
+          lnw: Tensor | None, lncw: Tensor | None, lncb: Tensor | None) -> None:
+    """Copy what forward and backward both read into the workspace: the recurrent weights, the
+    lengths and the LayerNorms' weights (the LSTM's cell norm's bias too)."""
+    ws.w_hh.copy_(w_hh)
+    if lnw is not None:
+        ws.lnw.copy_(lnw)
+        if core == LSTM:
+            ws.lncw.copy_(lncw)
+            ws.lncb.copy_(lncb)
+    if w_hr is not None:
+        ws.w_hr.copy_(w_hr)
+    if lengths is not None:
+        ws.len.copy_(lengths)
+
+
 @_on_input_device
 def _forward_impl(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None, b_hh: Tensor | None,
                   fb: Tensor | None, h0: Tensor, c0: Tensor | None, lengths: Tensor | None,
@@ -558,21 +574,13 @@ def _forward_impl(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None, b_
     opt = (rmask, zh, zc, ph, pc)
     ws = _workspace(_spec(False, core, refine, fb is not None, b_hn is not None, lengths is not None, save,
                           w_hr is not None, T, B, G, H, P, x, opt, lnw is not None))
-    ws.w_hh.copy_(w_hh)
+    _load(ws, core, w_hh, w_hr, lengths, lnw, lncw, lncb)
     if lnw is not None:
-        ws.lnw.copy_(lnw)
         ws.lnb.copy_(lnb)
-        if core == LSTM:
-            ws.lncw.copy_(lncw)
-            ws.lncb.copy_(lncb)
-    if w_hr is not None:
-        ws.w_hr.copy_(w_hr)
     if fb is not None:
         ws.fb.copy_(fb)
     if b_hn is not None:
         ws.bhn.copy_(b_hn)
-    if lengths is not None:
-        ws.len.copy_(lengths)
     ws.hs.copy_(h0 if rmask is None else h0 * rmask)
     ws.ring[1].copy_(c0 if core == LSTM else h0)
     if ws.hring is not None:
@@ -615,16 +623,7 @@ def _backward_impl(dout: Tensor, dh_n: Tensor, dc_n: Tensor | None, A: Tensor, a
     opt = (rmask, zh, zc, ph, pc)
     ws = _workspace(_spec(True, core, refine, False, False, lengths is not None, True, w_hr is not None,
                           T, B, G, H, P, w_hh, opt, lnw is not None))
-    ws.w_hh.copy_(w_hh)
-    if lnw is not None:
-        ws.lnw.copy_(lnw)
-        if core == LSTM:
-            ws.lncw.copy_(lncw)
-            ws.lncb.copy_(lncb)
-    if w_hr is not None:
-        ws.w_hr.copy_(w_hr)
-    if lengths is not None:
-        ws.len.copy_(lengths)
+    _load(ws, core, w_hh, w_hr, lengths, lnw, lncw, lncb)
     ws.dhn.copy_(dh_n)
     if core == LSTM:
         ws.dc.copy_(dc_n)
