@@ -31,23 +31,30 @@ SUBSET = [
 ]
 
 
+def _flags() -> set[str]:
+    return set(_build.cpu_features().split())
+
+
+def _can_run(target: str) -> bool:
+    """Whether this CPU runs ``target``'s code."""
+    return os.uname().machine == "x86_64" and TARGETS[target][0] <= _flags()
+
+
 def runnable(target: str) -> bool:
     """Whether this CPU runs ``target``'s code and its kernels differ from the native build's (by
     the CPU's flags, without building: tests/conftest.py builds these beside the suite's own)."""
-    needs, isa = TARGETS[target]
-    flags = set(_build.cpu_features().split())
-    if os.uname().machine != "x86_64" or not needs <= flags:
+    if not _can_run(target):
         return False
+    flags = _flags()
     native = "avx512" if "avx512f" in flags else "avx2" if {"avx2", "fma"} <= flags else "default"
-    return _build.march() == "native" and native != isa
+    return _build.march() == "native" and native != TARGETS[target][1]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("target", list(TARGETS))
 def test_kernels_on_a_lower_instruction_set(target):
-    needs, isa = TARGETS[target]
-    flags = set(_build.cpu_features().split())
-    if os.uname().machine != "x86_64" or not needs <= flags:
+    isa = TARGETS[target][1]
+    if not _can_run(target):
         pytest.skip(f"this CPU cannot run {target} code")
     ops = _build.load()
     if ops is not None and ops.isa() == isa:
