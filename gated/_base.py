@@ -58,6 +58,7 @@ class GatedModule(nn.Module):
     """
 
     core: str = ""
+    _reference_weight = "weight_ih"  # the parameter whose dtype and device inputs must have (sequence modules: _l0's)
 
     def _setup(self, input_size, hidden_size, bias, variant, t_max, chunk_size, proj_size=0, cell=False):
         """``cell``: torch's RNNCellBase checks less than RNNBase (a bias is taken for its truth
@@ -120,9 +121,21 @@ class GatedModule(nn.Module):
         """Per layer and direction, its parameters (as ``torch.nn.LSTM.all_weights``)."""
         return [[getattr(self, name) for name in names] for names in self._all_weights]
 
+    def _param(self, name: str):
+        """The parameter ``name`` or None, read from ``_parameters`` (where ``Module.__getattr__`` finds
+        it, without its cost: a one-step call reads a dozen); a weight that something else provides
+        (a parametrization's property, old-style weight_norm's attribute, a buffer) through getattr."""
+        p = self._parameters
+        if name in p:
+            return p[name]
+        if name in self.__dict__ or hasattr(type(self), name) or name in self._buffers:
+            return getattr(self, name)
+        return None
+
     def _params(self, suffix: str):
-        get = lambda name: getattr(self, name + suffix, None)  # noqa: E731
-        return get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh"), get("forget_bias")
+        get = self._param
+        return (get("weight_ih" + suffix), get("weight_hh" + suffix), get("bias_ih" + suffix), get("bias_hh" + suffix),
+                get("forget_bias" + suffix))
 
     def reset_parameters(self) -> None:
         """torch's init (every parameter ~ U(-1/sqrt(H), 1/sqrt(H)), in the same order, so that
@@ -149,7 +162,7 @@ class GatedModule(nn.Module):
         """``t`` is a tensor of the parameters' dtype (unless autocast is on) and device."""
         if not isinstance(t, Tensor):
             self._fail(f"{what} must be a Tensor, got {type(t).__name__}")
-        w = self.weight_ih if hasattr(self, "weight_ih") else self.weight_ih_l0
+        w = self._param(self._reference_weight)
         # autocast casts floating inputs; an integer one is wrong under autocast too
         if t.dtype != w.dtype and (not t.is_floating_point() or not torch._C._is_any_autocast_enabled()):
             if what == "input":  # torch.nn.RNNBase's wording (without model.to for an integer input)

@@ -138,9 +138,9 @@ def _note(dtype: torch.dtype) -> None:
 def plan(x: Tensor, weight_dtype: torch.dtype, cell: bool = False) -> Plan | None:
     """The plan of a call on input ``x`` with parameters of ``weight_dtype``, or None when the call
     runs in its own dtype (float32 or float64 without autocast, or any CUDA tensor)."""
-    if x.device.type != "cpu" or weight_dtype == torch.float64:
+    if not x.is_cpu or weight_dtype == torch.float64:
         return None  # autocast leaves float64 alone, as torch does
-    if torch.is_autocast_enabled("cpu"):
+    if torch._C._is_any_autocast_enabled() and torch.is_autocast_enabled("cpu"):  # the first, cheap, per call
         dtype = torch.get_autocast_dtype("cpu")
         if dtype in LOW:
             result = torch.float32 if cell and weight_dtype == torch.float32 else dtype

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numbers
 import warnings
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -35,11 +36,18 @@ def _pack_like(out: Tensor, like: PackedSequence) -> PackedSequence:
     return PackedSequence(data, like.batch_sizes, like.sorted_indices, like.unsorted_indices)
 
 
+# per module, the backend of CPU calls by (backend name, dtype, mode) (RNNBase._resolve_backend); weak,
+# so it neither keeps a module alive nor travels with a pickle or a deepcopy
+_RESOLVED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 class RNNBase(GatedModule):
     """Base of gated's sequence modules (``gated.LSTM``, ``GRU``, ``MGU``, ``MinGRU``, ``MinLSTM``), as
     ``torch.nn.RNNBase`` is of torch's: torch.nn's constructor, call, attributes and argument-check
     methods. It is not a subclass of ``torch.nn.RNNBase`` (see docs/compatibility.md); code that takes
     either checks ``isinstance(m, (torch.nn.RNNBase, gated.recurrent.RNNBase))``."""
+
+    _reference_weight = "weight_ih_l0"
 
     def __init__(
         self,
@@ -165,8 +173,21 @@ class RNNBase(GatedModule):
         return backends.check_name(name)
 
     def _resolve_backend(self, name: str, x: Tensor):
-        """The ``run_layer`` of one call (gated.MinGRU/MinLSTM bring the scan backends)."""
-        return backends.resolve(name, self.layout, x, self.opts.unfused(self.training, bool(self.proj_size)))
+        """The ``run_layer`` of one call (gated.MinGRU/MinLSTM bring the scan backends). For CPU
+        tensors outside export, tracing, torch.compile and torch.func the answer depends only on
+        the module (its layout, options and mode) and the dtype, so it is kept per module: resolving
+        is a sixth of a one-step call's time."""
+        unfused = self.opts.unfused(self.training, bool(self.proj_size))
+        if not x.is_cpu or backends.recording():
+            return backends.resolve(name, self.layout, x, unfused)
+        memo = _RESOLVED.setdefault(self, {})
+        key = (name, x.dtype, self.training, bool(self.proj_size))
+        hit = memo.get(key)
+        if hit is not None and hit[0] is self.layout and hit[1] is self.opts:
+            return hit[2]
+        run = backends.resolve(name, self.layout, x, unfused)
+        memo[key] = (self.layout, self.opts, run)
+        return run
 
     def _initial_states(self, hx, batch: int, batched: bool, ref: Tensor) -> list[Tensor]:
         """``hx`` checked as torch.nn.LSTM/GRU check it (same conditions and wording), as a list of
@@ -231,7 +252,8 @@ class RNNBase(GatedModule):
         h0 = self._initial_states(hx, B, batched, x)
         # bfloat16/float16 on the CPU: computed in float32 (Triton, also in its interpreter on CPU
         # tensors, runs its own mixed precision)
-        prec = None if (backend or self.backend) == "triton" else precision.plan(x, self.weight_ih_l0.dtype)
+        w0 = self._param(self._reference_weight)
+        prec = None if (backend or self.backend) == "triton" else precision.plan(x, w0.dtype)
         if prec is not None:
             with prec.region():
                 out, states = self._layers(prec.cast(x), [prec.cast(s) for s in h0], lengths, record, backend, prec)
@@ -260,25 +282,27 @@ class RNNBase(GatedModule):
             mask = (t < lens).unsqueeze(-1)  # (T, B, 1)
             rev = torch.where(t < lens, lens - 1 - t, t)  # (T, B): time reversal inside each length
         run = self._resolve_backend(backend or self.backend, x)
-        sizes = (self._state_size, self.hidden_size)[: len(h0)]
+        per = [s.unbind(0) for s in h0]  # each state's (B, ·) per layer and direction
         finals: list[list[Tensor]] = [[] for _ in h0]
+        D = self.num_directions
         for layer in range(self.num_layers):
             outs = []
-            for d in range(self.num_directions):
-                idx = layer * self.num_directions + d
-                sfx = f"_l{layer}" + ("_reverse" if d else "")
+            for d in range(D):
+                idx = layer * D + d
+                sfx = self._suffixes[idx]  # f"_l{layer}", + "_reverse" for d = 1
                 xin = _reverse(x, rev) if d else x
                 rec = [] if record is not None else None
                 w_ih, w_hh, *rest = (cast(p) for p in self._params(sfx))
                 more = {}
                 if self.opts.active:  # masks drawn per call, layer and direction (gated/options.py)
                     w_hh = self.opts.recurrent_weight(w_hh, self.training)
+                    sizes = (self._state_size, self.hidden_size)[: len(h0)]
                     extras = self.opts.extras(self, sfx, xin, sizes, self.training, cast=cast)
                     more = {} if extras is None else {"extras": extras}
                 if prec is not None and w_hh is not None:  # bfloat16 matmuls (gated/precision.py)
                     w_ih, w_hh = prec.operand(w_ih), prec.operand(w_hh)
-                out, st = run(xin, tuple(s[idx] for s in h0), w_ih, w_hh, *rest, self.layout, mask, rec,
-                              w_hr=cast(getattr(self, "weight_hr" + sfx, None)), **more)
+                out, st = run(xin, tuple([s[idx] for s in per]), w_ih, w_hh, *rest, self.layout, mask, rec,
+                              w_hr=cast(self._param("weight_hr" + sfx)), **more)
                 if record is not None:
                     record[(layer, d)] = rec
                 outs.append(_reverse(out, rev) if d else out)
@@ -287,7 +311,7 @@ class RNNBase(GatedModule):
             x = torch.cat(outs, dim=-1) if len(outs) > 1 else outs[0]  # (T, B, D*H)
             if self.dropout and self.training and layer < self.num_layers - 1:
                 x = F.dropout(x, self.dropout, training=True)
-        return x, [torch.stack(f) for f in finals]  # states each (L*D, B, H)
+        return x, [torch.stack(f) if len(f) > 1 else f[0].unsqueeze(0) for f in finals]  # states each (L*D, B, H)
 
     def forward(self, input, hx=None):
         """Run the sequence; see the class docstring for shapes."""

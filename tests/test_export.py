@@ -121,7 +121,7 @@ def test_compile_keeps_the_fused_op_opaque(cls):
     assert len(graphs) == 1, f"{len(graphs)} graphs for three sequence lengths"
     # the autograd.Function's forward and backward are subgraphs of the one graph
     targets = [str(n.target) for g in graphs[0].modules() for n in g.graph.nodes if n.op == "call_function"]
-    assert targets.count("gated_fused.recurrence_forward") == 2  # one per layer
+    assert sum(t.startswith("gated_fused.recurrence_forward") for t in targets) == 2  # one per layer
     assert targets.count("gated_fused.recurrence_backward") == 2
     # no per-step work: no gate maths, and the only matmul is layer 2's input gradient
     assert not any(a in t for t in targets for a in ("sigmoid", "tanh", "linear", "addmm")), targets
@@ -237,7 +237,7 @@ def test_compile_keeps_the_fused_op_opaque_with_zoneout_and_recurrent_dropout(cl
     for g, r in zip(gg, rg):
         torch.testing.assert_close(g, r)
     targets = [str(n.target) for g in graphs[0].modules() for n in g.graph.nodes if n.op == "call_function"]
-    assert targets.count("gated_fused.recurrence_forward") == 2
+    assert sum(t.startswith("gated_fused.recurrence_forward") for t in targets) == 2
     assert targets.count("gated_fused.recurrence_backward") == 2
     assert not any(a in t for t in targets for a in ("sigmoid", "tanh", "lerp")), targets
 
@@ -275,7 +275,7 @@ def test_compile_keeps_the_fused_op_opaque_with_layer_norm(cls):
     for g, r in zip(gg, rg):
         torch.testing.assert_close(g, r)
     targets = [str(n.target) for g in graphs[0].modules() for n in g.graph.nodes if n.op == "call_function"]
-    assert targets.count("gated_fused.recurrence_forward") == 2
+    assert sum(t.startswith("gated_fused.recurrence_forward") for t in targets) == 2
     assert targets.count("gated_fused.recurrence_backward") == 2
     assert sum("layer_norm" in t for t in targets) == 2, targets  # LN_ih of each layer
     assert not any(a in t for t in targets for a in ("sigmoid", "tanh", "lerp")), targets

@@ -29,7 +29,7 @@ KERNELS = [(c, v) for c, v in FUSED if v in ("-", "UR")]
 TOL = {torch.float64: {"rtol": 1e-10, "atol": 1e-10}, torch.float32: {"rtol": 2e-5, "atol": 2e-5}}
 
 
-GEMMS = {0: "auto", 1: "onednn", 3: "addmm", 4: "tiled"}  # recurrent GEMM paths of the kernel
+GEMMS = {0: "auto", 1: "onednn", 3: "addmm", 4: "tiled", 5: "direct"}  # recurrent GEMM paths of the kernel
 
 
 @pytest.fixture(autouse=True)
@@ -194,16 +194,20 @@ TILED = [("LSTM", "-", 13), ("LSTM", "UR", 1), ("LSTM", "UR", 2), ("LSTM", "UR",
          ("GRU", "-", 13), ("GRU", "UR", 13), ("MGU", "-", 13), ("MGU", "UR", 13)]
 
 
+@pytest.mark.parametrize("kind", [4, 5], ids=["packed", "direct"])
 @pytest.mark.parametrize("core,variant,batch", TILED, ids=[f"{c}-{v}-B{b}" for c, v, b in TILED])
-def test_fused_tiled_gemm_at_full_panel_sizes(core, variant, batch):
-    """The register-tiled AVX-512 path at sizes the small cases above do not reach: H = 70 fills
-    whole 16-unit panels plus a partial one (in the forward's gate-interleaved groups and the
-    backward's 64-column groups), K = I = 37 and K = H = 70 exercise the 16 x 16 transposes and
-    their tails, B in {1, 2, 3, 13} every row-tile height (13 = 5 + 4 + 4), with 2 threads."""
+def test_fused_tiled_gemm_at_full_panel_sizes(core, variant, batch, kind):
+    """The register-tiled paths (AVX-512, AVX2) at sizes the small cases above do not reach: H = 70
+    fills whole 8- or 16-unit panels plus a partial one (in the forward's gate-interleaved groups
+    and the backward's 64-column groups), K = I = 37 and K = H = 70 exercise the 16 x 16
+    transposes and their tails, B in {1, 2, 3, 13} every row-tile height (13 = 5 + 4 + 4), with 2
+    threads. ``direct``: the forward's team reads the weights unpacked (direct_gemm.h: tiles of
+    4-8 weight rows by 2 batch rows and their one-row and one-column tails, K's partial register),
+    also in a one-step inference call, the streaming case it serves."""
     ops = _build.load()
-    if 4 not in ops.gemm_kinds():
-        pytest.skip("the tiled GEMM needs AVX-512 (not compiled in on this CPU)")
-    ops.set_gemm(4)
+    if kind not in ops.gemm_kinds():
+        pytest.skip("the tiled GEMMs need AVX-512 or AVX2 (not compiled in on this CPU)")
+    ops.set_gemm(kind)
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -219,6 +223,10 @@ def test_fused_tiled_gemm_at_full_panel_sizes(core, variant, batch):
             out, _ = m._run(x, backend="fused_cpu")
             ref, _ = m._run(x, backend="reference")
         torch.testing.assert_close(out, ref, **TOL[torch.float32])
+        state = tuple(hx) if len(hx) == 2 else hx[0]
+        with torch.no_grad():  # one step, the state carried in
+            got, want = (m._run(x[:1], state, backend=b) for b in ("fused_cpu", "reference"))
+        torch.testing.assert_close(got, want, **TOL[torch.float32])
         if batch > 3:  # sequences ending at different steps: masked rows, handled per thread's units
             seqs = [torch.randn(n, 37) for n in torch.randint(1, 6, (batch,)).tolist()]
             packed = pack_sequence(seqs, enforce_sorted=False)

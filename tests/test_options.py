@@ -374,7 +374,7 @@ def _fused_ops():
     return _build.load()
 
 
-GEMMS = {0: "auto", 1: "onednn", 3: "addmm", 4: "tiled"}  # as tests/test_fused.py
+GEMMS = {0: "auto", 1: "onednn", 3: "addmm", 4: "tiled", 5: "direct"}  # as tests/test_fused.py
 
 
 def _fused_sets(core):
@@ -404,10 +404,10 @@ def _backend_run(m, x, hx, backend, seed=11):
 
 # float64 runs the addmm GEMM on every path setting: every option set there; float32 the option
 # set with everything on each GEMM path (the paths differ in how the masked h reaches the product)
-PATHS = [(torch.float64, 0), (torch.float32, 1), (torch.float32, 3), (torch.float32, 4)]
+PATHS = [(torch.float64, 0), (torch.float32, 1), (torch.float32, 3), (torch.float32, 4), (torch.float32, 5)]
 
 
-@pytest.mark.parametrize("dtype,path", PATHS, ids=["f64", "f32-onednn", "f32-addmm", "f32-tiled"])
+@pytest.mark.parametrize("dtype,path", PATHS, ids=["f64", "f32-onednn", "f32-addmm", "f32-tiled", "f32-direct"])
 @pytest.mark.parametrize("variant", ["-", "UR"])
 @pytest.mark.parametrize("core", ["lstm", "gru", "mgu"])
 def test_fused_equals_the_reference_with_zoneout_and_recurrent_dropout(core, variant, dtype, path):
@@ -576,7 +576,7 @@ def _randomise(m, scale=0.3):
             p.add_(scale * torch.randn_like(p))
 
 
-@pytest.mark.parametrize("dtype,path", PATHS, ids=["f64", "f32-onednn", "f32-addmm", "f32-tiled"])
+@pytest.mark.parametrize("dtype,path", PATHS, ids=["f64", "f32-onednn", "f32-addmm", "f32-tiled", "f32-direct"])
 @pytest.mark.parametrize("variant", ["-", "UR"])
 @pytest.mark.parametrize("core", ["lstm", "gru", "mgu"])
 def test_fused_equals_the_reference_with_layer_norm(core, variant, dtype, path):
@@ -633,8 +633,9 @@ def test_fused_equals_the_reference_with_layer_norm(core, variant, dtype, path):
 @pytest.mark.parametrize("core", ["lstm", "gru", "mgu"])
 def test_fused_layer_norm_in_the_tiled_team_on_two_threads(core, batch):
     """float32 at a width of several tiled groups on 2 threads with the automatic GEMM choice: a
-    LayerNorm call runs the tiled team (the time-loop counter moves; each step's product split by
-    units, then the norms and gate maths split by batch rows, one thread idle at batch 1) with
+    LayerNorm call runs the tiled team (its time-loop counter moves: the packed weights at batch 5,
+    the unpacked ones at batch 1; each step's product split by units, then the norms and gate
+    maths split by batch rows, one thread idle at batch 1) with
     zoneout and recurrent dropout, and equals the reference, also in inference (no saved
     statistics; at T = 300 the input side is copied in chunks of steps)."""
     ops = _fused_ops()
@@ -651,9 +652,10 @@ def test_fused_layer_norm_in_the_tiled_team_on_two_threads(core, batch):
         x = torch.randn(6, batch, 7, dtype=torch.float32, requires_grad=True)
         hx = torch.randn(1, batch, 40, dtype=torch.float32, requires_grad=True)
         hx = (hx, torch.randn(1, batch, 40, dtype=torch.float32, requires_grad=True)) if core == "lstm" else hx
-        before = ops.tiled_runs()
+        before = (ops.tiled_runs(), ops.direct_runs())
         got, gg = _backend_run(m, x, hx, "fused_cpu")
-        assert ops.tiled_runs() == before + 1
+        # batch 1: the team on the unpacked weights (direct_gemm.h); batch 5 (30 rows): packed
+        assert (ops.tiled_runs() - before[0], ops.direct_runs() - before[1]) == ((0, 1) if batch == 1 else (1, 0))
         want, wg = _backend_run(m, x, hx, "reference")
         for a, b in zip(got, want):
             torch.testing.assert_close(a, b, rtol=2e-5, atol=2e-5)

@@ -26,7 +26,7 @@ import torch
 
 from gated.backends import fused_cpu, reference, triton_gpu
 
-__all__ = ["BACKENDS", "resolve", "check_name"]
+__all__ = ["BACKENDS", "resolve", "check_name", "recording"]
 
 logger = logging.getLogger("gated")
 
@@ -52,14 +52,41 @@ def _forward_ad() -> bool:
     return torch.autograd.forward_ad._current_level >= 0
 
 
+_onnx: list = []  # the function that says whether an ONNX export is running (_onnx_exporting)
+
+
+def _onnx_exporting() -> bool:
+    """``torch.onnx.is_in_onnx_export()`` without its two imports on every call (each call of a
+    module asks): its flags read directly, or the function itself where they have moved, and
+    under torch.compile (dynamo folds that function, but will not trace the flags' properties)."""
+    if torch.compiler.is_compiling():
+        return torch.onnx.is_in_onnx_export()
+    if not _onnx:
+        try:
+            from torch.onnx._internal.exporter import _flags
+            from torch.onnx._internal.torchscript_exporter._globals import GLOBALS
+
+            _onnx.append(lambda: bool(GLOBALS.in_onnx_export or _flags._is_onnx_exporting))
+            _onnx[0]()
+        except (ImportError, AttributeError):
+            _onnx[:] = [torch.onnx.is_in_onnx_export]
+    return _onnx[0]()
+
+
 def _traced() -> bool:
     """torch.export, torch.jit.trace or ONNX export is recording the call."""
-    return torch.compiler.is_exporting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+    return torch.compiler.is_exporting() or torch.jit.is_tracing() or _onnx_exporting()
 
 
 def _transformed() -> bool:
     """A torch.func transform or forward-mode AD is active."""
     return torch._C._functorch.peek_interpreter_stack() is not None or _forward_ad()
+
+
+def recording() -> bool:
+    """Export, tracing, ONNX export, torch.compile, a torch.func transform or forward-mode AD is
+    active: :func:`resolve`'s answer then depends on more than the layout, device and dtype."""
+    return torch.compiler.is_compiling() or _traced() or _transformed()
 
 
 _SLOWER = {"fused_cpu": ("the fused kernels", "fused kernel"), "triton": ("the Triton kernels", "Triton kernel")}

@@ -17,7 +17,8 @@ bfloat16 operands (gated/csrc/recurrent_gemm.h); everything else stays float32. 
 and results as :func:`gated.backends.reference.run_layer` (tests/test_fused.py). Backward is hand-written: the C++ pass returns the gradients of every step's
 pre-activations ``(T, B, G)``; the weight gradients are then single large matmuls here. In float32
 on AVX-512 and AVX2 CPUs every matmul but the input gradient runs on the register-tiled kernel of
-gated/csrc/tiled_gemm.h; buffers above 32 MiB are reused across calls (gated/csrc/pool.h,
+gated/csrc/tiled_gemm.h (a forward of few rows, such as a one-step streaming call, on the weights
+as they lie, gated/csrc/direct_gemm.h, instead of a packed copy); buffers above 32 MiB are reused across calls (gated/csrc/pool.h,
 :func:`empty_cache`).
 
 Glossary: T time, B batch, I input features, H hidden_size, P the width of h (``proj_size`` or
@@ -128,7 +129,8 @@ def _forward(x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0, lengths, layout, save:
     """The forward op; with LayerNorm (``ln``: the recurrent norm's and the LSTM cell norm's weight
     and bias) ``x`` is :func:`_input_side`'s ``(T, B, G)`` and ``w_ih``, ``b_ih`` are None."""
     core, refine = _kernel_ids(layout)
-    return torch.ops.gated_fused.recurrence_forward(
+    # the overload itself: the packet's call checks every schema for TorchBind arguments each time
+    return torch.ops.gated_fused.recurrence_forward.default(
         x.contiguous(), None if w_ih is None else w_ih.contiguous(), w_hh.contiguous(), b_ih, b_hh, fb, h0, c0,
         lengths, None if w_hr is None else w_hr.contiguous(), core, refine, save, *opt, *ln,
     )

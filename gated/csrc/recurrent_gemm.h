@@ -49,9 +49,11 @@ const OneDnn& onednn() {
 
 // 2 was MKL's packed GEMM, removed: the tiled kernel serves AVX2 and AVX-512, and oneDNN (in every
 // torch CPU build) the rest
-enum GemmKind : int64_t { kAuto = 0, kOneDnn = 1, kAddmm = 3, kTiled = 4 };
+// kDirect: the tiled team on the unpacked weights (direct_gemm.h), which auto takes for small calls (direct_chosen)
+enum GemmKind : int64_t { kAuto = 0, kOneDnn = 1, kAddmm = 3, kTiled = 4, kDirect = 5 };
 int64_t g_gemm = kAuto;  // tests pin each path
-std::atomic<int64_t> g_tiled_runs{0};  // time loops run on the tiled kernel (gated bench reports it)
+std::atomic<int64_t> g_tiled_runs{0};   // time loops run on the tiled kernel (gated bench reports it)
+std::atomic<int64_t> g_direct_runs{0};  // and those on the direct one
 
 // C + A (M x K) @ op(W), with op(W) = W^T for W (N, K) or W for W (K, N); the recurrent weight is
 // prepared once per call and reused by the T steps. run() returns the result: C itself where the
@@ -133,5 +135,15 @@ constexpr bool use_tiled() {
 }
 
 inline bool tiled_chosen() { return g_gemm == kAuto || g_gemm == kTiled; }
+
+// A forward of Tn steps at batch B reads the weights where they lie, unpacked (direct_gemm.h):
+// pinned, or in auto at batch 1 (its dot products beat the packed kernel's one-row tiles at any
+// length) and for at most 16 rows in all (Tn x B), below which packing (a copy of each weight)
+// costs more than the packed kernel saves. Measured with H = 256 on two threads: a one-step UR-GRU
+// call at batch 1 54 us direct against 108 us packed; 1383 against 1689 us for 100 steps at batch
+// 1; 956 against 702 us for 20 steps at batch 4; 204 against 239 us for one step at batch 16.
+inline bool direct_chosen(int64_t Tn, int64_t B) {
+  return g_gemm == kDirect || (g_gemm == kAuto && (B == 1 || Tn * B <= 16));
+}
 
 }  // namespace

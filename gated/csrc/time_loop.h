@@ -1,7 +1,8 @@
 // The time loop of the fused kernels (included by recurrence.cpp): forward_impl and backward_impl
 // walk the T steps, each one recurrent GEMM (recurrent_gemm.h) and one pointwise pass (cells.h).
 // On the tiled path one OpenMP team runs the whole loop, each thread on its share of the hidden
-// units; otherwise each step's pointwise pass splits the batch rows (rows()); the buffers come
+// units (the weights packed, tiled_gemm.h, or for a small forward read where they lie,
+// direct_gemm.h); otherwise each step's pointwise pass splits the batch rows (rows()); the buffers come
 // from empty() (pool.h, NaN-filled in tests).
 // Glossary: T time (Tn its count), B batch, I input features, H hidden, P the width of h
 // (proj_size with projections, else H), G gate rows; A gate (pre-)activations, aux the saved
@@ -34,6 +35,7 @@
 #include "projection.h"
 #include "recurrent_gemm.h"
 #include "tiled_gemm.h"
+#include "direct_gemm.h"
 
 namespace {
 
@@ -97,8 +99,8 @@ struct Ln {
 // w_ih undefined: x is the input projection already, (T, B, G) with its biases (bias_x absent).
 template <typename T>
 std::vector<Tensor> forward_impl(const Tensor& x, const Tensor& w_ih, const Tensor& w_hh,
-                                 const std::optional<Tensor>& bias_x, const std::optional<Tensor>& b_hn,
-                                 const std::optional<Tensor>& fb, const Tensor& h0, const std::optional<Tensor>& c0,
+                                 const T* bias_x, const T* b_hn, const std::optional<Tensor>& fb, const Tensor& h0,
+                                 const std::optional<Tensor>& c0,
                                  const std::optional<Tensor>& lengths, const std::optional<Tensor>& w_hr,
                                  int64_t core, bool refine, bool save, const std::optional<Tensor>& rmask,
                                  const Zone<T>& zh, const Zone<T>& zc, const Ln<T>& ln = {}) {
@@ -134,23 +136,29 @@ std::vector<Tensor> forward_impl(const Tensor& x, const Tensor& w_ih, const Tens
   Tensor len = lengths ? lengths->contiguous() : Tensor();
   const int64_t* lp = len.defined() ? len.data_ptr<int64_t>() : nullptr;
   const T* fbp = fb ? fb->data_ptr<T>() : nullptr;
-  const T* bhnp = b_hn ? b_hn->data_ptr<T>() : nullptr;
+  const T* bhnp = b_hn;
   std::optional<RecurrentGemm> gemm;  // h (B, H) @ W_hh^T -> (B, G)
 #if defined(GATED_TILED_GEMM)
-  std::optional<tiled::Panels> wh, wi;
+  std::optional<tiled::Panels> wh, wi;  // the packed weights
+  std::optional<tiled::Rows> rh, ri;    // or the weights as they lie (direct_gemm.h), for small calls
   if constexpr (use_tiled<T>()) {
-    // projections run the per-step GEMMs below; so do calls of fewer than 4 rows (T x B), where
-    // packing the weights (a copy of each) costs more than the products (one-step streaming at
-    // batch 1: 83 us against 117 us for a UR-LSTM with H = 256, one thread)
+    // projections run the per-step GEMMs below. Calls of few steps read the weights where they lie
+    // (packing them, a copy of each, costs more than those steps' products); longer ones pack.
     // (a given input side, pre, only with LayerNorm: otherwise it comes with a bfloat16 W_hh)
     const bool fp32 = w_hh.scalar_type() == at::kFloat;
-    if (tiled_chosen() && !proj && fp32 && (!pre || ln.on()) && (Tn * B >= 4 || g_gemm == kTiled)) {
-      wh.emplace(w_hh.data_ptr<float>(), 1, H, H, G / H, H);  // B(k, n) = W_hh[n, k]
-      if (!pre) wi.emplace(w_ih.data_ptr<float>(), 1, I, I, G / H, H);
+    if (!proj && fp32 && (!pre || ln.on())) {
+      if (direct_chosen(Tn, B)) {
+        rh.emplace(w_hh.data_ptr<float>(), H, H, G / H, H);
+        if (!pre) ri.emplace(w_ih.data_ptr<float>(), I, I, G / H, H);
+      } else if (tiled_chosen()) {
+        wh.emplace(w_hh.data_ptr<float>(), 1, H, H, G / H, H);  // B(k, n) = W_hh[n, k]
+        if (!pre) wi.emplace(w_ih.data_ptr<float>(), 1, I, I, G / H, H);
+      }
     }
   }
-  const bool tiled = wh.has_value();
-  if (tiled) ++g_tiled_runs;
+  const bool tiled = wh.has_value() || rh.has_value();
+  if (wh) ++g_tiled_runs;
+  if (rh) ++g_direct_runs;
 #else
   const bool tiled = false;
 #endif
@@ -213,36 +221,47 @@ std::vector<Tensor> forward_impl(const Tensor& x, const Tensor& w_ih, const Tens
       // of the given one's copy); per step, its groups' share of the recurrent product and then
       // their units' gate maths; with LayerNorm, a barrier between the two and then the norms and
       // gate maths of its share of batch rows [b0, b1)
-      const float *xp = x.data_ptr<float>(), *bp = bias_x ? bias_x->data_ptr<float>() : nullptr;
+      const float *xp = x.data_ptr<float>(), *bp = bias_x;
       float* ghp = gh.data_ptr<float>();
-      const int64_t groups = wh->groups();
-      team(groups, [&](int64_t tid, int64_t nth) {
-        const int64_t q0 = share(groups, tid, nth), q1 = share(groups, tid + 1, nth);
-        const int64_t b0 = share(B, tid, nth), b1 = share(B, tid + 1, nth);
-        for (int64_t t0 = 0; t0 < Tn; t0 += chunk) {
-          const int64_t n = std::min(chunk, Tn - t0), r0 = share(n * B, tid, nth), r1 = share(n * B, tid + 1, nth);
-          if (pre) {
-            std::copy(xp + (t0 * B + r0) * G, xp + (t0 * B + r1) * G, Ap + r0 * G);
-          } else {
-            wi->run(xp + t0 * B * I, I, r0, r1, Ap, G, 0, wi->groups(), bp, 0);
-          }
-          barrier();
-          for (int64_t t = t0; t < t0 + n; ++t) {
-            const auto r = step(t, t0);
-            if (ln.on()) {  // the raw product, then the norms and gate maths on whole rows
-              wh->run(r.gin, H, 0, B, ghp, G, q0, q1, nullptr, G);
-              barrier();
-              pointwise(Step{B, H, G, t, lp, refine, 0, H}, r, ghp, b0, b1);
+      // wh_: the recurrent weight (Panels or Rows), wi_: the input weight (null with a given input side)
+      auto drive = [&](const auto& wh_, const auto* wi_) {
+        constexpr bool direct = std::is_same_v<std::decay_t<decltype(wh_)>, tiled::Rows>;
+        const int64_t groups = wh_.groups();
+        team(groups, [&](int64_t tid, int64_t nth) {
+          const int64_t q0 = share(groups, tid, nth), q1 = share(groups, tid + 1, nth);
+          const int64_t b0 = share(B, tid, nth), b1 = share(B, tid + 1, nth);
+          for (int64_t t0 = 0; t0 < Tn; t0 += chunk) {
+            const int64_t n = std::min(chunk, Tn - t0), r0 = share(n * B, tid, nth), r1 = share(n * B, tid + 1, nth);
+            if (pre) {
+              std::copy(xp + (t0 * B + r0) * G, xp + (t0 * B + r1) * G, Ap + r0 * G);
+            } else if (direct) {  // every row, the thread's groups: its rows of W_ih stay in its cache too
+              wi_->run(xp + t0 * B * I, I, 0, n * B, Ap, G, q0, q1, bp, 0);
             } else {
-              float* dst = core == LSTM ? r.a : ghp;
-              wh->run(r.gin, H, 0, B, dst, G, q0, q1, core == LSTM ? dst : nullptr, G);
-              const Step own{B, H, G, t, lp, refine, wh->unit_begin(q0), wh->unit_end(q1)};
-              pointwise(own, r, dst, 0, B);
+              wi_->run(xp + t0 * B * I, I, r0, r1, Ap, G, 0, wi_->groups(), bp, 0);
             }
             barrier();
+            for (int64_t t = t0; t < t0 + n; ++t) {
+              const auto r = step(t, t0);
+              if (ln.on()) {  // the raw product, then the norms and gate maths on whole rows
+                wh_.run(r.gin, H, 0, B, ghp, G, q0, q1, nullptr, G);
+                barrier();
+                pointwise(Step{B, H, G, t, lp, refine, 0, H}, r, ghp, b0, b1);
+              } else {
+                float* dst = core == LSTM ? r.a : ghp;
+                wh_.run(r.gin, H, 0, B, dst, G, q0, q1, core == LSTM ? dst : nullptr, G);
+                const Step own{B, H, G, t, lp, refine, wh_.unit_begin(q0), wh_.unit_end(q1)};
+                pointwise(own, r, dst, 0, B);
+              }
+              barrier();
+            }
           }
-        }
-      });
+        });
+      };
+      if (wh) {
+        drive(*wh, wi ? &*wi : nullptr);
+      } else {
+        drive(*rh, ri ? &*ri : nullptr);
+      }
     }
   }
 #endif
@@ -258,7 +277,7 @@ std::vector<Tensor> forward_impl(const Tensor& x, const Tensor& w_ih, const Tens
       if (pre) {  // the caller's input projection
         a2.copy_(x2);
       } else if (bias_x) {
-        a2.copy_(bias_x->expand({n * B, G}));
+        for (int64_t i = 0; i < n * B; ++i) std::copy(bias_x, bias_x + G, Ap + i * G);
         a2.addmm_(x2, w_ih.t());
       } else {
         at::mm_out(a2, x2, w_ih.t());
@@ -284,13 +303,19 @@ std::vector<Tensor> forward_impl(const Tensor& x, const Tensor& w_ih, const Tens
       }
     }
   }
+  // the final states, copied by pointer (indexing tensors costs microseconds at one step)
   Tensor h_n = empty({B, P}, opts);
-  if (lp == nullptr) {
-    h_n.copy_(out[Tn - 1]);
-  } else {  // each sequence's state at its last step
-    for (int64_t b = 0; b < B; ++b) h_n[b].copy_(lp[b] > 0 ? out[lp[b] - 1][b] : h0[b]);
+  T* hnp = h_n.data_ptr<T>();
+  for (int64_t b = 0; b < B; ++b) {  // each sequence's state at its last step
+    const int64_t last = lp == nullptr ? Tn : lp[b];
+    const T* src = last > 0 ? outp + ((last - 1) * B + b) * P : h0p + b * P;
+    std::copy(src, src + P, hnp + b * P);
   }
-  Tensor c_n = core == LSTM ? aux[ring(save, Tn - 1)].clone() : empty({0}, opts);  // c is held past each end
+  Tensor c_n = core == LSTM ? empty({B, H}, opts) : empty({0}, opts);  // c is held past each end
+  if (core == LSTM) {
+    const T* c_last = auxp + ring(save, Tn - 1) * B * H;
+    std::copy(c_last, c_last + B * H, c_n.data_ptr<T>());
+  }
   if (!save) return {out, h_n, c_n, empty({0}, opts), empty({0}, opts), empty({0}, opts)};
   return {out, h_n, c_n, A, aux, proj && n_stats == 0 ? M : saved};  // the last: M, LS, or [LS | M]
 }

@@ -35,7 +35,7 @@ from gated.harness.config import auto_threads, choose_threads, machine_load
 
 HELP = "time gated's backends against torch.nn.LSTM/GRU (train and inference, GFLOP/s, memory)"
 SHAPES = ["256x64x32x256", "784x64x1x128", "1000x32x10x256", "64x8x64x512", "100x64x512x512"]
-GEMMS = {"auto": 0, "onednn": 1, "addmm": 3, "tiled": 4}  # recurrence.cpp's GemmKind
+GEMMS = {"auto": 0, "onednn": 1, "addmm": 3, "tiled": 4, "direct": 5}  # recurrent_gemm.h's GemmKind
 _TORCH = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "mgu": torch.nn.GRU}
 CUDA_SHAPES = ["1000x256x128x1024"]  # added to the default shapes with --device cuda (issue 16)
 # The grid of a plain run and of --quick; a flag given on the command line wins over either.
@@ -86,7 +86,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "Python-loop LayerNorm cell (eager and compiled) and plain torch.nn (gated/harness/bench_options.py)")
     p.add_argument("--no-compile", action="store_true", help="with --cell-options: skip the torch.compile'd loop")
     p.add_argument("--gemm", default="auto", choices=list(GEMMS),
-                   help="pin the fused kernels' matmul path (default: auto, the tiled kernel where built)")
+                   help="pin the fused kernels' matmul path (default: auto, the tiled kernel where built; direct: "
+                        "its team on the unpacked weights, which auto takes for small calls)")
 
 
 def plan(args: argparse.Namespace) -> argparse.Namespace:
@@ -308,13 +309,14 @@ def _kernel_info(args, dtype, shape) -> str:
     ops = ext.load() if args.device == "cpu" else None
     if ops is None:
         return info + ("; fused extension unavailable" if args.device == "cpu" else "")
-    before = int(ops.tiled_runs())
+    before = (int(ops.tiled_runs()), int(ops.direct_runs()))
     with torch.no_grad():
         _build(args.cores[0], args.variants[0], shape, 1, 1, dtype, "cpu")(
             torch.randn(shape[0], shape[1], shape[2], dtype=dtype))
-    ran = int(ops.tiled_runs()) > before
+    packed, direct = int(ops.tiled_runs()) > before[0], int(ops.direct_runs()) > before[1]
+    ran = "ran (packed weights)" if packed else "ran (unpacked weights)" if direct else "did not run"
     return (f"{info}; extension built for {ops.isa()}, GEMM path {args.gemm}; "
-            f"tiled kernel {'ran' if ran else 'did not run'} on the first shape")
+            f"tiled kernel {ran} on the first shape")
 
 
 def _cpu_gemm_dtype(args, dtype: torch.dtype) -> torch.dtype | None:
