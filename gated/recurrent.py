@@ -177,15 +177,17 @@ class RNNBase(GatedModule):
         tensors outside export, tracing, torch.compile and torch.func the answer depends only on
         the module (its layout, options and mode) and the dtype, so it is kept per module: resolving
         is a sixth of a one-step call's time."""
-        unfused = self.opts.unfused(self.training, bool(self.proj_size))
+        def resolve():  # the options' reason to stay off a backend is only asked on a miss
+            return backends.resolve(name, self.layout, x, self.opts.unfused(self.training, bool(self.proj_size)))
+
         if not x.is_cpu or backends.recording():
-            return backends.resolve(name, self.layout, x, unfused)
+            return resolve()
         memo = _RESOLVED.setdefault(self, {})
         key = (name, x.dtype, self.training, bool(self.proj_size))
         hit = memo.get(key)
         if hit is not None and hit[0] is self.layout and hit[1] is self.opts:
             return hit[2]
-        run = backends.resolve(name, self.layout, x, unfused)
+        run = resolve()
         memo[key] = (self.layout, self.opts, run)
         return run
 

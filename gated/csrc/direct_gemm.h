@@ -31,20 +31,14 @@ inline float hsum(Simd::reg v) {
 #endif
 }
 
-class Rows {
+class Rows : public Groups {
  public:
   Rows() = default;
-  // W (N x K) with row stride ldw, N = blocks * width
+  // W (N x K) with row stride ldw, N = blocks * width; columns grouped as the Panels' (Groups)
   Rows(const float* w, int64_t ldw, int64_t K, int64_t blocks, int64_t width)
-      : w_(w), ldw_(ldw), K_(K), width_(width), blocks_(blocks) {
-    // as Panels::layout: up to 4 registers' worth of units per group when the blocks are few
-    units_ = kLanes * std::max<int64_t>(1, 4 / blocks);
-    groups_ = (width + units_ - 1) / units_;
+      : w_(w), ldw_(ldw), K_(K), blocks_(blocks) {
+    set_groups(blocks, width);
   }
-
-  int64_t groups() const { return groups_; }
-  int64_t unit_begin(int64_t q0) const { return std::min(q0 * units_, width_); }
-  int64_t unit_end(int64_t q1) const { return std::min(q1 * units_, width_); }
 
   // C[m0:m1, columns of groups q0:q1] = init + A[m0:m1] @ W^T; init as Panels::run's: a matrix of
   // row stride ld_init (C itself to accumulate), a bias (N,) when ld_init is 0, or zero when null
@@ -106,7 +100,7 @@ class Rows {
   }
 
   const float* w_ = nullptr;
-  int64_t ldw_ = 0, K_ = 0, width_ = 0, blocks_ = 1, units_ = kLanes, groups_ = 0;
+  int64_t ldw_ = 0, K_ = 0, blocks_ = 1;
 };
 
 }  // namespace tiled

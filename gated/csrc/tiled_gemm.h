@@ -103,9 +103,31 @@ inline at::Tensor scratch(int64_t numel) {
   return fresh;
 }
 
+// Which hidden units a group of output columns covers: the same `units` consecutive units of every
+// gate block (of `width` units), widened to up to 4 registers' worth of one block when the blocks
+// are few. Shared by the packed weights (Panels) and the unpacked ones (direct_gemm.h's Rows), so
+// the time loop's team splits either the same way.
+class Groups {
+ public:
+  int64_t groups() const { return groups_; }
+  int64_t units() const { return units_; }  // hidden units per group
+  // the hidden units of groups [q0, q1)
+  int64_t unit_begin(int64_t q0) const { return std::min(q0 * units_, width_); }
+  int64_t unit_end(int64_t q1) const { return std::min(q1 * units_, width_); }
+
+ protected:
+  void set_groups(int64_t blocks, int64_t width) {
+    width_ = width;
+    per_block_ = std::max<int64_t>(1, 4 / blocks);  // registers (panels) of one block per group
+    units_ = kLanes * per_block_;
+    groups_ = (width + units_ - 1) / units_;
+  }
+  int64_t width_ = 0, per_block_ = 1, units_ = kLanes, groups_ = 0;
+};
+
 // B (K x N) with element (k, n) at b[k * sk + n * sn]; N = blocks * width (gate blocks of width
-// hidden units). Each group covers `units` consecutive units of every block.
-class Panels {
+// hidden units). Each group covers `units` consecutive units of every block (Groups).
+class Panels : public Groups {
  public:
   Panels() = default;
   Panels(const float* b, int64_t sk, int64_t sn, int64_t K, int64_t blocks, int64_t width) {
@@ -158,12 +180,6 @@ class Panels {
       }
     });
   }
-
-  int64_t groups() const { return groups_; }
-  int64_t units() const { return units_; }  // hidden units per group
-  // the hidden units of groups [q0, q1)
-  int64_t unit_begin(int64_t q0) const { return std::min(q0 * units_, width_); }
-  int64_t unit_end(int64_t q1) const { return std::min(q1 * units_, width_); }
 
   // C[m0:m1, columns of groups q0:q1] = init + A[m0:m1] @ B, where init is a matrix with row
   // stride ld_init (it may be C itself), a per-column bias (N,) when ld_init is 0, or zero when
@@ -239,12 +255,8 @@ class Panels {
   // the panel geometry; data_ zeroed (the lanes past a block's end stay zero)
   void layout(int64_t K, int64_t blocks, int64_t width) {
     K_ = K;
-    width_ = width;
-    // panels per group: one per block, widened to up to 4 panels of one block when blocks are few
-    per_block_ = std::max<int64_t>(1, 4 / blocks);
+    set_groups(blocks, width);  // panels per group: one per block, or up to 4 of one block
     nv_ = blocks * per_block_;
-    units_ = kLanes * per_block_;
-    groups_ = (width + units_ - 1) / units_;
     // every lane is written by the copy (zeros past a block's end), so no zeroing here
     data_ = scratch(groups_ * K * nv_ * kLanes);
     base_ = data_.data_ptr<float>();  // the kernel reads it per tile: no type check each time
@@ -405,7 +417,7 @@ class Panels {
   const float* base_ = nullptr;
   std::vector<int64_t> col_;
   std::vector<int> lanes_;  // columns of each panel that B has (the rest are zero padding)
-  int64_t K_ = 0, width_ = 0, per_block_ = 1, nv_ = 1, units_ = kLanes, groups_ = 0;
+  int64_t K_ = 0, nv_ = 1;
 };
 
 }  // namespace tiled
