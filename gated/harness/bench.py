@@ -5,7 +5,8 @@ torch.nn time (LSTM for the LSTM core, GRU for GRU and MGU), the gated reference
 the fused backend's time, their ratios, the fused path's matmul GFLOP/s and its share of the
 machine's float32 matmul peak, measured in the same run with a large square matmul (the faster
 of MKL and oneDNN, see :func:`matmul_peak`). Times are the
-minimum over ``--repeats`` runs after a warm-up; "train" is forward + backward of ``out.sum()``,
+minimum over ``--repeats`` runs after a warm-up, torch.nn's and gated's calls in alternation (so a
+host whose speed drifts skews both alike: :func:`gated.harness.bench_common._time_together`); "train" is forward + backward of ``out.sum()``,
 "infer" a forward under ``torch.no_grad()``. ``--memory`` adds the peak memory of a train step,
 each measured in a fresh process (the growth of its peak RSS during one step). ``--stream`` times
 one-step calls with the state carried (agents, streaming decoders) instead of the grid. ``--gemm``
@@ -30,7 +31,7 @@ import torch
 
 import gated
 from gated import precision
-from gated.harness.bench_common import _commit, _parse_shape, _steps, _sync, _time  # noqa: F401 (bench's API)
+from gated.harness.bench_common import _commit, _parse_shape, _steps, _sync, _time, _time_together  # noqa: F401
 from gated.harness.config import auto_threads, choose_threads, machine_load
 
 HELP = "time gated's backends against torch.nn.LSTM/GRU (train and inference, GFLOP/s, memory)"
@@ -205,15 +206,16 @@ def measure(core, variant, shape, layers, dirs, args, dtype) -> dict:
     row = {"shape": "x".join(map(str, shape)), "core": core, "variant": variant, "layers": layers, "dirs": dirs}
     anchor = _build(core, None, shape, layers, dirs, dtype, args.device)
     fused = _build(core, variant, shape, layers, dirs, dtype, args.device, backend="auto")
-    for name, module in (("torch", anchor), ("fused", fused)):
-        try:
-            row[f"{name}_train"], row[f"{name}_infer"] = (_time(f, args.repeats, args.device)
-                                                          for f in _amp(_steps(module, x), args))
-        except RuntimeError as e:  # torch.nn.LSTM under CPU bf16 autocast without AVX-512 (oneDNN)
-            if name != "torch" or not getattr(args, "autocast", None):
-                raise
-            row["anchor_fp32"] = str(e).splitlines()[0][:120]  # the float32 torch.nn is the anchor then
-            row["torch_train"], row["torch_infer"] = (_time(f, args.repeats, args.device) for f in _steps(module, x))
+    steps = {"torch": _amp(_steps(anchor, x), args), "fused": _amp(_steps(fused, x), args)}
+    try:
+        steps["torch"][1]()
+    except RuntimeError as e:  # torch.nn.LSTM under CPU bf16 autocast without AVX-512 (oneDNN)
+        if not getattr(args, "autocast", None):
+            raise
+        row["anchor_fp32"] = str(e).splitlines()[0][:120]  # the float32 torch.nn is the anchor then
+        steps["torch"] = _steps(anchor, x)
+    fns = {f"{name}_{mode}": f for name, pair in steps.items() for mode, f in zip(("train", "infer"), pair)}
+    row.update(_time_together(fns, args.repeats, args.device))  # anchor and fused in alternation
     if not args.no_reference:
         ref = _build(core, variant, shape, layers, dirs, dtype, args.device, backend="reference")
         row["ref_train"] = _time(_amp(_steps(ref, x), args)[0], 1, args.device)
@@ -267,7 +269,7 @@ def _stream(args, dtype, shape, batches: list[int]) -> None:
                 continue
             for B in batches:
                 xs = torch.randn(steps, 1, B, I, device=args.device, dtype=dtype)
-                times, star = [], ""
+                runs, star = {}, ""
                 for v, backend in ((None, None), (variant, "auto"), (variant, "reference")):
                     m = _build(core, v, (1, B, I, H), 1, 1, dtype, args.device, backend=backend or "auto")
 
@@ -277,13 +279,16 @@ def _stream(args, dtype, shape, batches: list[int]) -> None:
                             for x in xs:
                                 _, state = m(x, state)
 
-                    try:
-                        times.append(_time(_amp((run,), args)[0], args.repeats, args.device) / steps * 1e6)
-                    except RuntimeError:  # torch.nn.LSTM under CPU bf16 autocast without AVX-512
-                        if v is not None or not args.autocast:
-                            raise
-                        times.append(_time(run, args.repeats, args.device) / steps * 1e6)
-                        star = "*"  # noted under the table
+                    runs[backend] = _amp((run,), args)[0]
+                    if v is None:
+                        try:
+                            runs[None]()
+                        except RuntimeError:  # torch.nn.LSTM under CPU bf16 autocast without AVX-512
+                            if not args.autocast:
+                                raise
+                            runs[None], star = run, "*"  # noted under the table
+                best = _time_together(runs, args.repeats, args.device)  # in alternation
+                times = [best[k] / steps * 1e6 for k in (None, "auto", "reference")]
                 print(f"| {core} | {variant} | {B} | {times[0]:.0f}{star} | {times[1]:.0f} | {times[1] / times[0]:.2f} | "
                       f"{times[2]:.0f} |", flush=True)
                 raised = raised or star

@@ -45,6 +45,25 @@ def _time(fn, repeats: int, device: str) -> float:
     return best
 
 
+def _time_together(fns: dict, repeats: int, device: str) -> dict:
+    """The best of ``repeats`` calls of each of ``fns`` (name -> callable), in seconds, timed in
+    rounds that call each once (the order reversed every other round), so that the anchor and the
+    timed module see the same machine: on a shared host the speed drifts by 30 % within a minute,
+    which timing each one's repeats in a block turns into a ratio error. A warm-up call each first."""
+    for fn in fns.values():
+        fn()
+    best = dict.fromkeys(fns, float("inf"))
+    names = list(fns)
+    for r in range(repeats):
+        for name in names if r % 2 == 0 else reversed(names):
+            _sync(device)
+            start = time.perf_counter()
+            fns[name]()
+            _sync(device)
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
+
+
 def _steps(module, x):
     def train():
         out, _ = module(x)

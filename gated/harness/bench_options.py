@@ -69,25 +69,36 @@ class LoopLayerNorm(nn.Module):
         return torch.stack(outs), h
 
 
+class _Eval:
+    """The module in eval mode for the call only (its train steps, timed in alternation, need training)."""
+
+    def __init__(self, module):
+        self.module = module
+
+    def __call__(self, x):
+        self.module.eval()
+        try:
+            return self.module(x)
+        finally:
+            self.module.train()
+
+
 def measure(core: str, shape, args, dtype) -> dict:
     T, B, I, H = shape
     kw = {"device": args.device, "dtype": dtype}
     x = torch.randn(T, B, I, **kw)
     ours = getattr(gated, core.upper())(I, H, variant="UR", **OPTIONS, **kw)
     ours_train, _ = _bench._steps(ours.train(), x)
-    row = {"shape": "x".join(map(str, shape)), "core": core, "gated_train": _bench._time(ours_train, args.repeats,
-                                                                                          args.device)}
-    _, ours_infer = _bench._steps(ours.eval(), x)
-    row["gated_infer"] = _bench._time(ours_infer, args.repeats, args.device)
+    _, ours_infer = _bench._steps(_Eval(ours), x)
     loop = LoopLayerNorm(core, I, H, **kw)
-    row["loop_train"], row["loop_infer"] = (_bench._time(f, args.repeats, args.device) for f in _bench._steps(loop, x))
-    if not args.no_compile:
-        compiled = torch.compile(loop)
-        row["compiled_train"], row["compiled_infer"] = (_bench._time(f, args.repeats, args.device)
-                                                        for f in _bench._steps(compiled, x))
     plain = {"lstm": nn.LSTM, "gru": nn.GRU}[core](I, H, **kw)
-    row["torch_train"], row["torch_infer"] = (_bench._time(f, args.repeats, args.device)
-                                              for f in _bench._steps(plain, x))
+    fns = {"gated_train": ours_train, "gated_infer": ours_infer}
+    fns["loop_train"], fns["loop_infer"] = _bench._steps(loop, x)
+    if not args.no_compile:
+        fns["compiled_train"], fns["compiled_infer"] = _bench._steps(torch.compile(loop), x)
+    fns["torch_train"], fns["torch_infer"] = _bench._steps(plain, x)
+    row = {"shape": "x".join(map(str, shape)), "core": core}
+    row.update(_bench._time_together(fns, args.repeats, args.device))  # every column in alternation
     return row
 
 

@@ -9,7 +9,8 @@
    (``pip install "gated[compare]"``; its columns are ``-`` without it);
 3. the layer's train time over T (``--sweep-t``, default T/4, T, 4T): linear in T.
 
-Times are the minimum over ``--repeats`` runs after a warm-up (:func:`gated.harness.bench_common._time`).
+Times are the minimum over ``--repeats`` runs after a warm-up, the layer's columns timed in alternation
+(:func:`gated.harness.bench_common._time_together`).
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ import torch
 
 import gated
 from gated.harness import bench_common as _bench
+from gated.harness.bench_common import _parse_shape, _steps, _time, _time_together
 from gated.harness.bench_common import ms as _ms
 from gated.harness.bench_common import ratio as _ratio
-from gated.harness.bench_common import _parse_shape, _steps, _time
 
 SCAN_CORES = ("mingru", "minlstm", "rglru", "hgrn")
 SHAPES = ["1024x32x256x256"]  # the issue's shape: T = 1024, B = 32, I = H = 256
@@ -86,15 +87,16 @@ def scan_layer(core: str, variant: str, shape, args, dtype) -> dict:
     kw = {"device": args.device, "dtype": dtype}
     x = torch.randn(T, B, I, **kw)
     row = {"shape": "x".join(map(str, shape)), "core": core, "variant": variant}
-    row["torch_train"], row["torch_infer"] = (_time(f, args.repeats, args.device) for f in _steps(_TORCH[core](I, H, **kw), x))
+    fns = {}
+    fns["torch_train"], fns["torch_infer"] = _steps(_TORCH[core](I, H, **kw), x)
     ours = _GATED[core](I, H, variant=variant, **kw)
-    row["fused_train"], row["fused_infer"] = (_time(f, args.repeats, args.device) for f in _steps(ours, x))
+    fns["fused_train"], fns["fused_infer"] = _steps(ours, x)
     cls = _lucidrains(core)
     if cls is not None:
         theirs = cls(I, expansion_factor=H / I).to(**kw)
         pair = lambda v: (theirs(v), None)  # noqa: E731  (their forward returns the output only)
-        row["luci_train"], row["luci_infer"] = (_time(f, args.repeats, args.device)
-                                                for f in _steps(pair, x.transpose(0, 1).contiguous()))
+        fns["luci_train"], fns["luci_infer"] = _steps(pair, x.transpose(0, 1).contiguous())
+    row.update(_time_together(fns, args.repeats, args.device))  # in alternation
     if not args.no_reference:
         ref = _GATED[core](I, H, variant=variant, backend="reference", **kw)
         row["ref_train"] = _time(_steps(ref, x)[0], 1, args.device)

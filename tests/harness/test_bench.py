@@ -45,6 +45,21 @@ def test_grid_row_ratios_match_their_times(capsys):
     assert _quotient_ok(infer_ratio, fused_infer, torch_infer)
 
 
+def test_columns_are_timed_in_alternation(monkeypatch):
+    """The anchor and the timed module run in rounds (one call each, the order reversed every other
+    round) after a warm-up each, and each keeps its fastest call: a fake clock charges "a" 1 s on
+    its second call, 3 s on every other, and "b" always 2 s."""
+    from gated.harness import bench_common
+
+    calls, now, cost = [], [0.0], {"a": [3, 3, 1, 3], "b": [2, 2, 2, 2]}
+    fns = {name: (lambda name=name: calls.append(name) or now.__setitem__(0, now[0] + cost[name].pop(0)))
+           for name in ("a", "b")}
+    monkeypatch.setattr(bench_common.time, "perf_counter", lambda: now[0])
+    best = bench_common._time_together(fns, 3, "cpu")
+    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]
+    assert best == {"a": 1.0, "b": 2.0}
+
+
 def test_stream_rows_and_header(capsys):
     """--stream: one row per core, variant and batch with the per-step times' ratio; the header
     names torch's and the extension's instruction sets and whether the tiled kernel ran."""
