@@ -1,7 +1,8 @@
 """What torch's tracing and transforms need to know of the fused kernels' compute ops.
 
 The C++ extension (gated/csrc/recurrence.cpp) defines ``gated_fused::recurrence_forward``,
-``recurrence_backward``, ``xh_mm`` and ``tiled_mm`` with schemas and CPU kernels. Here they get
+``recurrence_backward``, ``xh_mm``, ``tiled_mm``, ``cell_forward`` and ``cell_backward`` with
+schemas and CPU kernels. Here they get
 
 - fake (meta) implementations: output shapes from input shapes (the zoneout and recurrent-dropout
   arguments change none of them; LayerNorm's make the last output its flat statistics, forward,
@@ -75,6 +76,19 @@ def _tiled_mm_fake(a, b, transpose_a, append_sums):
     return a.new_empty(a.shape[1] if transpose_a else a.shape[0], b.shape[1] + (1 if append_sums else 0))
 
 
+def _cell_forward_fake(gi, gh, h, c, fb, core, refine):
+    B, G = gi.shape
+    empty = h.new_empty(0)
+    return h.new_empty(h.shape), h.new_empty(h.shape) if c is not None else empty, gi.new_empty(B, G), \
+        h.new_empty(h.shape) if c is None else empty
+
+
+def _cell_backward_fake(dh, dc, A, q, h, c, c_new, core, refine):
+    lstm, empty = c is not None, h.new_empty(0)
+    return A.new_empty(A.shape), A.new_empty(A.shape), empty if lstm else h.new_empty(h.shape), \
+        h.new_empty(h.shape) if lstm else empty
+
+
 def _per_element(op):
     """A batching rule that runs ``op`` on each element of the vmapped dimension and stacks."""
 
@@ -101,6 +115,8 @@ def register() -> None:
         "recurrence_backward": _recurrence_backward_fake,
         "xh_mm": _xh_mm_fake,
         "tiled_mm": _tiled_mm_fake,
+        "cell_forward": _cell_forward_fake,
+        "cell_backward": _cell_backward_fake,
     }
     if hasattr(torch.ops.gated_fused, "scan_forward"):  # the scan kernels (gated/csrc/scan.h), if built
         fakes |= _scan_ops.FAKES

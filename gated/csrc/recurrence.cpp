@@ -13,7 +13,8 @@
 // The equations are those of gated/cores.py (the reference); tests/test_fused.py checks equality.
 // Layout: vec_math.h (vectorised maths), recurrent_gemm.h (the per-step GEMM), cells.h (the
 // pointwise cells), projection.h (zoneout and the recurrent-dropout mask of a projected h),
-// time_loop.h (forward_impl, backward_impl); this file holds the checks, the
+// time_loop.h (forward_impl, backward_impl), cell_step.h (one step of the cells on given
+// projections, for the single-step modules); this file holds the checks, the
 // entry points and the op registration, and scan.h the scan cores.
 
 #include "vec_math.h"  // first: its CPU_CAPABILITY defines must precede every ATen header
@@ -30,6 +31,7 @@
 #include <tuple>
 #include <vector>
 
+#include "cell_step.h"
 #include "pool.h"
 #include "recurrent_gemm.h"
 #include "tiled_gemm.h"
@@ -328,6 +330,10 @@ TORCH_LIBRARY(gated_fused, m) {
       "Tensor? c0, Tensor w_hh, Tensor? lengths, Tensor? w_hr, int core, bool refine, Tensor? rmask=None, "
       "Tensor? zone_h=None, Tensor? zone_c=None, float p_h=0., float p_c=0., Tensor? ln=None, Tensor? ln_w=None, "
       "Tensor? lnc_w=None, Tensor? lnc_b=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("cell_forward(Tensor gi, Tensor gh, Tensor h, Tensor? c, Tensor? fb, int core, bool refine) "
+        "-> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("cell_backward(Tensor dh, Tensor? dc, Tensor A, Tensor q, Tensor h, Tensor? c, Tensor? c_new, int core, "
+        "bool refine) -> (Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(gated_fused, CPU, m) {
@@ -335,5 +341,7 @@ TORCH_LIBRARY_IMPL(gated_fused, CPU, m) {
   m.impl("xh_mm", &xh_mm);
   m.impl("recurrence_forward", &recurrence_forward);
   m.impl("recurrence_backward", &recurrence_backward);
+  m.impl("cell_forward", &cell_forward);
+  m.impl("cell_backward", &cell_backward);
 }
 #include "scan.h"  // the scan cores (MinGRU, MinLSTM): their own ops in the same library

@@ -82,6 +82,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stream", nargs="*", type=int, default=None, metavar="B",
                    help="instead of the grid: one-step inference calls with the state carried, at these batch "
                         "sizes (default 1 16 64), with the first shape's I and H")
+    p.add_argument("--cells", nargs="*", type=int, default=None, metavar="B",
+                   help="instead of the grid: 20-step unrolls of the single-step cells (LSTMCell, GRUCell, MGUCell) "
+                        "against torch.nn's, train and inference, at these batch sizes (default 1 16 64), with the "
+                        "first shape's I and H (gated/harness/bench_cells.py)")
     p.add_argument("--cell-options", action="store_true",
                    help="time the LayerNorm UR-LSTM/GRU with zoneout 0.1 and recurrent dropout 0.25 against a "
                    "Python-loop LayerNorm cell (eager and compiled) and plain torch.nn (gated/harness/bench_options.py)")
@@ -387,6 +391,11 @@ def _main(args) -> int:
         print(f"# note: {note} (these times include waits for the busy cores)")
     if args.stream is not None:
         _stream(args, dtype, shapes[0], args.stream or [1, 16, 64])
+        return 0
+    if getattr(args, "cells", None) is not None:
+        from gated.harness import bench_cells
+
+        bench_cells.main(args, dtype, shapes[0], args.cells or [1, 16, 64])
         return 0
     for name, values in (("T", args.sweep_t), ("B", args.sweep_b)):
         if values:

@@ -80,6 +80,19 @@ def test_stream_rows_and_header(capsys):
         assert abs(ratio - fused_us / torch_us) <= 0.01 + 0.5 * (1 / torch_us + fused_us / torch_us**2)
 
 
+def test_cells_rows_ratios_match_their_times(capsys):
+    """--cells: one row per core, variant and batch; each ratio is its row's gated time over torch's."""
+    assert main(["bench", "--shapes", "6x4x3x8", "--cores", "mgu", "lstm", "--variants", "-", "UR", "--cells", "2",
+                 "--repeats", "1", "--threads", "1"]) == 0
+    rows = [r for r in _table(capsys.readouterr().out) if r[0] in ("mgu", "lstm")]
+    assert [(r[0], r[1], r[2]) for r in rows] == [("mgu", "-", "2"), ("mgu", "UR", "2"), ("lstm", "-", "2"),
+                                                   ("lstm", "UR", "2")]
+    for r in rows:
+        for theirs, ours, ratio in ((r[3], r[4], r[5]), (r[6], r[7], r[8])):
+            t, o = float(theirs), float(ours)
+            assert abs(float(ratio) - o / t) <= 0.01 + 0.5 * (1 / t + o / t**2)
+
+
 def test_gemm_pin(capsys):
     from gated.backends import _build
 
