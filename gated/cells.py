@@ -11,7 +11,7 @@ from torch import Tensor
 
 from gated import options, precision
 from gated._base import GatedModule
-from gated.backends import fused_cell, reference
+from gated.backends import fused_cell, fused_cpu, reference
 
 __all__ = ["LSTMCell", "GRUCell", "MGUCell"]
 
@@ -126,7 +126,7 @@ class _Cell(GatedModule):
             return new
         gi = F.linear(x, w_ih, b_ih)  # (B, G)
         gh = F.linear(state[0], w_hh, b_hh)  # (B, G)
-        if fused_cell.usable(self.layout, gi):  # the gate maths in one C++ pass each way
+        if fused_cpu.cell_usable(self.layout, gi):  # the gate maths in one C++ pass each way
             return fused_cell.step(gi, gh, state, fb, self.layout)
         return self.layout.core.step(gi, gh, state, fb, self.layout)[0]
 

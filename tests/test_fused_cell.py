@@ -26,7 +26,7 @@ def _run(m, x, state, seed=0):
 
 
 def _unfused(monkeypatch):
-    monkeypatch.setattr(fused_cell, "usable", lambda *a: False)
+    monkeypatch.setattr(fused_cpu, "cell_usable", lambda *a: False)
 
 
 @pytest.mark.parametrize("variant", ["-", "UR", "R", "C"])
@@ -109,7 +109,7 @@ def test_compile_and_vmap_take_the_torch_ops(monkeypatch):
     m = gated.GRUCell(4, 3)
     x = torch.randn(2, 4)
     eager = m(x)
-    assert fused_cell.usable(m.layout, x)  # eager, on the CPU, in float32
+    assert fused_cpu.cell_usable(m.layout, x)  # eager, on the CPU, in float32
     monkeypatch.setattr(fused_cell, "step", lambda *a: pytest.fail("the fused step ran"))
     compiled = torch.compile(m, backend="eager")(x)
     torch.testing.assert_close(compiled, eager)
@@ -129,8 +129,46 @@ def test_inference_calls_equal_the_torch_ops(core, monkeypatch):
         fused = m(x, state)
         monkeypatch.setattr(fused_cell, "_Step", None)  # the autograd path would raise now
         again = m(x, state)
-        monkeypatch.setattr(fused_cell, "usable", lambda *a: False)
+        monkeypatch.setattr(fused_cpu, "cell_usable", lambda *a: False)
         ref = m(x, state)
     for a, b, c in zip(*(v if isinstance(v, tuple) else (v,) for v in (fused, again, ref))):
         torch.testing.assert_close(a, c, rtol=1e-12, atol=1e-12)
         assert torch.equal(a, b)
+
+
+LAYERS = {"lstm": gated.LSTM, "gru": gated.GRU, "mgu": gated.MGU}
+
+
+@pytest.mark.parametrize("variant", ["-", "UR"])
+@pytest.mark.parametrize("core", list(LAYERS))
+def test_one_step_training_calls_of_a_layer_take_the_cell_path(core, variant, monkeypatch):
+    """A T = 1 call that records a graph (an agent stepping gated.GRU) runs the cells' fused step on
+    the fused backend: outputs, states and every gradient equal the reference backend's, two layers,
+    both directions; a T = 2 call and a no_grad call keep the sequence kernels."""
+    torch.manual_seed(0)
+    kw = dict(num_layers=2, bidirectional=True, variant=variant, dtype=torch.float64)
+    m = LAYERS[core](5, 4, **kw)
+    x = torch.randn(1, 3, 5, dtype=torch.float64, requires_grad=True)
+    n = 2 if core == "lstm" else 1
+    h0 = tuple(torch.randn(4, 3, 4, dtype=torch.float64, requires_grad=True) for _ in range(n))
+    calls = []
+    real = torch.ops.gated_fused.cell_forward.default
+    monkeypatch.setattr(torch.ops.gated_fused.cell_forward, "default", lambda *a: calls.append(1) or real(*a),
+                        raising=False)
+
+    def run(backend, T=1):
+        out, hn = m._run(x.expand(T, -1, -1), h0 if n == 2 else h0[0], backend=backend)
+        hn = hn if isinstance(hn, tuple) else (hn,)
+        g = torch.Generator().manual_seed(1)
+        loss = sum((t * torch.randn(t.shape, generator=g, dtype=t.dtype)).sum() for t in (out, *hn))
+        return (out, *hn, *torch.autograd.grad(loss, [x, *h0, *m.parameters()]))
+
+    fused = run("fused_cpu")
+    assert len(calls) == 4  # two layers, two directions
+    for a, b in zip(fused, run("reference")):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    calls.clear()
+    run("fused_cpu", T=2)
+    with torch.no_grad():
+        m._run(x, h0 if n == 2 else h0[0], backend="fused_cpu")
+    assert not calls

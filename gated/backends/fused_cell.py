@@ -5,7 +5,8 @@ them and their weight gradients are single matmuls), and ``gated_fused::cell_for
 ops each way in :mod:`gated.cores`, which were most of a small cell's time.
 
 Taken for the plain and refine variants in float32/float64 on the CPU when the extension is
-built, in eager mode (:func:`usable`); under torch.compile, export, tracing and torch.func the
+built, in eager mode (:func:`gated.backends.fused_cpu.cell_usable`), by the cells and by the fused
+backend's one-step training calls; under torch.compile, export, tracing and torch.func the
 cell keeps the plain torch ops of :mod:`gated.cores`, which every one of those understands. A
 gradient that must itself be differentiable (double backward) is taken through those ops too.
 
@@ -17,14 +18,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from gated.backends import fused_cpu, recording
 from gated.cores import Layout
 
+_CORE_ID = {"lstm": 0, "gru": 1, "mgu": 2}
 
-def usable(layout: Layout, x: Tensor) -> bool:
-    """Whether :func:`step` can run this call on ``x`` (the step's ``gi``), else the caller runs
-    :mod:`gated.cores`' step (also for empty calls: zero batch or ``hidden_size``)."""
-    return x.numel() > 0 and fused_cpu.why_not(layout, x) is None and not recording()
+
+def kernel_ids(layout: Layout) -> tuple[int, bool]:
+    """The C++ kernels' core id and whether they run the refine gate (every fused CPU op's)."""
+    return _CORE_ID[layout.core.name], layout.variant.auxiliary == "refine"
 
 
 def step(gi: Tensor, gh: Tensor, state: tuple, fb: Tensor | None, layout: Layout) -> tuple:
@@ -34,7 +35,7 @@ def step(gi: Tensor, gh: Tensor, state: tuple, fb: Tensor | None, layout: Layout
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (gi, gh, fb, *state)):
         out = _Step.apply(gi, gh, fb, layout, *state)
         return out if len(state) == 2 else (out,)
-    core, refine = fused_cpu._kernel_ids(layout)  # inference: no graph, nothing kept
+    core, refine = kernel_ids(layout)  # inference: no graph, nothing kept
     h, c = torch.ops.gated_fused.cell_forward.default(gi, gh, state[0], state[1] if len(state) == 2 else None, fb,
                                                       core, refine)[:2]
     return (h, c) if len(state) == 2 else (h,)
@@ -43,7 +44,7 @@ def step(gi: Tensor, gh: Tensor, state: tuple, fb: Tensor | None, layout: Layout
 class _Step(torch.autograd.Function):
     @staticmethod
     def forward(ctx, gi, gh, fb, layout, h, c=None):
-        core, refine = fused_cpu._kernel_ids(layout)
+        core, refine = kernel_ids(layout)
         h_new, c_new, A, q = torch.ops.gated_fused.cell_forward.default(gi, gh, h, c, fb, core, refine)
         ctx.layout = layout
         ctx.save_for_backward(gi, gh, fb, h, c, A, q, c_new if c is not None else None)
@@ -55,7 +56,7 @@ class _Step(torch.autograd.Function):
         layout = ctx.layout
         if torch.is_grad_enabled():  # create_graph: through the differentiable torch ops of gated.cores
             return _differentiable(ctx, dh, dc)
-        core, refine = fused_cpu._kernel_ids(layout)
+        core, refine = kernel_ids(layout)
         dgi, dgh, dh_direct, dc_prev = torch.ops.gated_fused.cell_backward.default(
             dh, dc, A, q, h, c, c_new, core, refine)
         dfb = None

@@ -14,12 +14,15 @@ here, and the norms' gains' and biases' gradients summed over steps per batch ro
 (:func:`_pre_backward`). With bfloat16 matmul weights (gated/precision.py) the input side is
 the same function's bfloat16 product and the kernels run each step's recurrent product on
 bfloat16 operands (gated/csrc/recurrent_gemm.h); everything else stays float32. Same signature
-and results as :func:`gated.backends.reference.run_layer` (tests/test_fused.py). Backward is hand-written: the C++ pass returns the gradients of every step's
-pre-activations ``(T, B, G)``; the weight gradients are then single large matmuls here. In float32
-on AVX-512 and AVX2 CPUs every matmul but the input gradient runs on the register-tiled kernel of
-gated/csrc/tiled_gemm.h (a forward of few rows, such as a one-step streaming call, on the weights
-as they lie, gated/csrc/direct_gemm.h, instead of a packed copy); buffers above 32 MiB are reused across calls (gated/csrc/pool.h,
-:func:`empty_cache`).
+and results as :func:`gated.backends.reference.run_layer` (tests/test_fused.py). Backward is
+hand-written: the C++ pass returns the gradients of every step's pre-activations ``(T, B, G)``;
+the weight gradients are then single large matmuls here. In float32 on AVX-512 and AVX2 CPUs
+every matmul but the input gradient runs on the register-tiled kernel of gated/csrc/tiled_gemm.h
+(a forward of few rows, such as a one-step streaming call, on the weights as they lie,
+gated/csrc/direct_gemm.h, instead of a packed copy); buffers above 32 MiB are reused across calls
+(gated/csrc/pool.h, :func:`empty_cache`). A training call of one step (an agent stepping a layer)
+takes the cells' path instead (:mod:`gated.backends.fused_cell`: ATen's two projections and the
+fused gate maths), which has none of the sequence kernels' per-call costs.
 
 Glossary: T time, B batch, I input features, H hidden_size, P the width of h (``proj_size`` or
 ``H``), G gate rows.
@@ -34,12 +37,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gated.backends import _build, reference
+from gated.backends import _build, fused_cell, reference
+from gated.backends._context import recording
 from gated.cores import Layout
 from gated.gates import sigmoid_gate
 from gated.options import EPS, Extras
 
-_CORE_ID = {"lstm": 0, "gru": 1, "mgu": 2}
 _said = {"proj": False}  # one-time notes
 
 
@@ -78,9 +81,13 @@ def _n_rows(layout: Layout) -> slice | None:
     return layout.block("n") if layout.core.name != "lstm" else None
 
 
-def _kernel_ids(layout: Layout) -> tuple[int, bool]:
-    """The kernel's core id and whether it runs the refine gate."""
-    return _CORE_ID[layout.core.name], layout.variant.auxiliary == "refine"
+_kernel_ids = fused_cell.kernel_ids
+
+
+def cell_usable(layout: Layout, x: Tensor) -> bool:
+    """Whether :func:`gated.backends.fused_cell.step` can run a step whose ``gi`` is ``x``, else the
+    caller runs :mod:`gated.cores`' step (also for empty calls: zero batch or ``hidden_size``)."""
+    return x.numel() > 0 and why_not(layout, x) is None and not recording()
 
 
 def _option_args(extras, x: Tensor) -> tuple:
@@ -353,6 +360,15 @@ def _differentiable_backward(ctx, dout, dh_n, dc_n):
     return tuple(grads)
 
 
+def _one_step_train(x, state, w_ih, w_hh, b_ih, b_hh, fb, mask, w_hr, extras) -> bool:
+    """A T = 1 call that records a graph, with none of what only the sequence kernels run (masks,
+    projections, cell options, bfloat16 matmul weights) and outside compile, export and torch.func."""
+    if mask is not None or w_hr is not None or extras is not None or w_hh.dtype != x.dtype:
+        return False
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                           for t in (x, *state, w_ih, w_hh, b_ih, b_hh, fb)) and not recording()
+
+
 def run_layer(x, state, w_ih, w_hh, b_ih, b_hh, forget_bias, layout, mask=None, record=None, w_hr=None, extras=None):
     """Same contract as :func:`gated.backends.reference.run_layer` (``record`` is not supported)."""
     if record is not None:
@@ -360,6 +376,12 @@ def run_layer(x, state, w_ih, w_hh, b_ih, b_hh, forget_bias, layout, mask=None, 
     if x.shape[1] == 0:  # an empty batch: nothing to compute, and the kernels need B > 0
         return reference.run_layer(x, state, w_ih, w_hh, b_ih, b_hh, forget_bias, layout, mask, w_hr=w_hr,
                                    extras=extras)
+    if x.shape[0] == 1 and _one_step_train(x, state, w_ih, w_hh, b_ih, b_hh, forget_bias, mask, w_hr, extras):
+        # a training step of T = 1 (an agent stepping a layer): the cells' path, ATen's two
+        # projections and the fused gate maths, instead of the sequence kernels' fixed costs
+        new = fused_cell.step(F.linear(x[0], w_ih, b_ih), F.linear(state[0], w_hh, b_hh), tuple(state), forget_bias,
+                              layout)
+        return new[0].unsqueeze(0), new
     opt = _option_args(extras, x)
     ln = _NO_LN
     has_ln = extras is not None and extras.ln is not None

@@ -5,8 +5,9 @@ torch.nn time (LSTM for the LSTM core, GRU for GRU and MGU), the gated reference
 the fused backend's time, their ratios, the fused path's matmul GFLOP/s and its share of the
 machine's float32 matmul peak, measured in the same run with a large square matmul (the faster
 of MKL and oneDNN, see :func:`matmul_peak`). Times are the
-minimum over ``--repeats`` runs after a warm-up, torch.nn's and gated's calls in alternation (so a
-host whose speed drifts skews both alike: :func:`gated.harness.bench_common._time_together`); "train" is forward + backward of ``out.sum()``,
+minimum over ``--repeats`` runs after a warm-up, torch.nn's and gated's calls in alternation (so
+a host whose speed drifts skews both alike: :func:`gated.harness.bench_common._time_together`);
+"train" is forward + backward of ``out.sum()``,
 "infer" a forward under ``torch.no_grad()``. ``--memory`` adds the peak memory of a train step,
 each measured in a fresh process (the growth of its peak RSS during one step). ``--stream`` times
 one-step calls with the state carried (agents, streaming decoders) instead of the grid. ``--gemm``
@@ -84,8 +85,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "sizes (default 1 16 64), with the first shape's I and H")
     p.add_argument("--cells", nargs="*", type=int, default=None, metavar="B",
                    help="instead of the grid: 20-step unrolls of the single-step cells (LSTMCell, GRUCell, MGUCell) "
-                        "against torch.nn's, train and inference, at these batch sizes (default 1 16 64), with the "
-                        "first shape's I and H (gated/harness/bench_cells.py)")
+                        "and of T = 1 calls of the sequence modules against torch.nn's, train and inference, at "
+                        "these batch sizes (default 1 16 64), with the first shape's I and H (gated/harness/bench_cells.py)")
     p.add_argument("--cell-options", action="store_true",
                    help="time the LayerNorm UR-LSTM/GRU with zoneout 0.1 and recurrent dropout 0.25 against a "
                    "Python-loop LayerNorm cell (eager and compiled) and plain torch.nn (gated/harness/bench_options.py)")
