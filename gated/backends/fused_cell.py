@@ -69,6 +69,8 @@ class _Step(torch.autograd.Function):
 
 
 def _differentiable(ctx, dh, dc):
+    """Gradients that can be differentiated again (double backward): the step recomputed in the torch
+    ops of :mod:`gated.cores` and its vector-Jacobian product taken with torch.func.vjp."""
     gi, gh, fb, h, c, _, _, _ = ctx.saved_tensors
     inputs = {0: gi, 1: gh, 2: fb, 4: h, 5: c}
     wanted = [k for k, t in inputs.items() if t is not None and ctx.needs_input_grad[k]]
