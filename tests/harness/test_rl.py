@@ -144,6 +144,7 @@ def test_truncated_episodes_bootstrap_from_their_final_observation():
 
 
 @pytest.mark.slow
+@pytest.mark.experiment  # 30-40 s of training: not in the default run (pytest -m experiment runs it)
 def test_short_training_run_beats_the_random_policy_on_repeat_first(tmp_path):
     # RepeatFirstEasy: say the suit of the first card at each of 51 steps (+-1/51 a step). The
     # agent sees only the current card (no previous action/reward inputs), so anything clearly
