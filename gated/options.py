@@ -25,9 +25,9 @@ Masks are drawn once per call, per layer and direction, from torch's default gen
 input's device (so a seed reproduces them, whatever the backend), by :meth:`CellOptions.extras`.
 Which backends run what: weight dropout changes only the weight a backend is given, so every
 backend runs it; the fused CPU kernels also run LayerNorm, zoneout and recurrent dropout (with
-``proj_size`` too), the Triton kernels the same three except with ``proj_size``: those with
-projections run on the reference backend there
-(``"auto"`` falls back with one logged line, see :meth:`CellOptions.unfused`).
+``proj_size`` too), the Triton kernels the same three, except LayerNorm with ``proj_size``, which
+runs on the reference backend there (``"auto"`` falls back with one logged line, see
+:meth:`CellOptions.unfused`).
 
 Glossary: T time, B batch, H hidden_size, P state width (``proj_size`` or ``H``), G gate rows.
 """
@@ -124,8 +124,6 @@ class CellOptions:
     weight_dropout: float = 0.0
     # derived by make(), as plain constants (torch.compile treats float attributes as symbolic):
     active: bool = False  # any option on
-    # (eval, training): the options the fast backends lack with projections (unfused())
-    unfused_names: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
 
     @classmethod
     def make(cls, core, layer_norm=False, zoneout=0.0, recurrent_dropout=0.0, weight_dropout=0.0) -> CellOptions:
@@ -145,20 +143,16 @@ class CellOptions:
             raise ValueError(f"layer_norm, zoneout, recurrent_dropout and weight_dropout are not available for the "
                              f"scan core {core.name!r} (it has no recurrent weight)")
         rd, wd = _prob("recurrent_dropout", recurrent_dropout), _prob("weight_dropout", weight_dropout)
-        always = (("layer_norm",) if layer_norm else ()) + (("zoneout",) if any(probs) else ())
-        return cls(layer_norm, probs if any(probs) else (), rd, wd, bool(always or rd or wd),
-                   (always, always + (("recurrent_dropout",) if rd else ())))
+        return cls(layer_norm, probs if any(probs) else (), rd, wd, bool(layer_norm or any(probs) or rd or wd))
 
     def unfused(self, training: bool, proj: bool = False) -> dict[str, str] | None:
         """What keeps a call in this mode off each backend's kernels (for the fallback log), as
         ``{backend: reason}``, or None. The fused CPU kernels run all three, with projections
         (``proj``) too; the Triton kernels run them (recurrent dropout only in training: eval's is
-        the identity), but not with projections."""
-        used = self.unfused_names[bool(training)]
-        if not used or not proj:
+        the identity), LayerNorm not with projections."""
+        if not self.layer_norm or not proj:
             return None
-        return {"triton": f"{' and '.join(used)} with proj_size (only the reference backend has them so far)",
-                "fused_cpu": None}
+        return {"triton": "layer_norm with proj_size (only the reference backend has it so far)", "fused_cpu": None}
 
     def add_params(self, module: nn.Module, suffix: str, factory_kwargs: dict) -> None:
         """Register the LayerNorms of one layer and direction (torch-style names)."""

@@ -515,10 +515,10 @@ def test_fused_gradcheck_with_fixed_zoneout_and_recurrent_dropout_masks(core, tr
     assert torch.autograd.gradcheck(f, leaves)
 
 
-def test_projections_keep_the_options_off_triton_only(monkeypatch):
+def test_projections_keep_layer_norm_off_triton_only(monkeypatch):
     """proj_size with these options: the fused CPU kernels take them ("auto" on CPU tensors picks
-    them), Triton refuses; without it both fast backends take zoneout, recurrent dropout and
-    LayerNorm (tests/test_triton_options.py runs Triton's)."""
+    them), Triton takes zoneout and recurrent dropout but refuses LayerNorm; without proj_size both
+    fast backends take all three (tests/test_triton_options.py runs Triton's)."""
     _fused_ops()
     from gated import backends
 
@@ -531,8 +531,12 @@ def test_projections_keep_the_options_off_triton_only(monkeypatch):
     monkeypatch.setitem(backends._CHECKS, "triton", lambda layout, x: None)  # as if Triton could run it
     for training in (True, False):
         assert backends.resolve("triton", g.layout, x, g.opts.unfused(training)) is backends.BACKENDS["triton"]
-    with pytest.raises(RuntimeError, match="zoneout and recurrent_dropout with proj_size"):
-        backends.resolve("triton", m.layout, x, m.opts.unfused(True, proj=True))
+    assert backends.resolve("triton", m.layout, x, m.opts.unfused(True, proj=True)) is backends.BACKENDS["triton"]
+    m_ln = gated.LSTM(I, H, proj_size=3, layer_norm=True, zoneout=0.1).train()
+    assert backends.resolve("fused_cpu", m_ln.layout, x, m_ln.opts.unfused(True, proj=True)) is \
+        backends.BACKENDS["fused_cpu"]
+    with pytest.raises(RuntimeError, match="layer_norm with proj_size"):
+        backends.resolve("triton", m_ln.layout, x, m_ln.opts.unfused(True, proj=True))
     assert backends.resolve("fused_cpu", g.layout, x, g.opts.unfused(True)) is backends.BACKENDS["fused_cpu"]
     ln = gated.GRU(I, H, layer_norm=True, zoneout=0.1)
     for training in (True, False):

@@ -646,20 +646,22 @@ def test_triton_several_programs_per_launch(core, proj, monkeypatch):
 _PTRS = {
     "lstm_fwd": "TAB:i64 BASE:cd SBASE:sd GH:cd Cp:sd Cn:sd HS:cd FB:sd LEN:i64 Hp:sd Hn:sd ZP:sd LW:sd LB:sd CW:sd CB:sd",
     "gru_fwd": "TAB:i64 BASE:cd SBASE:sd GH:cd Hp:sd Hn:sd HS:cd BHN:sd FB:sd LEN:i64 ZP:sd LW:sd LB:sd",
-    "proj_out": "TAB:i64 BASE:cd HS:cd",
+    "proj_out": "TAB:i64 BASE:cd SBASE:sd HS:cd H0:cd LEN:i64 ZP:sd",
     "lstm_bwd": "TAB:i64 BASE:cd SBASE:sd C0:sd D1:cd D2:sd DC:sd DAS:cd DHN:sd DM:sd LEN:i64 ZP:sd LW:sd CW:sd CB:sd",
     "gru_bwd": "TAB:i64 BASE:cd SBASE:sd H0:sd D1:cd D2:sd S:cd DHN:sd LEN:i64 ZP:sd LW:sd",
-    "proj_dh": "TAB:i64 BASE:cd D1:cd D2:sd DHS:cd CARRY:sd LEN:i64",
+    "proj_dh": "TAB:i64 BASE:cd SBASE:sd D1:cd D2:sd DHS:cd CARRY:sd LEN:i64 ZP:sd",
 }
 _ON = dict.fromkeys(("REFINE", "HAS_FB", "MASKED", "SAVE", "RDROP"), True)
 _GRU, _MGU = {"GRU": True, "KZ": 1, "KN": 2, "KR": 3}, {"GRU": False, "KZ": 0, "KN": 1, "KR": 2}
 _CONSTEXPRS = {
     "lstm_fwd": [{**_ON, "PROJ": False, "ZH": 1, "ZC": 1, "LN": True},  # training: every option, LayerNorm
-                 {**_ON, "PROJ": True, "ZH": 0, "ZC": 0, "RDROP": False, "LN": False},  # projections
+                 {**_ON, "PROJ": True, "ZH": 0, "ZC": 1, "RDROP": False, "LN": False},  # projections
                  {**dict.fromkeys(_ON, False), "PROJ": False, "ZH": 2, "ZC": 2, "LN": False}],  # eval, inference
     "gru_fwd": [{**_GRU, **_ON, "HAS_BHN": True, "ZH": 1, "LN": True},
                 {**_MGU, **dict.fromkeys(_ON, False), "HAS_BHN": False, "ZH": 2, "LN": False}],
-    "proj_out": [{}],
+    "proj_out": [{"FIRST": False, "MASKED": True, "ZH": 1, "RDROP": True},
+                 {"FIRST": True, "MASKED": False, "ZH": 2, "RDROP": False},
+                 {"FIRST": False, "MASKED": False, "ZH": 0, "RDROP": False}],
     "lstm_bwd": [{"REFINE": True, "HAS_D1": True, "HAS_D2": True, "MASKED": True, "FIRST": False, "PROJ": False,
                   "ZH": 1, "ZC": 1, "RDROP": True, "LN": True},
                  {"REFINE": True, "HAS_D1": False, "HAS_D2": False, "MASKED": True, "FIRST": True, "PROJ": True,
@@ -670,7 +672,9 @@ _CONSTEXPRS = {
                  "LN": True},
                 {**_MGU, "REFINE": False, "HAS_D1": False, "MASKED": False, "FIRST": True, "ZH": 2, "RDROP": False,
                  "LN": False}],
-    "proj_dh": [{"HAS_D1": True, "HAS_D2": True, "MASKED": True}, {"HAS_D1": False, "HAS_D2": True, "MASKED": False}],
+    "proj_dh": [{"HAS_D1": True, "HAS_D2": True, "MASKED": True, "ZH": 1, "RDROP": True},
+                {"HAS_D1": False, "HAS_D2": True, "MASKED": False, "ZH": 2, "RDROP": False},
+                {"HAS_D1": True, "HAS_D2": False, "MASKED": False, "ZH": 0, "RDROP": False}],
 }
 _SM90_DTYPES = ["fp32", "fp64", "bf16", "fp16"]
 

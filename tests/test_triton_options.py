@@ -166,6 +166,35 @@ def test_triton_packed_bidirectional_with_zoneout_and_recurrent_dropout(core, ln
     _compare(m, x, _hx(m, 3, torch.float64), TOL[torch.float64], "packed")
 
 
+@pytest.mark.parametrize("variant", ["-", "UR"])
+def test_triton_projections_with_zoneout_and_recurrent_dropout(variant):
+    """proj_size with zoneout of (h, c) and recurrent and weight dropout: zoneout of h and the
+    dropout mask act on the projected h (gated/csrc/projection.h's order); training and eval,
+    float64 to 1e-10, outputs, final states and every gradient; then packed sequences through a
+    bidirectional module, and float32."""
+    P = 3
+    for name, (kw, training) in _sets("LSTM").items():
+        m = _module("LSTM", variant, kw, training, torch.float64, proj_size=P)
+        assert backends._unfused_for(m.opts.unfused(training, proj=True), "triton") is None, name
+        x = torch.randn(4, 2, I, dtype=torch.float64, device=DEVICE, requires_grad=True)
+        hx = (torch.randn(1, 2, P, dtype=torch.float64, device=DEVICE, requires_grad=True),
+              torch.randn(1, 2, H, dtype=torch.float64, device=DEVICE, requires_grad=True))
+        _compare(m, x, hx, TOL[torch.float64], name)
+    kw, training = _sets("LSTM")["all"]
+    m = _module("LSTM", variant, kw, training, torch.float64, proj_size=P, bidirectional=True)
+    seqs = [torch.randn(n, I, dtype=torch.float64, device=DEVICE) for n in (2, 4, 1)]
+    x = pack_sequence(seqs, enforce_sorted=False)
+    x.data.requires_grad_(True)
+    hx = (torch.randn(2, 3, P, dtype=torch.float64, device=DEVICE, requires_grad=True),
+          torch.randn(2, 3, H, dtype=torch.float64, device=DEVICE, requires_grad=True))
+    _compare(m, x, hx, TOL[torch.float64], "packed, bidirectional")
+    m = _module("LSTM", variant, kw, training, torch.float32, proj_size=P)
+    x = torch.randn(4, 2, I, device=DEVICE, requires_grad=True)
+    hx = (torch.randn(1, 2, P, device=DEVICE, requires_grad=True),
+          torch.randn(1, 2, H, device=DEVICE, requires_grad=True))
+    _compare(m, x, hx, TOL[torch.float32], "all, float32")
+
+
 def _close_normwise(a, b, what, rel=0.05):
     a, b = a.detach().double(), b.detach().double()
     err, size = float((a - b).norm()), float(b.norm())
@@ -258,36 +287,31 @@ def test_triton_options_graph_replay_takes_new_masks(monkeypatch):
 
 def test_layer_norm_is_taken_and_projections_still_fall_back(monkeypatch, caplog):
     """LayerNorm runs on Triton: backend="triton" takes it, and "auto" on CUDA tensors picks Triton
-    with no fallback line; zoneout or recurrent dropout (or LayerNorm) with proj_size stay on the
-    reference: "auto" falls back with its log line, backend="triton" and run_layer refuse."""
+    with no fallback line; so do zoneout and recurrent dropout with proj_size; LayerNorm with
+    proj_size stays on the reference: "auto" falls back with its log line, backend="triton" and
+    run_layer refuse."""
     monkeypatch.setitem(backends._CHECKS, "triton", lambda layout, x: None)  # as if on a GPU
     x = torch.randn(2, 1, I)
     cuda_like = types.SimpleNamespace(device=torch.device("cuda"))  # resolve reads only the device
     ln = gated.GRU(I, H, layer_norm=True, zoneout=0.1, recurrent_dropout=0.2)
-    for training in (True, False):
-        assert backends.resolve("triton", ln.layout, x, ln.opts.unfused(training)) is backends.BACKENDS["triton"]
-        with caplog.at_level(logging.WARNING, "gated"):
-            backends._logged.clear()
-            assert backends.resolve("auto", ln.layout, cuda_like, ln.opts.unfused(training)) is \
-                backends.BACKENDS["triton"]
-        assert not [r for r in caplog.records if r.name == "gated"]
     proj = gated.LSTM(I, H, proj_size=3, zoneout=0.1, recurrent_dropout=0.2)
+    for m, proj_size in ((ln, False), (proj, True)):
+        for training in (True, False):
+            unfused = m.opts.unfused(training, proj=proj_size)
+            assert backends.resolve("triton", m.layout, x, unfused) is backends.BACKENDS["triton"]
+            with caplog.at_level(logging.WARNING, "gated"):
+                backends._logged.clear()
+                assert backends.resolve("auto", m.layout, cuda_like, unfused) is backends.BACKENDS["triton"]
+            assert not [r for r in caplog.records if r.name == "gated"]
+    proj_ln = gated.LSTM(I, H, proj_size=3, layer_norm=True)
     with pytest.raises(RuntimeError, match="with proj_size"):
-        backends.resolve("triton", proj.layout, x, proj.opts.unfused(True, proj=True))
+        backends.resolve("triton", proj_ln.layout, x, proj_ln.opts.unfused(True, proj=True))
     with caplog.at_level(logging.WARNING, "gated"):
         backends._logged.clear()
-        assert backends.resolve("auto", proj.layout, cuda_like, proj.opts.unfused(True, proj=True)) is \
+        assert backends.resolve("auto", proj_ln.layout, cuda_like, proj_ln.opts.unfused(True, proj=True)) is \
             backends.BACKENDS["reference"]
-    assert any("zoneout and recurrent_dropout with proj_size" in r.getMessage() for r in caplog.records)
-    plain = gated.GRU(I, H, zoneout=0.1, recurrent_dropout=0.2)
-    for training in (True, False):
-        assert backends.resolve("triton", plain.layout, x, plain.opts.unfused(training)) is backends.BACKENDS["triton"]
-    with pytest.raises(ValueError, match="projections"):  # run_layer itself refuses
-        ex = proj.opts.extras(proj, "_l0", x, (3, H), True)
-        triton_gpu.run_layer(x, (torch.zeros(1, 3), torch.zeros(1, H)), *proj._params("_l0"), proj.layout,
-                             w_hr=proj.weight_hr_l0, extras=ex)
-    proj_ln = gated.LSTM(I, H, proj_size=3, layer_norm=True)
-    with pytest.raises(ValueError, match="LayerNorm with projections"):
+    assert any("layer_norm with proj_size" in r.getMessage() for r in caplog.records)
+    with pytest.raises(ValueError, match="LayerNorm with projections"):  # run_layer itself refuses
         ex = proj_ln.opts.extras(proj_ln, "_l0", x, (3, H), True)
         triton_gpu.run_layer(x, (torch.zeros(1, 3), torch.zeros(1, H)), *proj_ln._params("_l0"), proj_ln.layout,
                              w_hr=proj_ln.weight_hr_l0, extras=ex)

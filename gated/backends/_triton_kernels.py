@@ -309,11 +309,37 @@ def gru_fwd(TAB, BASE, SBASE, GH, Hp, Hn, HS, BHN, FB, LEN, ZP, LW, LB, t, B, H,
         tl.store(SBASE + tl.load(TAB + _AUX) + step * H + offs, ghn, mask=inb)
 
 
-def proj_out(TAB, BASE, HS, t, B, P, BLOCK: tl.constexpr):
-    """LSTM with projections: OUT_t = HS (``h_t = m_t W_hr^T``, computed into the workspace)."""
+def proj_out(TAB, BASE, SBASE, HS, H0, LEN, ZP, t, B, P, FIRST: tl.constexpr, MASKED: tl.constexpr,
+             ZH: tl.constexpr, RDROP: tl.constexpr, BLOCK: tl.constexpr):
+    """LSTM with projections: HS holds h~ = m_t W_hr^T; writes OUT_t = h_t and, with an option, HS =
+    what the next product reads. As projection.h's project_fwd: ZH, zoneout of the projected h
+    (h_t = h~ + z (h_{t-1} - h~), on rows still in their sequence; h_{t-1} is OUT_{t-1}, or H0 at
+    t = 0, FIRST), then RDROP, HS = h_t RM."""
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     inb = offs < B * P
-    tl.store(BASE + tl.load(TAB + _OUT) + t.to(tl.int64) * B * P + offs, tl.load(HS + offs, mask=inb), mask=inb)
+    step = t.to(tl.int64) * B * P
+    h = tl.load(HS + offs, mask=inb, other=0.0)
+    if ZH != 0:
+        if FIRST:
+            hp = tl.load(H0 + offs, mask=inb, other=0.0)
+        else:
+            hp = tl.load(BASE + tl.load(TAB + _OUT) + step - B * P + offs, mask=inb, other=0.0)
+        if ZH == 1:  # the state dtype, as the masks and ZP are
+            z = tl.load(SBASE + tl.load(TAB + _ZH) + step + offs, mask=inb, other=0.0)
+        else:
+            z = tl.load(ZP)
+        hs = h.to(z.dtype)
+        hz = hs + z * (hp.to(z.dtype) - hs)
+        if MASKED:
+            live = t < tl.load(LEN + offs // P, mask=inb, other=0)
+            hz = tl.where(live, hz, hs)
+        h = hz.to(h.dtype)
+    tl.store(BASE + tl.load(TAB + _OUT) + step + offs, h, mask=inb)
+    if RDROP:
+        rm = tl.load(SBASE + tl.load(TAB + _RM) + offs, mask=inb, other=0.0)
+        tl.store(HS + offs, (h.to(rm.dtype) * rm).to(h.dtype), mask=inb)
+    elif ZH != 0:
+        tl.store(HS + offs, h, mask=inb)
 
 
 def lstm_bwd(TAB, BASE, SBASE, C0, D1, D2, DC, DAS, DHN, DM, LEN, ZP, LW, CW, CB, t, B, H, G,
@@ -592,26 +618,43 @@ def gru_bwd(TAB, BASE, SBASE, H0, D1, D2, S, DHN, LEN, ZP, LW, t, B, H, G,
     tl.store(DHN + offs, dhn, mask=inb)
 
 
-def proj_dh(TAB, BASE, D1, D2, DHS, CARRY, LEN, t, B, P,
-            HAS_D1: tl.constexpr, HAS_D2: tl.constexpr, MASKED: tl.constexpr, BLOCK: tl.constexpr):
-    """LSTM with projections, one step backwards: dL/dh_t = DOUT_t + D1 + D2 into DH_t (for
-    W_hr's gradient) and DHS (the next product's input); CARRY: D1 + D2 on rows past their end
-    (their state was held), else 0."""
+def proj_dh(TAB, BASE, SBASE, D1, D2, DHS, CARRY, LEN, ZP, t, B, P,
+            HAS_D1: tl.constexpr, HAS_D2: tl.constexpr, MASKED: tl.constexpr, ZH: tl.constexpr,
+            RDROP: tl.constexpr, BLOCK: tl.constexpr):
+    """LSTM with projections, one step backwards, as projection.h's project_bwd: dL/dh_t = DOUT_t +
+    D1 (times RM with RDROP: the product read h_t RM) + D2; ZH sends z dL/dh_t straight to h_{t-1}
+    (CARRY) on rows in their sequence, and the rest, dh~, goes into DH_t (for W_hr's gradient) and
+    DHS (the next product's input); CARRY: D1 + D2 on rows past their end (their state was held)."""
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     inb = offs < B * P
     b = offs // P
     step = t.to(tl.int64) * B * P
     d = tl.full([BLOCK], 0.0, dtype=CARRY.dtype.element_ty)
     if HAS_D1:
-        d = d + tl.load(D1 + offs, mask=inb, other=0.0).to(d.dtype)
+        d1 = tl.load(D1 + offs, mask=inb, other=0.0).to(d.dtype)
+        if RDROP:
+            d1 = d1 * tl.load(SBASE + tl.load(TAB + _RM) + offs, mask=inb, other=0.0).to(d.dtype)
+        d = d + d1
     if HAS_D2:
         d = d + tl.load(D2 + offs, mask=inb, other=0.0).to(d.dtype)
     dh = tl.load(BASE + tl.load(TAB + _DOUT) + step + offs, mask=inb, other=0.0).to(d.dtype) + d
-    tl.store(BASE + tl.load(TAB + _DH) + step + offs, dh, mask=inb)
-    tl.store(DHS + offs, dh, mask=inb)
+    carry = tl.full([BLOCK], 0.0, dtype=d.dtype)
+    if ZH != 0:
+        if ZH == 1:
+            z = tl.load(SBASE + tl.load(TAB + _ZH) + step + offs, mask=inb, other=0.0).to(d.dtype)
+        else:
+            z = tl.load(ZP).to(d.dtype)
+        carry = z * dh
+        dh = dh - carry
     if MASKED:
         live = t < tl.load(LEN + b, mask=inb, other=0)
-        tl.store(CARRY + offs, tl.where(live, 0.0, d), mask=inb)
+        carry = tl.where(live, carry, d)
+        if ZH != 0:
+            dh = tl.where(live, dh, 0.0)
+    tl.store(BASE + tl.load(TAB + _DH) + step + offs, dh, mask=inb)
+    tl.store(DHS + offs, dh, mask=inb)
+    if MASKED or ZH != 0:
+        tl.store(CARRY + offs, carry, mask=inb)
 
 
 _FUNCTIONS = (lstm_fwd, gru_fwd, proj_out, lstm_bwd, gru_bwd, proj_dh)

@@ -3,7 +3,8 @@
 Supports what the fused CPU backend supports: every core in its plain (``-``, ``C``, ``U``) and
 sigmoid-refine (``R``, ``UR``) variants, ``proj_size``, masks (PackedSequence), in float32,
 float64, and bfloat16/float16 (as parameters, or under ``torch.autocast``), and LayerNorm, zoneout
-and recurrent dropout (gated/options.py; not with ``proj_size``).
+and recurrent dropout (gated/options.py; LayerNorm not with ``proj_size``; zoneout of h and the
+dropout mask then act on the projected h, as gated/csrc/projection.h's).
 Same signature and results as :func:`gated.backends.reference.run_layer` (tests/test_triton.py,
 tests/test_triton_options.py). ``"auto"`` picks it
 for CUDA tensors when triton imports (``pip install 'gated[gpu]'``).
@@ -283,7 +284,10 @@ class _Workspace:
             self.ms = torch.empty(B, H, dtype=cd, device=dev) if s.proj else None  # m_t
             self.ring = torch.empty(2, B, H, dtype=sd, device=dev)  # c (LSTM) or h (GRU/MGU), t % 2
             # LSTM with zoneout of h: h is a state of its own (h_{t-1} enters h_t), t % 2
-            self.hring = torch.empty(2, B, H, dtype=sd, device=dev) if s.core == LSTM and s.zh else None
+            lstm_zh = s.core == LSTM and s.zh and not s.proj
+            self.hring = torch.empty(2, B, H, dtype=sd, device=dev) if lstm_zh else None
+            # with projections zoneout acts on the projected h (proj_out): h_0 for its first step
+            self.h0p = torch.empty(B, P, dtype=cd, device=dev) if s.proj and s.zh else None
             self.fb = torch.empty(H, dtype=sd, device=dev)
             self.bhn = torch.empty(H, dtype=sd, device=dev)
             self.lnb = torch.empty(G, dtype=sd, device=dev) if s.ln else self.fb  # LN_hh's bias
@@ -363,14 +367,18 @@ class _Workspace:
             torch.mm(self.hs, w_t, out=self.gh)
             prev, new = self.ring[(t + 1) % 2], self.ring[t % 2]  # t = 0 reads ring[1], the initial state
             if s.core == LSTM:
-                hp, hn = (self.hring[(t + 1) % 2], self.hring[t % 2]) if s.zh else (prev, new)  # (unused)
+                hp, hn = (self.hring[(t + 1) % 2], self.hring[t % 2]) if self.hring is not None else (prev, new)
+                # with projections zoneout of h and the dropout mask act on the projected h (proj_out)
                 k.lstm_fwd[grid](self.tab, self.base, self.sbase, self.gh, prev, new, self.ms if s.proj else self.hs,
                                  self.fb, self.len, hp, hn, self.zp, self.lnw, self.lnb, self.lncw, self.lncb, t,
                                  B, H, G, REFINE=s.refine, HAS_FB=s.has_fb, MASKED=s.masked, SAVE=s.save,
-                                 PROJ=s.proj, ZH=s.zh, ZC=s.zc, RDROP=s.rdrop, LN=s.ln, BLOCK=blk)
+                                 PROJ=s.proj, ZH=0 if s.proj else s.zh, ZC=s.zc, RDROP=s.rdrop and not s.proj,
+                                 LN=s.ln, BLOCK=blk)
                 if s.proj:
                     torch.mm(self.ms, self.w_hr.t(), out=self.hs)
-                    k.proj_out[grid_p](self.tab, self.base, self.hs, t, B, P, BLOCK=blk_p)
+                    k.proj_out[grid_p](self.tab, self.base, self.sbase, self.hs, self.h0p if s.zh else self.hs,
+                                       self.len, self.zp, t, B, P, FIRST=t == 0, MASKED=s.masked, ZH=s.zh,
+                                       RDROP=s.rdrop, BLOCK=blk_p)
             else:
                 k.gru_fwd[grid](self.tab, self.base, self.sbase, self.gh, prev, new, self.hs, self.bhn, self.fb,
                                 self.len, self.zp, self.lnw, self.lnb, t, B, H, G, GRU=s.core == GRU, KZ=kz,
@@ -392,14 +400,15 @@ class _Workspace:
                 d2 = self.dhn if last else carry_in  # dh_n, or the carry (rows past their end, zoneout of h)
                 has_d2 = last or s.masked or bool(s.zh)
                 if s.proj:
-                    k.proj_dh[grid_p](self.tab, self.base, self.g, d2, self.dhs, carry_out, self.len, t, B, P,
-                                      HAS_D1=not last, HAS_D2=has_d2, MASKED=s.masked, BLOCK=blk_p)
+                    k.proj_dh[grid_p](self.tab, self.base, self.sbase, self.g, d2, self.dhs, carry_out, self.len,
+                                      self.zp, t, B, P, HAS_D1=not last, HAS_D2=has_d2, MASKED=s.masked, ZH=s.zh,
+                                      RDROP=s.rdrop, BLOCK=blk_p)
                     torch.mm(self.dhs, self.w_hr, out=self.dm)
                 k.lstm_bwd[grid](self.tab, self.base, self.sbase, self.h0, self.g, d2, self.dc, self.src,
                                  carry_out, self.dm if s.proj else self.dc, self.len, self.zp, self.lnw, self.lncw,
                                  self.lncb, t, B, H, G, REFINE=s.refine, HAS_D1=not last and not s.proj,
-                                 HAS_D2=has_d2 and not s.proj, MASKED=s.masked, FIRST=t == 0, PROJ=s.proj, ZH=s.zh,
-                                 ZC=s.zc, RDROP=s.rdrop, LN=s.ln, BLOCK=blk)
+                                 HAS_D2=has_d2 and not s.proj, MASKED=s.masked, FIRST=t == 0, PROJ=s.proj,
+                                 ZH=0 if s.proj else s.zh, ZC=s.zc, RDROP=s.rdrop and not s.proj, LN=s.ln, BLOCK=blk)
             else:
                 k.gru_bwd[grid](self.tab, self.base, self.sbase, self.h0, self.g, self.dhn if last else carry_in,
                                 self.src, carry_out, self.len, self.zp, self.lnw, t, B, H, G, GRU=s.core == GRU,
@@ -585,6 +594,8 @@ def _forward_impl(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None, b_
     ws.ring[1].copy_(c0 if core == LSTM else h0)
     if ws.hring is not None:
         ws.hring[1].copy_(h0)
+    if ws.h0p is not None:
+        ws.h0p.copy_(h0)
     from gated.backends._triton_kernels import A_, AUX_, HF_, M_, OUT_, PX_
 
     arrays = {PX_: px, A_: A, OUT_: out, AUX_: aux, M_: None if lnw is not None else m, HF_: hf}
@@ -881,7 +892,7 @@ def _ln_grads(layout: Layout, dA: Tensor, dghn: Tensor, dL: Tensor, ls: Tensor, 
 
 def run_layer(x, state, w_ih, w_hh, b_ih, b_hh, forget_bias, layout, mask=None, record=None, w_hr=None, extras=None):
     """Same contract as :func:`gated.backends.reference.run_layer` (``record`` is not supported;
-    ``extras``: zoneout and recurrent dropout, without LayerNorm and without projections).
+    ``extras``: LayerNorm, zoneout and recurrent dropout; LayerNorm not with projections).
     Under autocast the outputs and states are in autocast's dtype, as torch.nn's."""
     if record is not None:
         raise ValueError("the triton backend records no gates; gate_activations uses the reference backend")
@@ -890,9 +901,6 @@ def run_layer(x, state, w_ih, w_hh, b_ih, b_hh, forget_bias, layout, mask=None, 
                                    extras=extras)
     cd = compute_dtype(x)
     opt = _option_args(extras, _state_dtype(cd))
-    if w_hr is not None and (any(t is not None for t in opt[:3]) or opt[3] or opt[4]):
-        raise ValueError("the Triton kernels have no zoneout or recurrent dropout with projections (the reference "
-                         "backend runs them)")
     ln = _NO_LN
     if extras is not None and extras.ln is not None:  # the input side here, the recurrent norms in the loop
         if w_hr is not None:
