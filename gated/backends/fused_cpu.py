@@ -62,11 +62,19 @@ def transformed() -> bool:
     return torch.compiler.is_compiling() or torch._C._functorch.peek_interpreter_stack() is not None
 
 
-def why_not(layout: Layout, x: Tensor) -> str | None:
-    """None if this backend can run the call, else the reason (for the one-time log)."""
+def variant_reason(layout: Layout) -> str | None:
+    """None if the kernels have ``layout``'s variant, else the reason (asks nothing of the build)."""
     v = layout.variant
     if v.primary is not sigmoid_gate or v.auxiliary not in (None, "refine"):
         return f"variant {v.name!r} (only -, C, U, R, UR have fused kernels)"
+    return None
+
+
+def why_not(layout: Layout, x: Tensor) -> str | None:
+    """None if this backend can run the call, else the reason (for the one-time log)."""
+    reason = variant_reason(layout)
+    if reason is not None:
+        return reason
     if x.device.type != "cpu":
         return f"device {x.device.type!r}"
     if x.dtype not in (torch.float32, torch.float64):
