@@ -669,8 +669,10 @@ def _grad_cases(every, partial_first, backends=BACKENDS, chosen=None):
 # full coverage of the total derivative on a spread of samples; torch's per-parameter partial
 # derivatives on the first, small, sample of each module (the cost grows with the parameter count)
 # ("auto" resolves to one of the two: the resolution has its own tests, tests/test_call_path.py)
-@pytest.mark.parametrize("name,idx,backend,partials", _grad_cases(5, {"LSTM": (0,), "GRU": (0,), "LSTMCell": (0,), "GRUCell": (0,)},
-                                                                  backends=BACKENDS[:2]))
+_FIRST_PARTIALS = {"LSTM": (0,), "GRU": (0,), "LSTMCell": (0,), "GRUCell": (0,)}
+
+
+@pytest.mark.parametrize("name,idx,backend,partials", _grad_cases(5, _FIRST_PARTIALS, backends=BACKENDS[:2]))
 def test_grad(name, idx, backend, partials):
     s = samples(name, torch.float64, True)[idx]
     _, m = build(name, s, torch.float64, True, backend)

@@ -89,9 +89,6 @@ def _n_rows(layout: Layout) -> slice | None:
     return layout.block("n") if layout.core.name != "lstm" else None
 
 
-_kernel_ids = fused_cell.kernel_ids
-
-
 def cell_usable(layout: Layout, x: Tensor) -> bool:
     """Whether :func:`gated.backends.fused_cell.step` can run a step whose ``gi`` is ``x``, else the
     caller runs :mod:`gated.cores`' step (also for empty calls: zero batch or ``hidden_size``)."""
@@ -143,7 +140,7 @@ _NO_LN = (None, None, None, None)
 def _forward(x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0, lengths, layout, save: bool, opt=_NO_OPT, ln=_NO_LN):
     """The forward op; with LayerNorm (``ln``: the recurrent norm's and the LSTM cell norm's weight
     and bias) ``x`` is :func:`_input_side`'s ``(T, B, G)`` and ``w_ih``, ``b_ih`` are None."""
-    core, refine = _kernel_ids(layout)
+    core, refine = fused_cell.kernel_ids(layout)
     # the overload itself: the packet's call checks every schema for TorchBind arguments each time
     return torch.ops.gated_fused.recurrence_forward.default(
         x.contiguous(), None if w_ih is None else w_ih.contiguous(), w_hh.contiguous(), b_ih, b_hh, fb, h0, c0,
@@ -220,7 +217,7 @@ class _Recurrence(torch.autograd.Function):
         x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0, lengths, A, aux, m, out, rmask, zh, zc = ctx.saved_tensors[:17]
         lnw, _, lncw, lncb = ctx.saved_tensors[17:]
         layout = ctx.layout
-        core, refine = _kernel_ids(layout)
+        core, refine = fused_cell.kernel_ids(layout)
         stats = None if lnw is None else _ln_stats(m, w_hr, out, c0)
         dA, dghn, dh0, dc0, dH = torch.ops.gated_fused.recurrence_backward(
             dout.contiguous(), dh_n.contiguous(), None if c0 is None else dc_n.contiguous(), A, aux, out, h0, c0,

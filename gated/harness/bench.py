@@ -86,7 +86,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cells", nargs="*", type=int, default=None, metavar="B",
                    help="instead of the grid: 20-step unrolls of the single-step cells (LSTMCell, GRUCell, MGUCell) "
                         "and of T = 1 calls of the sequence modules against torch.nn's, train and inference, at "
-                        "these batch sizes (default 1 16 64), with the first shape's I and H (gated/harness/bench_cells.py)")
+                        "these batch sizes (default 1 16 64), with the first shape's I and H "
+                        "(gated/harness/bench_cells.py)")
     p.add_argument("--cell-options", action="store_true",
                    help="time the LayerNorm UR-LSTM/GRU with zoneout 0.1 and recurrent dropout 0.25 against a "
                    "Python-loop LayerNorm cell (eager and compiled) and plain torch.nn (gated/harness/bench_options.py)")

@@ -29,7 +29,8 @@ def test_compare_grid_table_and_curves(tmp_path, capsys):
     md = (out / "table.md").read_text()
     assert md in printed
     rows = [line for line in md.splitlines() if line.startswith("| hidden_size")]
-    assert [r.split(" | ")[:3] for r in rows] == [["| hidden_size=4", "UR-LSTM", "2"], ["| hidden_size=6", "UR-LSTM", "2"]]
+    assert [r.split(" | ")[:3] for r in rows] == [["| hidden_size=4", "UR-LSTM", "2"],
+                                                  ["| hidden_size=6", "UR-LSTM", "2"]]
     runs = [r for r in find_runs(out) if r["setting"] == "hidden_size=4" and r["variant"] == "UR"]
     finals = [r["records"][-1]["val_loss"] for r in runs]
     mean, sd = np.mean(finals), np.std(finals, ddof=1)
