@@ -40,6 +40,18 @@ def test_compare_grid_table_and_curves(tmp_path, capsys):
     # a second call reuses the finished runs
     assert main(args) == 0
     assert capsys.readouterr().out.count("already finished") == 4
+    # finished runs whose checkpoints were pruned (or whose results were copied without them)
+    # are still finished; one whose metrics stop early starts again
+    import shutil
+
+    for run in find_runs(out):
+        shutil.rmtree(run["dir"] / "checkpoints")
+    short = runs[0]["dir"] / "metrics.jsonl"
+    short.write_text(short.read_text().splitlines()[0] + "\n")
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("already finished") == 3 and printed.count("resumed") == 1
+    assert '"step": 4' in short.read_text()
 
 
 def test_compare_rejects_bad_grid_before_running(tmp_path, capsys):
