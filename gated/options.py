@@ -24,10 +24,8 @@ nothing changes: variant ``-`` still equals torch.nn). What each one does:
 Masks are drawn once per call, per layer and direction, from torch's default generator on the
 input's device (so a seed reproduces them, whatever the backend), by :meth:`CellOptions.extras`.
 Which backends run what: weight dropout changes only the weight a backend is given, so every
-backend runs it; the fused CPU kernels also run LayerNorm, zoneout and recurrent dropout (with
-``proj_size`` too), the Triton kernels the same three, except LayerNorm with ``proj_size``, which
-runs on the reference backend there (``"auto"`` falls back with one logged line, see
-:meth:`CellOptions.unfused`).
+backend runs it; the fused CPU kernels and the Triton kernels also run LayerNorm, zoneout and
+recurrent dropout, with ``proj_size`` too.
 
 Glossary: T time, B batch, H hidden_size, P state width (``proj_size`` or ``H``), G gate rows.
 """
@@ -144,15 +142,6 @@ class CellOptions:
                              f"scan core {core.name!r} (it has no recurrent weight)")
         rd, wd = _prob("recurrent_dropout", recurrent_dropout), _prob("weight_dropout", weight_dropout)
         return cls(layer_norm, probs if any(probs) else (), rd, wd, bool(layer_norm or any(probs) or rd or wd))
-
-    def unfused(self, training: bool, proj: bool = False) -> dict[str, str] | None:
-        """What keeps a call in this mode off each backend's kernels (for the fallback log), as
-        ``{backend: reason}``, or None. The fused CPU kernels run all three, with projections
-        (``proj``) too; the Triton kernels run them (recurrent dropout only in training: eval's is
-        the identity), LayerNorm not with projections."""
-        if not self.layer_norm or not proj:
-            return None
-        return {"triton": "layer_norm with proj_size (only the reference backend has it so far)", "fused_cpu": None}
 
     def add_params(self, module: nn.Module, suffix: str, factory_kwargs: dict) -> None:
         """Register the LayerNorms of one layer and direction (torch-style names)."""

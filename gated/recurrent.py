@@ -36,7 +36,7 @@ def _pack_like(out: Tensor, like: PackedSequence) -> PackedSequence:
     return PackedSequence(data, like.batch_sizes, like.sorted_indices, like.unsorted_indices)
 
 
-# per module, the backend of CPU calls by (backend name, dtype, mode) (RNNBase._resolve_backend); weak,
+# per module, the backend of CPU calls by (backend name, dtype) (RNNBase._resolve_backend); weak,
 # so it neither keeps a module alive nor travels with a pickle or a deepcopy
 _RESOLVED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -175,20 +175,16 @@ class RNNBase(GatedModule):
     def _resolve_backend(self, name: str, x: Tensor):
         """The ``run_layer`` of one call (gated.MinGRU/MinLSTM bring the scan backends). For CPU
         tensors outside export, tracing, torch.compile and torch.func the answer depends only on
-        the module (its layout, options and mode) and the dtype, so it is kept per module: resolving
-        is a sixth of a one-step call's time."""
-        def resolve():  # the options' reason to stay off a backend is only asked on a miss
-            return backends.resolve(name, self.layout, x, self.opts.unfused(self.training, bool(self.proj_size)))
-
+        the module's layout and the dtype (every backend runs every cell option), so it is kept per
+        module: resolving is a sixth of a one-step call's time."""
         if not x.is_cpu or backends.recording():
-            return resolve()
+            return backends.resolve(name, self.layout, x)
         memo = _RESOLVED.setdefault(self, {})
-        key = (name, x.dtype, self.training, bool(self.proj_size))
-        hit = memo.get(key)
-        if hit is not None and hit[0] is self.layout and hit[1] is self.opts:
-            return hit[2]
-        run = resolve()
-        memo[key] = (self.layout, self.opts, run)
+        hit = memo.get((name, x.dtype))
+        if hit is not None and hit[0] is self.layout:
+            return hit[1]
+        run = backends.resolve(name, self.layout, x)
+        memo[name, x.dtype] = (self.layout, run)
         return run
 
     def _initial_states(self, hx, batch: int, batched: bool, ref: Tensor) -> list[Tensor]:

@@ -297,8 +297,6 @@ def test_fused_cpu_takes_every_option_with_and_without_projections(caplog):
     for m in (gated.LSTM(I, H, proj_size=3, **kw), gated.GRU(I, H, **kw)):
         for training in (True, False):
             m.train(training)
-            unfused = m.opts.unfused(training, bool(getattr(m, "proj_size", 0)))
-            assert backends._unfused_for(unfused, "fused_cpu") is None
             with caplog.at_level(logging.WARNING, "gated"):
                 backends._logged.clear()
                 assert m._resolve_backend("auto", x) is backends.BACKENDS["fused_cpu"]
@@ -440,7 +438,7 @@ def test_fused_equals_the_reference_with_zoneout_and_recurrent_dropout(core, var
             x.data.requires_grad_(True)
             hx = tuple(torch.randn(4, 4, H, dtype=dtype, requires_grad=True) for _ in range(n))
             hx = hx if n == 2 else hx[0]
-            assert gated.backends.resolve("auto", m.layout, x.data, m.opts.unfused(training)) is \
+            assert gated.backends.resolve("auto", m.layout, x.data) is \
                 gated.backends.BACKENDS["fused_cpu"], name
             got, got_grads = _backend_run(m, x, hx, "fused_cpu")
             want, want_grads = _backend_run(m, x, hx, "reference")
@@ -515,33 +513,21 @@ def test_fused_gradcheck_with_fixed_zoneout_and_recurrent_dropout_masks(core, tr
     assert torch.autograd.gradcheck(f, leaves)
 
 
-def test_projections_keep_layer_norm_off_triton_only(monkeypatch):
-    """proj_size with these options: the fused CPU kernels take them ("auto" on CPU tensors picks
-    them), Triton takes zoneout and recurrent dropout but refuses LayerNorm; without proj_size both
-    fast backends take all three (tests/test_triton_options.py runs Triton's)."""
+def test_every_option_takes_both_fast_backends(monkeypatch):
+    """LayerNorm, zoneout and recurrent dropout, with proj_size or not, in training and eval: both
+    fast backends take the call (tests/test_triton_options.py runs Triton's)."""
     _fused_ops()
     from gated import backends
 
     x = torch.randn(T, B, I)
-    m = gated.LSTM(I, H, proj_size=3, zoneout=0.1, recurrent_dropout=0.2).train()
-    assert backends.resolve("auto", m.layout, x, m.opts.unfused(True, proj=True)) is backends.BACKENDS["fused_cpu"]
-    assert backends.resolve("fused_cpu", m.layout, x, m.opts.unfused(True, proj=True)) is \
-        backends.BACKENDS["fused_cpu"]
-    g = gated.GRU(I, H, zoneout=0.1, recurrent_dropout=0.2)
     monkeypatch.setitem(backends._CHECKS, "triton", lambda layout, x: None)  # as if Triton could run it
-    for training in (True, False):
-        assert backends.resolve("triton", g.layout, x, g.opts.unfused(training)) is backends.BACKENDS["triton"]
-    assert backends.resolve("triton", m.layout, x, m.opts.unfused(True, proj=True)) is backends.BACKENDS["triton"]
-    m_ln = gated.LSTM(I, H, proj_size=3, layer_norm=True, zoneout=0.1).train()
-    assert backends.resolve("fused_cpu", m_ln.layout, x, m_ln.opts.unfused(True, proj=True)) is \
-        backends.BACKENDS["fused_cpu"]
-    with pytest.raises(RuntimeError, match="layer_norm with proj_size"):
-        backends.resolve("triton", m_ln.layout, x, m_ln.opts.unfused(True, proj=True))
-    assert backends.resolve("fused_cpu", g.layout, x, g.opts.unfused(True)) is backends.BACKENDS["fused_cpu"]
-    ln = gated.GRU(I, H, layer_norm=True, zoneout=0.1)
-    for training in (True, False):
-        for name in ("fused_cpu", "triton"):
-            assert backends.resolve(name, ln.layout, x, ln.opts.unfused(training)) is backends.BACKENDS[name]
+    kw = dict(layer_norm=True, zoneout=0.1, recurrent_dropout=0.2)
+    for m in (gated.LSTM(I, H, proj_size=3, **kw), gated.LSTM(I, H, proj_size=3, zoneout=0.1), gated.GRU(I, H, **kw)):
+        for training in (True, False):
+            m.train(training)
+            assert backends.resolve("auto", m.layout, x) is backends.BACKENDS["fused_cpu"]
+            for name in ("fused_cpu", "triton"):
+                assert backends.resolve(name, m.layout, x) is backends.BACKENDS[name]
 
 
 def test_opcheck_fused_ops_with_zoneout_and_recurrent_dropout():
@@ -618,7 +604,7 @@ def test_fused_equals_the_reference_with_layer_norm(core, variant, dtype, path):
             x.data.requires_grad_(True)
             hx = tuple(torch.randn(4, 4, H, dtype=dtype, requires_grad=True) for _ in range(n))
             hx = hx if n == 2 else hx[0]
-            assert gated.backends.resolve("auto", m.layout, x.data, m.opts.unfused(training)) is \
+            assert gated.backends.resolve("auto", m.layout, x.data) is \
                 gated.backends.BACKENDS["fused_cpu"], name
             got, got_grads = _backend_run(m, x, hx, "fused_cpu")
             want, want_grads = _backend_run(m, x, hx, "reference")
@@ -823,7 +809,7 @@ def test_fused_equals_the_reference_with_projections_and_options(variant, dtype,
         for name, (kw, training) in sets.items():
             m = _proj_module(variant, dtype, kw, training)
             x, hx = _packed_input(dtype)
-            assert gated.backends.resolve("auto", m.layout, x.data, m.opts.unfused(training, proj=True)) is \
+            assert gated.backends.resolve("auto", m.layout, x.data) is \
                 gated.backends.BACKENDS["fused_cpu"], name
             got, got_grads = _backend_run(m, x, hx, "fused_cpu")
             want, want_grads = _backend_run(m, x, hx, "reference")

@@ -103,7 +103,6 @@ def test_triton_equals_reference_with_zoneout_and_recurrent_dropout(core, varian
     parameter; then everything on in float32. "auto" would pick Triton for these options."""
     for name, (kw, training) in _sets(core).items():
         m = _module(core, variant, kw, training, torch.float64)
-        assert backends._unfused_for(m.opts.unfused(training), "triton") is None, name
         x = torch.randn(3, 2, I, dtype=torch.float64, device=DEVICE, requires_grad=True)
         _compare(m, x, _hx(m, 2, torch.float64), TOL[torch.float64], name)
     kw, training = _sets(core)["all"]
@@ -120,7 +119,6 @@ def test_triton_equals_reference_with_layer_norm(core, variant):
     and biases too); then everything on in float32. "auto" would pick Triton for these options."""
     for name, (kw, training) in _ln_sets(core).items():
         m = _module(core, variant, kw, training, torch.float64)
-        assert backends._unfused_for(m.opts.unfused(training), "triton") is None, name
         x = torch.randn(3, 2, I, dtype=torch.float64, device=DEVICE, requires_grad=True)
         _compare(m, x, _hx(m, 2, torch.float64), TOL[torch.float64], name)
         if name == "layer_norm":
@@ -167,59 +165,72 @@ def test_triton_packed_bidirectional_with_zoneout_and_recurrent_dropout(core, ln
 
 
 @pytest.mark.parametrize("variant", ["-", "UR"])
-def test_triton_projections_with_zoneout_and_recurrent_dropout(variant):
-    """proj_size with zoneout of (h, c) and recurrent and weight dropout: zoneout of h and the
-    dropout mask act on the projected h (gated/csrc/projection.h's order); training and eval,
-    float64 to 1e-10, outputs, final states and every gradient; then packed sequences through a
-    bidirectional module, and float32."""
+def test_triton_projections_with_options(variant):
+    """proj_size with zoneout of (h, c), recurrent and weight dropout and LayerNorm: zoneout of h
+    and the dropout mask act on the projected h (gated/csrc/projection.h's order), the norms on
+    W_hh's product of it and on c; training and eval, float64 to 1e-10, outputs, final states and
+    every gradient (W_hr's and the norms' too); then packed sequences through a bidirectional
+    module, and float32, with every option on."""
     P = 3
-    for name, (kw, training) in _sets("LSTM").items():
+    ln_sets = {f"ln_{name}": v for name, v in _ln_sets("LSTM").items()}
+    ln_sets["ln_zoneout_h"] = (dict(_sets("LSTM")["zoneout_h"][0], layer_norm=True), True)
+    for name, (kw, training) in (_sets("LSTM") | ln_sets).items():
         m = _module("LSTM", variant, kw, training, torch.float64, proj_size=P)
-        assert backends._unfused_for(m.opts.unfused(training, proj=True), "triton") is None, name
         x = torch.randn(4, 2, I, dtype=torch.float64, device=DEVICE, requires_grad=True)
         hx = (torch.randn(1, 2, P, dtype=torch.float64, device=DEVICE, requires_grad=True),
               torch.randn(1, 2, H, dtype=torch.float64, device=DEVICE, requires_grad=True))
         _compare(m, x, hx, TOL[torch.float64], name)
-    kw, training = _sets("LSTM")["all"]
-    m = _module("LSTM", variant, kw, training, torch.float64, proj_size=P, bidirectional=True)
-    seqs = [torch.randn(n, I, dtype=torch.float64, device=DEVICE) for n in (2, 4, 1)]
-    x = pack_sequence(seqs, enforce_sorted=False)
-    x.data.requires_grad_(True)
-    hx = (torch.randn(2, 3, P, dtype=torch.float64, device=DEVICE, requires_grad=True),
-          torch.randn(2, 3, H, dtype=torch.float64, device=DEVICE, requires_grad=True))
-    _compare(m, x, hx, TOL[torch.float64], "packed, bidirectional")
+    for ln in (False, True):
+        kw, training = (_ln_sets if ln else _sets)("LSTM")["all"]
+        m = _module("LSTM", variant, kw, training, torch.float64, proj_size=P, bidirectional=True)
+        seqs = [torch.randn(n, I, dtype=torch.float64, device=DEVICE) for n in (2, 4, 1)]
+        x = pack_sequence(seqs, enforce_sorted=False)
+        x.data.requires_grad_(True)
+        hx = (torch.randn(2, 3, P, dtype=torch.float64, device=DEVICE, requires_grad=True),
+              torch.randn(2, 3, H, dtype=torch.float64, device=DEVICE, requires_grad=True))
+        _compare(m, x, hx, TOL[torch.float64], f"packed, bidirectional, layer_norm={ln}")
     m = _module("LSTM", variant, kw, training, torch.float32, proj_size=P)
     x = torch.randn(4, 2, I, device=DEVICE, requires_grad=True)
     hx = (torch.randn(1, 2, P, device=DEVICE, requires_grad=True),
           torch.randn(1, 2, H, device=DEVICE, requires_grad=True))
-    _compare(m, x, hx, TOL[torch.float32], "all, float32")
+    _compare(m, x, hx, TOL[torch.float32], "layer_norm and all, float32")
 
 
-def _close_normwise(a, b, what, rel=0.05):
+def _close_normwise(a, b, what, rel=0.05, atol=1e-3):
     a, b = a.detach().double(), b.detach().double()
     err, size = float((a - b).norm()), float(b.norm())
-    assert err <= rel * size + 1e-3, f"{what}: |error| {err:.3g} against |reference| {size:.3g}"
+    assert err <= rel * size + atol, f"{what}: |error| {err:.3g} against |reference| {size:.3g}"
 
 
-@pytest.mark.parametrize("ln", [False, True], ids=["options", "layer_norm"])
-@pytest.mark.parametrize("core", ["LSTM", "GRU"])
-def test_triton_bfloat16_autocast_with_zoneout_and_recurrent_dropout(core, ln):
-    """Under bfloat16 autocast, everything on (LayerNorm too, or not): within bfloat16's rounding
-    of the float32 reference (in norm, as tests/test_triton.py), gradients in float32; the masks,
-    the norms' weights and their saved statistics, which backward reads, are float32 (the state
-    dtype)."""
+BF16_CASES = [("LSTM", False, 0), ("LSTM", True, 0), ("GRU", False, 0), ("GRU", True, 0), ("LSTM", True, 3)]
+
+
+@pytest.mark.parametrize("core,ln,proj", BF16_CASES, ids=["LSTM-options", "LSTM-layer_norm", "GRU-options",
+                                                          "GRU-layer_norm", "LSTM-layer_norm-proj"])
+def test_triton_bfloat16_autocast_with_zoneout_and_recurrent_dropout(core, ln, proj):
+    """Under bfloat16 autocast, everything on (LayerNorm too, or not; with proj_size too): within
+    bfloat16's rounding of the float32 reference (in norm, as tests/test_triton.py), gradients in
+    float32; the masks, the norms' weights and their saved statistics, which backward reads, are
+    float32 (the state dtype)."""
     kw, training = (_ln_sets if ln else _sets)(core)["all"]
-    m = _module(core, "UR", kw, training, torch.float32)
+    m = _module(core, "UR", kw, training, torch.float32, **({"proj_size": proj} if proj else {}))
     x = torch.randn(4, 3, I, device=DEVICE, requires_grad=True)
     hx = _hx(m, 3, torch.float32)
+    if proj:
+        hx = (torch.randn(1, 3, proj, device=DEVICE, requires_grad=True), hx[1])
     want, want_grads = _run(m, x, hx, "reference")
     got, got_grads = _run(m, x, hx, "triton", autocast=torch.bfloat16)
     assert all(v.dtype == torch.bfloat16 for v in got)
     for k, (a, b) in enumerate(zip(got, want, strict=True)):
         _close_normwise(a, b, f"value {k}")
+    # with proj_size 3, recurrent dropout and LayerNorm, h0's gradient (through W_hh's 3 columns and
+    # LN_hh's mean-free backward) is 40x smaller than the input's here, and its error is the same
+    # bfloat16 rounding as theirs (|error| 0.02 against |grad| 0.08; the float64 and float32 tests
+    # check the same path exactly): there the errors are bounded by 1 % of the largest gradient
+    scale = max(float(g.norm()) for g in want_grads.values())
     for k in want_grads:
         assert got_grads[k].dtype == torch.float32, k
-        _close_normwise(got_grads[k], want_grads[k], f"grad of {k}")
+        _close_normwise(got_grads[k], want_grads[k], f"grad of {k}", atol=0.01 * scale if proj else 1e-3)
     used = [s for s in triton_gpu._workspaces if s.cd == torch.bfloat16 and s.rdrop and s.zh == 1 and s.ln == ln]
     assert used and all(triton_gpu._workspaces[s].zp.dtype == torch.float32 for s in used)
     if ln:
@@ -232,25 +243,28 @@ def test_triton_ops_opcheck_with_layer_norm():
     product's gradients (and the LSTM cell norm's dy) in the flat ``dH``."""
     T, B, H_ = 3, 2, 4
     f64, bf16, f32 = torch.float64, torch.bfloat16, torch.float32
-    for core, blocks, refine, cd in ((0, 4, True, f64), (1, 3, False, bf16)):  # LSTM (cell norm, lengths); GRU
-        G, sd = blocks * H_, (f32 if cd == bf16 else cd)
+    # LSTM (cell norm, lengths); GRU; LSTM with proj_size 3 (m_t after the statistics, dL/dh~ after dH's parts)
+    for core, blocks, refine, cd, P in ((0, 4, True, f64, 0), (1, 3, False, bf16, 0), (0, 4, False, bf16, 3)):
+        G, sd, W = blocks * H_, (f32 if cd == bf16 else cd), P or H_
         rnd = lambda *s, dtype=cd: torch.randn(*s, dtype=dtype, device=DEVICE)  # noqa: E731
-        h0, c0 = rnd(B, H_, dtype=sd), (rnd(B, H_, dtype=sd) if core == 0 else None)
+        h0, c0 = rnd(B, W, dtype=sd), (rnd(B, H_, dtype=sd) if core == 0 else None)
         lengths = torch.tensor([3, 2], device=DEVICE) if core == 0 else None
         b_hh = None if core == 0 else rnd(G, dtype=sd)
         cell = (rnd(H_, dtype=sd), rnd(H_, dtype=sd)) if core == 0 else (None, None)
         ln = (rnd(G, dtype=sd), rnd(G, dtype=sd), *cell)
-        args = (rnd(T, B, G), None, rnd(G, H_), None, b_hh, None, h0, c0, lengths, None, core, refine, True,
+        w_hr = rnd(P, H_) if P else None
+        args = (rnd(T, B, G), None, rnd(G, W), None, b_hh, None, h0, c0, lengths, w_hr, core, refine, True,
                 None, None, None, 0.0, 0.0, *ln)
         torch.library.opcheck(torch.ops.gated_triton.recurrence_forward.default, args)
         out, h_n, c_n, A, aux, ls, hf = torch.ops.gated_triton.recurrence_forward(*args)
-        assert ls.dtype == sd and ls.numel() == T * B * (G + 1) + (T * B * (H_ + 1) if core == 0 else 0)
+        n_m = T * B * H_ if P else 0
+        assert ls.dtype == sd and ls.numel() == T * B * (G + 1) + (T * B * (H_ + 1) if core == 0 else 0) + n_m
         dc = rnd(B, H_, dtype=sd) if core == 0 else None
-        bwd = (torch.randn_like(out), torch.randn_like(h_n), dc, A, aux, hf, out, h0, c0, args[2], lengths, None, core,
-               refine, None, None, None, 0.0, 0.0, ls, ln[0], ln[2], ln[3])
+        bwd = (torch.randn_like(out), torch.randn_like(h_n), dc, A, aux, hf, out, h0, c0, args[2], lengths, w_hr,
+               core, refine, None, None, None, 0.0, 0.0, ls, ln[0], ln[2], ln[3])
         torch.library.opcheck(torch.ops.gated_triton.recurrence_backward.default, bwd)
         dH = torch.ops.gated_triton.recurrence_backward(*bwd)[4]
-        assert dH.dtype == cd and dH.numel() == T * B * (G + (H_ if core == 0 else 0))
+        assert dH.dtype == cd and dH.numel() == T * B * (G + (H_ if core == 0 else 0) + P)
 
 
 def test_triton_options_graph_replay_takes_new_masks(monkeypatch):
@@ -285,33 +299,19 @@ def test_triton_options_graph_replay_takes_new_masks(monkeypatch):
     triton_gpu.empty_cache()
 
 
-def test_layer_norm_is_taken_and_projections_still_fall_back(monkeypatch, caplog):
-    """LayerNorm runs on Triton: backend="triton" takes it, and "auto" on CUDA tensors picks Triton
-    with no fallback line; so do zoneout and recurrent dropout with proj_size; LayerNorm with
-    proj_size stays on the reference: "auto" falls back with its log line, backend="triton" and
-    run_layer refuse."""
+def test_every_option_is_taken(monkeypatch, caplog):
+    """LayerNorm, zoneout and recurrent dropout, with proj_size or not, run on Triton:
+    backend="triton" takes them, and "auto" on CUDA tensors picks Triton with no fallback line."""
     monkeypatch.setitem(backends._CHECKS, "triton", lambda layout, x: None)  # as if on a GPU
     x = torch.randn(2, 1, I)
     cuda_like = types.SimpleNamespace(device=torch.device("cuda"))  # resolve reads only the device
-    ln = gated.GRU(I, H, layer_norm=True, zoneout=0.1, recurrent_dropout=0.2)
-    proj = gated.LSTM(I, H, proj_size=3, zoneout=0.1, recurrent_dropout=0.2)
-    for m, proj_size in ((ln, False), (proj, True)):
+    for m in (gated.GRU(I, H, layer_norm=True, zoneout=0.1, recurrent_dropout=0.2),
+              gated.LSTM(I, H, proj_size=3, zoneout=0.1, recurrent_dropout=0.2),
+              gated.LSTM(I, H, proj_size=3, layer_norm=True, zoneout=0.1, recurrent_dropout=0.2)):
         for training in (True, False):
-            unfused = m.opts.unfused(training, proj=proj_size)
-            assert backends.resolve("triton", m.layout, x, unfused) is backends.BACKENDS["triton"]
+            m.train(training)
+            assert backends.resolve("triton", m.layout, x) is backends.BACKENDS["triton"]
             with caplog.at_level(logging.WARNING, "gated"):
                 backends._logged.clear()
-                assert backends.resolve("auto", m.layout, cuda_like, unfused) is backends.BACKENDS["triton"]
+                assert backends.resolve("auto", m.layout, cuda_like) is backends.BACKENDS["triton"]
             assert not [r for r in caplog.records if r.name == "gated"]
-    proj_ln = gated.LSTM(I, H, proj_size=3, layer_norm=True)
-    with pytest.raises(RuntimeError, match="with proj_size"):
-        backends.resolve("triton", proj_ln.layout, x, proj_ln.opts.unfused(True, proj=True))
-    with caplog.at_level(logging.WARNING, "gated"):
-        backends._logged.clear()
-        assert backends.resolve("auto", proj_ln.layout, cuda_like, proj_ln.opts.unfused(True, proj=True)) is \
-            backends.BACKENDS["reference"]
-    assert any("layer_norm with proj_size" in r.getMessage() for r in caplog.records)
-    with pytest.raises(ValueError, match="LayerNorm with projections"):  # run_layer itself refuses
-        ex = proj_ln.opts.extras(proj_ln, "_l0", x, (3, H), True)
-        triton_gpu.run_layer(x, (torch.zeros(1, 3), torch.zeros(1, H)), *proj_ln._params("_l0"), proj_ln.layout,
-                             w_hr=proj_ln.weight_hr_l0, extras=ex)

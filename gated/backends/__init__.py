@@ -52,19 +52,12 @@ def _log_once(msg: str) -> None:
 _SLOWER = {"fused_cpu": ("the fused kernels", "fused kernel"), "triton": ("the Triton kernels", "Triton kernel")}
 
 
-def _unfused_for(unfused, backend: str) -> str | None:
-    """The reason of ``unfused`` (a string for every backend, or ``{backend: reason}``) for ``backend``."""
-    return unfused.get(backend) if isinstance(unfused, dict) else unfused
-
-
-def resolve(name: str, layout, x: torch.Tensor, unfused: str | dict | None = None):
-    """The ``run_layer`` function that runs ``layout`` on input ``x`` (``name``: "auto" or a backend);
-    ``unfused``: what of the module's options (gated/options.py) only the reference runs, if any: one
-    reason for every fast backend, or ``{backend: reason}`` (:meth:`gated.options.CellOptions.unfused`)."""
+def resolve(name: str, layout, x: torch.Tensor):
+    """The ``run_layer`` function that runs ``layout`` on input ``x`` (``name``: "auto" or a backend).
+    Every backend runs every cell option (gated/options.py), so only the layout and the input decide."""
     check_name(name)
     if name != "auto":
         reason = _CHECKS[name](layout, x) if name in _CHECKS else None
-        reason = reason or _unfused_for(unfused, name) if name in _CHECKS else reason
         if reason is None and name in ("fused_cpu", "triton") and _forward_ad():
             reason = "forward-mode AD (torch.func.jvp, forward_ad.dual_level) needs backend='reference' or 'auto'"
         if reason is not None:
@@ -76,13 +69,12 @@ def resolve(name: str, layout, x: torch.Tensor, unfused: str | dict | None = Non
         return BACKENDS["reference"]
     fast = "triton" if x.device.type == "cuda" else "fused_cpu"
     if torch.compiler.is_compiling():  # the fused ops are opaque calls with fake implementations
-        ok = _unfused_for(unfused, fast) is None and _CHECKS[fast](layout, x) is None
-        return BACKENDS[fast] if ok else BACKENDS["reference"]
+        return BACKENDS[fast] if _CHECKS[fast](layout, x) is None else BACKENDS["reference"]
     if _transformed():
         _log_once("gated: using the reference backend under a torch.func transform or forward-mode AD "
                   "(it composes with every transform; the fused kernels have no forward-mode derivative)")
         return BACKENDS["reference"]
-    reason = _unfused_for(unfused, fast) or _CHECKS[fast](layout, x)
+    reason = _CHECKS[fast](layout, x)
     if reason is None:
         return BACKENDS[fast]
     kernels, kernel = _SLOWER[fast]

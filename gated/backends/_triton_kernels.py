@@ -57,16 +57,18 @@ from triton.runtime.jit import JITFunction
 # slots of the offset table (host side); the kernels read them as the constexprs below. PX: the
 # input projection (pre-activations); A: the activations saved for backward (the same array as PX
 # when both dtypes agree); HF: GRU/MGU's h_t in the state dtype
-PX_, OUT_, M_, DOUT_, DA_, DGHN_, DH_, A_, AUX_, HF_, RM_, ZH_, ZC_, XH_, RS_, CH_, RC_, DYC_ = range(18)
-SLOTS = 18
+PX_, OUT_, M_, DOUT_, DA_, DGHN_, DH_, A_, AUX_, HF_, RM_, ZH_, ZC_, XH_, RS_, CH_, RC_, DYC_, MS_, DP_ = range(20)
+SLOTS = 20
 # offsets from SBASE (state dtype); the others from BASE (compute dtype). RM: the recurrent-dropout
 # mask (B, H); ZH, ZC: the zoneout keep masks of h and c (T, B, H), in training. LayerNorm (LN):
 # XH, RS the recurrent norm's xhat (T, B, G) and rstd (T, B), CH, RC the LSTM cell norm's chat
 # (T, B, H) and rstd (T, B); backward writes DH (T, B, G: the raw recurrent product's gradients)
-# and DYC (T, B, H: the cell norm's dy)
-STATE_SLOTS = (A_, AUX_, HF_, RM_, ZH_, ZC_, XH_, RS_, CH_, RC_)
+# and DYC (T, B, H: the cell norm's dy). Projections: forward saves m_t (T, B, H) into M, or with
+# LayerNorm into MS (state dtype, beside the statistics); backward writes dL/dh~_t (T, B, P, W_hr's
+# GEMM operand) into DP
+STATE_SLOTS = (A_, AUX_, HF_, RM_, ZH_, ZC_, XH_, RS_, CH_, RC_, MS_)
 (_PX, _OUT, _M, _DOUT, _DA, _DGHN, _DH, _A, _AUX, _HF, _RM, _ZH, _ZC, _XH, _RS, _CH, _RC,
- _DYC) = (tl.constexpr(k) for k in range(SLOTS))
+ _DYC, _MS, _DP) = (tl.constexpr(k) for k in range(SLOTS))
 EPS = tl.constexpr(1e-5)  # torch.nn.LayerNorm's (gated/options.py)
 
 
@@ -93,7 +95,7 @@ def lstm_fwd(TAB, BASE, SBASE, GH, Cp, Cn, HS, FB, LEN, Hp, Hn, ZP, LW, LB, CW, 
     """One LSTM step. Reads PX_t (``x_t W_ih^T + b``) and GH (``h_{t-1} W_hh^T``); writes c_t
     into Cn (from Cp, the state dtype), h_t into HS (the next product's input; m_t =
     o tanh(c_t) with projections; h_t RM with recurrent dropout, RDROP) and OUT_t; if SAVE, the
-    activations into A_t and c_t into AUX_t (state dtype), and m_t into M_t. Zoneout (no
+    activations into A_t and c_t into AUX_t (state dtype), and m_t into M_t (MS_t with LN). Zoneout (no
     projections): ZH, ZC 0 off, 1 the keep mask ZH_t / ZC_t, 2 the eval probability ZP[0] / ZP[1];
     ``s_t = s~ + z (s_{t-1} - s~)``, h~ from the un-zoned c~; with ZH, h lives in Hp -> Hn (state
     dtype), held past a sequence's end. LN: one row per program, GH normalised over the row (LW,
@@ -190,7 +192,10 @@ def lstm_fwd(TAB, BASE, SBASE, GH, Cp, Cn, HS, FB, LEN, Hp, Hn, ZP, LW, LB, CW, 
         tl.store(HS + offs, h, mask=inb)
     if PROJ:
         if SAVE:
-            tl.store(BASE + tl.load(TAB + _M) + step * H + offs, h, mask=inb)
+            if LN:  # beside the statistics, in the state dtype
+                tl.store(SBASE + tl.load(TAB + _MS) + step * H + offs, h, mask=inb)
+            else:
+                tl.store(BASE + tl.load(TAB + _M) + step * H + offs, h, mask=inb)
     else:
         tl.store(BASE + tl.load(TAB + _OUT) + step * H + offs, h, mask=inb)
     if SAVE:
@@ -623,7 +628,7 @@ def proj_dh(TAB, BASE, SBASE, D1, D2, DHS, CARRY, LEN, ZP, t, B, P,
             RDROP: tl.constexpr, BLOCK: tl.constexpr):
     """LSTM with projections, one step backwards, as projection.h's project_bwd: dL/dh_t = DOUT_t +
     D1 (times RM with RDROP: the product read h_t RM) + D2; ZH sends z dL/dh_t straight to h_{t-1}
-    (CARRY) on rows in their sequence, and the rest, dh~, goes into DH_t (for W_hr's gradient) and
+    (CARRY) on rows in their sequence, and the rest, dh~, goes into DP_t (for W_hr's gradient) and
     DHS (the next product's input); CARRY: D1 + D2 on rows past their end (their state was held)."""
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     inb = offs < B * P
@@ -651,7 +656,7 @@ def proj_dh(TAB, BASE, SBASE, D1, D2, DHS, CARRY, LEN, ZP, t, B, P,
         carry = tl.where(live, carry, d)
         if ZH != 0:
             dh = tl.where(live, dh, 0.0)
-    tl.store(BASE + tl.load(TAB + _DH) + step + offs, dh, mask=inb)
+    tl.store(BASE + tl.load(TAB + _DP) + step + offs, dh, mask=inb)
     tl.store(DHS + offs, dh, mask=inb)
     if MASKED or ZH != 0:
         tl.store(CARRY + offs, carry, mask=inb)

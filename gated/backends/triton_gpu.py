@@ -3,8 +3,8 @@
 Supports what the fused CPU backend supports: every core in its plain (``-``, ``C``, ``U``) and
 sigmoid-refine (``R``, ``UR``) variants, ``proj_size``, masks (PackedSequence), in float32,
 float64, and bfloat16/float16 (as parameters, or under ``torch.autocast``), and LayerNorm, zoneout
-and recurrent dropout (gated/options.py; LayerNorm not with ``proj_size``; zoneout of h and the
-dropout mask then act on the projected h, as gated/csrc/projection.h's).
+and recurrent dropout (gated/options.py; with ``proj_size`` zoneout of h and the dropout mask act
+on the projected h, as gated/csrc/projection.h's).
 Same signature and results as :func:`gated.backends.reference.run_layer` (tests/test_triton.py,
 tests/test_triton_options.py). ``"auto"`` picks it
 for CUDA tensors when triton imports (``pip install 'gated[gpu]'``).
@@ -67,7 +67,9 @@ split the kernel in two; one launch per step stays one. Forward saves ``xhat`` a
 norms (float32 under bfloat16/float16); backward takes the pre-activations' gradients back through
 LN_hh per row into the next product's input and ``dH`` (the raw product's gradients, ``W_hh``'s
 GEMM operand), and the cell norm's ``dy`` into ``dH``'s tail; the norms' gains and biases are sums
-here (:func:`_ln_grads`).
+here (:func:`_ln_grads`). With projections forward's saved ``m`` is one flat state-dtype buffer
+``[statistics | m_t (T, B, H)]`` and backward's ``dH`` ``[raw product's gradients | cell norm's
+dy | dL/dh~_t (T, B, P)]``, as the CPU operator's.
 
 **CPU tensors** run only through Triton's interpreter, when ``TRITON_INTERPRET=1``: slow, for
 tests (CI has no GPU). The same kernels and the same loop run as on the GPU.
@@ -503,18 +505,37 @@ def _spec(backward, core, refine, has_fb, has_bhn, masked, save, proj, T, B, G, 
 
 def _ln_slots(ls: Tensor, T: int, B: int, G: int, H: int, core: int) -> dict:
     """The table's slots of LayerNorm's saved statistics, views of the flat ``ls`` (state dtype)
-    ``[xhat (T, B, G) | rstd (T, B) | LSTM: chat (T, B, H) | rstd (T, B)]`` (fused_cpu's layout)."""
-    from gated.backends._triton_kernels import CH_, RC_, RS_, XH_
+    ``[xhat (T, B, G) | rstd (T, B) | LSTM: chat (T, B, H) | rstd (T, B)]`` (fused_cpu's layout),
+    which with projections ``m_t`` (T, B, H) follows."""
+    from gated.backends._triton_kernels import CH_, MS_, RC_, RS_, XH_
 
-    n = T * B
+    n, size = T * B, _ln_size(T, B, G, H, core)
     slots = {XH_: ls[:n * G], RS_: ls[n * G:n * (G + 1)]}
     if core == LSTM:
-        slots |= {CH_: ls[n * (G + 1):n * (G + 1 + H)], RC_: ls[n * (G + 1 + H):]}
+        slots |= {CH_: ls[n * (G + 1):n * (G + 1 + H)], RC_: ls[n * (G + 1 + H):size], MS_: ls[size:]}
     return slots
 
 
 def _ln_size(T: int, B: int, G: int, H: int, core: int) -> int:
+    """The LayerNorm statistics' part of the saved flat buffer (see :func:`_ln_slots`)."""
     return T * B * (G + 1) + (T * B * (H + 1) if core == LSTM else 0)
+
+
+def _dh_size(T: int, B: int, G: int, H: int, P: int, core: int, ln: bool, proj: bool) -> int:
+    """The backward's flat ``dH``'s size (see :func:`_dh_parts`)."""
+    return T * B * ((G + (H if core == LSTM else 0) if ln else 0) + (P if proj else 0))
+
+
+def _dh_parts(dH: Tensor, T: int, B: int, G: int, H: int, P: int, ln: bool, proj: bool) -> dict:
+    """The backward's flat ``dH`` by slot: with LayerNorm ``[the raw recurrent product's gradients
+    (T, B, G) | LSTM: the cell norm's dy (T, B, H)]``, with projections then ``dL/dh~_t`` (T, B, P)."""
+    from gated.backends._triton_kernels import DH_, DP_, DYC_
+
+    n = T * B
+    parts = {DP_: dH[dH.numel() - n * P:]} if proj else {}
+    if ln:
+        parts |= {DH_: dH[:n * G], DYC_: dH[n * G:n * (G + H)]}
+    return parts
 
 
 def _set_options(ws: _Workspace, opt, arrays: dict) -> None:
@@ -578,8 +599,8 @@ def _forward_impl(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None, b_
     hf = _empty((T, B, H), sd, dev) if save and core != LSTM and sd != cd else x.new_empty(0)
     out = _empty((T, B, P), cd, dev)
     m = _empty((T, B, H), cd, dev) if save and w_hr is not None else x.new_empty(0)
-    if save and lnw is not None:  # LayerNorm's statistics instead (no projections with it)
-        m = _empty((_ln_size(T, B, G, H, core),), sd, dev)
+    if save and lnw is not None:  # LayerNorm's statistics (then m_t, with projections) instead
+        m = _empty((_ln_size(T, B, G, H, core) + (T * B * H if w_hr is not None else 0),), sd, dev)
     opt = (rmask, zh, zc, ph, pc)
     ws = _workspace(_spec(False, core, refine, fb is not None, b_hn is not None, lengths is not None, save,
                           w_hr is not None, T, B, G, H, P, x, opt, lnw is not None))
@@ -628,9 +649,7 @@ def _backward_impl(dout: Tensor, dh_n: Tensor, dc_n: Tensor | None, A: Tensor, a
     # exponent, so small gradients of saturated gates stay representable)
     dA = _empty((T, B, G), cd, dev)
     dghn = _empty((T, B, H), cd, dev) if core != LSTM else w_hh.new_empty(0)
-    dH = _empty((T, B, P), cd, dev) if w_hr is not None else w_hh.new_empty(0)
-    if lnw is not None:  # LayerNorm: [the raw recurrent product's gradients (T, B, G) | LSTM: LN_c's dy (T, B, H)]
-        dH = _empty((T * B * (G + (H if core == LSTM else 0)),), cd, dev)
+    dH = _empty((_dh_size(T, B, G, H, P, core, lnw is not None, w_hr is not None),), cd, dev)
     opt = (rmask, zh, zc, ph, pc)
     ws = _workspace(_spec(True, core, refine, False, False, lengths is not None, True, w_hr is not None,
                           T, B, G, H, P, w_hh, opt, lnw is not None))
@@ -641,16 +660,15 @@ def _backward_impl(dout: Tensor, dh_n: Tensor, dc_n: Tensor | None, A: Tensor, a
         ws.h0.copy_(c0)
     else:
         ws.h0.copy_(h0)
-    from gated.backends._triton_kernels import A_, AUX_, DA_, DGHN_, DH_, DOUT_, HF_, OUT_
+    from gated.backends._triton_kernels import A_, AUX_, DA_, DGHN_, DOUT_, HF_, OUT_
 
     dout = dout.to(cd).contiguous()
     if core != LSTM and hf.numel() == 0:  # the outputs are h_t in the state dtype
         hf = out
-    arrays = {A_: A, AUX_: aux, HF_: hf, OUT_: out, DOUT_: dout, DA_: dA, DGHN_: dghn, DH_: dH}
+    arrays = {A_: A, AUX_: aux, HF_: hf, OUT_: out, DOUT_: dout, DA_: dA, DGHN_: dghn}
+    arrays |= _dh_parts(dH, T, B, G, H if core == LSTM else 0, P, lnw is not None, w_hr is not None)
     if lnw is not None:
-        from gated.backends._triton_kernels import DYC_
-
-        arrays |= _ln_slots(ls, T, B, G, H, core) | {DH_: dH[:T * B * G], DYC_: dH[T * B * G:]}
+        arrays |= _ln_slots(ls, T, B, G, H, core)
     _set_options(ws, opt, arrays)
     ws.write_table(arrays)
     ws.run()
@@ -683,7 +701,7 @@ def _forward_fake(x, w_ih, w_hh, b_ih, b_hh, fb, h0, c0, lengths, w_hr, core, re
     m = x.new_empty(T, B, H) if save and w_hr is not None else x.new_empty(0)
     hf = x.new_empty(T, B, H, dtype=sd) if save and core != LSTM and sd != x.dtype else x.new_empty(0)
     if save and lnw is not None:
-        m = x.new_empty(_ln_size(T, B, G, H, core), dtype=sd)
+        m = x.new_empty(_ln_size(T, B, G, H, core) + (T * B * H if w_hr is not None else 0), dtype=sd)
     return x.new_empty(T, B, P), x.new_empty(B, P), c_n, A, aux, m, hf
 
 
@@ -695,9 +713,7 @@ def _backward_fake(dout, dh_n, dc_n, A, aux, hf, out, h0, c0, w_hh, lengths, w_h
     H = P if w_hr is None else w_hr.shape[1]
     dghn = w_hh.new_empty(0) if core == LSTM else w_hh.new_empty(T, B, H)
     dc0 = A.new_empty(B, H) if core == LSTM else w_hh.new_empty(0)
-    dH = w_hh.new_empty(0) if w_hr is None else w_hh.new_empty(T, B, P)
-    if lnw is not None:
-        dH = w_hh.new_empty(T * B * (G + (H if core == LSTM else 0)))
+    dH = w_hh.new_empty(_dh_size(T, B, G, H, P, core, lnw is not None, w_hr is not None))
     return w_hh.new_empty(T, B, G), dghn, A.new_empty(B, P), dc0, dH
 
 
@@ -864,8 +880,10 @@ class _Recurrence(torch.autograd.Function):
             if fb is not None:  # b_f enters the keep gate with + and the refine gate with -
                 dfb = (total[layout.keep] - total[layout.refine]).to(fb.dtype)
             dw_hr = None
-            if w_hr is not None and need[6]:  # dL/dW_hr = sum over steps of dh_t^T m_t
-                dw_hr = (dH.view(T * B, -1).t() @ m.view(T * B, -1)).to(w_hr.dtype)
+            if w_hr is not None and need[6]:  # dL/dW_hr = sum over steps of dh~_t^T m_t (the ends of dH and m)
+                n, P = T * B, w_hr.shape[0]
+                d_p, m_t = dH[dH.numel() - n * P:].view(n, P), m.reshape(-1)[m.numel() - n * H:].view(n, H)
+                dw_hr = (d_p.t() @ m_t.to(cd)).to(w_hr.dtype)
             dh0 = dh0.to(h0.dtype)
             dc0 = dc0.to(c0.dtype) if c0 is not None else None
             dln = _ln_grads(layout, dA, dghn, dH, m, ctx.saved_tensors[18:]) if lnw is not None else _NO_LN
@@ -885,14 +903,14 @@ def _ln_grads(layout: Layout, dA: Tensor, dghn: Tensor, dL: Tensor, ls: Tensor, 
     xhat = ls[:n * G].view(T, B, G)
     grads = [(dy.to(sd) * xhat).sum((0, 1)), dy.sum((0, 1), dtype=sd), None, None]
     if ln[2] is not None:
-        dyc, chat = dL[n * G:].view(T, B, H).to(sd), ls[n * (G + 1):n * (G + 1 + H)].view(T, B, H)
+        dyc, chat = dL[n * G:n * (G + H)].view(T, B, H).to(sd), ls[n * (G + 1):n * (G + 1 + H)].view(T, B, H)
         grads[2:] = (dyc * chat).sum((0, 1)), dyc.sum((0, 1))
     return tuple(None if g is None else g.to(w.dtype) for g, w in zip(grads, ln))
 
 
 def run_layer(x, state, w_ih, w_hh, b_ih, b_hh, forget_bias, layout, mask=None, record=None, w_hr=None, extras=None):
     """Same contract as :func:`gated.backends.reference.run_layer` (``record`` is not supported;
-    ``extras``: LayerNorm, zoneout and recurrent dropout; LayerNorm not with projections).
+    ``extras``: LayerNorm, zoneout and recurrent dropout).
     Under autocast the outputs and states are in autocast's dtype, as torch.nn's."""
     if record is not None:
         raise ValueError("the triton backend records no gates; gate_activations uses the reference backend")
@@ -903,8 +921,6 @@ def run_layer(x, state, w_ih, w_hh, b_ih, b_hh, forget_bias, layout, mask=None, 
     opt = _option_args(extras, _state_dtype(cd))
     ln = _NO_LN
     if extras is not None and extras.ln is not None:  # the input side here, the recurrent norms in the loop
-        if w_hr is not None:
-            raise ValueError("the Triton kernels have no LayerNorm with projections (the reference backend runs it)")
         ln_ih, ln_hh, ln_c = extras.ln
         x = _input_side(x, w_ih, b_ih, b_hh, ln_ih, layout, cd)
         w_ih = b_ih = None
