@@ -656,7 +656,8 @@ _GRU, _MGU = {"GRU": True, "KZ": 1, "KN": 2, "KR": 3}, {"GRU": False, "KZ": 0, "
 _CONSTEXPRS = {
     "lstm_fwd": [{**_ON, "PROJ": False, "ZH": 1, "ZC": 1, "LN": True},  # training: every option, LayerNorm
                  {**_ON, "PROJ": True, "ZH": 0, "ZC": 1, "RDROP": False, "LN": False},  # projections
-                 {**dict.fromkeys(_ON, False), "PROJ": False, "ZH": 2, "ZC": 2, "LN": False}],  # eval, inference
+                 {**dict.fromkeys(_ON, False), "PROJ": False, "ZH": 2, "ZC": 2, "LN": False},  # eval, inference
+                 {**_ON, "PROJ": True, "ZH": 0, "ZC": 1, "RDROP": False, "LN": True}],  # projections, LayerNorm
     "gru_fwd": [{**_GRU, **_ON, "HAS_BHN": True, "ZH": 1, "LN": True},
                 {**_MGU, **dict.fromkeys(_ON, False), "HAS_BHN": False, "ZH": 2, "LN": False}],
     "proj_out": [{"FIRST": False, "MASKED": True, "ZH": 1, "RDROP": True},
@@ -667,7 +668,9 @@ _CONSTEXPRS = {
                  {"REFINE": True, "HAS_D1": False, "HAS_D2": False, "MASKED": True, "FIRST": True, "PROJ": True,
                   "ZH": 0, "ZC": 0, "RDROP": False, "LN": False},
                  {"REFINE": False, "HAS_D1": True, "HAS_D2": True, "MASKED": False, "FIRST": False, "PROJ": False,
-                  "ZH": 2, "ZC": 2, "RDROP": False, "LN": False}],
+                  "ZH": 2, "ZC": 2, "RDROP": False, "LN": False},
+                 {"REFINE": False, "HAS_D1": False, "HAS_D2": False, "MASKED": True, "FIRST": False, "PROJ": True,
+                  "ZH": 0, "ZC": 1, "RDROP": False, "LN": True}],
     "gru_bwd": [{**_GRU, "REFINE": True, "HAS_D1": True, "MASKED": True, "FIRST": False, "ZH": 1, "RDROP": True,
                  "LN": True},
                 {**_MGU, "REFINE": False, "HAS_D1": False, "MASKED": False, "FIRST": True, "ZH": 2, "RDROP": False,
