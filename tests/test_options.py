@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import sys
 
 import pytest
 import torch
@@ -183,6 +184,12 @@ def test_bernoulli_masks_have_the_rate_and_independent_halves(p):
     assert abs(both - q) < 4 * (q * (1 - q) / pairs.shape[0]) ** 0.5
     torch.manual_seed(5)
     assert torch.equal(options._bernoulli((1001, 999), p, like), m)
+    # the uniforms are each draw's low 31 bits, then its bits 32-62 (on a little-endian machine)
+    if sys.byteorder == "little":
+        torch.manual_seed(5)
+        words = torch.randint(0, 2**63 - 1, ((n + 1) // 2,), dtype=torch.int64)
+        u = torch.stack((words % 2**31, words // 2**32), -1).flatten()[:n]
+        assert torch.equal(m.flatten(), (u < round(p * 2**31)).double())
 
 
 def test_options_off_or_zero_equal_the_plain_module_bit_for_bit():
