@@ -933,3 +933,60 @@ def test_opcheck_fused_ops_with_projections_and_options():
     torch.library.opcheck(torch.ops.gated_fused.recurrence_backward.default, bwd, test_utils=utils)
     grads = torch.ops.gated_fused.recurrence_backward(*bwd)[-1]
     assert grads.numel() == T_ * B_ * (G + H_) + B_ * 2 * (G + H_) + T_ * B_ * P_
+
+
+@pytest.mark.parametrize("core", ["lstm", "gru", "mgu"])
+def test_fused_inference_normalises_the_input_side_in_the_kernel(core, monkeypatch):
+    """Without grad the fused kernels compute LN_ih(x W_ih^T) + biases themselves (the input norm's
+    weight and its bias with b_ih and b_hh, GRU/MGU's b_hn kept apart): every variant pair, packed
+    and bidirectional over two layers, zoneout and recurrent dropout in training and eval, float64
+    to 1e-10 against the reference; in float32 through the tiled team at 2 threads, on the unpacked
+    weights (batch 1) and the packed ones with the input projection in chunks of steps (T = 40 at
+    batch 64: 512 / B = 8 steps a chunk)."""
+    ops = _fused_ops()
+    from gated.backends import fused_cpu
+
+    calls = []
+    real = fused_cpu._forward
+    monkeypatch.setattr(fused_cpu, "_forward", lambda *a, **k: calls.append(k.get("ln_in")) or real(*a, **k))
+    for variant in ("-", "UR"):
+        for training in (True, False):
+            torch.manual_seed(0)
+            m = CLS[core](I, H, variant=variant, num_layers=2, bidirectional=True, dtype=torch.float64,
+                          layer_norm=True, zoneout=0.3, recurrent_dropout=0.25).train(training)
+            _randomise(m)
+            seqs = [torch.randn(k, I, dtype=torch.float64) for k in (3, 7, 1, 5)]
+            x = torch.nn.utils.rnn.pack_sequence(seqs, enforce_sorted=False)
+            hx = torch.randn(4, 4, H, dtype=torch.float64)
+            hx = (hx, torch.randn(4, 4, H, dtype=torch.float64)) if core == "lstm" else hx
+            with torch.no_grad():
+                calls.clear()
+                torch.manual_seed(3)
+                got = _backend_run_nograd(m, x, hx, "fused_cpu")
+                assert len(calls) == 4 and all(c is not None and c[0] is not None for c in calls)
+                torch.manual_seed(3)
+                want = _backend_run_nograd(m, x, hx, "reference")
+            for a, b in zip(got, want):
+                a, b = (a.data, b.data) if hasattr(a, "batch_sizes") else (a, b)
+                torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=lambda s: f"{variant}, {training}: {s}")
+    if 4 not in ops.gemm_kinds():
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    ops.set_poison(True)
+    try:
+        torch.manual_seed(0)
+        m = CLS[core](7, 40, variant="UR", layer_norm=True, zoneout=0.2, dtype=torch.float32).eval()
+        _randomise(m, 0.1)
+        for batch, runs in ((1, (0, 1)), (64, (1, 0))):  # the unpacked weights (direct_gemm.h), the packed ones
+            x = torch.randn(40, batch, 7, dtype=torch.float32)
+            with torch.no_grad():
+                before = (ops.tiled_runs(), ops.direct_runs())
+                got = _backend_run_nograd(m, x, None, "fused_cpu")
+                assert (ops.tiled_runs() - before[0], ops.direct_runs() - before[1]) == runs
+                want = _backend_run_nograd(m, x, None, "reference")
+            for a, b in zip(got, want):
+                torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    finally:
+        torch.set_num_threads(threads)
+        ops.set_poison(False)

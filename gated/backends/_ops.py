@@ -29,7 +29,8 @@ _registered = False
 
 
 def _recurrence_forward_fake(x, w_ih, w_hh, b_ih, b_hh, fb, h0, c0, lengths, w_hr, core, refine, save, rmask=None,
-                             zone_h=None, zone_c=None, p_h=0.0, p_c=0.0, ln_w=None, ln_b=None, lnc_w=None, lnc_b=None):
+                             zone_h=None, zone_c=None, p_h=0.0, p_c=0.0, ln_w=None, ln_b=None, lnc_w=None, lnc_b=None,
+                             lni_w=None, lni_b=None):
     T, B, _ = x.shape  # x: (T, B, I), or the input projection (T, B, G) without w_ih (LayerNorm)
     G, P = w_hh.shape  # P: the width of h (proj_size with projections)
     H = P if w_hr is None else w_hr.shape[1]

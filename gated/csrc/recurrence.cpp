@@ -72,14 +72,19 @@ void check_options(const Tensor& like, int64_t Tn, int64_t B, int64_t P, int64_t
 
 // The LayerNorm cell's parameters (time_loop.h's Ln): the recurrent product's norm, ln_w and ln_b
 // (G each), and the LSTM's cell norm, lnc_w and lnc_b (H each). The input side is the caller's:
-// with them x is the input projection (T, B, G) and w_ih and b_ih are absent. With projections the
-// cell norm is still over c's H units.
+// with them x is the input projection (T, B, G) and w_ih and b_ih are absent; or, in inference
+// (save false), the input norm's lni_w and lni_b (G each; lni_b with b_ih and b_hh but b_hn added)
+// come with x and w_ih, and no b_ih. With projections the cell norm is still over c's H units.
 void check_ln(const Tensor& like, bool pre, int64_t G, int64_t H, bool lstm, const std::optional<Tensor>& w,
-              const std::optional<Tensor>& b, const std::optional<Tensor>& cw, const std::optional<Tensor>& cb) {
+              const std::optional<Tensor>& b, const std::optional<Tensor>& cw, const std::optional<Tensor>& cb,
+              const std::optional<Tensor>& iw = std::nullopt, const std::optional<Tensor>& ib = std::nullopt) {
+  TORCH_CHECK(iw.has_value() == ib.has_value() && (!iw || w), "gated fused CPU backend: the input norm takes lni_w "
+              "and lni_b, with the recurrent norm's");
   if (!w && !b && !cw && !cb) return;
   TORCH_CHECK(w && b && (lstm ? cw && cb : !cw && !cb),
               "gated fused CPU backend: LayerNorm takes ln_w and ln_b, and for the LSTM lnc_w and lnc_b");
-  TORCH_CHECK(pre, "gated fused CPU backend: with LayerNorm x is the input projection (w_ih absent)");
+  TORCH_CHECK(pre != iw.has_value(), "gated fused CPU backend: with LayerNorm x is the input projection (w_ih "
+              "absent), or in inference x and w_ih with the input norm (lni_w, lni_b)");
   auto ok = [&](const std::optional<Tensor>& t, int64_t n, const char* what) {
     TORCH_CHECK(!t || (t->dim() == 1 && t->size(0) == n && t->scalar_type() == like.scalar_type() && t->is_contiguous()),
                 "gated fused CPU backend: ", what, " must be a contiguous (", n, ",) tensor of the input's dtype");
@@ -88,13 +93,16 @@ void check_ln(const Tensor& like, bool pre, int64_t G, int64_t H, bool lstm, con
   ok(b, G, "ln_b");
   ok(cw, H, "lnc_w");
   ok(cb, H, "lnc_b");
+  ok(iw, G, "lni_w");
+  ok(ib, G, "lni_b");
 }
 
 template <typename T>
 Ln<T> ln_args(const std::optional<Tensor>& w, const std::optional<Tensor>& b, const std::optional<Tensor>& cw,
-              const std::optional<Tensor>& cb) {
+              const std::optional<Tensor>& cb, const std::optional<Tensor>& iw = std::nullopt,
+              const std::optional<Tensor>& ib = std::nullopt) {
   auto p = [](const std::optional<Tensor>& t) -> const T* { return t ? t->data_ptr<T>() : nullptr; };
-  return {p(w), p(b), p(cw), p(cb)};
+  return {p(w), p(b), p(cw), p(cb), p(iw), p(ib)};
 }
 
 template <typename T>
@@ -107,8 +115,8 @@ using Tensors5 = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>;
 
 // torch's two biases as the kernels take them: b_ih + b_hh added to the input projection, except
 // that GRU/MGU keep the candidate block's b_hn apart (it sits inside the reset product). With the
-// caller's input projection (pre) only b_hn is the kernel's: b_ih is absent, and b_hh, if given
-// (GRU/MGU), is read for its candidate block alone (the caller added the rest). Plain vectors and
+// caller's input projection or the input norm (pre) only b_hn is the kernel's: b_ih is absent, and
+// b_hh, if given (GRU/MGU), is read for its candidate block alone (the rest is in the input side). Plain vectors and
 // pointers, not tensor ops: at one step and batch 1 four small ATen calls cost a fifth of the call.
 template <typename T>
 struct Biases {
@@ -142,25 +150,28 @@ Tensors6 recurrence_forward(const Tensor& x, const std::optional<Tensor>& w_ih, 
                             const std::optional<Tensor>& rmask, const std::optional<Tensor>& zone_h,
                             const std::optional<Tensor>& zone_c, double p_h, double p_c,
                             const std::optional<Tensor>& ln_w, const std::optional<Tensor>& ln_b,
-                            const std::optional<Tensor>& lnc_w, const std::optional<Tensor>& lnc_b) {
+                            const std::optional<Tensor>& lnc_w, const std::optional<Tensor>& lnc_b,
+                            const std::optional<Tensor>& lni_w, const std::optional<Tensor>& lni_b) {
   check(x, w_hh);
   TORCH_CHECK(!w_hr || (core == LSTM && w_hr->is_contiguous()), "gated fused CPU backend: projections are LSTM only");
   const int64_t G = w_hh.size(0), P = w_hh.size(1), H = w_hr ? w_hr->size(1) : P;
   check_options(x, x.size(0), x.size(1), P, H, rmask, zone_h, zone_c, p_h, p_c, core == LSTM);
-  const bool pre = !w_ih.has_value();
+  const bool pre = !w_ih.has_value(), lni = lni_w.has_value();
   TORCH_CHECK(pre || w_hh.scalar_type() == x.scalar_type(),
               "gated fused CPU backend: with bfloat16 matmuls x is the caller's input projection (w_ih absent)");
-  TORCH_CHECK(pre ? !b_ih && x.size(2) == G && (core != LSTM || !b_hh) : b_ih.has_value() == b_hh.has_value(),
+  TORCH_CHECK(pre || lni ? !b_ih && (!pre || x.size(2) == G) && (core != LSTM || !b_hh)
+                         : b_ih.has_value() == b_hh.has_value(),
               "gated fused CPU backend: both biases or neither; without w_ih x is the (T, B, G) input projection, "
-              "without b_ih (and the LSTM without b_hh)");
-  check_ln(x, pre, G, H, core == LSTM, ln_w, ln_b, lnc_w, lnc_b);
+              "without b_ih (and the LSTM without b_hh), and so with the input norm");
+  TORCH_CHECK(!lni || !save, "gated fused CPU backend: the input norm is the kernel's in inference only (save false)");
+  check_ln(x, pre, G, H, core == LSTM, ln_w, ln_b, lnc_w, lnc_b, lni_w, lni_b);
   at::NoGradGuard no_grad;
   auto r = AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gated_recurrence_forward", [&] {
-    const auto biases = split_biases<scalar_t>(b_ih, b_hh, core, H, pre);
+    const auto biases = split_biases<scalar_t>(b_ih, b_hh, core, H, pre || lni);
     return forward_impl<scalar_t>(x, pre ? Tensor() : *w_ih, w_hh, biases.xp(), biases.hn, fb, h0.contiguous(),
                                   c0 ? std::optional<Tensor>(c0->contiguous()) : c0, lengths, w_hr, core, refine,
                                   save, rmask, zone<scalar_t>(zone_h, p_h), zone<scalar_t>(zone_c, p_c),
-                                  ln_args<scalar_t>(ln_w, ln_b, lnc_w, lnc_b));
+                                  ln_args<scalar_t>(ln_w, ln_b, lnc_w, lnc_b, lni_w, lni_b));
   });
   return {r[0], r[1], r[2], r[3], r[4], r[5]};
 }
@@ -324,7 +335,8 @@ TORCH_LIBRARY(gated_fused, m) {
       "recurrence_forward(Tensor x, Tensor? w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? fb, Tensor h0, "
       "Tensor? c0, Tensor? lengths, Tensor? w_hr, int core, bool refine, bool save, Tensor? rmask=None, "
       "Tensor? zone_h=None, Tensor? zone_c=None, float p_h=0., float p_c=0., Tensor? ln_w=None, Tensor? ln_b=None, "
-      "Tensor? lnc_w=None, Tensor? lnc_b=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "Tensor? lnc_w=None, Tensor? lnc_b=None, Tensor? lni_w=None, Tensor? lni_b=None) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "recurrence_backward(Tensor dout, Tensor dh_n, Tensor? dc_n, Tensor A, Tensor aux, Tensor out, Tensor h0, "
       "Tensor? c0, Tensor w_hh, Tensor? lengths, Tensor? w_hr, int core, bool refine, Tensor? rmask=None, "

@@ -81,16 +81,24 @@ inline int64_t share(int64_t n, int64_t tid, int64_t nth) { return n * tid / nth
 
 // The LayerNorm cell's parameters (gated/options.py): the recurrent product's norm (w, b; G each)
 // and the LSTM's cell norm (cw, cb; H each). The input side, LN_ih(x W_ih^T) + biases, is not
-// recurrent: the caller computes it (torch ops, differentiated by autograd) and passes it as x,
-// without w_ih. The norms need whole rows: on the non-tiled path each step's GEMM is followed by
+// recurrent: when training the caller computes it (torch ops, differentiated by autograd) and
+// passes it as x, without w_ih; in inference the input norm comes too (iw, and ib: its bias plus
+// b_ih and b_hh but b_hn, so the input projection has no bias of its own) and the kernel normalises
+// each row of x W_ih^T where it computes it, a chunk of steps at a time (no (T, B, G) pass of its
+// own, and no copy). The norms need whole rows: on the non-tiled path each step's GEMM is followed by
 // the pointwise pass split over batch rows by rows(); in the tiled team each step is two phases,
 // the product over each thread's groups of units, a barrier, then the norms and the pointwise pass
 // over each thread's share of batch rows. With projections they normalise the same way: the cell
 // norm acts on c (H wide), before m_t = o tanh(LN_c(c)) is projected.
 template <typename T>
 struct Ln {
-  const T *w = nullptr, *b = nullptr, *cw = nullptr, *cb = nullptr;
+  const T *w = nullptr, *b = nullptr, *cw = nullptr, *cb = nullptr, *iw = nullptr, *ib = nullptr;
   bool on() const { return w != nullptr; }
+  bool input() const { return iw != nullptr; }  // the input norm is the kernel's (inference)
+  // rows [r0, r1) of an input projection (G wide) normalised in place by the input norm
+  void input_rows(T* a, int64_t G, int64_t r0, int64_t r1) const {
+    for (int64_t r = r0; r < r1; ++r) ln_row<T>(a + r * G, G, iw, ib, a + r * G, false, nullptr, nullptr);
+  }
 };
 
 // save: keep what backward needs (every step's gate activations, c_t or W_hn h + b_hn). Without
@@ -239,6 +247,10 @@ std::vector<Tensor> forward_impl(const Tensor& x, const Tensor& w_ih, const Tens
             } else {
               wi_->run(xp + t0 * B * I, I, r0, r1, Ap, G, 0, wi_->groups(), bp, 0);
             }
+            if (ln.input()) {  // the thread's whole rows: after the others' groups (direct) are in
+              if (direct) barrier();
+              ln.input_rows(Ap, G, r0, r1);
+            }
             barrier();
             for (int64_t t = t0; t < t0 + n; ++t) {
               const auto r = step(t, t0);
@@ -282,6 +294,7 @@ std::vector<Tensor> forward_impl(const Tensor& x, const Tensor& w_ih, const Tens
       } else {
         at::mm_out(a2, x2, w_ih.t());
       }
+      if (ln.input()) rows(n * B, G, [&](int64_t r0, int64_t r1) { ln.input_rows(Ap, G, r0, r1); });
       for (int64_t t = t0; t < t0 + n; ++t) {
         const auto r = step(t, t0);
         Tensor gin = rm != nullptr ? (t == 0 ? h0m : HM[(t - 1) % 2]) : (t == 0 ? h0 : out[t - 1]);
