@@ -9,12 +9,12 @@ LayerNorm the input side ``LN_ih(x W_ih^T) + b_ih + b_hh`` (GRU/MGU without ``b_
 is, in training, torch ops here (:func:`_input_side`, differentiated by autograd) and replaces ``x``
 and ``W_ih`` in the kernels; in inference the kernels normalise ``x W_ih^T`` themselves, a chunk of
 steps at a time as they compute it (the input norm's bias carries ``b_ih + b_hh``: 2-15 % less time
-than the torch ops' pass over ``(T, B, G)`` and its copy). The kernels normalise each step's ``h W_hh^T`` and the LSTM's ``c`` per batch row (in
-the tiled team too: whole rows per thread after each step's product) and save the statistics;
-their backward returns the raw recurrent product's gradients, of which ``W_hh``'s is one matmul
-here, and the norms' gains' and biases' gradients summed over steps per batch row
-(:func:`_pre_backward`). With bfloat16 matmul weights (gated/precision.py) the input side is
-the same function's bfloat16 product and the kernels run each step's recurrent product on
+than the torch ops' pass over ``(T, B, G)`` and its copy). The kernels normalise each step's
+``h W_hh^T`` and the LSTM's ``c`` per batch row (in the tiled team too: whole rows per thread after
+each step's product) and save the statistics; their backward returns the raw recurrent product's
+gradients, of which ``W_hh``'s is one matmul here, and the norms' gains' and biases' gradients
+summed over steps per batch row (:func:`_pre_backward`). With bfloat16 matmul weights
+(gated/precision.py) the input side is the same function's bfloat16 product and the kernels run each step's recurrent product on
 bfloat16 operands (gated/csrc/recurrent_gemm.h); everything else stays float32. Same signature
 and results as :func:`gated.backends.reference.run_layer` (tests/test_fused.py). Backward is
 hand-written: the C++ pass returns the gradients of every step's pre-activations ``(T, B, G)``;
