@@ -91,14 +91,13 @@ import types
 import torch
 from torch import Tensor
 
-from gated.backends import _ops, fused_cpu, reference
+from gated.backends import _ops, fused_cell, fused_cpu, reference
 from gated.cores import Layout
 from gated.gates import sigmoid_gate
 
 logger = logging.getLogger("gated")
 
-_CORE_ID = {"lstm": 0, "gru": 1, "mgu": 2}
-LSTM, GRU, MGU = 0, 1, 2
+LSTM, GRU, MGU = 0, 1, 2  # the core ids of fused_cell.kernel_ids, which the kernels share
 _DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 _LOW = (torch.bfloat16, torch.float16)
 _state: dict = {}  # "error": why triton could not be imported (None: it could)
@@ -192,10 +191,6 @@ def compute_dtype(x: Tensor) -> torch.dtype:
     if x.dtype != torch.float64 and torch.is_autocast_enabled(dev):
         return torch.get_autocast_dtype(dev)
     return x.dtype
-
-
-def _kernel_ids(layout: Layout) -> tuple[int, bool]:
-    return _CORE_ID[layout.core.name], layout.variant.auxiliary == "refine"
 
 
 def _split_biases(b_ih, b_hh, core: int, H: int):
@@ -767,7 +762,7 @@ def _forward(x, w_ih, w_hh, b_ih, b_hh, fb, w_hr, h0, c0, lengths, layout, cd, s
     to the state dtype (autocast is off inside: the casts are explicit); ``opt``: the options'
     arguments (:func:`_option_args`); ``ln``: LayerNorm's recurrent and cell norms' weights and
     biases, with ``x`` :func:`_input_side`'s result and ``w_ih``, ``b_ih`` None."""
-    core, refine = _kernel_ids(layout)
+    core, refine = fused_cell.kernel_ids(layout)
     sd = _state_dtype(cd)
     with torch.autocast(x.device.type, enabled=False):
         return torch.ops.gated_triton.recurrence_forward(
@@ -831,7 +826,7 @@ class _Recurrence(torch.autograd.Function):
         lnw, _, lncw, lncb = ctx.saved_tensors[18:]
         layout, cd = ctx.layout, ctx.cd
         sd = _state_dtype(cd)
-        core, refine = _kernel_ids(layout)
+        core, refine = fused_cell.kernel_ids(layout)
         need = ctx.needs_input_grad
         with torch.autocast(x.device.type, enabled=False):
             h0s = h0.to(sd).contiguous()
