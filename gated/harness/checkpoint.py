@@ -339,6 +339,24 @@ def has_checkpoint(run: Path) -> bool:
     return os.path.lexists(root / "latest.json") or bool(_step_dirs(root))
 
 
+FINISHED = "finished.json"  # in a run directory: {"step": the step its training ended at}
+
+
+def mark_finished(run: Path, step: int) -> None:
+    """Record that the run's training ended at ``step`` (after its last checkpoint is written): its
+    results stand without the checkpoints, which may then be pruned, or be left behind when the
+    results are copied (config.json, task.json, metrics.jsonl and this file)."""
+    write_json(Path(run) / FINISHED, {"step": int(step)})
+
+
+def finished_step(run: Path) -> int | None:
+    """The step :func:`mark_finished` recorded, None if there is none (or it is unreadable)."""
+    try:
+        return int(read_json(Path(run) / FINISHED)["step"])
+    except (OSError, BadFile, KeyError, TypeError, ValueError):
+        return None
+
+
 def latest_step(run: Path) -> int | None:
     """The step of the run's checkpoint (``latest.json``, or the newest intact step directory when
     it is lost), None if it has none."""

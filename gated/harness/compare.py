@@ -96,13 +96,12 @@ def check_existing(run_dir: Path, cfg, config) -> None:
             raise ValueError(f"{run_dir} holds a run that differs in {', '.join(changed)}; choose another --out")
 
 
-def run_command(run: dict, threads: int, prefix: list[str], config, total: int,
-                counter: str = "step") -> list[str] | None:
+def run_command(run: dict, threads: int, prefix: list[str], config, total: int) -> list[str] | None:
     """The argv of a run of ``gated train`` (or ``gated rl train``: ``prefix``, its ``config``
-    module and its length ``total`` in checkpoint steps, counted by the metrics' ``counter``): a
-    fresh run, ``--resume`` (also of a run stopped before its first checkpoint), or None when it
-    already finished: its checkpoint is at ``total``, or it has no checkpoints at all (pruned to
-    save space, or results copied without them) and its metrics end at ``total``."""
+    module and its length ``total`` in checkpoint steps): a fresh run, ``--resume`` (also of a
+    run stopped before its first checkpoint), or None when it already finished: its checkpoint is
+    at ``total``, or it recorded its end (:func:`gated.harness.checkpoint.mark_finished`), so a run
+    whose checkpoints were pruned, or whose results were copied without them, is not trained again."""
     from gated.harness import checkpoint
 
     cfg, run_dir = run["cfg"], run["dir"]
@@ -119,9 +118,7 @@ def run_command(run: dict, threads: int, prefix: list[str], config, total: int,
     if not (run_dir / "config.json").exists():
         return start + flags + ["--out", str(run_dir)]
     step = checkpoint.latest_step(run_dir)
-    if step is not None and step >= total:
-        return None
-    if step is None and not checkpoint.has_checkpoint(run_dir) and _last_count(run_dir, counter) >= total:
+    if (step is not None and step >= total) or (checkpoint.finished_step(run_dir) or 0) >= total:
         return None
     return start + ["--resume", str(run_dir)] + flags
 
@@ -153,14 +150,13 @@ def _tail(path: Path, lines: int = 6) -> str:
     return "".join(f"\n      | {ln}" for ln in kept)
 
 
-def _last_count(run_dir: Path, counter: str = "step") -> int:
-    """``counter`` (``step``, or ``update`` for RL runs) of the last record in a run's
-    ``metrics.jsonl`` (0 if none), read from its end."""
+def _last_step(run_dir: Path) -> int:
+    """The step of the last record in a run's ``metrics.jsonl`` (0 if none), read from its end."""
     import json
 
     for line in reversed(_end_lines(run_dir / "metrics.jsonl", 4096)):
         try:
-            return int(json.loads(line).get(counter, 0))
+            return int(json.loads(line).get("step", 0))
         except (ValueError, AttributeError, TypeError):
             continue
     return 0
@@ -182,7 +178,7 @@ class _GridBar:
         self.next_poll = 0.0
 
     def _done(self) -> int:
-        return sum(min(_last_count(r["dir"]), int(r["cfg"].train.steps)) for r in self.runs)
+        return sum(min(_last_step(r["dir"]), int(r["cfg"].train.steps)) for r in self.runs)
 
     def poll(self, force: bool = False) -> None:
         if self.bar is None or (not force and time.monotonic() < self.next_poll):

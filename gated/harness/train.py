@@ -196,6 +196,8 @@ def _train(cfg: RunConfig, resume: bool, log, device, d, sink: list) -> dict:
             _save(run, step, model, opt, sched, window, carry, cfg, d)
     if bar is not None:
         bar.close()
+    if d.main:  # after the last checkpoint: the results stand without the checkpoints
+        ckpt.mark_finished(run, step)
     return last
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from gated.harness import checkpoint
 from gated.harness.cli import main
 from gated.harness.report import find_runs
 
@@ -41,17 +42,17 @@ def test_compare_grid_table_and_curves(tmp_path, capsys):
     assert main(args) == 0
     assert capsys.readouterr().out.count("already finished") == 4
     # finished runs whose checkpoints were pruned (or whose results were copied without them)
-    # are still finished; one whose metrics stop early starts again
+    # are still finished (finished.json); one without that record starts again
     import shutil
 
     for run in find_runs(out):
+        assert checkpoint.finished_step(run["dir"]) == 4
         shutil.rmtree(run["dir"] / "checkpoints")
-    short = runs[0]["dir"] / "metrics.jsonl"
-    short.write_text(short.read_text().splitlines()[0] + "\n")
+    (runs[0]["dir"] / "finished.json").unlink()
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert printed.count("already finished") == 3 and printed.count("resumed") == 1
-    assert '"step": 4' in short.read_text()
+    assert checkpoint.latest_step(runs[0]["dir"]) == 4 and checkpoint.finished_step(runs[0]["dir"]) == 4
 
 
 def test_compare_rejects_bad_grid_before_running(tmp_path, capsys):

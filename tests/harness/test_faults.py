@@ -203,7 +203,7 @@ def test_compare_accepts_progress_flags_and_counts_the_grids_steps(tmp_path, mon
     bar = compare._GridBar(runs, show=False)
     assert bar.total == 10 * len(runs) and bar._done() == sum(2 * k + 2 for k in range(len(runs)))
     (runs[0]["dir"] / "metrics.jsonl").write_text('{"step": 99}\n{"torn')
-    assert compare._last_count(runs[0]["dir"]) == 99 and compare._GridBar(runs, False)._done() == 10 + 4
+    assert compare._last_step(runs[0]["dir"]) == 99 and compare._GridBar(runs, False)._done() == 10 + 4
 
 
 def compare_args(out):

@@ -176,7 +176,9 @@ def test_resume_equals_uninterrupted(tmp_path):
     full, split = tmp_path / "full", tmp_path / "split"
     assert main(args + ["--steps", "120", "--out", str(full)]) == 0
     assert main(args + ["--steps", "60", "--out", str(split)]) == 0  # stops mid-episode
+    assert checkpoint.finished_step(split) == 3  # updates, as the checkpoints count them
     assert main(["rl", "train", "--resume", str(split), "--steps", "120", "--no-progress"]) == 0
+    assert checkpoint.finished_step(split) == checkpoint.finished_step(full) == 6
 
     def comparable(recs):
         return [{k: v for k, v in r.items() if "per_s" not in k and not k.startswith("val_")} for r in recs]

@@ -68,7 +68,7 @@ def command(run: dict, threads: int) -> list[str] | None:
     from gated.harness.compare import run_command
     from gated.harness.rl import config
 
-    return run_command(run, threads, ["rl", "train"], config, run["cfg"].updates, "update")
+    return run_command(run, threads, ["rl", "train"], config, run["cfg"].updates)
 
 
 def _mean_std(values: list[float]) -> str:

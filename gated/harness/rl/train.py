@@ -142,6 +142,7 @@ def _train(cfg: RLConfig, resume: bool, log) -> dict:
             ckpt.save(run, update, agent.state_dict(), state, cfg.to_dict())
     if bar is not None:
         bar.close()
+    ckpt.mark_finished(run, update)  # after the last checkpoint: the results stand without them
     return last
 
 
