@@ -53,6 +53,18 @@ def test_compare_grid_table_and_curves(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert printed.count("already finished") == 3 and printed.count("resumed") == 1
     assert checkpoint.latest_step(runs[0]["dir"]) == 4 and checkpoint.finished_step(runs[0]["dir"]) == 4
+    # scripts/keep_results.py copies the results alone; a grid pointed at the copy reuses every run
+    # and makes the same table
+    import runpy
+    from pathlib import Path
+
+    keep = runpy.run_path(str(Path(__file__).parents[2] / "scripts" / "keep_results.py"))["main"]
+    kept = tmp_path / "kept"
+    assert keep([str(out), str(kept)]) == 0
+    assert not list(kept.rglob("checkpoints")) and len(list(kept.rglob("finished.json"))) == 4
+    assert main(args[:-1] + [str(kept)]) == 0
+    assert capsys.readouterr().out.count("already finished") == 4
+    assert (kept / "table.md").read_text() == (out / "table.md").read_text().replace(str(out), str(kept))
 
 
 def test_compare_rejects_bad_grid_before_running(tmp_path, capsys):
