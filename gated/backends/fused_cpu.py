@@ -14,8 +14,9 @@ than the torch ops' pass over ``(T, B, G)`` and its copy). The kernels normalise
 each step's product) and save the statistics; their backward returns the raw recurrent product's
 gradients, of which ``W_hh``'s is one matmul here, and the norms' gains' and biases' gradients
 summed over steps per batch row (:func:`_pre_backward`). With bfloat16 matmul weights
-(gated/precision.py) the input side is the same function's bfloat16 product and the kernels run each step's recurrent product on
-bfloat16 operands (gated/csrc/recurrent_gemm.h); everything else stays float32. Same signature
+(gated/precision.py) the input side is the same function's bfloat16 product and the kernels run
+each step's recurrent product on bfloat16 operands (gated/csrc/recurrent_gemm.h); everything else
+stays float32. Same signature
 and results as :func:`gated.backends.reference.run_layer` (tests/test_fused.py). Backward is
 hand-written: the C++ pass returns the gradients of every step's pre-activations ``(T, B, G)``;
 the weight gradients are then single large matmuls here. In float32 on AVX-512 and AVX2 CPUs
