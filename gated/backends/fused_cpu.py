@@ -301,14 +301,13 @@ def _pre_backward(ctx, dA, dghn, dh0, dc0, dL):
     T, B, G = dA.shape
     P, TB = h0.shape[-1], T * B  # P: the width of h (proj_size with projections)
     n_rows = _n_rows(layout)
-    h_prev = torch.cat([h0.unsqueeze(0), out[:-1]])  # what W_hh multiplied
-    if rmask is not None:
-        h_prev = h_prev * rmask
+    h_in, out_in = (h0, out) if rmask is None else (h0 * rmask, out * rmask)  # what W_hh multiplied
     if lnw is not None:
         d_rec = dL[:TB * G].view(T, B, G)
     else:
         d_rec = dA if n_rows is None else torch.cat([dA[..., :n_rows.start], dghn, dA[..., n_rows.stop:]], -1)
-    dw_hh = torch.ops.gated_fused.tiled_mm(d_rec.reshape(TB, G), h_prev.reshape(TB, P), True, False)
+    # d_rec^T [h_0, h_1, ..., h_{T-2}], the h_{t-1} read where they lie (no shifted copy)
+    dw_hh = torch.ops.gated_fused.xh_mm(d_rec.reshape(TB, G), None, h0.new_empty(TB, 0), h_in, out_in, False)[0]
     dlnw = dlnb = dlncw = dlncb = None
     if lnw is not None:
         Hc = 0 if lncw is None else lncw.shape[0]
