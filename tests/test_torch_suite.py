@@ -439,7 +439,7 @@ def _make_noncontig(obj):
     return obj
 
 
-@pytest.mark.parametrize("name,dt,training,idx,backend", _cases(list(INFOS), (("f64", True),)))
+@pytest.mark.parametrize("name,dt,training,idx,backend", _cases(list(INFOS), (("f64", True),), every=2))
 def test_non_contiguous_tensors(name, dt, training, idx, backend):
     """test_non_contiguous_tensors: non-contiguous inputs, states and grad outputs give the
     contiguous run's outputs and gradients (and those equal torch's)."""
