@@ -110,8 +110,9 @@ projections zoneout and the mask act on the projected `h`, as on the reference; 
 input side `LN_ih(W_ih x) + b` of all steps is computed by torch ops before the kernel in training,
 and by the kernel, a chunk of steps at a time, in inference; the kernel normalises each step's
 `W_hh h` and the LSTM's `c` per batch row: in float32 on the tiled path each step's product is
-split by hidden units over the threads, then the norms and gate maths by batch rows); the Triton backend runs all three too (the norms in its kernels, one program
-per batch row), with `proj_size` too. `"auto"` logs each fallback once; `backend="fused_cpu"`
+split by hidden units over the threads, then the norms and gate maths by batch rows); the Triton
+backend runs all three too (the norms in its kernels, one program per batch row), with
+`proj_size` too. `"auto"` logs each fallback once; `backend="fused_cpu"`
 refuses a call it cannot run. A cell sees one step per call: it keeps its recurrent and weight
 dropout masks until `cell.reset_dropout_mask()` (call it at the start of each sequence, as
 Keras's `reset_recurrent_dropout_mask`), and draws a zoneout mask per step. The scan cores take none

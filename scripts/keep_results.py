@@ -1,6 +1,6 @@
-"""Keep an experiment's finished runs without their checkpoints, so that its grid can be completed
-elsewhere or later: each finished run's config.json, task.json, metrics.jsonl and finished.json
-are copied to DEST (the run directories' layout kept). Copied back under ``gated reproduce``'s OUT,
+"""Keep an experiment's finished ``gated train`` runs without their checkpoints, so that its grid
+can be completed elsewhere or later: each finished run's config.json, task.json, metrics.jsonl and
+finished.json are copied to DEST (the run directories' layout kept). Copied back under ``gated reproduce``'s OUT,
 they count as finished (gated/harness/compare.py's run_command) and join the experiment's table
 and curves.
 
@@ -33,12 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     kept = 0
     for run in find_runs(args.root):
         src = run["dir"]
-        total = int(read_json(src / "config.json")["train"]["steps"])
-        done = checkpoint.finished_step(src)
+        done = checkpoint.ended_at(src, int(read_json(src / "config.json")["train"]["steps"]))
         if done is None:
-            step = checkpoint.latest_step(src)
-            done = step if step is not None and step >= total else None
-        if done is None or done < total:
             print(f"unfinished, left out: {src}")
             continue
         dst = args.dest / src.relative_to(args.root)

@@ -47,3 +47,9 @@ def recording() -> bool:
     """Export, tracing, ONNX export, torch.compile, a torch.func transform or forward-mode AD is
     active: :func:`resolve`'s answer then depends on more than the layout, device and dtype."""
     return torch.compiler.is_compiling() or _traced() or _transformed()
+
+
+def builds_graph(*tensors) -> bool:
+    """Whether a call on these tensors (None for absent ones) records an autograd graph: grad mode
+    is on and one of them requires grad."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)

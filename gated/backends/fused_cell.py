@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from gated.backends._context import builds_graph
 from gated.cores import Layout
 
 _CORE_ID = {"lstm": 0, "gru": 1, "mgu": 2}
@@ -32,7 +33,7 @@ def step(gi: Tensor, gh: Tensor, state: tuple, fb: Tensor | None, layout: Layout
     """The new state ``(h', c')`` (LSTM) or ``(h',)`` from the projections ``gi``, ``gh`` ``(B, G)``,
     the state (each ``(B, H)``) and the shared forget bias; the same values as
     ``layout.core.step(gi, gh, state, fb, layout)[0]``."""
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (gi, gh, fb, *state)):
+    if builds_graph(gi, gh, fb, *state):
         out = _Step.apply(gi, gh, fb, layout, *state)
         return out if len(state) == 2 else (out,)
     core, refine = kernel_ids(layout)  # inference: no graph, nothing kept

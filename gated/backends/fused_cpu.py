@@ -16,8 +16,8 @@ gradients, of which ``W_hh``'s is one matmul here, and the norms' gains' and bia
 summed over steps per batch row (:func:`_pre_backward`). With bfloat16 matmul weights
 (gated/precision.py) the input side is the same function's bfloat16 product and the kernels run
 each step's recurrent product on bfloat16 operands (gated/csrc/recurrent_gemm.h); everything else
-stays float32. Same signature
-and results as :func:`gated.backends.reference.run_layer` (tests/test_fused.py). Backward is
+stays float32. Same signature and results as :func:`gated.backends.reference.run_layer`
+(tests/test_fused.py). Backward is
 hand-written: the C++ pass returns the gradients of every step's pre-activations ``(T, B, G)``;
 the weight gradients are then single large matmuls here. In float32 on AVX-512 and AVX2 CPUs
 every matmul but the input gradient runs on the register-tiled kernel of gated/csrc/tiled_gemm.h
@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from gated.backends import _build, fused_cell, reference
-from gated.backends._context import recording
+from gated.backends._context import builds_graph, recording
 from gated.cores import Layout
 from gated.gates import sigmoid_gate
 from gated.options import EPS, Extras
@@ -386,8 +386,7 @@ def _one_step_train(x, state, w_ih, w_hh, b_ih, b_hh, fb, mask, w_hr, extras) ->
     projections, cell options, bfloat16 matmul weights) and outside compile, export and torch.func."""
     if mask is not None or w_hr is not None or extras is not None or w_hh.dtype != x.dtype:
         return False
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad
-                                           for t in (x, *state, w_ih, w_hh, b_ih, b_hh, fb)) and not recording()
+    return builds_graph(x, *state, w_ih, w_hh, b_ih, b_hh, fb) and not recording()
 
 
 def run_layer(x, state, w_ih, w_hh, b_ih, b_hh, forget_bias, layout, mask=None, record=None, w_hr=None, extras=None):
@@ -411,7 +410,7 @@ def run_layer(x, state, w_ih, w_hh, b_ih, b_hh, forget_bias, layout, mask=None, 
             raise ValueError(f"the fused kernels take {x.dtype} weights, or bfloat16 matmul weights with float32 "
                              f"inputs (gated/precision.py), got {w_hh.dtype}")
         ln_ih, ln_hh, ln_c = extras.ln if has_ln else (None, None, None)
-        if has_ln and w_hh.dtype == x.dtype and not _records(x, *state, w_ih, w_hh, b_ih, b_hh, forget_bias, w_hr,
+        if has_ln and w_hh.dtype == x.dtype and not builds_graph(x, *state, w_ih, w_hh, b_ih, b_hh, forget_bias, w_hr,
                                                               *ln_ih, *ln_hh, *(ln_c or ())):
             # inference: the kernel normalises x W_ih^T where it computes it (a chunk at a time)
             ln_in = (ln_ih[0].contiguous(), _input_norm_bias(b_ih, b_hh, ln_ih, layout).contiguous())
@@ -431,13 +430,8 @@ def run_layer(x, state, w_ih, w_hh, b_ih, b_hh, forget_bias, layout, mask=None, 
     lengths = None if mask is None else mask[:, :, 0].sum(0).to(torch.int64)
     c0 = state[1].contiguous() if len(state) == 2 else None
     args = (x, w_ih, w_hh, b_ih, b_hh, forget_bias, w_hr, state[0].contiguous(), c0, lengths, layout)
-    if ln_in[0] is None and _records(*args[:9], *ln):
+    if ln_in[0] is None and builds_graph(*args[:9], *ln):
         out, h_n, c_n = _Recurrence.apply(*args, *opt, *ln)[:3]
     else:  # inference: no graph, and the kernel keeps no per-step activations
         out, h_n, c_n = _forward(*args, save=False, opt=opt, ln=ln, ln_in=ln_in)[:3]
     return out, (h_n, c_n) if c0 is not None else (h_n,)
-
-
-def _records(*tensors) -> bool:
-    """Whether a call on these tensors records an autograd graph."""
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from gated.backends import _build, _forward_ad, _log_once, _traced, _transformed, fused_cpu, reference
+from gated.backends._context import builds_graph
 from gated.cores import SCAN_COEFFICIENTS, Layout, scan_gates
 
 __all__ = ["linear_scan", "resolve", "check_name", "why_not", "triton_why_not", "BACKENDS"]
@@ -287,7 +288,7 @@ def _lru_differentiable_backward(ctx, dout, dh_n):
 def _run_lru(x, h0, w_ih, b_ih, units, layout, lengths):
     fb, unit = _lru_split(layout, units)
     args = (x, w_ih, b_ih, fb, unit, h0.contiguous(), lengths, layout)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args[:6]):
+    if builds_graph(*args[:6]):
         out, h_n, _ = _LruLayer.apply(*args)
     else:  # inference: no graph, nothing saved
         out, h_n = torch.ops.gated_fused.lru_forward(_project(x, w_ih), b_ih, fb, _lru_units(layout, unit), args[5],
@@ -306,7 +307,7 @@ def run_layer(x, state, w_ih, w_hh, b_ih, b_hh, forget_bias, layout, mask=None, 
     if layout.core.name in _LRU_ID:  # RG-LRU, HGRN: their gates fused into the scan (scan.h's LruCell)
         return _run_lru(x, state[0], w_ih, b_ih, forget_bias, layout, lengths)
     args = (x, w_ih, b_ih, forget_bias, state[0].contiguous(), lengths, layout)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args[:5]):
+    if builds_graph(*args[:5]):
         out, h_n, _ = _ScanLayer.apply(*args)
     else:  # inference: no graph, nothing saved
         cell, refine = _ids(layout)

@@ -92,6 +92,7 @@ import torch
 from torch import Tensor
 
 from gated.backends import _ops, fused_cell, fused_cpu, reference
+from gated.backends._context import builds_graph
 from gated.cores import Layout
 from gated.gates import sigmoid_gate
 
@@ -516,12 +517,17 @@ def _ln_size(T: int, B: int, G: int, H: int, core: int) -> int:
     return T * B * (G + 1) + (T * B * (H + 1) if core == LSTM else 0)
 
 
+def _ln_saved_size(T: int, B: int, G: int, H: int, core: int, proj: bool) -> int:
+    """The forward's saved flat buffer with LayerNorm: the statistics, then with projections m_t."""
+    return _ln_size(T, B, G, H, core) + (T * B * H if proj else 0)
+
+
 def _dh_size(T: int, B: int, G: int, H: int, P: int, core: int, ln: bool, proj: bool) -> int:
     """The backward's flat ``dH``'s size (see :func:`_dh_parts`)."""
     return T * B * ((G + (H if core == LSTM else 0) if ln else 0) + (P if proj else 0))
 
 
-def _dh_parts(dH: Tensor, T: int, B: int, G: int, H: int, P: int, ln: bool, proj: bool) -> dict:
+def _dh_parts(dH: Tensor, T: int, B: int, G: int, H: int, P: int, core: int, ln: bool, proj: bool) -> dict:
     """The backward's flat ``dH`` by slot: with LayerNorm ``[the raw recurrent product's gradients
     (T, B, G) | LSTM: the cell norm's dy (T, B, H)]``, with projections then ``dL/dh~_t`` (T, B, P)."""
     from gated.backends._triton_kernels import DH_, DP_, DYC_
@@ -529,7 +535,7 @@ def _dh_parts(dH: Tensor, T: int, B: int, G: int, H: int, P: int, ln: bool, proj
     n = T * B
     parts = {DP_: dH[dH.numel() - n * P:]} if proj else {}
     if ln:
-        parts |= {DH_: dH[:n * G], DYC_: dH[n * G:n * (G + H)]}
+        parts |= {DH_: dH[:n * G]} | ({DYC_: dH[n * G:n * (G + H)]} if core == LSTM else {})
     return parts
 
 
@@ -595,7 +601,7 @@ def _forward_impl(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None, b_
     out = _empty((T, B, P), cd, dev)
     m = _empty((T, B, H), cd, dev) if save and w_hr is not None else x.new_empty(0)
     if save and lnw is not None:  # LayerNorm's statistics (then m_t, with projections) instead
-        m = _empty((_ln_size(T, B, G, H, core) + (T * B * H if w_hr is not None else 0),), sd, dev)
+        m = _empty((_ln_saved_size(T, B, G, H, core, w_hr is not None),), sd, dev)
     opt = (rmask, zh, zc, ph, pc)
     ws = _workspace(_spec(False, core, refine, fb is not None, b_hn is not None, lengths is not None, save,
                           w_hr is not None, T, B, G, H, P, x, opt, lnw is not None))
@@ -661,7 +667,7 @@ def _backward_impl(dout: Tensor, dh_n: Tensor, dc_n: Tensor | None, A: Tensor, a
     if core != LSTM and hf.numel() == 0:  # the outputs are h_t in the state dtype
         hf = out
     arrays = {A_: A, AUX_: aux, HF_: hf, OUT_: out, DOUT_: dout, DA_: dA, DGHN_: dghn}
-    arrays |= _dh_parts(dH, T, B, G, H if core == LSTM else 0, P, lnw is not None, w_hr is not None)
+    arrays |= _dh_parts(dH, T, B, G, H, P, core, lnw is not None, w_hr is not None)
     if lnw is not None:
         arrays |= _ln_slots(ls, T, B, G, H, core)
     _set_options(ws, opt, arrays)
@@ -696,7 +702,7 @@ def _forward_fake(x, w_ih, w_hh, b_ih, b_hh, fb, h0, c0, lengths, w_hr, core, re
     m = x.new_empty(T, B, H) if save and w_hr is not None else x.new_empty(0)
     hf = x.new_empty(T, B, H, dtype=sd) if save and core != LSTM and sd != x.dtype else x.new_empty(0)
     if save and lnw is not None:
-        m = x.new_empty(_ln_size(T, B, G, H, core) + (T * B * H if w_hr is not None else 0), dtype=sd)
+        m = x.new_empty(_ln_saved_size(T, B, G, H, core, w_hr is not None), dtype=sd)
     return x.new_empty(T, B, P), x.new_empty(B, P), c_n, A, aux, m, hf
 
 
@@ -924,7 +930,7 @@ def run_layer(x, state, w_ih, w_hh, b_ih, b_hh, forget_bias, layout, mask=None, 
     lengths = None if mask is None else mask[:, :, 0].sum(0).to(torch.int64)
     c0 = state[1] if len(state) == 2 else None
     args = (x, w_ih, w_hh, b_ih, b_hh, forget_bias, w_hr, state[0], c0, lengths, layout, cd)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (*args[:9], *ln)):
+    if builds_graph(*args[:9], *ln):
         out, h_n, c_n = _Recurrence.apply(*args, *opt, *ln)[:3]
     else:  # inference: no graph, and no activations kept
         out, h_n, c_n = _forward(*args, save=False, opt=opt, ln=ln)[:3]

@@ -116,8 +116,9 @@ using Tensors5 = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>;
 // torch's two biases as the kernels take them: b_ih + b_hh added to the input projection, except
 // that GRU/MGU keep the candidate block's b_hn apart (it sits inside the reset product). With the
 // caller's input projection or the input norm (pre) only b_hn is the kernel's: b_ih is absent, and
-// b_hh, if given (GRU/MGU), is read for its candidate block alone (the rest is in the input side). Plain vectors and
-// pointers, not tensor ops: at one step and batch 1 four small ATen calls cost a fifth of the call.
+// b_hh, if given (GRU/MGU), is read for its candidate block alone (the rest is in the input side).
+// Plain vectors and pointers, not tensor ops: at one step and batch 1 four small ATen calls cost a
+// fifth of the call.
 template <typename T>
 struct Biases {
   std::vector<T> x;       // b_ih + b_hh (without b_hn); empty: no bias on the input projection

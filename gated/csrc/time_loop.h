@@ -85,8 +85,8 @@ inline int64_t share(int64_t n, int64_t tid, int64_t nth) { return n * tid / nth
 // passes it as x, without w_ih; in inference the input norm comes too (iw, and ib: its bias plus
 // b_ih and b_hh but b_hn, so the input projection has no bias of its own) and the kernel normalises
 // each row of x W_ih^T where it computes it, a chunk of steps at a time (no (T, B, G) pass of its
-// own, and no copy). The norms need whole rows: on the non-tiled path each step's GEMM is followed by
-// the pointwise pass split over batch rows by rows(); in the tiled team each step is two phases,
+// own, and no copy). The norms need whole rows: on the non-tiled path each step's GEMM is followed
+// by the pointwise pass split over batch rows by rows(); in the tiled team each step is two phases,
 // the product over each thread's groups of units, a barrier, then the norms and the pointwise pass
 // over each thread's share of batch rows. With projections they normalise the same way: the cell
 // norm acts on c (H wide), before m_t = o tanh(LN_c(c)) is projected.

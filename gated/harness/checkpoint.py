@@ -357,6 +357,16 @@ def finished_step(run: Path) -> int | None:
         return None
 
 
+def ended_at(run: Path, total: int) -> int | None:
+    """The step the run's training ended at when it reached ``total``: its checkpoint's, or the one
+    :func:`mark_finished` recorded (its checkpoints pruned, or its results copied without them);
+    None while it is unfinished."""
+    for step in (latest_step(run), finished_step(run)):
+        if step is not None and step >= total:
+            return step
+    return None
+
+
 def latest_step(run: Path) -> int | None:
     """The step of the run's checkpoint (``latest.json``, or the newest intact step directory when
     it is lost), None if it has none."""

@@ -117,8 +117,7 @@ def run_command(run: dict, threads: int, prefix: list[str], config, total: int) 
     start = child_python() + prefix
     if not (run_dir / "config.json").exists():
         return start + flags + ["--out", str(run_dir)]
-    step = checkpoint.latest_step(run_dir)
-    if (step is not None and step >= total) or (checkpoint.finished_step(run_dir) or 0) >= total:
+    if checkpoint.ended_at(run_dir, total) is not None:
         return None
     return start + ["--resume", str(run_dir)] + flags
 
