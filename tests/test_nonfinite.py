@@ -113,3 +113,25 @@ def test_nonfinite_matches_torch_nn(core, source):
         _same(a, b, f"output {k}", torch.float32)
     for k, (a, b) in enumerate(zip(grads, ref_grads)):
         _same(a, b, f"grad {k}", torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("source", ["x-nan", "x-inf", "w_ih-nan", "norm-nan"])
+@pytest.mark.parametrize("core", ["LSTM", "GRU"])
+def test_nonfinite_through_the_kernels_input_norm(core, source, dtype, gemm):
+    """Inference with LayerNorm: the kernel normalises x W_ih^T itself (fused_cpu's input norm), so a
+    NaN or infinity in the input, W_ih or the input norm's gain lands where the reference's does."""
+    torch.manual_seed(0)
+    m = getattr(gated, core)(3, 20, variant="UR", layer_norm=True, zoneout=0.1, dtype=dtype).eval()
+    x = torch.randn(6, 3, 3, dtype=dtype)
+    what, kind = source.split("-")
+    value = float("nan") if kind == "nan" else float("inf")
+    with torch.no_grad():
+        {"x": x, "w_ih": m.weight_ih_l0, "norm": m.layer_norm_ih_l0.weight}[what].view(-1)[4] = value
+        got = m._run(x, backend="fused_cpu")
+        want = m._run(x, backend="reference")
+    if kind == "nan":
+        assert want[0].isnan().any()
+    for k, (a, b) in enumerate(zip([got[0], *got[1]] if core == "LSTM" else got, [want[0], *want[1]] if core == "LSTM"
+                                   else want)):
+        _same(a, b, f"output {k}", dtype)
