@@ -8,8 +8,8 @@ zoneout keep mask (``(T, B, P)`` for ``h``, ``(T, B, H)`` for ``c``; training) o
 LayerNorm the input side ``LN_ih(x W_ih^T) + b_ih + b_hh`` (GRU/MGU without ``b_hn``) of all steps
 is, in training, torch ops here (:func:`_input_side`, differentiated by autograd) and replaces ``x``
 and ``W_ih`` in the kernels; in inference the kernels normalise ``x W_ih^T`` themselves, a chunk of
-steps at a time as they compute it (the input norm's bias carries ``b_ih + b_hh``: 2-15 % less time
-than the torch ops' pass over ``(T, B, G)`` and its copy). The kernels normalise each step's
+steps at a time as they compute it (the input norm's bias carries ``b_ih + b_hh``; no torch-ops
+pass over ``(T, B, G)`` and no copy of it). The kernels normalise each step's
 ``h W_hh^T`` and the LSTM's ``c`` per batch row (in the tiled team too: whole rows per thread after
 each step's product) and save the statistics; their backward returns the raw recurrent product's
 gradients, of which ``W_hh``'s is one matmul here, and the norms' gains' and biases' gradients
